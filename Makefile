@@ -1,0 +1,43 @@
+# Pulse: the two commands of the quick start are `make demo` and `make test`.
+# Both create the virtual environment and start the local services themselves.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: venv services services-down status demo test test-unit test-integration bench clean compose-check
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+services: venv          ## start PostgreSQL, Redis, Kafka, BigQuery emulator on 127.0.0.1
+	$(BIN)/pulse dev up
+
+services-down:          ## stop exactly what `make services` started
+	@test -x $(BIN)/pulse && $(BIN)/pulse dev down || true
+
+status: venv
+	$(BIN)/pulse dev status
+
+demo: services          ## the whole pipeline on local services
+	PULSE_BIN=$(BIN) bash scripts/demo.sh
+
+test: services          ## unit + integration tests against the real local services
+	$(BIN)/pytest -q tests
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test-integration: services
+	$(BIN)/pytest -q tests/integration
+
+bench: services         ## benchmarks (not part of the test suite); see docs/benchmarks.md
+	PULSE_BIN=$(BIN) bash bench/run_all.sh
+
+clean: services-down
+	rm -rf .pulse $(VENV) bigquery_batches

@@ -1,0 +1,35 @@
+"""Shared CLI state: the config file, the flag overrides, settings loading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pulse.config import Settings, load_settings
+from pulse.log import configure_logging
+
+
+@dataclass
+class CliState:
+    config_file: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+STATE = CliState()
+
+
+def configure_early_logging(level: str, fmt: str) -> None:
+    configure_logging(level, fmt)
+
+
+def settings(**sections: dict[str, Any]) -> Settings:
+    """Load settings with the global overrides plus a verb's own flags (None = unset)."""
+    merged: dict[str, Any] = {k: dict(v) for k, v in STATE.overrides.items()}
+    for section, values in sections.items():
+        kept = {k: v for k, v in values.items() if v is not None}
+        if kept:
+            merged.setdefault(section, {}).update(kept)
+    cfg = load_settings(STATE.config_file, merged)
+    configure_logging(cfg.log.level, cfg.log.format)
+    return cfg

@@ -1,0 +1,306 @@
+"""Typed, layered configuration.
+
+Precedence, highest first: CLI flags (passed as overrides) > environment
+(`PULSE_...`) > a TOML file (`--config` or `PULSE_CONFIG`) > defaults.
+
+Nested keys use `__` in the environment (`PULSE_RUNTIME__QUEUE_MAX_BYTES`).
+The endpoint variables that are part of Pulse's contract keep their flat
+names (`PULSE_DATABASE_URL`, `PULSE_REDIS_URL`, ...): `CONTRACT_ENV` maps them
+onto the nested keys. Secrets are `SecretStr` and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from pulse.errors import ConfigError
+
+# Flat environment names that users and tests rely on (DESIGN.md), and the
+# nested key each one sets.
+CONTRACT_ENV: dict[str, tuple[str, str]] = {
+    "PULSE_DATABASE_URL": ("database", "url"),
+    "PULSE_SLOT": ("database", "slot"),
+    "PULSE_PUBLICATION": ("database", "publication"),
+    "PULSE_REDIS_URL": ("redis", "url"),
+    "PULSE_REDIS_PREFIX": ("redis", "prefix"),
+    "PULSE_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "PULSE_BIGQUERY_PROJECT": ("bigquery", "project"),
+    "PULSE_BIGQUERY_DATASET": ("bigquery", "dataset"),
+    "PULSE_BIGQUERY_ENDPOINT": ("bigquery", "endpoint"),
+    "PULSE_EXTERNAL_URL": ("external", "url"),
+    "PULSE_EXTERNAL_SECRET": ("external", "secret"),
+}
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***` (safe to log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class DatabaseConfig(BaseModel):
+    """The source PostgreSQL database and Pulse's objects in it."""
+
+    url: SecretStr = Field(
+        default=SecretStr("postgresql://pulse@127.0.0.1:5432/pulse"),
+        description="libpq URL of the source database (PULSE_DATABASE_URL).",
+    )
+    slot: str = Field(default="pulse", description="Logical replication slot name (PULSE_SLOT).")
+    publication: str = Field(
+        default="pulse", description="Publication covering the source tables (PULSE_PUBLICATION)."
+    )
+    state_schema: str = Field(default="pulse", description="Schema holding Pulse's own state tables.")
+    source_schema: str = Field(default="public", description="Schema of the content and engagement_events tables.")
+    protocol_version: Literal[1, 2] = Field(
+        default=2, description="pgoutput protocol; 2 streams large transactions, 1 for PostgreSQL < 14."
+    )
+    status_interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between standby status updates sent to the server."
+    )
+    heartbeat_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds of idleness after which a transactional heartbeat message is emitted, "
+        "so the slot advances when the captured tables are quiet.",
+    )
+    ack_stall_warn_s: float = Field(
+        default=60.0, gt=0, description="Warn when the acknowledged position has not moved for this long."
+    )
+
+    @field_validator("slot", "publication", "state_schema", "source_schema")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not value or len(value) > 63 or not all(c.isalnum() or c == "_" for c in value):
+            raise ValueError("must be 1-63 characters of letters, digits and '_'")
+        if value[0].isdigit():
+            raise ValueError("must not start with a digit")
+        return value.lower()
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not (raw.startswith("postgresql://") or raw.startswith("postgres://")):
+            raise ValueError("must be a postgresql:// URL, e.g. postgresql://user@127.0.0.1:5432/db")
+        return value
+
+    def dsn(self) -> str:
+        return self.url.get_secret_value()
+
+    def safe_url(self) -> str:
+        return redact_url(self.dsn())
+
+
+class RedisConfig(BaseModel):
+    """The Redis destination (real-time board)."""
+
+    url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), description="PULSE_REDIS_URL.")
+    prefix: str = Field(default="pulse:", description="Key prefix for everything Pulse writes (PULSE_REDIS_PREFIX).")
+
+    def safe_url(self) -> str:
+        return redact_url(self.url.get_secret_value())
+
+
+class KafkaConfig(BaseModel):
+    """The Kafka bus between separate workers."""
+
+    bootstrap: str = Field(default="127.0.0.1:9092", description="Bootstrap servers (PULSE_KAFKA_BOOTSTRAP).")
+    topic: str = Field(default="pulse.engagement.enriched", description="Topic of enriched events.")
+    content_topic: str = Field(default="pulse.content", description="Compacted topic of content rows.")
+
+
+class BigQueryConfig(BaseModel):
+    """The BigQuery destination."""
+
+    project: str = Field(default="pulse-local", description="GCP project id (PULSE_BIGQUERY_PROJECT).")
+    dataset: str = Field(default="pulse", description="Dataset (PULSE_BIGQUERY_DATASET).")
+    table: str = Field(default="engagement_events", description="Table of enriched events.")
+    location: str | None = Field(default=None, description="Dataset location, e.g. EU; unset: BigQuery's default.")
+    endpoint: str | None = Field(
+        default=None, description="REST endpoint of an emulator (PULSE_BIGQUERY_ENDPOINT); unset means Google."
+    )
+    grpc_endpoint: str | None = Field(
+        default=None, description="host:port of an emulator's Storage Write API; unset means Google."
+    )
+    credentials_file: Path | None = Field(
+        default=None, description="Service-account JSON file; unset: application default credentials."
+    )
+    mode: Literal["batch", "stream"] = Field(default="batch", description="Load jobs (batch) or Storage Write API.")
+    spool_dir: Path = Field(default=Path("bigquery_batches"), description="Folder of Parquet files awaiting load.")
+    load_interval_s: float = Field(
+        default=60.0, ge=1, description="Seconds between load jobs (BigQuery allows 1,500 per table per day)."
+    )
+
+
+class ExternalConfig(BaseModel):
+    """The external HTTP system."""
+
+    url: str | None = Field(default=None, description="Endpoint events are POSTed to (PULSE_EXTERNAL_URL).")
+    secret: SecretStr | None = Field(
+        default=None, description="Standard Webhooks secret, whsec_<base64> (PULSE_EXTERNAL_SECRET)."
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("must look like whsec_<base64>")
+        return value
+
+
+class RuntimeConfig(BaseModel):
+    """The in-process pipeline (`pulse run`)."""
+
+    sinks: list[str] = Field(default_factory=lambda: ["memory"], description="Sinks to run, by name.")
+    queue_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024 * 1024, description="Bytes each sink's queue may hold before backpressure."
+    )
+    queue_max_events: int = Field(default=200_000, ge=100, description="Events each sink's queue may hold.")
+    batch_max_events: int = Field(default=5_000, ge=1, description="Largest batch handed to a sink.")
+    batch_max_age_ms: int = Field(default=100, ge=1, description="Oldest a partial batch may get before it is flushed.")
+    metrics_host: str = Field(default="127.0.0.1", description="Address the Prometheus endpoint binds to.")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus port; 0 disables the endpoint.")
+    shutdown_timeout_s: float = Field(default=30.0, gt=0, description="Seconds SIGTERM waits for sinks to drain.")
+
+
+class LogConfig(BaseModel):
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    format: Literal["console", "json"] = Field(default="console", description="console (key=value) or json lines.")
+
+
+class _ContractEnvSource(PydanticBaseSettingsSource):
+    """Reads the flat contract names (PULSE_DATABASE_URL, ...) into nested keys."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, Any]] = {}
+        for env, (section, key) in CONTRACT_ENV.items():
+            value = os.environ.get(env)
+            if value is not None and value != "":
+                out.setdefault(section, {})[key] = value
+        return out
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            with open(self.path, "rb") as fh:
+                return tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {self.path} does not exist", hint="fix --config / PULSE_CONFIG") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {self.path} is not valid TOML: {exc}", hint="fix the file") from exc
+
+
+class Settings(BaseSettings):
+    """All of Pulse's configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="PULSE_", env_nested_delimiter="__", extra="forbid")
+
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    bigquery: BigQueryConfig = Field(default_factory=BigQueryConfig)
+    external: ExternalConfig = Field(default_factory=ExternalConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = os.environ.get("PULSE_CONFIG")
+        return (
+            init_settings,
+            _ContractEnvSource(settings_cls),
+            env_settings,
+            _TomlSource(settings_cls, Path(path) if path else None),
+        )
+
+
+def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings, or raise ConfigError naming the bad key and the fix.
+
+    `overrides` is a nested dict of CLI flags (`{"database": {"slot": "x"}}`);
+    `config_file` wins over PULSE_CONFIG.
+    """
+    previous = os.environ.get("PULSE_CONFIG")
+    if config_file is not None:
+        os.environ["PULSE_CONFIG"] = str(config_file)
+    try:
+        # pydantic-settings merges nested dicts from each source; init kwargs win.
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            env = _env_name_for(key)
+            problems.append(f"{key} ({env}): {err['msg']}")
+        raise ConfigError(
+            "invalid configuration: " + "; ".join(problems),
+            hint="set the key in the environment, the TOML file or the CLI flag shown",
+        ) from exc
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop("PULSE_CONFIG", None)
+            else:
+                os.environ["PULSE_CONFIG"] = previous
+
+
+def _env_name_for(dotted: str) -> str:
+    parts = tuple(dotted.split(".")[:2])
+    for env, path in CONTRACT_ENV.items():
+        if path == parts:
+            return env
+    return "PULSE_" + "__".join(p.upper() for p in dotted.split("."))
+
+
+__all__ = [
+    "BigQueryConfig",
+    "CONTRACT_ENV",
+    "DatabaseConfig",
+    "ExternalConfig",
+    "KafkaConfig",
+    "LogConfig",
+    "RedisConfig",
+    "RuntimeConfig",
+    "Settings",
+    "load_settings",
+    "redact_url",
+]
