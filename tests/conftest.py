@@ -1,0 +1,143 @@
+"""Shared fixtures.
+
+Integration tests (tests/integration) run against the real local services
+that `make services` starts; the `services` fixture starts them with the same
+code when they are not up. Without them a test skips locally and FAILS under
+CI=true: a missing service is never a silent pass.
+
+Every test gets its own objects: a scratch database (with the source schema,
+Pulse's schema and a publication), unique slot / publication / Redis prefix /
+dataset / topic names, all removed afterwards, replication slots included.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def need(condition: bool, why: str) -> None:
+    """Skip locally, fail in CI, when a required service or tool is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required for this test under CI=true: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def services() -> dict[str, str]:
+    """The PULSE_ endpoints of the running local services (started if needed)."""
+    from pulse.dev import services as dev
+
+    try:
+        rows = {r["name"]: r for r in dev.status()}
+        if not all(r.get("running") for r in rows.values()):
+            dev.up()
+        env = dev.endpoints()
+    except Exception as exc:  # any failure to start is reported, in CI as a failure
+        need(False, f"local services could not be started: {exc}")
+        raise
+    for key in ("PULSE_DATABASE_URL", "PULSE_REDIS_URL", "PULSE_KAFKA_BOOTSTRAP", "PULSE_BIGQUERY_ENDPOINT"):
+        need(key in env, f"{key} missing from the local services")
+    return env
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class ScratchDb:
+    """A throwaway database with the source schema, Pulse's schema and a publication."""
+
+    name: str
+    url: str
+    admin_url: str
+    slot: str
+    publication: str
+
+    def config(self, **kw):
+        from pulse.config import DatabaseConfig
+
+        return DatabaseConfig(url=self.url, slot=self.slot, publication=self.publication, **kw)
+
+    def connect(self):
+        import psycopg2
+
+        conn = psycopg2.connect(self.url)
+        conn.autocommit = True
+        return conn
+
+
+def _with_db(url: str, db: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + db))
+
+
+def drop_slots(admin_url: str, database: str) -> None:
+    """Drop every replication slot of `database`, terminating its walsenders first."""
+    import time
+
+    import psycopg2
+
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    deadline = time.monotonic() + 30
+    with conn.cursor() as cur:
+        while True:
+            cur.execute(
+                "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (database,)
+            )
+            rows = cur.fetchall()
+            if not rows:
+                break
+            for slot, pid in rows:
+                if pid:
+                    cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    continue
+                try:
+                    cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                except psycopg2.Error:
+                    pass  # became active again or already gone: loop re-checks
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not drop replication slots of {database}: {rows}")
+            time.sleep(0.1)
+    conn.close()
+
+
+@pytest.fixture
+def scratch_db(services) -> ScratchDb:
+    import psycopg2
+    from psycopg2 import sql
+
+    from pulse.config import DatabaseConfig
+    from pulse.schema import init_database
+
+    base = services["PULSE_DATABASE_URL"]
+    name = unique("pulse_t")
+    admin = psycopg2.connect(base)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    db = ScratchDb(name=name, url=_with_db(base, name), admin_url=base, slot=unique("slot"), publication=unique("pub"))
+    init_database(DatabaseConfig(url=db.url, publication=db.publication))
+    try:
+        yield db
+    finally:
+        drop_slots(base, name)
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
