@@ -176,10 +176,18 @@ class RuntimeConfig(BaseModel):
     )
     queue_max_events: int = Field(default=200_000, ge=100, description="Events each sink's queue may hold.")
     batch_max_events: int = Field(default=5_000, ge=1, description="Largest batch handed to a sink.")
-    batch_max_age_ms: int = Field(default=100, ge=1, description="Oldest a partial batch may get before it is flushed.")
     metrics_host: str = Field(default="127.0.0.1", description="Address the Prometheus endpoint binds to.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus port; 0 disables the endpoint.")
     shutdown_timeout_s: float = Field(default=30.0, gt=0, description="Seconds SIGTERM waits for sinks to drain.")
+
+
+class TestSinksConfig(BaseModel):
+    """Test doubles that `pulse run` can use (crash and recovery tests)."""
+
+    pgtable_url: SecretStr | None = Field(
+        default=None, description="Database of the `pgtable` sink (rows + position in one transaction)."
+    )
+    pgtable_table: str = Field(default="pulse_sink_events", description="Table of the `pgtable` sink.")
 
 
 class LogConfig(BaseModel):
@@ -233,6 +241,7 @@ class Settings(BaseSettings):
     bigquery: BigQueryConfig = Field(default_factory=BigQueryConfig)
     external: ExternalConfig = Field(default_factory=ExternalConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    testsinks: TestSinksConfig = Field(default_factory=TestSinksConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @classmethod

@@ -1,0 +1,76 @@
+"""`pulse status`: the slot, each sink's position and lag, queue fill."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def status(
+    database_url: Optional[str] = typer.Option(None, "--database-url", envvar="PULSE_DATABASE_URL", show_default=False),
+    slot: Optional[str] = typer.Option(None, "--slot", envvar="PULSE_SLOT"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Report the replication slot and what the running pipeline last said about itself."""
+    from psycopg2 import sql
+
+    from pulse.cli import common
+    from pulse.schema import connect
+    from pulse.source.slot import slot_info
+
+    cfg = common.settings(database={"url": database_url, "slot": slot})
+    db = cfg.database
+    conn = connect(db)
+    try:
+        with conn.cursor() as cur:
+            info = slot_info(cur, db.slot)
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{db.state_schema}.runtime_status",))
+            runtime = None
+            if cur.fetchone()[0]:
+                cur.execute(
+                    sql.SQL("SELECT updated_at, extract(epoch FROM now() - updated_at), doc FROM {}.runtime_status "
+                            "WHERE slot_name = %s").format(sql.Identifier(db.state_schema)),
+                    (db.slot,),
+                )
+                row = cur.fetchone()
+                if row:
+                    runtime = {"updated_at": row[0].isoformat(), "age_s": float(row[1]), **row[2]}
+    finally:
+        conn.close()
+    doc = {"slot": info.__dict__ if info else None, "runtime": runtime}
+    if as_json:
+        typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    console = Console()
+    if info is None:
+        console.print(f"[red]slot {db.slot!r} does not exist[/red] (it is created by `pulse run`)")
+    else:
+        t = Table(title=f"slot {info.name}")
+        for col in ("active", "wal_status", "confirmed_flush", "restart_lsn", "lag bytes", "lag seconds"):
+            t.add_column(col)
+        lag_s = f"{runtime['lag_seconds']:.1f}" if runtime else "-"
+        t.add_row(str(info.active), str(info.wal_status), str(info.confirmed_flush_lsn), str(info.restart_lsn),
+                  f"{info.lag_bytes or 0:,}", lag_s)
+        console.print(t)
+    if runtime is None:
+        console.print("no pipeline has reported for this slot")
+        return
+    stale = " [yellow](stale: the pipeline is not running?)[/yellow]" if runtime["age_s"] > 10 else ""
+    console.print(f"pipeline pid {runtime['pid']}, reported {runtime['age_s']:.1f}s ago{stale}; "
+                  f"events in {runtime['events_in']:,}; pending transactions {runtime['pending_txns']}")
+    t = Table(title="sinks")
+    for col in ("sink", "durable position", "queued", "queue fill", "written", "retries", "last error"):
+        t.add_column(col)
+    for name, s in runtime["sinks"].items():
+        fill = f"{100 * s['queue_bytes'] / s['queue_max_bytes']:.1f}%"
+        t.add_row(name, s["durable"], f"{s['queue_events']:,}", fill, f"{s['written']:,}", str(s["retries"]),
+                  s["last_error"] or "")
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)

@@ -1,0 +1,35 @@
+"""Prometheus metrics, served on 127.0.0.1 when `runtime.metrics_port` is set.
+
+Names are stable (dashboards depend on them): `pulse_events_in_total`,
+`pulse_events_out_total{sink}`, `pulse_end_to_end_seconds{sink}` (commit
+time in PostgreSQL to durable in the sink), `pulse_slot_lag_bytes`,
+`pulse_queue_bytes{sink}`, `pulse_queue_events{sink}`,
+`pulse_errors_total{sink,kind}`, `pulse_problems_total{problem}`,
+`pulse_acked_lsn`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_IN = Counter("pulse_events_in_total", "Engagement event changes read from the source")
+CHANGES_IN = Counter("pulse_changes_in_total", "Row changes read from the source", ["table", "op"])
+EVENTS_OUT = Counter("pulse_events_out_total", "Events made durable by a sink", ["sink"])
+E2E = Histogram(
+    "pulse_end_to_end_seconds",
+    "Seconds from commit in PostgreSQL to durable in the sink",
+    ["sink"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+SLOT_LAG = Gauge("pulse_slot_lag_bytes", "Bytes of WAL between the server's end and the acknowledged position")
+ACKED_LSN = Gauge("pulse_acked_lsn", "LSN acknowledged to the replication slot")
+QUEUE_BYTES = Gauge("pulse_queue_bytes", "Bytes waiting in a sink's queue", ["sink"])
+QUEUE_EVENTS = Gauge("pulse_queue_events", "Events waiting in a sink's queue", ["sink"])
+ERRORS = Counter("pulse_errors_total", "Errors by sink and kind", ["sink", "kind"])
+PROBLEMS = Counter("pulse_problems_total", "Odd rows delivered, by problem", ["problem"])
+TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
+
+
+def serve(host: str, port: int) -> None:
+    """Expose /metrics; binds to `host` (127.0.0.1 by default)."""
+    start_http_server(port, addr=host)

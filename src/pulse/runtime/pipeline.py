@@ -1,0 +1,394 @@
+"""The in-process runtime (`pulse run`): source -> enrichment -> sinks.
+
+Threads and queues:
+
+    ReplicationReader --(bounded queue of payload chunks)--> dispatcher
+    dispatcher: decode, assemble, enrich, fan out --(one ByteQueue per sink)--> SinkWorker
+
+- Each sink has its own byte-bounded queue and its own durable position,
+  read from the destination at start (`Sink.open`); the dispatcher hands a
+  sink only events after the last position it has (so a fast sink redoes
+  nothing on restart and a slow one misses nothing).
+- The slot is acknowledged up to the last transaction every sink holds
+  durably (`AckTracker`); a crash at any instant replays from there, and
+  each sink skips what it already has.
+- Backpressure: a full sink queue blocks the dispatcher, which stops reading
+  from the reader's queue, which makes the reader stop reading the socket
+  (it keeps the session alive meanwhile). Memory stays bounded.
+- SIGTERM (`stop`) stops reading, lets every sink drain its queue and
+  flush, acknowledges what is durable, and returns.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+
+import orjson
+import psycopg2
+from psycopg2 import sql
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
+
+from pulse import metrics
+from pulse.config import Settings
+from pulse.errors import PulseError, TerminalError, TransientError
+from pulse.log import get_logger
+from pulse.model import Batch, Change, EnrichedEvent, Position
+from pulse.runtime.queues import ByteQueue
+from pulse.runtime.tracker import AckTracker
+from pulse.schema import connect, init_database
+from pulse.sinks.base import Sink
+from pulse.source.changes import ChangeAssembler, Truncated, TxnEnd
+from pulse.source.pgoutput import PgOutputDecoder, lsn_to_str
+from pulse.source.replication import ReaderFailed, Reconnected, ReplicationReader
+from pulse.source.slot import ensure_slot
+from pulse.transform.content_cache import ContentCache, load_content
+from pulse.transform.enrich import enrich_change
+
+log = get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SinkWorker(threading.Thread):
+    """Feeds one sink from its queue, retrying transient failures with backoff."""
+
+    def __init__(self, sink: Sink, start: Position, tracker: AckTracker, settings: Settings,
+                 on_terminal: Callable[[str, BaseException], None]) -> None:
+        super().__init__(name=f"pulse-sink-{sink.name}", daemon=True)
+        rt = settings.runtime
+        self.sink = sink
+        self.queue: ByteQueue[EnrichedEvent] = ByteQueue(rt.queue_max_bytes, rt.queue_max_events)
+        self.enqueued = start  # highest position handed to this sink (dispatcher thread only)
+        self.durable = start
+        self.tracker = tracker
+        self.batch_max = rt.batch_max_events
+        self.on_terminal = on_terminal
+        self.draining = threading.Event()  # finish the queue, then stop
+        self.abort = threading.Event()  # stop now (another part failed)
+        self.written = 0
+        self.retries = 0
+        self.last_error: str | None = None
+
+    def _stop_retrying(self, state: RetryCallState) -> bool:
+        return self.abort.is_set()
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        self.last_error = str(exc)
+        metrics.ERRORS.labels(self.sink.name, "transient").inc()
+        log.warning("sink.retry", sink=self.sink.name, attempt=state.attempt_number, error=str(exc),
+                    sleep_s=round(state.next_action.sleep if state.next_action else 0, 2))
+
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait_random_exponential(multiplier=0.2, max=30),
+            stop=self._stop_retrying,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+
+    def _advance(self, pos: Position | None) -> None:
+        if pos is not None and pos > self.durable:
+            self.durable = pos
+            self.tracker.durable(self.sink.name, pos)
+
+    def run(self) -> None:
+        name = self.sink.name
+        try:
+            while not self.abort.is_set():
+                events = self.queue.get_many(self.batch_max, timeout=0.2)
+                metrics.QUEUE_BYTES.labels(name).set(self.queue.bytes)
+                metrics.QUEUE_EVENTS.labels(name).set(len(self.queue))
+                if not events:
+                    self._advance(self._retrying()(self.sink.flush))
+                    if self.draining.is_set() and len(self.queue) == 0:
+                        return
+                    continue
+                batch = Batch(tuple(events), backfill=events[0].backfill)
+                pos = self._retrying()(self.sink.write, batch)
+                self._advance(pos)
+                self.written += len(events)
+                metrics.EVENTS_OUT.labels(name).inc(len(events))
+                now = time.time()
+                hist = metrics.E2E.labels(name)
+                for ev in events:
+                    if ev.commit_ts is not None:
+                        hist.observe(now - ev.commit_ts.timestamp())
+        except BaseException as exc:  # terminal, or a bug in the sink: stop everything
+            if not self.abort.is_set():
+                metrics.ERRORS.labels(name, "terminal").inc()
+                self.on_terminal(name, exc)
+
+
+class Pipeline:
+    """Wires the source, the enrichment and the sinks; `run()` blocks until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sinks: Sequence[Sink],
+        *,
+        clock: Clock = utcnow,
+        server_settings: dict[str, str] | None = None,
+    ) -> None:
+        if not sinks:
+            raise TerminalError("no sinks configured", hint="set runtime.sinks / --sink")
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            raise TerminalError(f"sink names must be unique: {names}", hint="give each sink its own name")
+        self.settings = settings
+        self.sinks = list(sinks)
+        self.clock = clock
+        self.server_settings = server_settings or {}
+        self.stop_event = threading.Event()
+        self.failure: BaseException | None = None
+        self.ready = threading.Event()
+        self.workers: dict[str, SinkWorker] = {}
+        self.reader: ReplicationReader | None = None
+        self.tracker: AckTracker | None = None
+        self.cache = ContentCache()
+        self.events_in = 0
+        self.truncates = 0
+        self._status_conn = None
+        self._last_status = 0.0
+        self._ack_moved_at = time.monotonic()
+        self._last_acked = 0
+        self._last_stall_warning = 0.0
+
+    # -- control ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+            log.error("pipeline.failed", where=where, error=str(exc))
+        self.stop_event.set()
+
+    # -- startup -----------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        db = self.settings.database
+        init_database(db)
+        ensure_slot(db)
+        conn = connect(db)
+        try:
+            with conn.cursor() as cur:
+                self.cache = load_content(cur, db.source_schema)
+        finally:
+            conn.close()
+        log.info("content.loaded", rows=len(self.cache))
+
+    def _open_sinks(self) -> dict[str, Position]:
+        positions = {}
+        for sink in self.sinks:
+            retrying = Retrying(
+                retry=retry_if_exception_type(TransientError),
+                wait=wait_random_exponential(multiplier=0.2, max=10),
+                stop=lambda s: self.stop_event.is_set(),
+                before_sleep=lambda s, n=sink.name: log.warning(
+                    "sink.open.retry", sink=n, error=str(s.outcome.exception()) if s.outcome else ""),
+                reraise=True,
+            )
+            positions[sink.name] = retrying(sink.open)
+            log.info("sink.opened", sink=sink.name, position=str(positions[sink.name]))
+        return positions
+
+    # -- main loop -----------------------------------------------------------------
+
+    def run(self) -> None:
+        self._prepare()
+        positions = self._open_sinks()
+        self.tracker = tracker = AckTracker(positions)
+        for sink in self.sinks:
+            worker = SinkWorker(sink, positions[sink.name], tracker, self.settings, self._fail)
+            self.workers[sink.name] = worker
+            worker.start()
+        in_q: queue.Queue[object] = queue.Queue(maxsize=64)
+        self.reader = reader = ReplicationReader(
+            self.settings.database, in_q, durable_idle=tracker.idle, server_settings=self.server_settings
+        )
+        reader.start()
+        self.ready.set()
+        decoder = PgOutputDecoder(self.settings.database.protocol_version)
+        assembler = ChangeAssembler(self.settings.database.source_schema)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    item = in_q.get(timeout=0.2)
+                except queue.Empty:
+                    item = None
+                if type(item) is list:
+                    for _start, payload in item:
+                        for out in assembler.feed(decoder.decode(payload)):
+                            self._handle(out)
+                        if self.stop_event.is_set():
+                            break
+                elif isinstance(item, Reconnected):
+                    decoder = PgOutputDecoder(self.settings.database.protocol_version)
+                    assembler.reset()
+                elif isinstance(item, ReaderFailed):
+                    self._fail("replication", item.error)
+                    break
+                self._housekeeping()
+        except BaseException as exc:
+            self._fail("dispatcher", exc)
+        finally:
+            self._shutdown(assembler)
+        if self.failure is not None:
+            raise self.failure
+
+    def _handle(self, out: object) -> None:
+        t = type(out)
+        if t is Change:
+            change: Change = out  # type: ignore[assignment]
+            metrics.CHANGES_IN.labels(change.table, change.op).inc()
+            if change.table == "content":
+                self.cache.apply(change.op, change.new, change.old)
+                return
+            event = enrich_change(change, self.cache, self.clock())
+            self.events_in += 1
+            metrics.EVENTS_IN.inc()
+            for problem in event.problems:
+                metrics.PROBLEMS.labels(problem).inc()
+            self._dispatch(event)
+        elif t is TxnEnd:
+            self.tracker.close_txn(out.end_lsn, out.commit_ts.timestamp())  # type: ignore[union-attr]
+        elif t is Truncated:
+            self.truncates += 1
+            metrics.TRUNCATES.labels(out.table).inc()  # type: ignore[union-attr]
+            log.warning("source.truncate", table=out.table,  # type: ignore[union-attr]
+                        note="TRUNCATE is not propagated to sinks; backfill or clean destinations by hand")
+
+    def _dispatch(self, event: EnrichedEvent) -> None:
+        size = event.size_hint()
+        pos = event.position
+        for worker in self.workers.values():
+            if pos <= worker.enqueued:
+                continue  # this sink already has it (restart or reconnect replay)
+            while not worker.queue.put(event, size, timeout=0.5):
+                if self.stop_event.is_set():
+                    return
+                self._housekeeping()
+            worker.enqueued = pos
+        self.tracker.dispatched(pos)
+
+    def _housekeeping(self) -> None:
+        tracker, reader = self.tracker, self.reader
+        assert tracker is not None and reader is not None
+        acked = tracker.ackable()
+        reader.acknowledge(acked)
+        now = time.monotonic()
+        current = reader.acked
+        if current != self._last_acked:
+            self._last_acked = current
+            self._ack_moved_at = now
+            metrics.ACKED_LSN.set(current)
+        if reader.server_wal_end:
+            metrics.SLOT_LAG.set(max(0, reader.server_wal_end - current))
+        stall = now - self._ack_moved_at
+        if (tracker.pending() and stall > self.settings.database.ack_stall_warn_s
+                and now - self._last_stall_warning > self.settings.database.ack_stall_warn_s):
+            self._last_stall_warning = now
+            log.warning("ack.stalled", seconds=round(stall), pending_txns=tracker.pending(),
+                        waiting_on=",".join(tracker.laggards()),
+                        note="the slot cannot advance until these sinks make their events durable; WAL is retained")
+        if now - self._last_status >= 2.0:
+            self._last_status = now
+            self._write_status()
+
+    # -- status for `pulse status` ---------------------------------------------
+
+    def status(self) -> dict:
+        tracker, reader = self.tracker, self.reader
+        oldest = tracker.oldest_pending_commit_ts() if tracker else None
+        return {
+            "pid": os.getpid(),
+            "updated_at": self.clock().isoformat(),
+            "events_in": self.events_in,
+            "truncates": self.truncates,
+            "acked_lsn": lsn_to_str(reader.acked) if reader else None,
+            "server_wal_end": lsn_to_str(reader.server_wal_end) if reader else None,
+            "pending_txns": tracker.pending() if tracker else 0,
+            "lag_seconds": round(time.time() - oldest, 3) if oldest else 0.0,
+            "sinks": {
+                name: {
+                    "durable": str(w.durable),
+                    "enqueued": str(w.enqueued),
+                    "queue_events": len(w.queue),
+                    "queue_bytes": w.queue.bytes,
+                    "queue_max_bytes": w.queue.max_bytes,
+                    "written": w.written,
+                    "retries": w.retries,
+                    "last_error": w.last_error,
+                }
+                for name, w in self.workers.items()
+            },
+        }
+
+    def _write_status(self) -> None:
+        db = self.settings.database
+        try:
+            if self._status_conn is None or self._status_conn.closed:
+                self._status_conn = connect(db)
+                self._status_conn.autocommit = True
+            with self._status_conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.runtime_status (slot_name, updated_at, doc) VALUES (%s, now(), %s) "
+                        "ON CONFLICT (slot_name) DO UPDATE SET updated_at = now(), doc = EXCLUDED.doc"
+                    ).format(sql.Identifier(db.state_schema)),
+                    (db.slot, orjson.dumps(self.status()).decode()),
+                )
+        except psycopg2.Error as exc:
+            log.debug("status.write_failed", error=str(exc).strip())
+            self._status_conn = None
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def _shutdown(self, assembler: ChangeAssembler) -> None:
+        reader = self.reader
+        graceful = self.failure is None
+        # The reader stays connected while the sinks drain (its queue is no
+        # longer read: it just keeps the session alive), so that the final
+        # acknowledgement covers everything they made durable.
+        deadline = time.monotonic() + self.settings.runtime.shutdown_timeout_s
+        for worker in self.workers.values():
+            if graceful:
+                worker.draining.set()
+            else:
+                worker.abort.set()
+        for worker in self.workers.values():
+            worker.join(max(0.1, deadline - time.monotonic()))
+            if worker.is_alive():
+                log.warning("sink.drain_timeout", sink=worker.sink.name, queued=len(worker.queue))
+                worker.abort.set()
+        if reader is not None:
+            if self.tracker is not None:
+                reader.acknowledge(self.tracker.ackable())
+            reader.stop()
+            reader.join(10)
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # closing must not hide the real outcome
+                log.warning("sink.close_failed", sink=sink.name, error=str(exc))
+        assembler.reset()
+        if self._status_conn is not None:
+            self._write_status()
+            self._status_conn.close()
+        log.info("pipeline.stopped", events_in=self.events_in,
+                 acked=lsn_to_str(reader.acked) if reader else None, graceful=graceful)
+

@@ -1,0 +1,87 @@
+"""Which source position is durable in every sink: the acknowledgement rule.
+
+The slot may only be acknowledged past a transaction once every sink holds
+all of that transaction's events durably. The tracker keeps the closed,
+not yet acknowledged transactions in order, each with the position of the
+last event dispatched up to and including it; a transaction is complete
+when every sink's durable position has reached that position. Transactions
+without events for the sinks (content changes, heartbeats) complete as soon
+as everything before them has.
+
+Thread-safe: the dispatcher closes transactions, sink workers report
+durability, the reader asks for the acknowledgeable LSN.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from pulse.model import ZERO, Position
+
+
+@dataclass(slots=True)
+class _Txn:
+    end_lsn: int
+    last: Position
+    commit_ts: float  # unix seconds, for lag in seconds
+
+
+class AckTracker:
+    def __init__(self, sinks: dict[str, Position]) -> None:
+        self._lock = threading.Lock()
+        self._durable: dict[str, Position] = dict(sinks)
+        self._pending: deque[_Txn] = deque()
+        self._dispatched = ZERO
+        self.acked_lsn = 0
+        self.acked_at = time.monotonic()
+
+    def dispatched(self, position: Position) -> None:
+        """An event at `position` was handed to the sinks (called in position order)."""
+        if position > self._dispatched:
+            self._dispatched = position
+
+    def close_txn(self, end_lsn: int, commit_ts: float) -> None:
+        with self._lock:
+            self._pending.append(_Txn(end_lsn, self._dispatched, commit_ts))
+
+    def durable(self, sink: str, position: Position) -> None:
+        with self._lock:
+            if position > self._durable[sink]:
+                self._durable[sink] = position
+
+    def positions(self) -> dict[str, Position]:
+        with self._lock:
+            return dict(self._durable)
+
+    def ackable(self) -> int:
+        """Advance over complete transactions; return the LSN safe to acknowledge."""
+        with self._lock:
+            floor = min(self._durable.values()) if self._durable else self._dispatched
+            while self._pending and floor >= self._pending[0].last:
+                self.acked_lsn = max(self.acked_lsn, self._pending.popleft().end_lsn)
+                self.acked_at = time.monotonic()
+            return self.acked_lsn
+
+    def idle(self) -> bool:
+        """Nothing dispatched is waiting on a sink."""
+        with self._lock:
+            return not self._pending and all(p >= self._dispatched for p in self._durable.values())
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def oldest_pending_commit_ts(self) -> float | None:
+        with self._lock:
+            return self._pending[0].commit_ts if self._pending else None
+
+    def laggards(self) -> list[str]:
+        """Sinks holding the acknowledgement back."""
+        with self._lock:
+            if not self._pending:
+                return []
+            need = self._pending[0].last
+            return sorted(name for name, pos in self._durable.items() if pos < need)

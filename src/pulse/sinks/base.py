@@ -1,0 +1,49 @@
+"""The one sink contract.
+
+A sink receives batches of enriched events in position order, makes them
+durable, and says how far it is durable. It stores that position inside the
+destination, atomically with the data, where the destination allows; on
+start (`open`) it returns the position it had stored, and the runtime hands
+it only events after that position.
+
+Checkpoint order is fixed (quixstreams' `Checkpoint.commit`, supabase/etl):
+the sink is durable first, its position is stored second (in the same step
+where possible), the slot is acknowledged last and only up to the slowest
+sink.
+
+Errors: raise `TransientError` for what retrying fixes (the runtime retries
+the same batch with backoff; a sink must therefore be idempotent per
+batch), `TerminalError` for what needs the operator.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from pulse.model import ZERO, Batch, Position
+
+
+class Sink(ABC):
+    """Base class of every destination (Redis, BigQuery, external HTTP, test doubles)."""
+
+    #: Short name used in config, metrics and logs.
+    name: str = "sink"
+
+    def open(self) -> Position:
+        """Connect and return the durable position stored in the destination (ZERO when none)."""
+        return ZERO
+
+    @abstractmethod
+    def write(self, batch: Batch) -> Position:
+        """Write one batch; return the highest position now durable.
+
+        A sink that buffers (e.g. a spool awaiting a load job) may return a
+        position below `batch.last`; `flush` then forces the rest.
+        """
+
+    def flush(self) -> Position | None:
+        """Make everything written durable; return the durable position (None: unchanged)."""
+        return None
+
+    def close(self) -> None:
+        """Release connections. Called once, after the last write or flush."""

@@ -1,0 +1,325 @@
+"""The replication connection, on a thread of its own.
+
+`ReplicationReader` owns psycopg2's `LogicalReplicationConnection`: it
+reads pgoutput payloads, hands them on in chunks through a bounded queue,
+answers keepalives and sends standby status updates with the position the
+runtime says is durable (`acknowledge`). It never blocks for long: while
+the queue is full (backpressure from the sinks) it keeps sending status
+updates so the server does not time the connection out.
+
+Idle slots must still advance (a quiet slot pins WAL): after
+`heartbeat_interval_s` without traffic it emits a *transactional* logical
+message (`pg_logical_emit_message(true, ...)`); that transaction flows
+through the pipeline like any other and its acknowledgement moves the
+slot's restart point. When everything received is durable and no
+transaction is open, the server's reported WAL end is acknowledged too.
+
+Connection loss is transient: the reader reconnects with backoff and puts a
+`Reconnected` marker in the queue (the server resends from the slot's
+confirmed position; the runtime drops what it already dispatched). A lost
+or invalidated slot is terminal (`SlotLostError`).
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.extras
+
+from pulse.config import DatabaseConfig
+from pulse.errors import PulseError, SlotLostError, TerminalError
+from pulse.log import get_logger
+from pulse.schema import connect
+from pulse.source.pgoutput import lsn_to_str
+
+log = get_logger(__name__)
+
+HEARTBEAT_PREFIX = "pulse.heartbeat"
+CHUNK_MESSAGES = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    """Marker: a new replication session starts; partial decoder state is void."""
+
+    session: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderFailed:
+    """Marker: the reader stopped with a terminal error."""
+
+    error: BaseException
+
+
+class ReplicationReader(threading.Thread):
+    def __init__(
+        self,
+        cfg: DatabaseConfig,
+        out: "queue.Queue[object]",
+        *,
+        durable_idle: Callable[[], bool] = lambda: False,
+        extra_options: dict[str, str] | None = None,
+        server_settings: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(name="pulse-replication", daemon=True)
+        self.cfg = cfg
+        self.out = out
+        self.durable_idle = durable_idle
+        self.extra_options = extra_options or {}
+        self.server_settings = server_settings or {}
+        self.stop_event = threading.Event()
+        self._ack = 0
+        self._ack_lock = threading.Lock()
+        self.sent_ack = 0
+        self.server_wal_end = 0
+        self.last_message_at = time.monotonic()
+        self.session = 0
+        self.error: BaseException | None = None
+        self.messages = 0
+        self.bytes = 0
+        # Transaction state seen on the wire (first byte of each payload), so
+        # the idle acknowledgement never jumps over an open transaction.
+        self._in_txn = False
+        self._open_streams: set[int] = set()
+        self._last_commit_end = 0
+
+    # -- called from other threads ------------------------------------------
+
+    def acknowledge(self, lsn: int) -> None:
+        """Everything up to `lsn` is durable in every sink (monotonic)."""
+        with self._ack_lock:
+            if lsn > self._ack:
+                self._ack = lsn
+
+    @property
+    def acked(self) -> int:
+        return self._ack
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # -- the thread ------------------------------------------------------------
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                self._session()
+                return
+            except SlotLostError as exc:
+                self._fail(exc)
+                return
+            except TerminalError as exc:
+                self._fail(exc)
+                return
+            except (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.DatabaseError) as exc:
+                lost = _slot_error(exc, self.cfg)
+                if lost is not None:
+                    self._fail(lost)
+                    return
+                if self.stop_event.is_set():
+                    return
+                delay = random.uniform(0, backoff)  # full jitter
+                log.warning("replication.disconnected", error=str(exc).strip(), retry_in_s=round(delay, 2))
+                self.stop_event.wait(delay)
+                backoff = min(backoff * 2, 30.0)
+            except BaseException as exc:  # a bug: stop the pipeline loudly rather than spin
+                self._fail(exc)
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        log.error("replication.failed", error=str(exc))
+        self._put(ReaderFailed(exc), None)
+
+    def _connect(self):
+        options = " ".join(f"-c {k}={v}" for k, v in self.server_settings.items())
+        conn = psycopg2.connect(
+            self.cfg.dsn(),
+            connection_factory=psycopg2.extras.LogicalReplicationConnection,
+            application_name="pulse-replication",
+            options=options or None,
+        )
+        return conn
+
+    def _start_options(self) -> dict[str, str]:
+        opts = {
+            "proto_version": str(self.cfg.protocol_version),
+            "publication_names": self.cfg.publication,
+            "messages": "true",
+        }
+        if self.cfg.protocol_version >= 2:
+            opts["streaming"] = "on"
+        opts.update(self.extra_options)
+        return opts
+
+    def _session(self) -> None:
+        conn = self._connect()
+        try:
+            cur = conn.cursor()
+            cur.start_replication(
+                slot_name=self.cfg.slot,
+                decode=False,
+                options=self._start_options(),
+                status_interval=self.cfg.status_interval_s,
+            )
+            self.session += 1
+            self._in_txn = False
+            self._open_streams.clear()
+            if self.session > 1:
+                self._put(Reconnected(self.session), cur)
+            log.info("replication.started", slot=self.cfg.slot, session=self.session,
+                     proto=self.cfg.protocol_version)
+            self._loop(conn, cur)
+        finally:
+            try:
+                conn.close()
+            except psycopg2.Error:
+                pass
+
+    def _loop(self, conn, cur) -> None:
+        chunk: list[tuple[int, bytes]] = []
+        hb = _Heartbeat(self.cfg)
+        try:
+            while not self.stop_event.is_set():
+                msg = cur.read_message()
+                if msg is not None:
+                    payload = msg.payload
+                    self._track(payload)
+                    chunk.append((msg.data_start, payload))
+                    self.messages += 1
+                    self.bytes += len(payload)
+                    if len(chunk) >= CHUNK_MESSAGES:
+                        self._put(chunk, cur)
+                        chunk = []
+                    continue
+                if chunk:
+                    self._put(chunk, cur)
+                    chunk = []
+                now = time.monotonic()
+                self.server_wal_end = max(self.server_wal_end, cur.wal_end or 0)
+                self._feedback(cur)
+                if now - hb.last_activity(self) >= self.cfg.heartbeat_interval_s:
+                    hb.emit()
+                try:
+                    select.select([conn], [], [], min(1.0, self.cfg.status_interval_s))
+                except InterruptedError:
+                    pass
+        finally:
+            hb.close()
+        # Graceful stop: hand on what was read, report the final position.
+        if chunk:
+            self._put(chunk, cur)
+        self._feedback(cur, force=True)
+
+    def _track(self, payload: bytes) -> None:
+        self.last_message_at = time.monotonic()
+        kind = payload[0]
+        if kind == 0x42:  # 'B'
+            self._in_txn = True
+        elif kind == 0x43:  # 'C': flags(1) commit_lsn(8) end_lsn(8)
+            self._in_txn = False
+            self._last_commit_end = int.from_bytes(payload[10:18], "big")
+        elif kind == 0x53:  # 'S' stream start: xid
+            self._open_streams.add(int.from_bytes(payload[1:5], "big"))
+        elif kind == 0x63:  # 'c' stream commit: xid flags commit_lsn end_lsn
+            self._open_streams.discard(int.from_bytes(payload[1:5], "big"))
+            self._last_commit_end = int.from_bytes(payload[14:22], "big")
+        elif kind == 0x41:  # 'A' stream abort: xid subxid
+            xid = int.from_bytes(payload[1:5], "big")
+            if xid == int.from_bytes(payload[5:9], "big"):
+                self._open_streams.discard(xid)
+
+    def _feedback(self, cur, force: bool = False) -> None:
+        ack = self._ack
+        if (
+            not self._in_txn
+            and not self._open_streams
+            and self.out.empty()
+            and ack >= self._last_commit_end
+            and self.durable_idle()
+        ):
+            # Nothing in flight and everything received is durable: the
+            # server's WAL end can be confirmed (idle slots advance).
+            wal_end = cur.wal_end or 0
+            if wal_end > ack:
+                ack = wal_end
+                self.acknowledge(ack)
+        if ack > self.sent_ack or force:
+            cur.send_feedback(write_lsn=ack, flush_lsn=ack, apply_lsn=ack, force=force)
+            self.sent_ack = max(self.sent_ack, ack)
+            log.debug("replication.ack", lsn=lsn_to_str(ack))
+        else:
+            cur.send_feedback()  # only sends when status_interval elapsed
+
+    def _put(self, item: object, cur) -> None:
+        # Backpressure: wait for room, but keep the session alive meanwhile.
+        while True:
+            try:
+                self.out.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self.stop_event.is_set():
+                    return  # not acknowledged, so the server sends it again next time
+                if cur is not None:
+                    self._feedback(cur)
+
+
+class _Heartbeat:
+    """Emits a transactional logical message on a plain connection when idle."""
+
+    def __init__(self, cfg: DatabaseConfig) -> None:
+        self.cfg = cfg
+        self.conn = None
+        self.last_emit = time.monotonic()
+        self.emitted = 0
+
+    def last_activity(self, reader: ReplicationReader) -> float:
+        return max(self.last_emit, reader.last_message_at)
+
+    def emit(self) -> None:
+        self.last_emit = time.monotonic()
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = connect(self.cfg)
+                self.conn.autocommit = True
+            with self.conn.cursor() as cur:
+                # Transactional: only a transaction moves a quiet slot's restart point.
+                cur.execute("SELECT pg_logical_emit_message(true, %s, now()::text)", (HEARTBEAT_PREFIX,))
+            self.emitted += 1
+        except psycopg2.Error as exc:
+            log.warning("heartbeat.failed", error=str(exc).strip())
+            self.close()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg2.Error:
+                pass
+            self.conn = None
+
+
+def _slot_error(exc: BaseException, cfg: DatabaseConfig) -> PulseError | None:
+    text = str(exc)
+    if "does not exist" in text and "replication slot" in text:
+        return SlotLostError(
+            f"replication slot {cfg.slot!r} does not exist any more: {text.strip()}",
+            hint="it was dropped while Pulse ran; see `pulse doctor`, then backfill the gap",
+        )
+    if "invalidated" in text or "can no longer get changes" in text or "has been invalidated" in text:
+        return SlotLostError(
+            f"replication slot {cfg.slot!r} was invalidated: {text.strip()}",
+            hint="the WAL it needed is gone; drop the slot, forget it in the slot registry, restart, and backfill",
+        )
+    if "publication" in text and "does not exist" in text:
+        return TerminalError(f"publication {cfg.publication!r} does not exist", hint="run `pulse db init`")
+    return None

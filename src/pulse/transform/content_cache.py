@@ -1,0 +1,83 @@
+"""The content cache: `content` rows by id, for enrichment.
+
+Loaded once at start (`load_content`), then kept fresh by the content
+changes of the same replication stream (`apply`), which arrive in commit
+order: an event never sees content older than what was committed before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg2 import sql
+
+from pulse.source.pgoutput import UNCHANGED_TOAST
+
+
+@dataclass(frozen=True, slots=True)
+class ContentInfo:
+    slug: str | None
+    title: str | None
+    content_type: str | None
+    length_seconds: int | None
+
+
+class ContentCache:
+    """A dict of content id -> ContentInfo with change application."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: dict[str, ContentInfo] | None = None) -> None:
+        self._rows: dict[str, ContentInfo] = dict(rows or {})
+
+    def get(self, content_id: str) -> ContentInfo | None:
+        return self._rows.get(content_id)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, content_id: object) -> bool:
+        return content_id in self._rows
+
+    def put_row(self, row: dict[str, Any]) -> None:
+        self._rows[row["id"]] = ContentInfo(
+            slug=row.get("slug"),
+            title=row.get("title"),
+            content_type=row.get("content_type"),
+            length_seconds=row.get("length_seconds"),
+        )
+
+    def apply(self, op: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
+        """Apply one change of the `content` table."""
+        if op == "delete":
+            if old and "id" in old:
+                self._rows.pop(old["id"], None)
+            return
+        assert new is not None
+        if op == "update" and old and "id" in old and old["id"] != new.get("id"):
+            self._rows.pop(old["id"], None)  # the primary key itself changed
+        current = self._rows.get(new["id"])
+        merged = dict(new)
+        if current is not None:
+            # Columns the server did not resend (unchanged TOAST) keep their value.
+            for key, attr in (("slug", "slug"), ("title", "title")):
+                if merged.get(key) is UNCHANGED_TOAST:
+                    merged[key] = getattr(current, attr)
+        self.put_row(merged)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+
+def load_content(cur, schema: str) -> ContentCache:
+    """Read the whole `content` table (it is a catalogue: thousands of rows, not millions)."""
+    cur.execute(
+        sql.SQL("SELECT id::text, slug, title, content_type, length_seconds FROM {}.content").format(
+            sql.Identifier(schema)
+        )
+    )
+    cache = ContentCache()
+    for cid, slug, title, ctype, length in cur.fetchall():
+        cache._rows[cid] = ContentInfo(slug, title, ctype, length)
+    return cache

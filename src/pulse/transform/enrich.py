@@ -1,0 +1,171 @@
+"""Enrichment: pure functions from a change and the content cache to an event.
+
+The rules (MISSION.md):
+
+- join `content` on `content_id` for slug, title, type and length;
+- `engagement_seconds = duration_ms / 1000`, NULL when `duration_ms` is NULL;
+- `engagement_pct = engagement_seconds / length_seconds` rounded to 2
+  decimals half away from zero on the exact decimal value; NULL when either
+  side is NULL or the length is 0.
+
+Odd rows are never dropped: they carry what can be known and a `problems`
+tuple naming what is odd. Decisions where the brief is silent:
+
+- a negative `duration_ms` is kept as sent, but `engagement_seconds` and
+  `engagement_pct` are NULL (a negative engagement would subtract from the
+  board) and the problem is `negative_duration`;
+- a duration beyond the content's length keeps its ratio (> 1) and is
+  flagged `duration_exceeds_length`;
+- a large `raw_payload` that an UPDATE did not change is not resent by
+  PostgreSQL (unchanged TOAST): it is NULL here, flagged `raw_payload_not_resent`.
+
+No I/O here: the caller passes the cache and the clock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pulse.source.pgoutput import UNCHANGED_TOAST
+from pulse.model import Change, EnrichedEvent, Position
+from pulse.transform.content_cache import ContentCache, ContentInfo
+
+NULL_CONTENT_ID = "null_content_id"
+CONTENT_MISSING = "content_missing"
+NULL_DURATION = "null_duration"
+NEGATIVE_DURATION = "negative_duration"
+NULL_LENGTH = "null_length"
+ZERO_LENGTH = "zero_length"
+EXCEEDS_LENGTH = "duration_exceeds_length"
+MISSING_VALUES = "old_values_unknown"
+PAYLOAD_NOT_SENT = "raw_payload_not_resent"
+
+
+def round_half_away(numerator: int, denominator: int) -> int:
+    """`numerator / denominator` rounded to the nearest integer, halves away from zero (exact)."""
+    if denominator == 0:
+        raise ZeroDivisionError("denominator is 0")
+    if denominator < 0:
+        numerator, denominator = -numerator, -denominator
+    q, r = divmod(abs(numerator), denominator)
+    if 2 * r >= denominator:
+        q += 1
+    return q if numerator >= 0 else -q
+
+
+def engagement(duration_ms: int | None, length_seconds: int | None) -> tuple[float | None, float | None, list[str]]:
+    """(engagement_seconds, engagement_pct, problems) for one event."""
+    problems: list[str] = []
+    if duration_ms is None:
+        seconds = None
+    elif duration_ms < 0:
+        problems.append(NEGATIVE_DURATION)
+        seconds = None
+    else:
+        seconds = duration_ms / 1000
+    if length_seconds is None:
+        pct = None
+    elif length_seconds == 0:
+        problems.append(ZERO_LENGTH)
+        pct = None
+    elif seconds is None:
+        pct = None
+    else:
+        # pct = duration_ms / (1000 * length) to 2 decimals = hundredths / 100,
+        # computed on integers so 1005 ms over 2 s gives 0.50 -> 0.5025 -> 0.50
+        # and 1010 ms over 2 s gives exactly 0.505 -> 0.51.
+        hundredths = round_half_away(duration_ms, 10 * length_seconds)  # type: ignore[operator]
+        pct = hundredths / 100
+        if duration_ms > 1000 * length_seconds:  # type: ignore[operator]
+            problems.append(EXCEEDS_LENGTH)
+    return seconds, pct, problems
+
+
+def enrich_row(
+    row: dict[str, Any],
+    *,
+    op: str,
+    position: Position,
+    commit_ts: datetime | None,
+    cache: ContentCache,
+    now: datetime,
+    backfill: bool = False,
+    before: EnrichedEvent | None = None,
+    extra_problems: tuple[str, ...] = (),
+) -> EnrichedEvent:
+    """Enrich one `engagement_events` row (as a column-name dict)."""
+    problems: list[str] = list(extra_problems)
+    content_id = row.get("content_id")
+    info: ContentInfo | None = None
+    if content_id is None:
+        problems.append(NULL_CONTENT_ID)
+    else:
+        info = cache.get(content_id)
+        if info is None:
+            problems.append(CONTENT_MISSING)
+    length = info.length_seconds if info is not None else None
+    duration = row.get("duration_ms")
+    payload = row.get("raw_payload")
+    if payload is UNCHANGED_TOAST:
+        # An UPDATE that left a large (TOASTed) payload untouched does not resend
+        # it; without REPLICA IDENTITY FULL its value is unknown here.
+        payload = None
+        problems.append(PAYLOAD_NOT_SENT)
+    seconds, pct, metric_problems = engagement(duration, length)
+    problems.extend(metric_problems)
+    return EnrichedEvent(
+        event_id=row["id"],
+        content_id=content_id,
+        user_id=row.get("user_id"),
+        event_type=row.get("event_type"),
+        event_ts=row.get("event_ts"),
+        duration_ms=duration,
+        device=row.get("device"),
+        raw_payload=payload,
+        content_slug=info.slug if info else None,
+        content_title=info.title if info else None,
+        content_type=info.content_type if info else None,
+        length_seconds=length,
+        engagement_seconds=seconds,
+        engagement_pct=pct,
+        op=op,  # type: ignore[arg-type]
+        position=position,
+        commit_ts=commit_ts,
+        processed_ts=now,
+        backfill=backfill,
+        problems=tuple(problems),
+        before=before,
+    )
+
+
+def enrich_change(change: Change, cache: ContentCache, now: datetime, backfill: bool = False) -> EnrichedEvent:
+    """Enrich a change of `engagement_events` (insert, update or delete).
+
+    For UPDATE / DELETE the `before` event is built when the old row is
+    complete (REPLICA IDENTITY FULL); with the default identity only the key
+    is known and `old_values_unknown` is flagged on deletes.
+    """
+    before = None
+    old = change.old
+    if old is not None and "event_ts" in old:
+        before = enrich_row(old, op=change.op, position=change.position, commit_ts=change.commit_ts,
+                            cache=cache, now=now, backfill=backfill)
+    if change.op == "delete":
+        row = old if old is not None else {}
+        if "id" not in row:
+            raise ValueError("a DELETE of engagement_events without its key: replica identity NOTHING?")
+        if before is None:
+            # Only the key is known: no content lookup, no metrics, nothing to flag but that.
+            return EnrichedEvent(
+                event_id=row["id"], content_id=None, user_id=None, event_type=None, event_ts=None,
+                duration_ms=None, device=None, raw_payload=None, content_slug=None, content_title=None,
+                content_type=None, length_seconds=None, engagement_seconds=None, engagement_pct=None,
+                op="delete", position=change.position, commit_ts=change.commit_ts, processed_ts=now,
+                backfill=backfill, problems=(MISSING_VALUES,),
+            )
+        return enrich_row(row, op="delete", position=change.position, commit_ts=change.commit_ts,
+                          cache=cache, now=now, backfill=backfill, before=before)
+    assert change.new is not None
+    return enrich_row(change.new, op=change.op, position=change.position, commit_ts=change.commit_ts,
+                      cache=cache, now=now, backfill=backfill, before=before)

@@ -1,0 +1,89 @@
+"""Helpers for running the in-process pipeline against a scratch database."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from pulse.config import Settings
+from pulse.runtime.pipeline import Pipeline
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition",
+             interval: float = 0.05) -> object:
+    """Poll `predicate` until truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Running:
+    """A pipeline on a background thread; stop() drains it and re-raises its failure."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.pipeline.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> "Running":
+        self.thread.start()
+        wait_for(lambda: self.pipeline.ready.is_set() or self.error, 60, "pipeline start")
+        if self.error:
+            raise self.error
+        return self
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "pipeline did not stop"
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self.error and exc[0] is None:
+            raise self.error
+
+
+def settings_for(db, **runtime) -> Settings:
+    return Settings(database=db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
+                    runtime={"sinks": ["memory"], **runtime})
+
+
+def insert_content(cur, n: int = 3, length: int | None = 100, ctype: str = "podcast") -> list[str]:
+    ids = []
+    for i in range(n):
+        cid = str(uuid.uuid4())
+        cur.execute(
+            "INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
+            "VALUES (%s, %s, %s, %s, %s, now())",
+            (cid, f"slug-{cid[:8]}", f"Title {i}", ctype, length),
+        )
+        ids.append(cid)
+    return ids
+
+
+def insert_events(cur, content_ids: list[str | None], n: int, duration_ms: int | None = 5000,
+                  event_ts: datetime | None = None) -> list[int]:
+    ts = event_ts or datetime.now(timezone.utc)
+    ids = []
+    for i in range(n):
+        cur.execute(
+            "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device, raw_payload) "
+            "VALUES (%s, %s, 'play', %s, %s, 'ios', '{\"k\": 1}') RETURNING id",
+            (content_ids[i % len(content_ids)], str(uuid.uuid4()), ts - timedelta(milliseconds=i), duration_ms),
+        )
+        ids.append(cur.fetchone()[0])
+    return ids
