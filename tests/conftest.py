@@ -141,3 +141,33 @@ def scratch_db(services) -> ScratchDb:
         with admin.cursor() as cur:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         admin.close()
+
+
+@pytest.fixture
+def sink_db(services) -> str:
+    """URL of an empty throwaway database, for durable test sinks."""
+    import psycopg2
+    from psycopg2 import sql
+
+    base = services["PULSE_DATABASE_URL"]
+    name = unique("pulse_sink")
+    admin = psycopg2.connect(base)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _with_db(base, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+@pytest.fixture
+def superuser_url(services) -> str:
+    """The local cluster's bootstrap superuser (for tests that change server settings)."""
+    from pulse.dev import services as dev
+
+    parts = urlsplit(services["PULSE_DATABASE_URL"])
+    password = (dev.state_dir() / "pg-password").read_text().strip()
+    return urlunsplit(parts._replace(netloc=f"postgres:{password}@{parts.hostname}:{parts.port}"))

@@ -37,8 +37,7 @@ class Position(NamedTuple):
 ZERO = Position(0, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """A row change of `content` or `engagement_events`, values by column name.
 
     `old` holds what the replica identity gives for UPDATE / DELETE: the key
@@ -53,9 +52,12 @@ class Change:
     commit_ts: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class EnrichedEvent:
-    """One engagement event joined with its content and derived metrics."""
+class EnrichedEvent(NamedTuple):
+    """One engagement event joined with its content and derived metrics.
+
+    A NamedTuple rather than a frozen dataclass: equally immutable, and about
+    twice as fast to build, which matters at 100k+ events per second.
+    """
 
     event_id: int
     content_id: str | None
@@ -79,7 +81,7 @@ class EnrichedEvent:
     problems: tuple[str, ...] = ()
     # The event as it was before an UPDATE / DELETE, when the replica identity
     # sent its old values (REPLICA IDENTITY FULL); Redis corrects the board with it.
-    before: "EnrichedEvent | None" = None
+    before: "EnrichedEvent | None" = None  # type: ignore[misc]
 
     def size_hint(self) -> int:
         """Rough bytes held in memory, for byte-bounded queues."""

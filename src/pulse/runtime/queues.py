@@ -38,6 +38,21 @@ class ByteQueue(Generic[T]):
             self._cond.notify_all()
             return True
 
+    def put_many(self, items: list[T], size: int, timeout: float | None = None) -> bool:
+        """Add `items` (together `size` bytes) at once: one lock round trip for a whole chunk."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._items and (self._bytes + size > self.max_bytes or len(self._items) >= self.max_items):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            each = size // len(items) if items else 0
+            self._items.extend((item, each) for item in items)
+            self._bytes += each * len(items)
+            self._cond.notify_all()
+            return True
+
     def get_many(self, max_items: int, timeout: float) -> list[T]:
         """Up to `max_items` items; waits up to `timeout` for the first one."""
         deadline = time.monotonic() + timeout

@@ -84,7 +84,6 @@ class ReplicationReader(threading.Thread):
         self.session = 0
         self.error: BaseException | None = None
         self.messages = 0
-        self.bytes = 0
         # Transaction state seen on the wire (first byte of each payload), so
         # the idle acknowledgement never jumps over an open transaction.
         self._in_txn = False
@@ -193,18 +192,20 @@ class ReplicationReader(threading.Thread):
                 msg = cur.read_message()
                 if msg is not None:
                     payload = msg.payload
-                    self._track(payload)
+                    if payload[0] != 0x49:  # not an Insert: maybe a transaction boundary
+                        self._track(payload)
                     chunk.append((msg.data_start, payload))
                     self.messages += 1
-                    self.bytes += len(payload)
                     if len(chunk) >= CHUNK_MESSAGES:
+                        self.last_message_at = time.monotonic()
                         self._put(chunk, cur)
                         chunk = []
                     continue
+                now = time.monotonic()
                 if chunk:
+                    self.last_message_at = now
                     self._put(chunk, cur)
                     chunk = []
-                now = time.monotonic()
                 self.server_wal_end = max(self.server_wal_end, cur.wal_end or 0)
                 self._feedback(cur)
                 if now - hb.last_activity(self) >= self.cfg.heartbeat_interval_s:
@@ -221,7 +222,6 @@ class ReplicationReader(threading.Thread):
         self._feedback(cur, force=True)
 
     def _track(self, payload: bytes) -> None:
-        self.last_message_at = time.monotonic()
         kind = payload[0]
         if kind == 0x42:  # 'B'
             self._in_txn = True

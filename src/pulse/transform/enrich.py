@@ -114,28 +114,12 @@ def enrich_row(
         problems.append(PAYLOAD_NOT_SENT)
     seconds, pct, metric_problems = engagement(duration, length)
     problems.extend(metric_problems)
+    # Positional: this is the hottest constructor in Pulse (field order of EnrichedEvent).
     return EnrichedEvent(
-        event_id=row["id"],
-        content_id=content_id,
-        user_id=row.get("user_id"),
-        event_type=row.get("event_type"),
-        event_ts=row.get("event_ts"),
-        duration_ms=duration,
-        device=row.get("device"),
-        raw_payload=payload,
-        content_slug=info.slug if info else None,
-        content_title=info.title if info else None,
-        content_type=info.content_type if info else None,
-        length_seconds=length,
-        engagement_seconds=seconds,
-        engagement_pct=pct,
-        op=op,  # type: ignore[arg-type]
-        position=position,
-        commit_ts=commit_ts,
-        processed_ts=now,
-        backfill=backfill,
-        problems=tuple(problems),
-        before=before,
+        row["id"], content_id, row.get("user_id"), row.get("event_type"), row.get("event_ts"), duration,
+        row.get("device"), payload,
+        info.slug if info else None, info.title if info else None, info.content_type if info else None,
+        length, seconds, pct, op, position, commit_ts, now, backfill, tuple(problems), before,  # type: ignore[arg-type]
     )
 
 
