@@ -87,3 +87,14 @@ def insert_events(cur, content_ids: list[str | None], n: int, duration_ms: int |
         )
         ids.append(cur.fetchone()[0])
     return ids
+
+
+def insert_events_bulk(cur, content_ids: list[str], start: int, n: int) -> None:
+    """`n` events in one transaction, generated server-side (ids follow the sequence)."""
+    arr = "{" + ",".join(content_ids) + "}"
+    cur.execute(
+        "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device, raw_payload) "
+        "SELECT (%s::uuid[])[1 + (g %% %s)], gen_random_uuid(), 'play', now(), 1000 + g %% 9000, 'ios', "
+        "jsonb_build_object('g', g) FROM generate_series(%s, %s) g",
+        (arr, len(content_ids), start, start + n - 1),
+    )
