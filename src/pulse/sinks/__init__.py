@@ -10,7 +10,14 @@ from pulse.config import Settings
 from pulse.errors import ConfigError
 from pulse.sinks.base import Sink
 
-BUILTIN = ("memory", "pgtable")
+BUILTIN = ("memory", "pgtable", "redis", "bigquery", "external")
+
+# name -> (module, class, pip extra); each class has `from_settings(settings)`.
+_DESTINATIONS = {
+    "redis": ("pulse.sinks.redis", "RedisSink", "redis"),
+    "bigquery": ("pulse.sinks.bigquery", "BigQuerySink", "bigquery"),
+    "external": ("pulse.sinks.external", "ExternalSink", "external"),
+}
 
 
 def build_sink(name: str, settings: Settings) -> Sink:
@@ -27,6 +34,20 @@ def build_sink(name: str, settings: Settings) -> Sink:
             raise ConfigError("the pgtable sink needs a database URL",
                               hint="set PULSE_TESTSINKS__PGTABLE_URL (a database other than the source)")
         return PgTableSink(url.get_secret_value(), table=settings.testsinks.pgtable_table)
+    if name in _DESTINATIONS:
+        import importlib
+
+        module, cls, extra = _DESTINATIONS[name]
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("pulse."):
+                raise ConfigError(f"the {name} sink is not available in this build", hint="upgrade Pulse") from exc
+            raise ConfigError(
+                f"the {name} sink needs {exc.name}, which is not installed",
+                hint=f"pip install 'pulse-cdc[{extra}]'",
+            ) from exc
+        return getattr(mod, cls).from_settings(settings)
     raise ConfigError(f"unknown sink {name!r}", hint=f"choose from: {', '.join(BUILTIN)}")
 
 
