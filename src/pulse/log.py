@@ -9,13 +9,13 @@ with a password are redacted before rendering.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 import orjson
 
-from pulse.config import redact_url
 
 _FIELDS = "pulse_fields"
 
@@ -55,9 +55,18 @@ def get_logger(name: str) -> StructLogger:
     return StructLogger(logging.getLogger(name))
 
 
+_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]*@", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"(\bpassword=)[^&\s]*", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """Hide URL passwords anywhere in `text` (an error message may embed a DSN)."""
+    return _PASSWORD_PARAM.sub(r"\1***", _URL_CREDENTIALS.sub(r"\1***@", text))
+
+
 def _safe(value: Any) -> Any:
-    if isinstance(value, str) and "://" in value and "@" in value:
-        return redact_url(value)
+    if isinstance(value, str) and ("://" in value or "password=" in value.lower()):
+        return redact_text(value)
     return value
 
 
@@ -80,13 +89,10 @@ class ConsoleFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": record.created,
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        doc.update(_fields(record))
+        # Fields first, the record's own keys last: a field cannot overwrite them.
+        doc: dict[str, Any] = _fields(record)
+        doc.update(ts=record.created, level=record.levelname.lower(), logger=record.name,
+                   event=record.getMessage())
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()

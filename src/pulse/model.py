@@ -96,7 +96,7 @@ class EnrichedEvent(NamedTuple):
             "content_id": self.content_id,
             "user_id": self.user_id,
             "event_type": self.event_type,
-            "event_ts": self.event_ts.isoformat() if self.event_ts else None,
+            "event_ts": _iso(self.event_ts),
             "duration_ms": self.duration_ms,
             "device": self.device,
             "raw_payload": self.raw_payload,
@@ -109,11 +109,18 @@ class EnrichedEvent(NamedTuple):
             "op": self.op,
             "source_lsn": self.position.lsn,
             "source_seq": self.position.seq,
-            "commit_ts": self.commit_ts.isoformat() if self.commit_ts else None,
-            "processed_ts": self.processed_ts.isoformat(),
+            "commit_ts": _iso(self.commit_ts),
+            "processed_ts": _iso(self.processed_ts),
             "backfill": self.backfill,
             "problems": list(self.problems),
         }
+
+
+def _iso(value: object) -> str | None:
+    # A timestamp Python cannot hold arrives as PostgreSQL's text ('infinity').
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -296,11 +296,11 @@ class Pipeline:
         for worker in self.workers.values():
             if last <= worker.enqueued:
                 continue  # this sink already has all of them (restart or reconnect replay)
-            todo = events
+            todo, todo_size = events, size
             if events[0].position <= worker.enqueued:
                 todo = [e for e in events if e.position > worker.enqueued]
-                size = sum(e.size_hint() for e in todo)
-            while not worker.queue.put_many(todo, size, timeout=0.5):
+                todo_size = sum(e.size_hint() for e in todo)
+            while not worker.queue.put_many(todo, todo_size, timeout=0.5):
                 if self.stop_event.is_set():
                     return
                 self._housekeeping()

@@ -42,7 +42,8 @@ class ByteQueue(Generic[T]):
         """Add `items` (together `size` bytes) at once: one lock round trip for a whole chunk."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._items and (self._bytes + size > self.max_bytes or len(self._items) >= self.max_items):
+            while self._items and (self._bytes + size > self.max_bytes
+                                   or len(self._items) + len(items) > self.max_items):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

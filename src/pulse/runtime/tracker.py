@@ -40,8 +40,9 @@ class AckTracker:
 
     def dispatched(self, position: Position) -> None:
         """An event at `position` was handed to the sinks (called in position order)."""
-        if position > self._dispatched:
-            self._dispatched = position
+        with self._lock:
+            if position > self._dispatched:
+                self._dispatched = position
 
     def close_txn(self, end_lsn: int, commit_ts: float) -> None:
         with self._lock:

@@ -38,6 +38,7 @@ from pulse.source import pgoutput as pg
 log = get_logger(__name__)
 
 CAPTURED = frozenset({"content", "engagement_events"})
+_TRUNCATE = "truncate"  # op of a spilled TRUNCATE record
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class ChangeAssembler:
                 return
             xid = rec.xid  # type: ignore[attr-defined]
             if xid is not None:
-                self._spill(xid, rec)
+                self._spill(xid, _rows(rec))
                 return
             if self._txn is None:
                 raise pg.PgOutputError("row change outside a transaction")
@@ -121,6 +122,10 @@ class ChangeAssembler:
         elif t is pg.Truncate:
             for rel in rec.relations:  # type: ignore[attr-defined]
                 if rel.name in CAPTURED and rel.namespace == self.schema:
+                    if rec.xid is not None:  # type: ignore[attr-defined]
+                        # Inside a stream: only reported if the transaction commits.
+                        self._spill(rec.xid, (rel.name, _TRUNCATE, None, None))  # type: ignore[attr-defined]
+                        continue
                     pos = Position(self._txn.final_lsn if self._txn else 0, self._seq)
                     yield Truncated(rel.name, pos)
         # Relation, Type, Origin, LogicalMessage (heartbeats), StreamStop:
@@ -128,7 +133,7 @@ class ChangeAssembler:
 
     # -- streamed transactions -------------------------------------------------
 
-    def _spill(self, xid: int, rec: pg.Insert | pg.Update | pg.Delete) -> None:
+    def _spill(self, xid: int, row: tuple) -> None:
         # Spill files are keyed by the top-level xid of the open stream segment.
         top = self._stream_top
         spill = self._spills.get(top)
@@ -136,13 +141,13 @@ class ChangeAssembler:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=f"pulse-stream-{top}-", suffix=".spill", dir=self.spill_dir)
             spill = self._spills[top] = _Spill(Path(name), os.fdopen(fd, "w+b", buffering=1 << 20))
-        blob = pickle.dumps((xid, _rows(rec)), protocol=pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps((xid, row), protocol=pickle.HIGHEST_PROTOCOL)
         spill.fh.write(_LEN.pack(len(blob)))
         spill.fh.write(blob)
         spill.count += 1
         self.spilled_total += 1
 
-    def _replay(self, rec: pg.StreamCommit) -> Iterator[Change | TxnEnd]:
+    def _replay(self, rec: pg.StreamCommit) -> Iterator[Change | TxnEnd | Truncated]:
         spill = self._spills.pop(rec.xid, None)
         seq = 0
         if spill is not None:
@@ -151,6 +156,9 @@ class ChangeAssembler:
                 aborted = spill.aborted or set()
                 for xid, (table, op, new, old) in _read_spill(spill.path):
                     if xid in aborted:
+                        continue
+                    if op == _TRUNCATE:
+                        yield Truncated(table, Position(rec.commit_lsn, seq))
                         continue
                     seq += 1
                     yield Change(table, op, new, old, Position(rec.commit_lsn, seq), rec.commit_ts)

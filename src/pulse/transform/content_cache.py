@@ -55,15 +55,16 @@ class ContentCache:
                 self._rows.pop(old["id"], None)
             return
         assert new is not None
-        if op == "update" and old and "id" in old and old["id"] != new.get("id"):
-            self._rows.pop(old["id"], None)  # the primary key itself changed
         current = self._rows.get(new["id"])
+        if op == "update" and old and "id" in old and old["id"] != new.get("id"):
+            current = self._rows.pop(old["id"], None)  # the primary key itself changed
         merged = dict(new)
-        if current is not None:
-            # Columns the server did not resend (unchanged TOAST) keep their value.
-            for key, attr in (("slug", "slug"), ("title", "title")):
-                if merged.get(key) is UNCHANGED_TOAST:
-                    merged[key] = getattr(current, attr)
+        # Columns the server did not resend (unchanged TOAST) keep their value,
+        # or are unknown (None): the marker itself is never stored.
+        for key, attr in (("slug", "slug"), ("title", "title"), ("content_type", "content_type"),
+                          ("length_seconds", "length_seconds")):
+            if merged.get(key) is UNCHANGED_TOAST:
+                merged[key] = getattr(current, attr) if current is not None else None
         self.put_row(merged)
 
     def clear(self) -> None:

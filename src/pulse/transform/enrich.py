@@ -17,7 +17,12 @@ tuple naming what is odd. Decisions where the brief is silent:
 - a duration beyond the content's length keeps its ratio (> 1) and is
   flagged `duration_exceeds_length`;
 - a large `raw_payload` that an UPDATE did not change is not resent by
-  PostgreSQL (unchanged TOAST): it is NULL here, flagged `raw_payload_not_resent`.
+  PostgreSQL (unchanged TOAST): taken from the old row when REPLICA IDENTITY
+  FULL sent it, else NULL and flagged `raw_payload_not_resent`;
+- a negative `length_seconds` (the column has no CHECK) gives no ratio and
+  is flagged `negative_length`;
+- an `event_ts` Python cannot hold ('infinity', year > 9999) is NULL and
+  flagged `event_ts_out_of_range`.
 
 No I/O here: the caller passes the cache and the clock.
 """
@@ -33,13 +38,13 @@ from pulse.transform.content_cache import ContentCache, ContentInfo
 
 NULL_CONTENT_ID = "null_content_id"
 CONTENT_MISSING = "content_missing"
-NULL_DURATION = "null_duration"
 NEGATIVE_DURATION = "negative_duration"
-NULL_LENGTH = "null_length"
 ZERO_LENGTH = "zero_length"
 EXCEEDS_LENGTH = "duration_exceeds_length"
 MISSING_VALUES = "old_values_unknown"
 PAYLOAD_NOT_SENT = "raw_payload_not_resent"
+NEGATIVE_LENGTH = "negative_length"
+BAD_EVENT_TS = "event_ts_out_of_range"
 
 
 def round_half_away(numerator: int, denominator: int) -> int:
@@ -68,6 +73,9 @@ def engagement(duration_ms: int | None, length_seconds: int | None) -> tuple[flo
         pct = None
     elif length_seconds == 0:
         problems.append(ZERO_LENGTH)
+        pct = None
+    elif length_seconds < 0:
+        problems.append(NEGATIVE_LENGTH)
         pct = None
     elif seconds is None:
         pct = None
@@ -112,11 +120,16 @@ def enrich_row(
         # it; without REPLICA IDENTITY FULL its value is unknown here.
         payload = None
         problems.append(PAYLOAD_NOT_SENT)
+    event_ts = row.get("event_ts")
+    if event_ts is not None and not isinstance(event_ts, datetime):
+        # 'infinity' or a year beyond 9999: no sink can place it in time.
+        event_ts = None
+        problems.append(BAD_EVENT_TS)
     seconds, pct, metric_problems = engagement(duration, length)
     problems.extend(metric_problems)
     # Positional: this is the hottest constructor in Pulse (field order of EnrichedEvent).
     return EnrichedEvent(
-        row["id"], content_id, row.get("user_id"), row.get("event_type"), row.get("event_ts"), duration,
+        row["id"], content_id, row.get("user_id"), row.get("event_type"), event_ts, duration,
         row.get("device"), payload,
         info.slug if info else None, info.title if info else None, info.content_type if info else None,
         length, seconds, pct, op, position, commit_ts, now, backfill, tuple(problems), before,  # type: ignore[arg-type]
@@ -151,5 +164,10 @@ def enrich_change(change: Change, cache: ContentCache, now: datetime, backfill: 
         return enrich_row(row, op="delete", position=change.position, commit_ts=change.commit_ts,
                           cache=cache, now=now, backfill=backfill, before=before)
     assert change.new is not None
-    return enrich_row(change.new, op=change.op, position=change.position, commit_ts=change.commit_ts,
+    new = change.new
+    if old is not None and before is not None and UNCHANGED_TOAST in new.values():
+        # REPLICA IDENTITY FULL inlines TOASTed values in the old row: an
+        # unchanged one is known after all.
+        new = {k: (old.get(k, v) if v is UNCHANGED_TOAST else v) for k, v in new.items()}
+    return enrich_row(new, op=change.op, position=change.position, commit_ts=change.commit_ts,
                       cache=cache, now=now, backfill=backfill, before=before)

@@ -265,9 +265,6 @@ def test_blocked_put_many_is_released_by_a_get() -> None:
     assert q.get_many(10, timeout=0) == [1, 2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: put_many only checks that the queue is below max_items before "
-                                       "adding the whole chunk, so a non-empty queue can hold "
-                                       "max_items + len(chunk) - 1 items (queues.py:45)")
 def test_put_many_respects_max_items_on_a_non_empty_queue() -> None:
     q: ByteQueue[int] = ByteQueue(max_bytes=10**9, max_items=4)
     q.put(0, 1)

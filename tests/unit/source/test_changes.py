@@ -384,9 +384,6 @@ def test_truncate_of_other_tables_and_schemas_is_ignored(asm: ChangeAssembler) -
     assert out == [TxnEnd(0x100, 0x110, TS1)]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a Truncate inside a streamed transaction is reported at once "
-                                       "(position (0, 0)) even though the transaction later aborts "
-                                       "(changes.py:121-125 ignores rec.xid)")
 def test_truncate_in_an_aborted_streamed_transaction_is_not_reported(asm: ChangeAssembler) -> None:
     out = feed(asm, StreamStart(900, True), Truncate((ENG,), False, False, xid=900), StreamStop(),
                StreamAbort(900, 900))

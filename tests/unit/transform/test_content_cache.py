@@ -94,8 +94,6 @@ def test_update_keeps_only_the_unchanged_toast_column() -> None:
     assert cache.get(A) == ContentInfo("ep-1", "New title", "podcast", 120)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: on a key change the old entry is popped before the TOAST merge, "
-                                       "so UNCHANGED_TOAST is stored as slug/title (content_cache.py:58-67)")
 def test_key_change_keeps_unchanged_toast_values_of_the_old_key() -> None:
     cache = ContentCache()
     cache.apply("insert", content(slug="long-slug", title="Long title"), None)

@@ -199,8 +199,6 @@ def test_duration_beyond_length_keeps_the_ratio_and_is_flagged() -> None:
     assert engagement(2000, 2) == (2.0, 1.0, [])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a negative length_seconds yields a negative engagement_pct "
-                                       "flagged as duration_exceeds_length (enrich.py:67-81)")
 def test_negative_length_is_not_turned_into_a_negative_ratio() -> None:
     seconds, pct, problems = engagement(1000, -10)
     assert seconds == 1.0
@@ -430,9 +428,6 @@ def test_delete_without_key_is_an_error(cache: ContentCache) -> None:
         enrich_change(change("delete", None, old=None), cache, NOW)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: with REPLICA IDENTITY FULL the old tuple carries the TOASTed "
-                                       "raw_payload, yet an unchanged-TOAST new value is still NULLed "
-                                       "and flagged (enrich.py:109-114, enrich_change does not merge old)")
 def test_unchanged_toast_payload_is_taken_from_full_old_values(cache: ContentCache) -> None:
     big = '{"blob": "' + "x" * 5000 + '"}'
     old = row(raw_payload=big, duration_ms=1000)
