@@ -24,8 +24,8 @@ services-down:          ## stop exactly what `make services` started
 status: venv
 	$(BIN)/pulse dev status
 
-demo: services          ## the whole pipeline on local services
-	PULSE_BIN=$(BIN) bash scripts/demo.sh
+demo: venv              ## the whole pipeline on local services (starts and stops what it needs)
+	$(BIN)/pulse dev demo
 
 test: services          ## unit + integration tests against the real local services
 	$(BIN)/pytest -q tests

@@ -56,3 +56,14 @@ def status() -> None:
 def env() -> None:
     """Print the export lines of .pulse/services.env."""
     typer.echo((services.state_dir() / "services.env").read_text(), nl=False)
+
+
+@app.command("demo")
+def demo(
+    rate: float = typer.Option(200.0, "--rate", help="Live events per second."),
+    seconds: float = typer.Option(15.0, "--seconds", help="How long to write live traffic."),
+) -> None:
+    """The whole pipeline on the local services, then stop what it started (`make demo`)."""
+    from pulse.dev import demo as demo_mod
+
+    demo_mod.run(rate, seconds)
