@@ -163,6 +163,8 @@ class Pipeline:
         self.cache = ContentCache()
         self.events_in = 0
         self.truncates = 0
+        # Sinks that also want content rows (the Kafka producer's compacted topic).
+        self._content_hooks = [s.publish_content for s in self.sinks if hasattr(s, "publish_content")]
         self._pending: list[EnrichedEvent] = []
         self._pending_bytes = 0
         self._status_conn = None
@@ -261,6 +263,8 @@ class Pipeline:
             if change.table == "content":
                 metrics.CHANGES_IN.labels("content", change.op).inc()
                 self.cache.apply(change.op, change.new, change.old)
+                for hook in self._content_hooks:
+                    hook(change)
                 return
             event = enrich_change(change, self.cache, self.clock())
             if event.problems:

@@ -10,13 +10,14 @@ from pulse.config import Settings
 from pulse.errors import ConfigError
 from pulse.sinks.base import Sink
 
-BUILTIN = ("memory", "pgtable", "redis", "bigquery", "external")
+BUILTIN = ("memory", "pgtable", "redis", "bigquery", "external", "kafka")
 
 # name -> (module, class, pip extra); each class has `from_settings(settings)`.
 _DESTINATIONS = {
     "redis": ("pulse.sinks.redis", "RedisSink", "redis"),
     "bigquery": ("pulse.sinks.bigquery", "BigQuerySink", "bigquery"),
     "external": ("pulse.sinks.external", "ExternalSink", "external"),
+    "kafka": ("pulse.sinks.kafka", "KafkaSink", "kafka"),
 }
 
 

@@ -1,0 +1,78 @@
+"""The Kafka wire format of an enriched event: JSON, the contract's field names.
+
+The value is `EnrichedEvent.to_dict()` plus `before` (the old values, when the
+replica identity sent them), encoded with orjson; the key is the content id
+(events of one content stay in one partition, in order); headers carry the
+source position so a consumer can skip what its sink already holds without
+decoding the value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from pulse.model import EnrichedEvent, Position
+
+POSITION_HEADER = "pulse-position"
+BACKFILL_HEADER = "pulse-backfill"
+NULL_KEY = b"__null_content__"
+
+
+def _ts(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def to_dict(event: EnrichedEvent) -> dict[str, Any]:
+    doc = event.to_dict()
+    doc["before"] = event.before.to_dict() if event.before is not None else None
+    return doc
+
+
+def from_dict(doc: dict[str, Any]) -> EnrichedEvent:
+    before = doc.get("before")
+    return EnrichedEvent(
+        event_id=doc["event_id"],
+        content_id=doc["content_id"],
+        user_id=doc["user_id"],
+        event_type=doc["event_type"],
+        event_ts=_ts(doc["event_ts"]),
+        duration_ms=doc["duration_ms"],
+        device=doc["device"],
+        raw_payload=doc["raw_payload"],
+        content_slug=doc["content_slug"],
+        content_title=doc["content_title"],
+        content_type=doc["content_type"],
+        length_seconds=doc["length_seconds"],
+        engagement_seconds=doc["engagement_seconds"],
+        engagement_pct=doc["engagement_pct"],
+        op=doc["op"],
+        position=Position(doc["source_lsn"], doc["source_seq"]),
+        commit_ts=_ts(doc["commit_ts"]),
+        processed_ts=_ts(doc["processed_ts"]),  # type: ignore[arg-type]
+        backfill=doc["backfill"],
+        problems=tuple(doc["problems"]),
+        before=from_dict(before) if before else None,
+    )
+
+
+def encode(event: EnrichedEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) of one event."""
+    key = event.content_id.encode() if event.content_id else NULL_KEY
+    headers = [(POSITION_HEADER, str(event.position).encode())]
+    if event.backfill:
+        headers.append((BACKFILL_HEADER, b"1"))
+    return key, orjson.dumps(to_dict(event)), headers
+
+
+def decode(value: bytes) -> EnrichedEvent:
+    return from_dict(orjson.loads(value))
+
+
+def header_position(headers: list[tuple[str, bytes]] | None) -> Position | None:
+    for name, raw in headers or ():
+        if name == POSITION_HEADER:
+            return Position.parse(raw.decode())
+    return None

@@ -1,0 +1,219 @@
+"""A sink fed from Kafka (`pulse consume --sink NAME`).
+
+One consumer group per destination (`<group_prefix>-<sink>`), so a stuck
+external system never delays the Redis group. Exactness does not rely on
+Kafka's offsets:
+
+- each assigned partition gets its own sink instance, named
+  `<sink>@<topic>/<partition>`, whose position the destination stores with
+  its data (per partition: events of one partition arrive in source order,
+  across partitions they interleave);
+- a message at or below that position is skipped: a redelivery after a
+  rebalance, or a duplicate written by a producer that restarted, changes
+  nothing;
+- offsets are committed only up to what the sink reported durable.
+
+Scale-out: run more instances with the same group; Kafka splits the
+partitions (cooperative-sticky), and a partition that moves is re-opened on
+its new owner from the position stored in the destination.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
+
+from pulse.bus.codec import decode, header_position
+from pulse.config import Settings
+from pulse.errors import TerminalError, TransientError
+from pulse.log import get_logger
+from pulse.model import Batch, Position
+from pulse.sinks.base import Sink
+from pulse.sinks.kafka import client_config, ensure_topics
+
+log = get_logger(__name__)
+
+SinkFactory = Callable[[str], Sink]
+
+
+class _Partition:
+    __slots__ = ("sink", "position", "pending", "durable_offset")
+
+    def __init__(self, sink: Sink, position: Position) -> None:
+        self.sink = sink
+        self.position = position  # highest position written to the sink
+        # (position, next offset) of messages written but maybe not durable yet.
+        self.pending: deque[tuple[Position, int]] = deque()
+        self.durable_offset: int | None = None  # next offset to commit
+
+
+class SinkConsumer:
+    def __init__(self, settings: Settings, sink_name: str, factory: SinkFactory,
+                 group: str | None = None, instance: str | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.kafka
+        self.sink_name = sink_name
+        self.factory = factory
+        self.group = group or f"{self.cfg.group_prefix}-{sink_name}"
+        self.instance = instance
+        self.stop_event = threading.Event()
+        self.parts: dict[int, _Partition] = {}
+        self.consumer = None
+        self.consumed = 0
+        self.written = 0
+        self.skipped = 0
+        self.ready = threading.Event()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # -- rebalance callbacks (run inside poll/consume) ----------------------------
+
+    def _on_assign(self, consumer, partitions) -> None:
+        for tp in partitions:
+            name = f"{self.sink_name}@{tp.topic}/{tp.partition}"
+            sink = self.factory(name)
+            position = self._retrying()(sink.open)
+            self.parts[tp.partition] = _Partition(sink, position)
+            log.info("consume.assigned", sink=name, position=str(position))
+        self.ready.set()
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        for tp in partitions:
+            part = self.parts.pop(tp.partition, None)
+            if part is None:
+                continue
+            self._flush(part)
+            self._commit({tp.partition: part})
+            try:
+                part.sink.close()
+            finally:
+                log.info("consume.revoked", sink=part.sink.name)
+
+    def _on_lost(self, consumer, partitions) -> None:
+        # Another member may own them already: close without committing.
+        for tp in partitions:
+            part = self.parts.pop(tp.partition, None)
+            if part is not None:
+                part.sink.close()
+
+    # -- main loop -------------------------------------------------------------------
+
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait_random_exponential(multiplier=0.2, max=30),
+            stop=lambda _s: self.stop_event.is_set(),
+            before_sleep=lambda s: log.warning("consume.retry", sink=self.sink_name,
+                                               error=str(s.outcome.exception()) if s.outcome else ""),
+            reraise=True,
+        )
+
+    def run(self) -> None:
+        from confluent_kafka import Consumer
+
+        ensure_topics(self.cfg)
+        conf = client_config(self.cfg, **{
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "client.id": f"pulse-consume-{self.sink_name}",
+            "max.poll.interval.ms": 600_000,
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+        })
+        if self.instance:
+            conf["group.instance.id"] = self.instance
+        self.consumer = consumer = Consumer(conf)
+        consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        last_flush = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                msgs = consumer.consume(num_messages=self.cfg.batch_max_messages, timeout=0.2)
+                if msgs:
+                    self._handle(msgs)
+                if time.monotonic() - last_flush > 1.0 or not msgs:
+                    for part in self.parts.values():
+                        self._flush(part)
+                    self._commit(self.parts)
+                    last_flush = time.monotonic()
+        finally:
+            for part in self.parts.values():
+                try:
+                    self._flush(part)
+                except TransientError as exc:
+                    log.warning("consume.final_flush_failed", sink=part.sink.name, error=str(exc))
+            self._commit(self.parts)
+            consumer.close()  # leaves the group: its partitions move to the others now
+            for part in list(self.parts.values()):
+                part.sink.close()
+            self.parts.clear()
+            log.info("consume.stopped", sink=self.sink_name, consumed=self.consumed, written=self.written,
+                     skipped=self.skipped)
+
+    def _handle(self, msgs) -> None:
+        by_partition: dict[int, list] = {}
+        for m in msgs:
+            if m.error():
+                err = m.error()
+                if err.fatal():
+                    raise TerminalError(f"Kafka consumer error: {err}", hint="check the broker and the group")
+                log.warning("consume.message_error", error=str(err))
+                continue
+            by_partition.setdefault(m.partition(), []).append(m)
+        for p, items in by_partition.items():
+            part = self.parts.get(p)
+            if part is None:
+                continue  # revoked meanwhile; its new owner resumes from the stored position
+            self.consumed += len(items)
+            events = []
+            for m in items:
+                pos = header_position(m.headers())
+                if pos is None:
+                    raise TerminalError(f"message at {m.topic()}/{p}@{m.offset()} has no position header",
+                                        hint="only `pulse produce` may write to this topic")
+                if pos <= part.position:
+                    self.skipped += 1
+                    continue
+                events.append(decode(m.value()))
+                part.position = pos
+            next_offset = items[-1].offset() + 1
+            if events:
+                durable = self._retrying()(part.sink.write, Batch(tuple(events), backfill=events[0].backfill))
+                self.written += len(events)
+                part.pending.append((part.position, next_offset))
+                self._advance(part, durable)
+            elif not part.pending:
+                part.durable_offset = next_offset  # everything here was already in the sink
+
+    @staticmethod
+    def _advance(part: _Partition, durable: Position | None) -> None:
+        if durable is None:
+            return
+        while part.pending and part.pending[0][0] <= durable:
+            part.durable_offset = part.pending.popleft()[1]
+
+    def _flush(self, part: _Partition) -> None:
+        if part.pending:
+            self._advance(part, self._retrying()(part.sink.flush))
+
+    def _commit(self, parts: dict[int, _Partition]) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [TopicPartition(self.cfg.topic, p, part.durable_offset)
+                   for p, part in parts.items() if part.durable_offset is not None]
+        if not offsets or self.consumer is None:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Not fatal: the positions in the destination keep the sink exact.
+            log.warning("consume.commit_failed", error=str(exc))
+        for part in parts.values():
+            part.durable_offset = None
