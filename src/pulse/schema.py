@@ -19,6 +19,7 @@ from pulse.log import get_logger
 log = get_logger(__name__)
 
 SOURCE_TABLES = ("content", "engagement_events")
+WATERMARK_TABLE = "backfill_watermarks"
 
 
 def _sql_text(*parts: str) -> str:
@@ -76,24 +77,29 @@ def apply_state_schema(cur, schema: str) -> list[int]:
     return applied
 
 
-def ensure_publication(cur, publication: str, schema: str) -> bool:
-    """Create the publication over the source tables, or add a missing table; True when changed."""
-    tables = [sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(t)) for t in SOURCE_TABLES]
+def ensure_publication(cur, publication: str, schema: str, state_schema: str | None = None) -> bool:
+    """Create the publication over the source tables (and Pulse's watermark table), or add a missing one.
+
+    Returns True when something changed. The watermark table lets a backfill
+    mark its chunk boundaries inside the change stream (see pulse.runtime.backfill).
+    """
+    wanted = [(schema, t) for t in SOURCE_TABLES]
+    if state_schema is not None:
+        wanted.append((state_schema, WATERMARK_TABLE))
+    idents = [sql.SQL("{}.{}").format(sql.Identifier(s), sql.Identifier(t)) for s, t in wanted]
     cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,))
     if cur.fetchone() is None:
         cur.execute(
             sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete, truncate')").format(
-                sql.Identifier(publication), sql.SQL(", ").join(tables)
+                sql.Identifier(publication), sql.SQL(", ").join(idents)
             )
         )
         return True
-    cur.execute(
-        "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s", (publication, schema)
-    )
-    have = {row[0] for row in cur.fetchall()}
+    cur.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,))
+    have = {(row[0], row[1]) for row in cur.fetchall()}
     changed = False
-    for table, ident in zip(SOURCE_TABLES, tables):
-        if table not in have:
+    for key, ident in zip(wanted, idents):
+        if key not in have:
             cur.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(publication), ident))
             changed = True
     return changed
@@ -106,7 +112,7 @@ def init_database(cfg: DatabaseConfig) -> dict[str, object]:
         with conn, conn.cursor() as cur:
             created = apply_source_schema(cur, cfg.source_schema)
             applied = apply_state_schema(cur, cfg.state_schema)
-            pub = ensure_publication(cur, cfg.publication, cfg.source_schema)
+            pub = ensure_publication(cur, cfg.publication, cfg.source_schema, cfg.state_schema)
     finally:
         conn.close()
     result = {"source_tables_created": created, "migrations_applied": applied, "publication_changed": pub}

@@ -18,8 +18,17 @@ def produce(
     slot: Optional[str] = typer.Option(None, "--slot", envvar="PULSE_SLOT"),
     publication: Optional[str] = typer.Option(None, "--publication", envvar="PULSE_PUBLICATION"),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="PULSE_RUNTIME__METRICS_PORT"),
+    backfill: bool = typer.Option(False, "--backfill", help="Re-process --since/--until into the topic, then exit."),
+    since: Optional[str] = typer.Option(None, "--since", help="With --backfill: start of the event_ts range."),
+    until: Optional[str] = typer.Option(None, "--until", help="With --backfill: end of the range (exclusive)."),
 ) -> None:
     """Stream changes from PostgreSQL to the Kafka topic (keyed by content id) until SIGTERM."""
+    if backfill:
+        from pulse.cli.backfill import backfill as run_backfill
+
+        run_backfill(since=since, until=until, min_id=None, max_id=None, sinks=None, chunk_size=10_000,
+                     rate_limit=0.0, database_url=database_url, slot=slot, sink=None, kafka=True)
+        return
     from pulse import metrics
     from pulse.runtime.pipeline import Pipeline
     from pulse.sinks.kafka import KafkaSink

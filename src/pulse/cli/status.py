@@ -39,11 +39,14 @@ def status(
                 row = cur.fetchone()
                 if row:
                     runtime = {"updated_at": row[0].isoformat(), "age_s": float(row[1]), **row[2]}
+            from pulse.runtime.backfill import list_runs
+
+            backfills = list_runs(cur, db)
     finally:
         conn.close()
-    doc = {"slot": info.__dict__ if info else None, "runtime": runtime}
+    doc = {"slot": info.__dict__ if info else None, "runtime": runtime, "backfills": backfills}
     if as_json:
-        typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str).decode())
         return
     console = Console()
     if info is None:
@@ -56,6 +59,18 @@ def status(
         t.add_row(str(info.active), str(info.wal_status), str(info.confirmed_flush_lsn), str(info.restart_lsn),
                   f"{info.lag_bytes or 0:,}", lag_s)
         console.print(t)
+    if backfills:
+        bt = Table(title="backfills")
+        for col in ("run", "state", "range", "sinks", "rows read", "emitted", "superseded", "updated"):
+            bt.add_column(col)
+        for b in backfills:
+            rng = f"{b['since_ts'] or '-'} .. {b['until_ts'] or '-'}"
+            if b["min_id"] is not None or b["max_id"] is not None:
+                rng += f" ids {b['min_id'] or '-'}..{b['max_id'] or '-'}"
+            bt.add_row(b["run_id"], b["state"], rng, ",".join(b["sinks"]),
+                       f"{b['rows_read']:,}/{b['total_estimate'] or 0:,}", f"{b['rows_emitted']:,}",
+                       f"{b['rows_superseded']:,}", f"{b['updated_at']:%Y-%m-%d %H:%M:%S}")
+        console.print(bt)
     if runtime is None:
         console.print("no pipeline has reported for this slot")
         return

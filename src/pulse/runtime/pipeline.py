@@ -38,6 +38,7 @@ from pulse.config import Settings
 from pulse.errors import PulseError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import Batch, Change, EnrichedEvent, Position
+from pulse.runtime.backfill import BackfillManager
 from pulse.runtime.queues import ByteQueue
 from pulse.runtime.tracker import AckTracker
 from pulse.schema import connect, init_database
@@ -158,6 +159,7 @@ class Pipeline:
         self.failure: BaseException | None = None
         self.ready = threading.Event()
         self.workers: dict[str, SinkWorker] = {}
+        self.backfill: BackfillManager | None = None
         self.reader: ReplicationReader | None = None
         self.tracker: AckTracker | None = None
         self.cache = ContentCache()
@@ -223,6 +225,7 @@ class Pipeline:
             worker = SinkWorker(sink, positions[sink.name], tracker, self.settings, self._fail)
             self.workers[sink.name] = worker
             worker.start()
+        self.backfill = BackfillManager(self)
         in_q: queue.Queue[object] = queue.Queue(maxsize=64)
         self.reader = reader = ReplicationReader(
             self.settings.database, in_q, durable_idle=tracker.idle, server_settings=self.server_settings
@@ -230,7 +233,8 @@ class Pipeline:
         reader.start()
         self.ready.set()
         decoder = PgOutputDecoder(self.settings.database.protocol_version)
-        assembler = ChangeAssembler(self.settings.database.source_schema)
+        assembler = ChangeAssembler(self.settings.database.source_schema,
+                                    state_schema=self.settings.database.state_schema)
         try:
             while not self.stop_event.is_set():
                 try:
@@ -260,12 +264,20 @@ class Pipeline:
         t = type(out)
         if t is Change:
             change: Change = out  # type: ignore[assignment]
+            if change.table == "backfill_watermarks":
+                self._flush_pending()  # live events before the watermark go first
+                events = self.backfill.on_watermark(change) if self.backfill else None
+                if events:
+                    self._dispatch_to(events, self.backfill.targets(change.new["run_id"]))  # type: ignore[union-attr,index]
+                return
             if change.table == "content":
                 metrics.CHANGES_IN.labels("content", change.op).inc()
                 self.cache.apply(change.op, change.new, change.old)
                 for hook in self._content_hooks:
                     hook(change)
                 return
+            if self.backfill is not None and self.backfill.windows:
+                self.backfill.observe(change)
             event = enrich_change(change, self.cache, self.clock())
             if event.problems:
                 for problem in event.problems:
@@ -311,6 +323,19 @@ class Pipeline:
             worker.enqueued = last
         self.tracker.dispatched(last)
 
+    def _dispatch_to(self, events: list[EnrichedEvent], sinks: list[str]) -> None:
+        """Backfill events: only to the run's target sinks."""
+        last = events[-1].position
+        size = sum(e.size_hint() for e in events)
+        for name in sinks:
+            worker = self.workers[name]
+            while not worker.queue.put_many(events, size, timeout=0.5):
+                if self.stop_event.is_set():
+                    return
+                self._housekeeping()
+            worker.enqueued = max(worker.enqueued, last)
+        self.tracker.dispatched(last, sinks)
+
     @staticmethod
     def _events_by_op(events: list[EnrichedEvent]) -> None:
         counts: dict[str, int] = {}
@@ -342,6 +367,8 @@ class Pipeline:
         if now - self._last_status >= 2.0:
             self._last_status = now
             self._write_status()
+            if self.backfill is not None:
+                self.backfill.poll()
 
     # -- status for `pulse status` ---------------------------------------------
 
@@ -395,6 +422,8 @@ class Pipeline:
     def _shutdown(self, assembler: ChangeAssembler) -> None:
         reader = self.reader
         graceful = self.failure is None
+        if self.backfill is not None:
+            self.backfill.stop()
         # The reader stays connected while the sinks drain (its queue is no
         # longer read: it just keeps the session alive), so that the final
         # acknowledgement covers everything they made durable.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pulse.model import ZERO, Position
@@ -25,7 +26,7 @@ from pulse.model import ZERO, Position
 @dataclass(slots=True)
 class _Txn:
     end_lsn: int
-    last: Position
+    last: dict[str, Position]  # per sink: the last position handed to it up to this txn
     commit_ts: float  # unix seconds, for lag in seconds
 
 
@@ -34,19 +35,21 @@ class AckTracker:
         self._lock = threading.Lock()
         self._durable: dict[str, Position] = dict(sinks)
         self._pending: deque[_Txn] = deque()
-        self._dispatched = ZERO
+        # Per sink, because a backfill may feed only some of them.
+        self._dispatched: dict[str, Position] = {name: ZERO for name in sinks}
         self.acked_lsn = 0
         self.acked_at = time.monotonic()
 
-    def dispatched(self, position: Position) -> None:
-        """An event at `position` was handed to the sinks (called in position order)."""
+    def dispatched(self, position: Position, sinks: Iterable[str] | None = None) -> None:
+        """An event at `position` was handed to `sinks` (default: all), in position order."""
         with self._lock:
-            if position > self._dispatched:
-                self._dispatched = position
+            for name in self._dispatched if sinks is None else sinks:
+                if position > self._dispatched[name]:
+                    self._dispatched[name] = position
 
     def close_txn(self, end_lsn: int, commit_ts: float) -> None:
         with self._lock:
-            self._pending.append(_Txn(end_lsn, self._dispatched, commit_ts))
+            self._pending.append(_Txn(end_lsn, dict(self._dispatched), commit_ts))
 
     def durable(self, sink: str, position: Position) -> None:
         with self._lock:
@@ -57,11 +60,14 @@ class AckTracker:
         with self._lock:
             return dict(self._durable)
 
+    def _complete(self, txn: _Txn) -> bool:
+        durable = self._durable
+        return all(durable[name] >= pos for name, pos in txn.last.items())
+
     def ackable(self) -> int:
         """Advance over complete transactions; return the LSN safe to acknowledge."""
         with self._lock:
-            floor = min(self._durable.values()) if self._durable else self._dispatched
-            while self._pending and floor >= self._pending[0].last:
+            while self._pending and self._complete(self._pending[0]):
                 self.acked_lsn = max(self.acked_lsn, self._pending.popleft().end_lsn)
                 self.acked_at = time.monotonic()
             return self.acked_lsn
@@ -69,7 +75,9 @@ class AckTracker:
     def idle(self) -> bool:
         """Nothing dispatched is waiting on a sink."""
         with self._lock:
-            return not self._pending and all(p >= self._dispatched for p in self._durable.values())
+            return not self._pending and all(
+                self._durable[name] >= pos for name, pos in self._dispatched.items()
+            )
 
     def pending(self) -> int:
         with self._lock:
@@ -85,4 +93,4 @@ class AckTracker:
             if not self._pending:
                 return []
             need = self._pending[0].last
-            return sorted(name for name, pos in self._durable.items() if pos < need)
+            return sorted(name for name, pos in need.items() if self._durable[name] < pos)

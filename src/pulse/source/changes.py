@@ -38,6 +38,7 @@ from pulse.source import pgoutput as pg
 log = get_logger(__name__)
 
 CAPTURED = frozenset({"content", "engagement_events"})
+WATERMARKS = "backfill_watermarks"  # in Pulse's state schema: backfill chunk boundaries
 _TRUNCATE = "truncate"  # op of a spilled TRUNCATE record
 
 
@@ -70,8 +71,13 @@ class _Spill:
 class ChangeAssembler:
     """Stateful: tracks the open transaction and the open streamed transactions."""
 
-    def __init__(self, schema: str = "public", spill_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, schema: str = "public", spill_dir: str | os.PathLike | None = None,
+                 state_schema: str | None = None) -> None:
         self.schema = schema
+        self._captured = {(schema, name) for name in CAPTURED}
+        if state_schema is not None:
+            self._captured.add((state_schema, WATERMARKS))
+        self._wanted: dict[int, bool] = {}  # relation oid -> captured? (reset by Relation messages)
         self.spill_dir = Path(spill_dir) if spill_dir else Path(tempfile.gettempdir())
         self._txn: pg.Begin | None = None
         self._seq = 0
@@ -97,7 +103,10 @@ class ChangeAssembler:
         t = type(rec)
         if t is pg.Insert or t is pg.Update or t is pg.Delete:
             rel = rec.relation  # type: ignore[attr-defined]
-            if rel.name not in CAPTURED or rel.namespace != self.schema:
+            wanted = self._wanted.get(rel.oid)
+            if wanted is None:
+                wanted = self._wanted[rel.oid] = (rel.namespace, rel.name) in self._captured
+            if not wanted:
                 return
             xid = rec.xid  # type: ignore[attr-defined]
             if xid is not None:
@@ -107,6 +116,8 @@ class ChangeAssembler:
                 raise pg.PgOutputError("row change outside a transaction")
             self._seq += 1
             yield _to_change(rec, Position(self._txn.final_lsn, self._seq), self._txn.commit_ts)
+        elif t is pg.Relation:
+            self._wanted.clear()  # a schema change may rename a table
         elif t is pg.Begin:
             self._txn = rec  # type: ignore[assignment]
             self._seq = 0

@@ -1,0 +1,372 @@
+"""Backfill: re-process a range of `engagement_events` while live streaming runs.
+
+The live stream and the backfill meet without duplicates or stale values by
+DBLog's watermark algorithm, run inside the pipeline that owns the slot:
+
+1. the job writes a **low watermark** (an UPDATE of
+   `pulse.backfill_watermarks`, a table in Pulse's publication, so the update
+   appears in the change stream at its commit position);
+2. it reads the next chunk with keyset pagination on the primary key
+   (`id > last_id ... ORDER BY id LIMIT chunk_size`);
+3. it writes a **high watermark**.
+
+The dispatcher, reading the stream in commit order, records the ids of every
+`engagement_events` change it sees between the low and the high watermark.
+At the high watermark it drops those rows from the chunk (the stream carries
+their newer value, or their delete, at a later position than the read could
+have seen) and emits the rest as backfill events at the high watermark's
+position, `(hw_lsn, hw_seq + i)`: after every change the read saw, before
+every change it did not. Each destination, applying changes by event id in
+position order, therefore ends with every event's latest committed state.
+
+Resumable: a run is identified by its arguments (`run_id`); `last_id` moves
+only after a chunk is durable in every target sink, so a killed run, rerun
+with the same arguments, continues after its last durable chunk (at most that
+one chunk is sent again, at a new position; sinks keyed by event id absorb
+it). Bounded memory: one chunk in flight. Rate limit: rows per second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import psycopg2
+from psycopg2 import sql
+
+from pulse.config import DatabaseConfig
+from pulse.errors import ConfigError
+from pulse.log import get_logger
+from pulse.model import Change, EnrichedEvent, Position
+from pulse.schema import connect
+
+if TYPE_CHECKING:
+    from pulse.runtime.pipeline import Pipeline
+
+log = get_logger(__name__)
+
+DEFAULT_SINKS = ("bigquery", "external")
+
+
+@dataclass(frozen=True)
+class BackfillSpec:
+    """What to re-process and where; its fields make the run id."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    min_id: int | None = None
+    max_id: int | None = None
+    sinks: tuple[str, ...] = DEFAULT_SINKS
+    chunk_size: int = 10_000
+    rate_limit: float = 0.0  # rows per second; 0 = unlimited
+
+    def run_id(self, slot: str) -> str:
+        doc = {
+            "slot": slot, "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None, "min_id": self.min_id,
+            "max_id": self.max_id, "sinks": sorted(self.sinks),
+        }
+        return "bf-" + hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def _where(spec_row: dict[str, Any]) -> tuple[sql.Composable, list[Any]]:
+    clauses: list[sql.Composable] = [sql.SQL("id > %s")]
+    params: list[Any] = [spec_row["last_id"]]
+    for column, op, key in (("event_ts", ">=", "since_ts"), ("event_ts", "<", "until_ts"),
+                            ("id", ">=", "min_id"), ("id", "<=", "max_id")):
+        if spec_row.get(key) is not None:
+            clauses.append(sql.SQL("{} " + op + " %s").format(sql.Identifier(column)))
+            params.append(spec_row[key])
+    return sql.SQL(" AND ").join(clauses), params
+
+
+def submit(cfg: DatabaseConfig, spec: BackfillSpec) -> dict[str, Any]:
+    """Create the run (or find the existing one with the same arguments); returns its row."""
+    if spec.since and spec.until and spec.since >= spec.until:
+        raise ConfigError("--since must be before --until", hint="swap them")
+    run_id = spec.run_id(cfg.slot)
+    conn = connect(cfg)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            st = sql.Identifier(cfg.state_schema)
+            cur.execute(
+                sql.SQL("INSERT INTO {}.backfill_runs (run_id, slot_name, since_ts, until_ts, min_id, max_id, sinks, "
+                        "chunk_size, rate_limit) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT (run_id) DO UPDATE SET chunk_size = EXCLUDED.chunk_size, "
+                        "rate_limit = EXCLUDED.rate_limit, "
+                        "state = CASE WHEN backfill_runs.state = 'failed' THEN 'pending' ELSE backfill_runs.state END"
+                        ).format(st),
+                (run_id, cfg.slot, spec.since, spec.until, spec.min_id, spec.max_id, list(spec.sinks),
+                 spec.chunk_size, spec.rate_limit),
+            )
+            row = get_run(cur, cfg, run_id)
+            if row["max_id"] is None:
+                # Bound the run at the ids that exist now: rows inserted later
+                # reach the sinks through the live stream, and an unbounded
+                # keyset scan would chase the writers forever.
+                cur.execute(sql.SQL("SELECT coalesce(max(id), 0) FROM {}.engagement_events").format(
+                    sql.Identifier(cfg.source_schema)))
+                bound = cur.fetchone()[0]
+                cur.execute(sql.SQL("UPDATE {}.backfill_runs SET max_id = %s WHERE run_id = %s").format(st),
+                            (bound, run_id))
+                row["max_id"] = bound
+            if row["total_estimate"] is None:
+                where, params = _where({**row, "last_id": 0})
+                cur.execute(sql.SQL("SELECT count(*) FROM {}.engagement_events WHERE ").format(
+                    sql.Identifier(cfg.source_schema)) + where, params)
+                total = cur.fetchone()[0]
+                cur.execute(sql.SQL("UPDATE {}.backfill_runs SET total_estimate = %s WHERE run_id = %s").format(st),
+                            (total, run_id))
+                row["total_estimate"] = total
+            return row
+    finally:
+        conn.close()
+
+
+_RUN_COLUMNS = ("run_id", "slot_name", "since_ts", "until_ts", "min_id", "max_id", "sinks", "chunk_size",
+                "rate_limit", "state", "last_id", "rows_read", "rows_emitted", "rows_superseded", "chunks",
+                "total_estimate", "error", "created_at", "started_at", "updated_at", "finished_at")
+
+
+def get_run(cur, cfg: DatabaseConfig, run_id: str) -> dict[str, Any]:
+    cur.execute(sql.SQL("SELECT {} FROM {}.backfill_runs WHERE run_id = %s").format(
+        sql.SQL(", ").join(map(sql.Identifier, _RUN_COLUMNS)), sql.Identifier(cfg.state_schema)), (run_id,))
+    row = cur.fetchone()
+    if row is None:
+        raise KeyError(run_id)
+    return dict(zip(_RUN_COLUMNS, row))
+
+
+def list_runs(cur, cfg: DatabaseConfig, limit: int = 20) -> list[dict[str, Any]]:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{cfg.state_schema}.backfill_runs",))
+    if not cur.fetchone()[0]:
+        return []
+    cur.execute(sql.SQL("SELECT {} FROM {}.backfill_runs WHERE slot_name = %s ORDER BY created_at DESC LIMIT %s").format(
+        sql.SQL(", ").join(map(sql.Identifier, _RUN_COLUMNS)), sql.Identifier(cfg.state_schema)), (cfg.slot, limit))
+    return [dict(zip(_RUN_COLUMNS, r)) for r in cur.fetchall()]
+
+
+@dataclass
+class _Window:
+    run_id: str
+    chunk: int
+    rows: list[dict[str, Any]] | None = None
+    low_seen: bool = False
+    changed: set[int] = field(default_factory=set)
+    emitted: threading.Event = field(default_factory=threading.Event)
+    last_position: Position | None = None
+    superseded: int = 0
+
+
+class BackfillManager:
+    """Runs the jobs of this slot's backfill runs and does the dispatcher's part of DBLog."""
+
+    def __init__(self, pipeline: "Pipeline") -> None:
+        self.pipeline = pipeline
+        self.cfg = pipeline.settings.database
+        self.windows: dict[str, _Window] = {}  # run_id -> the open chunk (dispatcher and jobs)
+        self._lock = threading.Lock()
+        self.jobs: dict[str, BackfillJob] = {}
+        self._conn = None
+
+    # -- housekeeping (dispatcher thread) -------------------------------------
+
+    def poll(self) -> None:
+        """Start jobs for runs waiting on this slot (one at a time, in creation order)."""
+        if any(job.is_alive() for job in self.jobs.values()):
+            return
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self.cfg)
+                self._conn.autocommit = True
+            with self._conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT run_id FROM {}.backfill_runs WHERE slot_name = %s AND state IN "
+                                    "('pending', 'running') ORDER BY created_at LIMIT 1").format(
+                    sql.Identifier(self.cfg.state_schema)), (self.cfg.slot,))
+                row = cur.fetchone()
+        except psycopg2.Error as exc:
+            log.warning("backfill.poll_failed", error=str(exc).strip())
+            self._conn = None
+            return
+        if row:
+            job = BackfillJob(self, row[0])
+            self.jobs[row[0]] = job
+            job.start()
+
+    def stop(self) -> None:
+        for job in self.jobs.values():
+            job.stop_event.set()
+        for job in self.jobs.values():
+            job.join(30)
+        if self._conn is not None:
+            self._conn.close()
+
+    # -- the dispatcher's part ---------------------------------------------------
+
+    def observe(self, change: Change) -> None:
+        """An engagement_events change: remember its id in every open window."""
+        row = change.new if change.new is not None else change.old
+        if not row:
+            return
+        event_id = row.get("id")
+        for window in self.windows.values():
+            if window.low_seen:
+                window.changed.add(event_id)
+
+    def on_watermark(self, change: Change) -> list[EnrichedEvent] | None:
+        """A watermark passed in the stream; at a high watermark, the chunk's surviving events."""
+        row = change.new
+        if not row:
+            return None
+        window = self.windows.get(row["run_id"])
+        if window is None or window.chunk != row["chunk"]:
+            return None  # a replay of an older run's watermark, or another process's run
+        if row["kind"] == "low":
+            window.low_seen = True
+            return None
+        if not window.low_seen or window.rows is None:
+            return None
+        from pulse.transform.enrich import enrich_row
+
+        now = self.pipeline.clock()
+        events = []
+        seq = change.position.seq
+        for r in window.rows:
+            if r["id"] in window.changed:
+                window.superseded += 1
+                continue
+            seq += 1
+            events.append(enrich_row(r, op="insert", position=Position(change.position.lsn, seq),
+                                     commit_ts=change.commit_ts, cache=self.pipeline.cache, now=now, backfill=True))
+        window.last_position = Position(change.position.lsn, seq)
+        with self._lock:
+            self.windows.pop(window.run_id, None)
+        window.emitted.set()
+        return events
+
+    def targets(self, run_id: str) -> list[str]:
+        job = self.jobs.get(run_id)
+        return list(job.sinks) if job else []
+
+
+class BackfillJob(threading.Thread):
+    def __init__(self, manager: BackfillManager, run_id: str) -> None:
+        super().__init__(name=f"pulse-backfill-{run_id}", daemon=True)
+        self.manager = manager
+        self.cfg = manager.cfg
+        self.run_id = run_id
+        self.stop_event = threading.Event()
+        self.sinks: tuple[str, ...] = ()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # reported in the run row; the live stream goes on
+            log.exception("backfill.failed", run=self.run_id, error=str(exc))
+            try:
+                self._update(state="failed", error=str(exc)[:2000])
+            except psycopg2.Error:
+                pass
+
+    def _update(self, **values: Any) -> None:
+        conn = connect(self.cfg)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                sets = [sql.SQL("{} = %s").format(sql.Identifier(k)) for k in values]
+                cur.execute(sql.SQL("UPDATE {}.backfill_runs SET {}, updated_at = now() WHERE run_id = %s").format(
+                    sql.Identifier(self.cfg.state_schema), sql.SQL(", ").join(sets)),
+                    [*values.values(), self.run_id])
+        finally:
+            conn.close()
+
+    def _run(self) -> None:
+        pipeline = self.manager.pipeline
+        conn = connect(self.cfg)
+        conn.autocommit = True
+        cur = conn.cursor()
+        st = sql.Identifier(self.cfg.state_schema)
+        try:
+            run = get_run(cur, self.cfg, self.run_id)
+            missing = [s for s in run["sinks"] if s not in pipeline.workers]
+            if missing:
+                raise ConfigError(f"backfill targets {missing} are not sinks of this pipeline",
+                                  hint=f"run the pipeline with --sink {' --sink '.join(missing)}")
+            self.sinks = tuple(run["sinks"])
+            cur.execute(sql.SQL("UPDATE {}.backfill_runs SET state = 'running', "
+                                "started_at = coalesce(started_at, now()), updated_at = now() "
+                                "WHERE run_id = %s").format(st), (self.run_id,))
+            log.info("backfill.started", run=self.run_id, last_id=run["last_id"], sinks=",".join(self.sinks))
+            chunk = run["chunks"]
+            while not self.stop_event.is_set() and not pipeline.stop_event.is_set():
+                chunk += 1
+                started = time.monotonic()
+                window = _Window(self.run_id, chunk)
+                with self.manager._lock:
+                    self.manager.windows[self.run_id] = window
+                self._watermark(cur, chunk, "low")
+                where, params = _where(run)
+                cur.execute(
+                    sql.SQL("SELECT id, content_id::text, user_id::text, event_type, event_ts, duration_ms, device, "
+                            "raw_payload::text FROM {}.engagement_events WHERE ").format(
+                        sql.Identifier(self.cfg.source_schema)) + where + sql.SQL(" ORDER BY id LIMIT %s"),
+                    [*params, run["chunk_size"]],
+                )
+                names = ("id", "content_id", "user_id", "event_type", "event_ts", "duration_ms", "device",
+                         "raw_payload")
+                window.rows = [dict(zip(names, r)) for r in cur.fetchall()]
+                if not window.rows:
+                    with self.manager._lock:
+                        self.manager.windows.pop(self.run_id, None)
+                    cur.execute(sql.SQL("UPDATE {}.backfill_runs SET state = 'done', finished_at = now(), "
+                                        "updated_at = now() WHERE run_id = %s").format(st), (self.run_id,))
+                    log.info("backfill.done", run=self.run_id, chunks=chunk - 1)
+                    return
+                self._watermark(cur, chunk, "high")
+                if not self._wait(window.emitted.is_set):
+                    return
+                last = window.last_position
+                if last is not None and not self._wait(lambda: self._durable(last)):
+                    return
+                run["last_id"] = window.rows[-1]["id"]
+                emitted = len(window.rows) - window.superseded
+                cur.execute(
+                    sql.SQL("UPDATE {}.backfill_runs SET last_id = %s, rows_read = rows_read + %s, "
+                            "rows_emitted = rows_emitted + %s, rows_superseded = rows_superseded + %s, "
+                            "chunks = %s, updated_at = now() WHERE run_id = %s").format(st),
+                    (run["last_id"], len(window.rows), emitted, window.superseded, chunk, self.run_id),
+                )
+                if run["rate_limit"] > 0:
+                    # Rows per second over the chunk, including the read and the wait.
+                    pause = len(window.rows) / run["rate_limit"] - (time.monotonic() - started)
+                    if pause > 0:
+                        self.stop_event.wait(pause)
+        finally:
+            with self.manager._lock:
+                self.manager.windows.pop(self.run_id, None)
+            conn.close()
+
+    def _watermark(self, cur, chunk: int, kind: str) -> None:
+        cur.execute(sql.SQL("INSERT INTO {}.backfill_watermarks (run_id, chunk, kind) VALUES (%s, %s, %s) "
+                            "ON CONFLICT (run_id) DO UPDATE SET chunk = EXCLUDED.chunk, kind = EXCLUDED.kind, "
+                            "updated_at = clock_timestamp()").format(sql.Identifier(self.cfg.state_schema)),
+                    (self.run_id, chunk, kind))
+
+    def _durable(self, position: Position) -> bool:
+        tracker = self.manager.pipeline.tracker
+        positions = tracker.positions() if tracker else {}
+        return all(positions.get(s, position) >= position for s in self.sinks)
+
+    def _wait(self, predicate) -> bool:
+        pipeline = self.manager.pipeline
+        while not predicate():
+            if self.stop_event.is_set() or pipeline.stop_event.is_set():
+                return False
+            self.stop_event.wait(0.02)
+        return True

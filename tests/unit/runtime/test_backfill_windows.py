@@ -1,0 +1,69 @@
+"""The dispatcher's half of DBLog: what survives a chunk's watermark window."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+from pulse.model import Change, Position
+from pulse.runtime.backfill import BackfillManager, BackfillSpec, _Window
+from pulse.transform.content_cache import ContentCache
+
+TS = datetime(2024, 8, 1, tzinfo=timezone.utc)
+
+
+def manager() -> BackfillManager:
+    pipeline = SimpleNamespace(
+        settings=SimpleNamespace(database=SimpleNamespace(slot="s", state_schema="pulse")),
+        clock=lambda: TS, cache=ContentCache(), stop_event=threading.Event(), tracker=None, workers={},
+    )
+    return BackfillManager(pipeline)  # type: ignore[arg-type]
+
+
+def row(i: int, duration: int = 1000) -> dict:
+    return {"id": i, "content_id": None, "user_id": None, "event_type": "play", "event_ts": TS,
+            "duration_ms": duration, "device": "ios", "raw_payload": None}
+
+
+def mark(kind: str, chunk: int = 1, lsn: int = 100, seq: int = 1) -> Change:
+    return Change("backfill_watermarks", "update", {"run_id": "r", "chunk": chunk, "kind": kind}, None,
+                  Position(lsn, seq), TS)
+
+
+def event_change(i: int, op: str = "update") -> Change:
+    return Change("engagement_events", op, row(i) if op != "delete" else None, {"id": i}, Position(90, 1), TS)
+
+
+def test_rows_changed_between_the_watermarks_are_dropped_and_the_rest_take_the_high_position() -> None:
+    m = manager()
+    w = m.windows["r"] = _Window("r", 1)
+    m.observe(event_change(2))  # before the low watermark: the read saw it; not dropped
+    assert m.on_watermark(mark("low", lsn=50)) is None
+    w.rows = [row(1), row(2), row(3), row(4)]
+    m.observe(event_change(3))
+    m.observe(event_change(4, "delete"))
+    events = m.on_watermark(mark("high", lsn=200, seq=1))
+    assert [e.event_id for e in events] == [1, 2]
+    assert [e.position for e in events] == [Position(200, 2), Position(200, 3)]
+    assert all(e.backfill and e.op == "insert" for e in events)
+    assert w.superseded == 2 and w.emitted.is_set() and "r" not in m.windows
+
+
+def test_watermarks_of_other_chunks_or_runs_are_ignored() -> None:
+    m = manager()
+    m.windows["r"] = _Window("r", 2, rows=[row(1)])
+    assert m.on_watermark(mark("high", chunk=1)) is None  # an older chunk replayed after a restart
+    other = mark("high", chunk=2)
+    other = other._replace(new={**other.new, "run_id": "someone-else"})
+    assert m.on_watermark(other) is None
+    # A high watermark without its low one (a restart between them) emits nothing.
+    assert m.on_watermark(mark("high", chunk=2)) is None
+
+
+def test_run_id_depends_on_the_arguments_only() -> None:
+    a = BackfillSpec(since=TS, sinks=("bigquery", "external"), chunk_size=10)
+    b = BackfillSpec(since=TS, sinks=("external", "bigquery"), chunk_size=99, rate_limit=5)
+    c = BackfillSpec(since=TS, sinks=("bigquery",))
+    assert a.run_id("s") == b.run_id("s")  # chunk size and rate may change between reruns
+    assert a.run_id("s") != c.run_id("s") != a.run_id("other-slot")
