@@ -1,0 +1,39 @@
+"""The Kafka wire format round-trips every field, `before` included."""
+
+from datetime import datetime, timezone
+
+from pulse.bus.codec import NULL_KEY, decode, encode, header_position
+from pulse.model import EnrichedEvent, Position
+
+NOW = datetime(2024, 8, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+
+def event(**kw) -> EnrichedEvent:
+    base = dict(event_id=7, content_id="c-1", user_id="u-1", event_type="pause", event_ts=NOW, duration_ms=1500,
+                device="web-safari 🧪", raw_payload='{"country": "DE"}', content_slug="s", content_title="T",
+                content_type="video", length_seconds=10, engagement_seconds=1.5, engagement_pct=0.15,
+                op="insert", position=Position(0x1_0000_0010, 3), commit_ts=NOW, processed_ts=NOW,
+                backfill=False, problems=(), before=None)
+    base.update(kw)
+    return EnrichedEvent(**base)
+
+
+def test_round_trip_with_before_and_problems() -> None:
+    e = event(op="update", problems=("duration_exceeds_length",), before=event(duration_ms=900))
+    key, value, headers = encode(e)
+    assert key == b"c-1"
+    assert decode(value) == e
+    assert header_position(headers) == e.position
+
+
+def test_null_content_and_backfill_flag() -> None:
+    e = event(content_id=None, backfill=True, event_ts=None, engagement_pct=None)
+    key, value, headers = encode(e)
+    assert key == NULL_KEY
+    assert ("pulse-backfill", b"1") in headers
+    assert decode(value) == e
+
+
+def test_missing_position_header_is_none() -> None:
+    assert header_position([("other", b"x")]) is None
+    assert header_position(None) is None
