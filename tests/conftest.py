@@ -118,6 +118,30 @@ def drop_slots(admin_url: str, database: str) -> None:
     conn.close()
 
 
+def drop_database(admin, name: str, timeout: float = 60.0) -> None:
+    """DROP DATABASE ... WITH (FORCE), retried while an autovacuum worker is in it.
+
+    FORCE terminates the other sessions, but a non-superuser may not terminate
+    an autovacuum worker (it runs as the bootstrap superuser): PostgreSQL
+    answers InsufficientPrivilege until the worker is done.
+    """
+    import time
+
+    import psycopg2.errors
+    from psycopg2 import sql
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with admin.cursor() as cur:
+                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            return
+        except psycopg2.errors.InsufficientPrivilege:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture
 def scratch_db(services) -> ScratchDb:
     import psycopg2
@@ -138,8 +162,7 @@ def scratch_db(services) -> ScratchDb:
         yield db
     finally:
         drop_slots(base, name)
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(admin, name)
         admin.close()
 
 
@@ -158,8 +181,7 @@ def sink_db(services) -> str:
     try:
         yield _with_db(base, name)
     finally:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(admin, name)
         admin.close()
 
 

@@ -45,16 +45,21 @@ CONTRACT_ENV: dict[str, tuple[str, str]] = {
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by `***` (safe to log)."""
+    """Return `url` with any password (in the authority or a `password=` parameter) replaced by `***`."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    if "password=" in parts.query.lower():
+        query = "&".join(
+            f"{k}=***" if k.lower() == "password" else (f"{k}={v}" if sep else k)
+            for k, sep, v in (item.partition("=") for item in parts.query.split("&"))
+        )
+        parts = parts._replace(query=query)
+    return urlunsplit(parts)
 
 
 class DatabaseConfig(BaseModel):
@@ -114,7 +119,55 @@ class RedisConfig(BaseModel):
     """The Redis destination (real-time board)."""
 
     url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), description="PULSE_REDIS_URL.")
-    prefix: str = Field(default="pulse:", description="Key prefix for everything Pulse writes (PULSE_REDIS_PREFIX).")
+    prefix: str = Field(
+        default="pulse:",
+        description="Key prefix for everything Pulse writes (PULSE_REDIS_PREFIX). On Redis Cluster put a hash "
+        "tag in it, e.g. '{pulse}:', so every key of the board lives in one slot.",
+    )
+    window_s: int = Field(
+        default=600, ge=60, le=86_400,
+        description="Length of the rolling window in seconds; names the keys (600 -> top:10m).",
+    )
+    bucket_s: int = Field(
+        default=10, ge=1, le=600,
+        description="Bucket width in seconds: an event leaves the board between window_s and window_s + "
+        "bucket_s after its event_ts. Must divide window_s.",
+    )
+    flush_interval_ms: int = Field(
+        default=100, ge=0, le=200,
+        description="Longest time pre-aggregated increments wait in memory before one atomic write "
+        "(the worker also flushes whenever its queue is idle for 200 ms).",
+    )
+    max_pending_events: int = Field(
+        default=50_000, ge=1, description="Flush as soon as this many events are pre-aggregated in memory."
+    )
+    future_skew_s: int = Field(
+        default=60, ge=0,
+        description="An event dated more than this many seconds after the sink's clock is rejected "
+        "(not counted, counted in the `future` stat); within it, it counts in its own bucket.",
+    )
+    state_ttl_s: int = Field(
+        default=3_600, ge=60,
+        description="TTL of the board and its buckets, refreshed while the sink runs; must exceed "
+        "window_s + bucket_s. A sink stopped longer than this leaves no stale board behind.",
+    )
+    meta_ttl_s: int = Field(
+        default=7 * 86_400, ge=3_600,
+        description="TTL of the meta (position, epoch) and stats hashes, refreshed while the sink runs.",
+    )
+    content_ttl_s: int = Field(
+        default=86_400, ge=60, description="TTL of each content metadata hash (title, slug, type, length)."
+    )
+    socket_timeout_s: float = Field(
+        default=5.0, gt=0, description="Socket connect/read timeout; a timeout is a transient error (retried)."
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty (keys would collide with other applications)")
+        return value
 
     def safe_url(self) -> str:
         return redact_url(self.url.get_secret_value())
@@ -126,6 +179,16 @@ class KafkaConfig(BaseModel):
     bootstrap: str = Field(default="127.0.0.1:9092", description="Bootstrap servers (PULSE_KAFKA_BOOTSTRAP).")
     topic: str = Field(default="pulse.engagement.enriched", description="Topic of enriched events.")
     content_topic: str = Field(default="pulse.content", description="Compacted topic of content rows.")
+    partitions: int = Field(default=6, ge=1, description="Partitions of the topics Pulse creates (its unit of scale-out).")
+    replication_factor: int = Field(default=1, ge=1, description="Replication factor of the topics Pulse creates.")
+    group_prefix: str = Field(default="pulse", description="Consumer groups are <prefix>-<sink>.")
+    client_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka settings for every client, e.g. security.protocol=SASL_SSL, "
+        "sasl.mechanism=PLAIN (secrets such as sasl.password belong in the environment: "
+        "PULSE_KAFKA__CLIENT_CONFIG='{\"sasl.password\": \"...\"}').",
+    )
+    batch_max_messages: int = Field(default=5000, ge=1, description="Most messages a consumer hands a sink at once.")
 
 
 class BigQueryConfig(BaseModel):
@@ -147,17 +210,91 @@ class BigQueryConfig(BaseModel):
     mode: Literal["batch", "stream"] = Field(default="batch", description="Load jobs (batch) or Storage Write API.")
     spool_dir: Path = Field(default=Path("bigquery_batches"), description="Folder of Parquet files awaiting load.")
     load_interval_s: float = Field(
-        default=60.0, ge=1, description="Seconds between load jobs (BigQuery allows 1,500 per table per day)."
+        default=60.0, ge=0.2, description="Seconds between load jobs (BigQuery allows 1,500 per table per day)."
+    )
+    load_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024,
+        description="Load earlier than load_interval_s once the spool holds this many bytes; also the most "
+        "Parquet bytes one load job takes.",
+    )
+    upload_in_process: bool = Field(
+        default=True,
+        description="Batch mode: run the loader inside the sink (`pulse run`); false when a separate "
+        "`pulse upload` worker drains the spool.",
+    )
+    merge_interval_s: float = Field(
+        default=10.0, ge=0.2,
+        description="Stream mode: seconds between MERGEs of the changelog table into the table.",
+    )
+    changelog_retention_days: int = Field(
+        default=7, ge=1, description="Stream mode: days the changelog table's partitions are kept."
+    )
+    request_timeout_s: float = Field(
+        default=60.0, gt=0, description="Deadline of one BigQuery request or job wait, retries included."
     )
 
 
 class ExternalConfig(BaseModel):
-    """The external HTTP system."""
+    """The external HTTP system (docs/sinks/external.md).
+
+    Every event goes through a durable outbox in Pulse's schema first (the
+    slot never waits on the endpoint); delivery threads POST it from there.
+    """
 
     url: str | None = Field(default=None, description="Endpoint events are POSTed to (PULSE_EXTERNAL_URL).")
     secret: SecretStr | None = Field(
         default=None, description="Standard Webhooks secret, whsec_<base64> (PULSE_EXTERNAL_SECRET)."
     )
+    mode: Literal["cloudevents-batch", "single", "json-array"] = Field(
+        default="cloudevents-batch",
+        description="Body shape: a JSON array of CloudEvents (application/cloudevents-batch+json), one "
+        "structured CloudEvent per request (application/cloudevents+json), or a plain JSON array of the "
+        "enriched events (application/json).",
+    )
+    source: str = Field(default="/pulse/engagement_events", description="The CloudEvents `source` attribute.")
+    batch_max_events: int = Field(default=500, ge=1, le=100_000, description="Most events in one request.")
+    batch_max_bytes: int = Field(
+        default=1_000_000, ge=1024, description="A request body stops growing past this many bytes (one event "
+        "larger than this is still sent, alone)."
+    )
+    batch_max_age_s: float = Field(
+        default=0.05, ge=0, description="Seconds a partly filled batch waits for more events before it is sent."
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=256, description="Delivery lanes: content ids are hashed onto lanes; each lane sends "
+        "one request at a time, in source order, so order per content id holds."
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="Seconds to establish a connection.")
+    read_timeout_s: float = Field(default=15.0, gt=0, description="Seconds to wait for the response (and to "
+                                  "send the body).")
+    http2: bool = Field(default=False, description="Offer HTTP/2 (h2 via ALPN on https; plain http stays 1.1).")
+    retry_initial_s: float = Field(default=0.5, gt=0, description="Backoff cap of the first retry; doubles per "
+                                   "attempt (full jitter: the wait is uniform in [0, cap]).")
+    retry_max_s: float = Field(default=60.0, gt=0, description="Largest backoff cap between two attempts.")
+    retry_after_max_s: float = Field(
+        default=600.0, gt=0, description="Longest Retry-After (429 / 503) honoured; longer values are clipped."
+    )
+    max_attempts: int = Field(
+        default=50, ge=1, description="Attempts of one batch before its events go to the dead-letter store "
+        "(failed probes of an open circuit do not count)."
+    )
+    max_age_s: float = Field(
+        default=86_400.0, gt=0, description="Seconds an event may wait in the outbox before it goes to the "
+        "dead-letter store with the last error."
+    )
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Consecutive failed requests that open the circuit (all lanes pause)."
+    )
+    breaker_open_s: float = Field(
+        default=5.0, gt=0, description="Seconds the circuit stays open before one probe request; doubles "
+        "after each failed probe."
+    )
+    breaker_open_max_s: float = Field(default=60.0, gt=0, description="Longest open period between probes.")
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="Delivery lanes re-read the outbox at least this often (new events wake "
+        "them at once; this is the backstop)."
+    )
+    user_agent: str = Field(default="pulse-external-sink", description="User-Agent header of every request.")
 
     @field_validator("secret")
     @classmethod
