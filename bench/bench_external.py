@@ -1,0 +1,196 @@
+"""Benchmark: the external HTTP sink against a healthy `pulse receiver`, with a raw httpx baseline.
+
+In one run, on the local PostgreSQL and a receiver in its own process (signed, no faults):
+
+1. raw baseline: the same CloudEvents-batch bodies the sink would send (N
+   events, `--batch` per request), signed, POSTed directly with httpx from
+   `--concurrency` threads over keep-alive connections: the receiver's and
+   the loopback's ceiling;
+2. throughput: `pulse`'s in-process pipeline with the external sink; N events
+   committed in transactions of 1,000, timed from the first commit until the
+   receiver has them all (outbox append, delivery, delete included);
+3. latency: events committed at `--rate` per second (transactions of 10) for
+   `--duration` seconds; the receiver measures commit_ts -> first arrival per
+   event (same host clock); p50 / p99 / max. The baseline for it is the p99
+   of one raw POST round trip in 1.
+
+    source .pulse/services.env && .venv/bin/python bench/bench_external.py [--events 50000] [--rate 1000] [--max-age 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ScratchDatabase, insert_events_sql, seed_content  # noqa: E402
+
+SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+RECEIVER = """
+import sys, threading
+from pulse.receiver import Receiver
+rec = Receiver(port=0, secret=sys.argv[1]).start()
+print(rec.port, flush=True)
+threading.Event().wait()
+"""
+
+
+def start_receiver() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-c", RECEIVER, SECRET], stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def stats(url: str) -> dict:
+    return httpx.get(url + "stats", timeout=30).json()
+
+
+def reset(url: str) -> None:
+    httpx.post(url + "_reset", timeout=30)
+
+
+def wait_unique(url: str, n: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while stats(url)["unique"] < n:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out: receiver has {stats(url)['unique']} of {n}")
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+def raw_baseline(url: str, n: int, batch: int, concurrency: int) -> tuple[float, float]:
+    """events/s and p99 request latency of POSTing pre-built, signed CloudEvents batches directly."""
+    from pulse.model import EnrichedEvent, Position
+    from pulse.sinks.external_delivery import build_request
+    from pulse.sinks.external_outbox import encode
+    from pulse.sinks.external_signing import Signer
+
+    now = datetime.now(timezone.utc)
+    rows = [encode(EnrichedEvent(i, str(uuid.UUID(int=1 + i % 200)), str(uuid.uuid4()), "play", now, 1000 + i, "ios",
+                                 '{"app_version": "5.2.1", "country": "DE", "session": %d}' % i, "bench-1",
+                                 "Bench content 1", "podcast", 90, 1.0, 0.01, "insert", Position(1 + i, 0), now, now),
+                    "/pulse/engagement_events") for i in range(n)]
+    reqs = []
+    while rows:
+        req = build_request(rows, "cloudevents-batch", batch, 1_000_000)
+        reqs.append(req)
+        rows = rows[len(req.rows):]
+    signer = Signer(SECRET)
+    lat: list[float] = []
+    lock = threading.Lock()
+    it = iter(reqs)
+
+    def worker() -> None:
+        with httpx.Client(timeout=30) as client:
+            while True:
+                with lock:
+                    req = next(it, None)
+                if req is None:
+                    return
+                headers = {"content-type": req.content_type, "idempotency-key": req.msg_id,
+                           **signer.headers(req.msg_id, req.body)}
+                t0 = time.perf_counter()
+                r = client.post(url, content=req.body, headers=headers)
+                r.raise_for_status()
+                with lock:
+                    lat.append(time.perf_counter() - t0)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    lat.sort()
+    return n / elapsed, lat[int(0.99 * (len(lat) - 1))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--max-age", type=float, default=0.05, help="external.batch_max_age_s")
+    args = ap.parse_args()
+
+    from pulse.config import Settings
+    from pulse.runtime.pipeline import Pipeline
+    from pulse.sinks.external import ExternalSink
+    from pulse.source.slot import ensure_slot
+
+    proc, url = start_receiver()
+    try:
+        raw_eps, raw_p99 = raw_baseline(url, args.events, args.batch, args.concurrency)
+        s = stats(url)
+        assert s["unique"] == args.events and s["signature_failures"] == 0, s
+        reset(url)
+        with ScratchDatabase("pulse_bench_ext") as db:
+            cfg = db.config(slot="bench_ext", heartbeat_interval_s=1.0)
+            settings = Settings(database=cfg, external={"url": url, "secret": SECRET, "batch_max_events": args.batch,
+                                                        "concurrency": args.concurrency,
+                                                        "batch_max_age_s": args.max_age},
+                                runtime={"sinks": ["external"]})
+            conn = db.connect()
+            cur = conn.cursor()
+            content = seed_content(cur, 200)
+            ensure_slot(cfg)
+            pipeline = Pipeline(settings, [ExternalSink.from_settings(settings)])
+            runner = threading.Thread(target=pipeline.run, daemon=True)
+            runner.start()
+            pipeline.ready.wait(60)
+
+            # 2. throughput
+            t0 = time.monotonic()
+            insert_events_sql(cur, content, args.events, 1000)
+            t_commit = time.monotonic() - t0
+            t_done = wait_unique(url, args.events, 600) - t0
+            eps = args.events / t_done
+            s = stats(url)
+            assert s["conflicts"] == 0 and s["order_violations"] == 0 and s["signature_failures"] == 0, s
+
+            # 3. latency at --rate
+            reset(url)
+            per_txn = 10
+            total = int(args.rate * args.duration)
+            start = time.monotonic()
+            sent = 0
+            while sent < total:
+                insert_events_sql(cur, content, per_txn, per_txn)
+                sent += per_txn
+                delay = start + sent / args.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            achieved = sent / (time.monotonic() - start)
+            wait_unique(url, sent, 120)
+            lat = stats(url)
+            pipeline.stop()
+            runner.join(60)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    print(f"raw httpx POST of the same signed bodies: {raw_eps:,.0f} events/s "
+          f"(batch {args.batch}, {args.concurrency} threads; p99 request {raw_p99 * 1000:.1f} ms)")
+    print(f"external sink, commit -> received:        {eps:,.0f} events/s   ratio {eps / raw_eps:.2f} "
+          f"(commits took {t_commit:.1f} s of {t_done:.1f} s)")
+    print(f"latency (batch_max_age_s {args.max_age}) at {achieved:,.0f} events/s for {args.duration:.0f} s: p50 {lat['latency_p50_s'] * 1000:.0f} ms, "
+          f"p99 {lat['latency_p99_s'] * 1000:.0f} ms, max {lat['latency_max_s'] * 1000:.0f} ms "
+          f"(p99 / raw POST p99 = {lat['latency_p99_s'] / raw_p99:.1f}); duplicates {lat['duplicates']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""`pulse receiver`: the stand-in external endpoint (verifies, records, misbehaves on request)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Optional
+
+import typer
+
+
+def receiver(
+    host: str = typer.Option("127.0.0.1", "--host", envvar="PULSE_RECEIVER__HOST", help="Address to bind."),
+    port: int = typer.Option(8787, "--port", envvar="PULSE_RECEIVER__PORT", help="Port (0: any free port)."),
+    secret: Optional[str] = typer.Option(None, "--secret", envvar="PULSE_EXTERNAL_SECRET", show_default=False,
+                                         help="Standard Webhooks secret (whsec_...): verify signatures."),
+    latency_ms: float = typer.Option(0.0, "--latency-ms", help="Delay added before answering."),
+    latency_rate: float = typer.Option(1.0, "--latency-rate", min=0, max=1, help="Fraction of requests delayed."),
+    fail_500: float = typer.Option(0.0, "--fail-500", min=0, max=1, help="Fraction answered 500."),
+    fail_429: float = typer.Option(0.0, "--fail-429", min=0, max=1, help="Fraction answered 429 + Retry-After."),
+    fail_503: float = typer.Option(0.0, "--fail-503", min=0, max=1, help="Fraction answered 503 + Retry-After."),
+    retry_after: float = typer.Option(1.0, "--retry-after", min=0, help="Retry-After seconds of 429 / 503."),
+    timeout_rate: float = typer.Option(0.0, "--timeout-rate", min=0, max=1,
+                                       help="Fraction recorded, then held unanswered (the sender times out)."),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", min=0, help="How long a held request is held."),
+    reset_rate: float = typer.Option(0.0, "--reset-rate", min=0, max=1,
+                                     help="Fraction recorded, then the connection reset instead of answered."),
+    reject_status: Optional[int] = typer.Option(None, "--reject-status", min=400, max=599,
+                                                help="Answer every POST with this status (e.g. 422)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the fault draws (reproducible runs)."),
+    stats_every: float = typer.Option(10.0, "--stats-every", min=0, help="Log the counts every N seconds (0: off)."),
+) -> None:
+    """Listen for the external sink's POSTs; GET /stats and /events show what arrived (Ctrl-C stops)."""
+    from pulse.cli import common
+    from pulse.log import get_logger
+    from pulse.receiver import Faults, Receiver
+    from pulse.sinks.external_signing import decode_secret
+
+    cfg = common.settings()
+    log = get_logger("pulse.receiver")
+    if secret:
+        decode_secret(secret)  # a bad secret fails here, with its fix
+    faults = Faults(latency_ms=latency_ms, latency_rate=latency_rate, error_500=fail_500, error_429=fail_429,
+                    error_503=fail_503, retry_after_s=retry_after, timeout=timeout_rate, timeout_s=timeout_s,
+                    reset=reset_rate, reject_status=reject_status)
+    rec = Receiver(host, port, secret=secret, faults=faults, seed=seed).start()
+    del cfg
+    typer.echo(f"pulse receiver listening on {rec.url} (GET {rec.url}stats, {rec.url}events; "
+               f"POST {rec.url}_control to change faults)")
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        while not stop.wait(stats_every or 3600):
+            if stats_every:
+                s = rec.stats()
+                log.info("receiver.stats", requests=s["requests"], unique=s["unique"], duplicates=s["duplicates"],
+                         conflicts=s["conflicts"], signature_failures=s["signature_failures"],
+                         faults=s["faults_served"])
+    finally:
+        rec.stop()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("receiver")(receiver)

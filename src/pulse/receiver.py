@@ -1,0 +1,373 @@
+"""`pulse receiver`: a small HTTP endpoint standing in for the external system.
+
+It does what a careful receiver does, and can be told to misbehave:
+
+- verifies Standard Webhooks signatures when it has the secret (401 otherwise);
+- records each CloudEvent once by id, counts duplicates, and flags an id seen
+  again with a different payload (`conflicts`), or an event of a content id
+  arriving before an older one it has not seen (`order_violations`);
+- serves what it received (`GET /events`) and its counts (`GET /stats`) as
+  JSON; `POST /_control` changes its faults at run time, `POST /_reset`
+  forgets everything;
+- misbehaves at configurable rates: added latency, 500, 429 with
+  Retry-After, 503, a timeout (holds the request, never answers), or
+  accept-then-reset (reads and records the request, then resets the TCP
+  connection: the sender cannot know it arrived, the nastiest case for
+  duplicates); or refuses everything with one status (`reject_status`, e.g.
+  422 to exercise the dead-letter store).
+
+`Receiver(...).start()` runs it in-process on a background thread (tests
+and benchmarks, on 127.0.0.1 and an ephemeral port by default); `stop()` and
+`start()` again keep the recorded state and the port (an endpoint that goes
+down and comes back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+import struct
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+
+from pulse.log import get_logger
+from pulse.sinks.external_signing import VerificationError, verify
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Faults:
+    """How the receiver misbehaves; rates are fractions of POST requests (drawn independently per request)."""
+
+    latency_ms: float = 0.0  # added before answering ...
+    latency_rate: float = 1.0  # ... to this fraction of requests
+    error_500: float = 0.0
+    error_429: float = 0.0
+    retry_after_s: float = 1.0  # sent with 429 and 503
+    error_503: float = 0.0
+    timeout: float = 0.0  # record, then hold the request for timeout_s without answering
+    timeout_s: float = 30.0
+    reset: float = 0.0  # record, then reset the connection instead of answering
+    reject_status: int | None = None  # answer every POST with this status (nothing recorded)
+
+    def update(self, values: dict[str, Any]) -> None:
+        names = {f.name for f in fields(self)}
+        for key, value in values.items():
+            if key not in names:
+                raise ValueError(f"unknown fault {key!r}; known: {sorted(names)}")
+            setattr(self, key, value)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+class ReceiverState:
+    """What the receiver has seen; thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.events: dict[str, dict[str, Any]] = {}  # id -> {event, digest, count, first_at}
+        self.order: list[str] = []  # ids in first-arrival order
+        self.last_pos: dict[str, tuple[int, int]] = {}  # partition key -> newest position first-seen
+        self.requests = 0
+        self.accepted_requests = 0
+        self.received = 0
+        self.duplicates = 0
+        self.conflicts = 0
+        self.conflicting_ids: list[str] = []
+        self.order_violations = 0
+        self.signature_ok = 0
+        self.signature_failures = 0
+        self.unsigned = 0
+        self.faults_served: dict[str, int] = {}
+        self.latencies: list[float] = []  # seconds from commit_ts to first arrival
+
+    def record(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        now = time.time()
+        with self.lock:
+            self.accepted_requests += 1
+            for ce_id, event in items:
+                self.received += 1
+                digest = hashlib.sha256(orjson.dumps(event, option=orjson.OPT_SORT_KEYS)).hexdigest()
+                seen = self.events.get(ce_id)
+                if seen is not None:
+                    seen["count"] += 1
+                    self.duplicates += 1
+                    if seen["digest"] != digest:
+                        self.conflicts += 1
+                        self.conflicting_ids.append(ce_id)
+                    continue
+                self.events[ce_id] = {"event": event, "digest": digest, "count": 1, "first_at": now}
+                self.order.append(ce_id)
+                data = event.get("data") if "specversion" in event else event
+                if isinstance(data, dict):
+                    key = event.get("partitionkey") or data.get("content_id") or ""
+                    pos = (int(data.get("source_lsn") or 0), int(data.get("source_seq") or 0))
+                    if pos < self.last_pos.get(key, (0, 0)):
+                        self.order_violations += 1
+                    else:
+                        self.last_pos[key] = pos
+                    commit = data.get("commit_ts")
+                    if commit:
+                        try:
+                            self.latencies.append(now - datetime.fromisoformat(commit).timestamp())
+                        except ValueError:
+                            pass
+
+    def count_fault(self, kind: str) -> None:
+        with self.lock:
+            self.faults_served[kind] = self.faults_served.get(kind, 0) + 1
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            lat = list(self.latencies)
+            return {
+                "requests": self.requests,
+                "accepted_requests": self.accepted_requests,
+                "received": self.received,
+                "unique": len(self.events),
+                "duplicates": self.duplicates,
+                "conflicts": self.conflicts,
+                "conflicting_ids": self.conflicting_ids[:100],
+                "order_violations": self.order_violations,
+                "signature_ok": self.signature_ok,
+                "signature_failures": self.signature_failures,
+                "unsigned": self.unsigned,
+                "faults_served": dict(self.faults_served),
+                "latency_p50_s": _percentile(lat, 0.50),
+                "latency_p99_s": _percentile(lat, 0.99),
+                "latency_max_s": max(lat) if lat else None,
+            }
+
+    def events_doc(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [{"id": i, "count": self.events[i]["count"], "event": self.events[i]["event"]} for i in self.order]
+
+
+def parse_body(content_type: str, body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """(id, event) pairs of a request in any of the sink's three modes."""
+    doc = orjson.loads(body)
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype == "application/cloudevents+json":
+        doc = [doc]
+    if not isinstance(doc, list):
+        raise ValueError("expected a JSON array")
+    out = []
+    for item in doc:
+        if not isinstance(item, dict):
+            raise ValueError("expected JSON objects")
+        if "specversion" in item:
+            if not item.get("id"):
+                raise ValueError("a CloudEvent without id")
+            out.append((str(item["id"]), item))
+        else:  # plain JSON-array mode: the enriched event, identified by its position
+            out.append((f"plain-{item.get('event_id')}-{item.get('op')}-{item.get('source_lsn')}-"
+                        f"{item.get('source_seq')}", item))
+    return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the sink expects
+    server: "_Server"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: stats tell the story
+        pass
+
+    def _send(self, status: int, doc: Any = None, headers: dict[str, str] | None = None) -> None:
+        body = orjson.dumps(doc if doc is not None else {})
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+        rec = self.server.receiver
+        path = self.path.split("?")[0]
+        if path == "/stats":
+            self._send(200, rec.state.stats())
+        elif path == "/events":
+            self._send(200, {"events": rec.state.events_doc()})
+        elif path == "/healthz":
+            self._send(200, {"ok": True})
+        elif path == "/_control":
+            self._send(200, asdict(rec.faults))
+        else:
+            self._send(404, {"error": "GET /stats, /events, /healthz or /_control"})
+
+    def _read_body(self) -> bytes:
+        n = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def do_POST(self) -> None:  # noqa: N802
+        rec = self.server.receiver
+        body = self._read_body()
+        path = self.path.split("?")[0]
+        if path == "/_control":
+            try:
+                with rec.lock:
+                    rec.faults.update(orjson.loads(body or b"{}"))
+            except (ValueError, orjson.JSONDecodeError) as exc:
+                self._send(400, {"error": str(exc)})
+                return
+            self._send(200, asdict(rec.faults))
+            return
+        if path == "/_reset":
+            with rec.state.lock:
+                rec.state.reset()
+            self._send(200, {"ok": True})
+            return
+        self._ingest(rec, body)
+
+    def _ingest(self, rec: "Receiver", body: bytes) -> None:
+        state = rec.state
+        with state.lock:
+            state.requests += 1
+        with rec.lock:
+            f = Faults(**asdict(rec.faults))
+            draw = rec.rng.random()
+            slow = f.latency_ms > 0 and rec.rng.random() < f.latency_rate
+        if rec.secret:
+            try:
+                verify(rec.secret, dict(self.headers.items()), body, tolerance_s=rec.tolerance_s)
+            except VerificationError as exc:
+                with state.lock:
+                    state.signature_failures += 1
+                self._send(401, {"error": f"signature: {exc}"})
+                return
+            with state.lock:
+                state.signature_ok += 1
+        elif "webhook-signature" not in self.headers:
+            with state.lock:
+                state.unsigned += 1
+        if slow:
+            time.sleep(f.latency_ms / 1000)
+        if f.reject_status is not None:
+            state.count_fault(f"reject_{f.reject_status}")
+            self._send(int(f.reject_status), {"error": "rejected (reject_status is set)"})
+            return
+        edge = 0.0
+        for kind, rate in (("500", f.error_500), ("429", f.error_429), ("503", f.error_503),
+                           ("timeout", f.timeout), ("reset", f.reset)):
+            edge += rate
+            if draw < edge:
+                self._fault(rec, kind, f, body)
+                return
+        try:
+            items = parse_body(self.headers.get("content-type", ""), body)
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            self._send(400, {"error": f"bad body: {exc}"})
+            return
+        state.record(items)
+        self._send(200, {"accepted": len(items)})
+
+    def _fault(self, rec: "Receiver", kind: str, f: Faults, body: bytes) -> None:
+        rec.state.count_fault(kind)
+        if kind in ("500",):
+            self._send(500, {"error": "injected 500"})
+        elif kind in ("429", "503"):
+            self._send(int(kind), {"error": f"injected {kind}"}, {"retry-after": str(int(f.retry_after_s))})
+        else:
+            # Accepted: the receiver has the events, but the sender will never hear so.
+            try:
+                rec.state.record(parse_body(self.headers.get("content-type", ""), body))
+            except (ValueError, orjson.JSONDecodeError):
+                pass
+            if kind == "timeout":
+                rec.stopping.wait(f.timeout_s)
+            self.close_connection = True
+            try:  # RST instead of FIN: the client sees "connection reset"
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+            except OSError:
+                pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    receiver: "Receiver"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # resets are on purpose
+        pass
+
+
+class Receiver:
+    """The receiver as an object: `start()` (returns self), `url`, `stats()`, `events()`, `stop()`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, secret: str | None = None,
+                 faults: Faults | None = None, seed: int | None = None, tolerance_s: float = 300.0) -> None:
+        self.host = host
+        self.port = port
+        self.secret = secret
+        self.tolerance_s = tolerance_s
+        self.faults = faults or Faults()
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.state = ReceiverState()
+        self.stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def start(self) -> "Receiver":
+        if self._server is not None:
+            return self
+        self.stopping.clear()
+        server = _Server((self.host, self.port), _Handler)
+        server.receiver = self
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="pulse-receiver", daemon=True)
+        self._thread.start()
+        log.info("receiver.listening", url=self.url, signed=self.secret is not None)
+        return self
+
+    def stop(self) -> None:
+        """Stop listening (connections are refused until `start()`); what was received is kept."""
+        server = self._server
+        if server is None:
+            return
+        self.stopping.set()
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._server = None
+
+    def set_faults(self, **values: Any) -> None:
+        with self.lock:
+            self.faults.update(values)
+
+    def stats(self) -> dict[str, Any]:
+        return self.state.stats()
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.state.events_doc()
+
+    def __enter__(self) -> "Receiver":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,324 @@
+"""The external sink's durable outbox and dead-letter store, in Pulse's own schema.
+
+Why an outbox: the external endpoint is someone else's and may be down for
+hours. If the sink's durable position waited on it, the replication slot
+would pin WAL on the source and every other sink would wait too (the slot
+is acknowledged up to the slowest sink). So `write()` appends the batch to
+`external_outbox` and moves `external_position` in the same PostgreSQL
+transaction, and returns at once; delivery threads send from the outbox and
+delete what the receiver acknowledged. A crash at any instant leaves the
+outbox and the position in agreement: nothing is lost, and what is re-sent
+is the same bytes under the same ids.
+
+Also here: how one enriched event becomes an outbox row (its CloudEvent id,
+attributes and data, serialised once), and the SQL of `pulse dlq`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Iterable, Sequence
+from datetime import timezone
+from typing import NamedTuple
+
+import orjson
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extras import execute_values
+
+from pulse.errors import TerminalError, TransientError
+from pulse.model import ZERO, EnrichedEvent, Position
+
+TYPE_PREFIX = "com.pulse.engagement."
+
+
+class OutboxRow(NamedTuple):
+    """One event waiting for delivery (or dead-lettered), ready to be put in a request body."""
+
+    lsn: int
+    seq: int
+    lane_key: int
+    content_id: str | None
+    event_id: int
+    ce_id: str
+    attrs: str  # JSON object of the CloudEvent attributes, without `data`
+    data: str  # JSON of the enriched event
+    attempts: int = 0
+    enqueued_at: float = 0.0  # epoch seconds (database clock)
+
+    @property
+    def position(self) -> Position:
+        return Position(self.lsn, self.seq)
+
+    def cloudevent(self) -> str:
+        """The structured-mode CloudEvent JSON: attributes plus `data`, without re-serialising."""
+        return self.attrs[:-1] + ',"data":' + self.data + "}"
+
+
+# -- ids -----------------------------------------------------------------------
+
+
+def _state_digest(e: EnrichedEvent) -> str:
+    """A digest of the source row's values, independent of how they were read (stream or backfill)."""
+    raw: object = e.raw_payload
+    if isinstance(raw, str):
+        try:  # jsonb text from pgoutput and from a query may differ in spacing/order: normalise
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    ts = None
+    if e.event_ts is not None:  # the same instant, whatever the session time zone it was read in
+        ts = (e.event_ts if e.event_ts.tzinfo else e.event_ts.replace(tzinfo=timezone.utc)).astimezone(
+            timezone.utc).isoformat()
+    state = [e.content_id, e.user_id, e.event_type, ts, e.duration_ms, e.device, raw]
+    return hashlib.sha256(orjson.dumps(state, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
+
+
+def cloudevent_id(e: EnrichedEvent) -> str:
+    """The CloudEvent id of one change: stable on every retry, replay and restart.
+
+    - insert: `pulse-<event_id>-insert-<digest of the row's values>`. A row is
+      inserted once; a backfill re-reading it unchanged produces the same id,
+      so a receiver that deduplicates by id does not count it twice.
+    - update: `pulse-<event_id>-update-<lsn>-<seq>`: one id per change. Tying
+      it to the values instead would give an update that restores earlier
+      values (A -> B -> A) the id of an earlier one, and a deduplicating
+      receiver would silently drop it.
+    - delete: `pulse-<event_id>-delete` (a row is deleted once).
+    """
+    if e.op == "update":
+        return f"pulse-{e.event_id}-update-{e.position.lsn:X}-{e.position.seq}"
+    if e.op == "delete":
+        return f"pulse-{e.event_id}-delete"
+    return f"pulse-{e.event_id}-insert-{_state_digest(e)}"
+
+
+def lane_key(content_id: str | None) -> int:
+    """Stable non-negative hash of a content id (events of one key share a lane, hence an order)."""
+    return zlib.crc32((content_id or "").encode()) & 0x7FFFFFFF
+
+
+def encode(e: EnrichedEvent, source: str) -> OutboxRow:
+    """An enriched event as an outbox row (serialised once; retries re-send these exact bytes)."""
+    ce_id = cloudevent_id(e)
+    attrs: dict[str, object] = {
+        "specversion": "1.0",
+        "id": ce_id,
+        "source": source,
+        "type": TYPE_PREFIX + e.op,
+        "subject": str(e.event_id),
+    }
+    if e.event_ts is not None:
+        attrs["time"] = e.event_ts.isoformat()
+    attrs["datacontenttype"] = "application/json"
+    if e.content_id is not None:
+        attrs["partitionkey"] = e.content_id  # CloudEvents partitioning extension: the ordering key
+    return OutboxRow(
+        lsn=e.position.lsn,
+        seq=e.position.seq,
+        lane_key=lane_key(e.content_id),
+        content_id=e.content_id,
+        event_id=e.event_id,
+        ce_id=ce_id,
+        attrs=orjson.dumps(attrs).decode(),
+        data=orjson.dumps(e.to_dict()).decode(),
+    )
+
+
+# -- SQL -----------------------------------------------------------------------
+
+_COLS = "lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, attempts, extract(epoch FROM enqueued_at)::float8"
+
+
+def _db_error(what: str, exc: psycopg2.Error) -> TransientError:
+    return TransientError(f"external sink outbox: {what} failed: {str(exc).strip()}")
+
+
+class Outbox:
+    """SQL of the outbox, the position and the dead-letter store for one sink key (`<slot>/<name>`)."""
+
+    def __init__(self, dsn: str, schema: str, sink_key: str) -> None:
+        self.dsn = dsn
+        self.sink_key = sink_key
+        s = sql.Identifier(schema)
+        self.t_outbox = sql.SQL("{}.external_outbox").format(s)
+        self.t_position = sql.SQL("{}.external_position").format(s)
+        self.t_dead = sql.SQL("{}.external_dead_letter").format(s)
+        self.schema = schema
+
+    def connect(self, *, autocommit: bool = False, name: str = "pulse-external"):
+        try:
+            conn = psycopg2.connect(self.dsn, application_name=name)
+        except psycopg2.OperationalError as exc:
+            raise TransientError(f"external sink outbox: database unreachable: {str(exc).strip()}") from exc
+        conn.autocommit = autocommit
+        return conn
+
+    def check_schema(self, conn) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.external_outbox",))
+            ok = cur.fetchone()[0]
+        conn.rollback()
+        if not ok:
+            raise TerminalError(f"the external sink's outbox table is missing in schema {self.schema}",
+                                hint="run `pulse db init` (it applies migration 010_outbox.sql)")
+
+    # -- the sink's side ----------------------------------------------------------
+
+    def position(self, conn) -> Position:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT lsn, seq FROM {} WHERE sink = %s").format(self.t_position), (self.sink_key,))
+            row = cur.fetchone()
+        return Position(*row) if row else ZERO
+
+    def append(self, conn, rows: Sequence[OutboxRow], last: Position) -> tuple[Position, list[OutboxRow]]:
+        """Append rows after the stored position and move it to `last`, in one transaction.
+
+        Idempotent: a batch retried after a commit whose answer was lost
+        inserts nothing twice (rows at or below the stored position are skipped).
+        Returns the new position and the rows actually appended.
+        """
+        with conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("INSERT INTO {} (sink, lsn, seq) VALUES (%s, 0, 0) ON CONFLICT (sink) DO NOTHING")
+                        .format(self.t_position), (self.sink_key,))
+            cur.execute(sql.SQL("SELECT lsn, seq FROM {} WHERE sink = %s FOR UPDATE").format(self.t_position),
+                        (self.sink_key,))
+            stored = Position(*cur.fetchone())
+            fresh = [r for r in rows if (r.lsn, r.seq) > stored]
+            if fresh:
+                execute_values(
+                    cur,
+                    sql.SQL("INSERT INTO {} (sink, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data) "
+                            "VALUES %s ON CONFLICT DO NOTHING").format(self.t_outbox).as_string(cur),
+                    [(self.sink_key, r.lsn, r.seq, r.lane_key, r.content_id, r.event_id, r.ce_id, r.attrs, r.data)
+                     for r in fresh],
+                    page_size=1000,
+                )
+            new = max(stored, last)
+            if new != stored:
+                cur.execute(sql.SQL("UPDATE {} SET lsn = %s, seq = %s, updated_at = now() WHERE sink = %s")
+                            .format(self.t_position), (new.lsn, new.seq, self.sink_key))
+        return new, fresh
+
+    # -- the delivery lanes' side ------------------------------------------------
+
+    def fetch(self, conn, after: Position, lane: int, lanes: int, limit: int) -> list[OutboxRow]:
+        """The oldest rows of one lane after `after`, in source order (a cursor: no rescans of delivered rows)."""
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT " + _COLS + " FROM {} WHERE sink = %s AND (sink, lsn, seq) > (%s, %s, %s) "
+                        "AND lane_key %% %s = %s ORDER BY sink, lsn, seq LIMIT %s").format(self.t_outbox),
+                (self.sink_key, self.sink_key, after.lsn, after.seq, lanes, lane, limit),
+            )
+            return [OutboxRow(*r) for r in cur.fetchall()]
+
+    @staticmethod
+    def _keys(rows: Iterable[OutboxRow]) -> tuple[list[int], list[int]]:
+        lsns, seqs = [], []
+        for r in rows:
+            lsns.append(r.lsn)
+            seqs.append(r.seq)
+        return lsns, seqs
+
+    _MATCH = "sink = %s AND (lsn, seq) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))"
+
+    def delete(self, conn, rows: Sequence[OutboxRow]) -> None:
+        lsns, seqs = self._keys(rows)
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE " + self._MATCH).format(self.t_outbox),
+                        (self.sink_key, lsns, seqs))
+
+    def note_failure(self, conn, rows: Sequence[OutboxRow], error: str) -> None:
+        lsns, seqs = self._keys(rows)
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("UPDATE {} SET attempts = attempts + 1, last_error = %s WHERE " + self._MATCH)
+                        .format(self.t_outbox), (error[:2000], self.sink_key, lsns, seqs))
+
+    def dead_letter(self, conn, rows: Sequence[OutboxRow], status: int | None, error: str) -> None:
+        """Move rows from the outbox to the dead-letter store, in one transaction."""
+        lsns, seqs = self._keys(rows)
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            try:
+                cur.execute(
+                    sql.SQL("INSERT INTO {} (sink, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, "
+                            "enqueued_at, attempts, last_status, last_error) "
+                            "SELECT sink, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, enqueued_at, "
+                            "attempts, %s, %s FROM {} WHERE " + self._MATCH + " ORDER BY lsn, seq").format(
+                        self.t_dead, self.t_outbox),
+                    (status, error[:2000], self.sink_key, lsns, seqs),
+                )
+                cur.execute(sql.SQL("DELETE FROM {} WHERE " + self._MATCH).format(self.t_outbox),
+                            (self.sink_key, lsns, seqs))
+                cur.execute("COMMIT")
+            except BaseException:
+                if not conn.closed:
+                    cur.execute("ROLLBACK")
+                raise
+
+    def backlog(self, conn) -> tuple[int, float | None]:
+        """(rows waiting, epoch of the oldest) for status and metrics."""
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*), extract(epoch FROM min(enqueued_at)) FROM {} WHERE sink = %s")
+                        .format(self.t_outbox), (self.sink_key,))
+            n, oldest = cur.fetchone()
+        return int(n), float(oldest) if oldest is not None else None
+
+    # -- dead letters (`pulse dlq`) -------------------------------------------------
+
+    def dead_letters(self, conn, limit: int = 100, ids: Sequence[int] | None = None) -> list[dict]:
+        where = sql.SQL("sink = %s")
+        params: list[object] = [self.sink_key]
+        if ids:
+            where = sql.SQL("sink = %s AND id = ANY(%s)")
+            params.append(list(ids))
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT id, lsn, seq, event_id, content_id, ce_id, attempts, last_status, last_error, "
+                        "enqueued_at, dead_at, replays FROM {} WHERE {} ORDER BY lsn, seq, id LIMIT %s").format(
+                    self.t_dead, where), (*params, limit))
+            names = [d[0] for d in cur.description]
+            out = [dict(zip(names, r)) for r in cur.fetchall()]
+        conn.rollback()
+        return out
+
+    def dead_count(self, conn) -> int:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE sink = %s").format(self.t_dead), (self.sink_key,))
+            n = cur.fetchone()[0]
+        conn.rollback()
+        return int(n)
+
+    def lock_dead_for_replay(self, cur, limit: int, ids: Sequence[int] | None) -> list[tuple[int, OutboxRow]]:
+        """Lock (SKIP LOCKED) the oldest dead letters; the caller's transaction stays open while it sends."""
+        where = sql.SQL("sink = %s")
+        params: list[object] = [self.sink_key]
+        if ids:
+            where = sql.SQL("sink = %s AND id = ANY(%s)")
+            params.append(list(ids))
+        cur.execute(
+            sql.SQL("SELECT id, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, attempts, "
+                    "extract(epoch FROM enqueued_at)::float8 FROM {} WHERE {} ORDER BY lsn, seq, id LIMIT %s "
+                    "FOR UPDATE SKIP LOCKED").format(self.t_dead, where), (*params, limit))
+        return [(r[0], OutboxRow(*r[1:])) for r in cur.fetchall()]
+
+    def remove_dead(self, cur, ids: Sequence[int]) -> None:
+        cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self.t_dead), (list(ids),))
+
+    def note_replay_failure(self, cur, ids: Sequence[int], status: int | None, error: str) -> None:
+        cur.execute(sql.SQL("UPDATE {} SET replays = replays + 1, last_status = %s, last_error = %s "
+                            "WHERE id = ANY(%s)").format(self.t_dead), (status, error[:2000], list(ids)))
+
+    def purge_dead(self, conn, ids: Sequence[int] | None = None, before: str | None = None) -> int:
+        where = [sql.SQL("sink = %s")]
+        params: list[object] = [self.sink_key]
+        if ids:
+            where.append(sql.SQL("id = ANY(%s)"))
+            params.append(list(ids))
+        if before:
+            where.append(sql.SQL("dead_at < %s::timestamptz"))
+            params.append(before)
+        with conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(self.t_dead, sql.SQL(" AND ").join(where)), params)
+            return cur.rowcount

@@ -1,0 +1,324 @@
+"""The external HTTP sink against a real `pulse receiver` over loopback and a real PostgreSQL outbox."""
+
+from __future__ import annotations
+
+import base64
+import random
+import signal
+import subprocess
+import threading
+from collections import defaultdict
+
+import psycopg2
+import pytest
+from typer.testing import CliRunner
+
+from pulse.config import Settings
+from pulse.receiver import Receiver
+from pulse.runtime.pipeline import Pipeline
+from pulse.sinks.external import ExternalSink, sink_key
+from pulse.sinks.external_outbox import Outbox
+from pulse.source.slot import ensure_slot
+
+from .pipeline_helpers import Running, insert_content, insert_events, insert_events_bulk, wait_for
+from .test_crash import _reported_pid
+from .test_source import pulse_cmd, pulse_env
+
+SECRET = "whsec_" + base64.b64encode(b"pulse-integration-test-secret-32b").decode()
+
+FAST = {  # test-speed timings; the policy is the same as in production, only faster
+    "retry_initial_s": 0.02, "retry_max_s": 0.25, "retry_after_max_s": 0.5, "connect_timeout_s": 1.0,
+    "read_timeout_s": 1.0, "breaker_open_s": 0.3, "breaker_open_max_s": 1.0, "batch_max_age_s": 0.02,
+    "poll_interval_s": 0.5,
+}
+
+
+def settings(db, rec: Receiver, **external) -> Settings:
+    return Settings(database=db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
+                    external={"url": rec.url, "secret": SECRET, **FAST, **external},
+                    runtime={"sinks": ["external"]})
+
+
+@pytest.fixture
+def receiver():
+    rec = Receiver(secret=SECRET, seed=11).start()
+    try:
+        yield rec
+    finally:
+        rec.stop()
+
+
+def outbox_for(db, name: str = "external") -> Outbox:
+    cfg = db.config()
+    return Outbox(db.url, cfg.state_schema, sink_key(cfg, name))
+
+
+def outbox_rows(cur) -> int:
+    cur.execute("SELECT count(*) FROM pulse.external_outbox")
+    return cur.fetchone()[0]
+
+
+def source_ids(cur) -> set[int]:
+    cur.execute("SELECT id FROM engagement_events")
+    return {r[0] for r in cur.fetchall()}
+
+
+def received_by_event(rec: Receiver) -> dict[int, set[str]]:
+    """event_id -> the CloudEvent ids it arrived under."""
+    out: dict[int, set[str]] = defaultdict(set)
+    for item in rec.events():
+        out[item["event"]["data"]["event_id"]].add(item["id"])
+    return out
+
+
+def assert_per_content_order(rec: Receiver) -> None:
+    """First arrivals of each content id come in source position order (checked apart from the receiver's count)."""
+    last: dict[str, tuple[int, int]] = {}
+    for item in rec.events():
+        data = item["event"]["data"]
+        key = data["content_id"] or ""
+        pos = (data["source_lsn"], data["source_seq"])
+        assert pos > last.get(key, (0, 0)), f"content {key}: {pos} arrived after {last[key]}"
+        last[key] = pos
+    assert rec.stats()["order_violations"] == 0
+
+
+def test_every_event_of_a_generator_run_arrives_despite_30_percent_mixed_failures(scratch_db, receiver):
+    receiver.set_faults(error_500=0.08, error_429=0.05, error_503=0.05, timeout=0.06, reset=0.06,
+                        retry_after_s=0, timeout_s=2.0)
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    sink = ExternalSink.from_settings(settings(scratch_db, receiver, batch_max_events=60, concurrency=4,
+                                               breaker_failures=1000, max_attempts=10_000))
+    env = pulse_env(scratch_db)
+    with Running(Pipeline(settings(scratch_db, receiver), [sink])):
+        gen = subprocess.run(pulse_cmd("generate", "--count", "3000", "--since", "2024-08-01T00:00:00",
+                                       "--until", "2024-08-02T00:00:00", "--seed", "5", "--content", "40",
+                                       "--chunk-rows", "500"),
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert gen.returncode == 0, gen.stderr[-2000:]
+        expected = source_ids(cur)
+        assert len(expected) == 3000
+        wait_for(lambda: expected <= set(received_by_event(receiver)), 90, "every generated event at the receiver",
+                 interval=0.25)
+        wait_for(lambda: outbox_rows(cur) == 0, 30, "an empty outbox")
+
+    stats = receiver.stats()
+    by_event = received_by_event(receiver)
+    assert set(by_event) == expected
+    assert all(len(ids) == 1 for ids in by_event.values()), "an event arrived under two different ids"
+    assert stats["conflicts"] == 0, stats["conflicting_ids"]
+    assert stats["signature_failures"] == 0 and stats["signature_ok"] > 0
+    # Every kind of failure was really served (and so survived), and accepted-then-lost requests were re-sent.
+    assert set(stats["faults_served"]) == {"500", "429", "503", "timeout", "reset"}, stats["faults_served"]
+    failed = sum(stats["faults_served"].values())
+    assert failed / stats["requests"] > 0.2, stats
+    assert stats["duplicates"] > 0
+    assert_per_content_order(receiver)
+
+
+def test_a_dead_endpoint_does_not_hold_the_slot_and_everything_arrives_when_it_is_back(scratch_db, receiver):
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    receiver.stop()  # connection refused from the start
+    sink = ExternalSink.from_settings(settings(scratch_db, receiver, concurrency=2))
+    with Running(Pipeline(settings(scratch_db, receiver), [sink])):
+        content = insert_content(cur, 5)
+        for i in range(5):
+            insert_events_bulk(cur, content, i * 200, 200)
+        cur.execute("SELECT pg_current_wal_lsn()")
+        written_to = cur.fetchone()[0]
+
+        def slot_past_writes() -> bool:
+            cur.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                        (written_to, scratch_db.slot))
+            row = cur.fetchone()
+            return bool(row and row[0])
+
+        wait_for(slot_past_writes, 30, "the slot to advance past the writes while the endpoint is down")
+        assert receiver.stats()["requests"] == 0
+        assert outbox_rows(cur) == 1000
+        wait_for(lambda: sink.breaker.opened >= 1, 10, "the circuit to open")
+        state = sink.breaker.state
+        assert state in ("open", "half-open")
+
+        receiver.start()  # same port
+        expected = source_ids(cur)
+        wait_for(lambda: set(received_by_event(receiver)) == expected, 30, "all 1000 events after recovery",
+                 interval=0.2)
+        wait_for(lambda: outbox_rows(cur) == 0, 10, "an empty outbox")
+    stats = receiver.stats()
+    assert stats["conflicts"] == 0 and stats["signature_failures"] == 0
+    assert_per_content_order(receiver)
+
+
+def test_terminal_4xx_dead_letters_the_batch_and_dlq_replay_delivers_it_with_its_ids(scratch_db, receiver):
+    from pulse.cli import dlq
+
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    receiver.set_faults(reject_status=422)
+    sink = ExternalSink.from_settings(settings(scratch_db, receiver))
+    outbox = outbox_for(scratch_db)
+    oconn = outbox.connect()
+    with Running(Pipeline(settings(scratch_db, receiver), [sink])):
+        content = insert_content(cur, 3)
+        refused = insert_events(cur, content, 40)
+        wait_for(lambda: outbox.dead_count(oconn) == 40, 30, "40 dead letters")
+        assert receiver.stats()["unique"] == 0
+        assert outbox_rows(cur) == 0
+        dead = outbox.dead_letters(oconn, 100)
+        assert {d["event_id"] for d in dead} == set(refused)
+        assert all(d["last_status"] == 422 and "422" in d["last_error"] for d in dead)
+        dead_ids = {d["event_id"]: d["ce_id"] for d in dead}
+
+        # The receiver is fixed; new events flow again, and the replay sends the old ones.
+        receiver.set_faults(reject_status=None)
+        later = insert_events(cur, content, 5)
+        wait_for(lambda: set(later) <= set(received_by_event(receiver)), 30, "new events after the fix")
+
+        app = __import__("typer").Typer()
+        dlq.register(app)
+        env = {"PULSE_DATABASE_URL": scratch_db.url, "PULSE_SLOT": scratch_db.slot,
+               "PULSE_EXTERNAL_URL": receiver.url, "PULSE_EXTERNAL_SECRET": SECRET}
+        runner = CliRunner()
+        listed = runner.invoke(app, ["dlq", "list"], env=env)
+        assert listed.exit_code == 0, listed.output
+        assert listed.output.startswith("40 dead letter(s)")
+        nothing = runner.invoke(app, ["dlq", "replay"], env=env)
+        assert nothing.exit_code != 0  # neither --all nor --id: refuses
+        replayed = runner.invoke(app, ["dlq", "replay", "--all"], env=env)
+        assert replayed.exit_code == 0, replayed.output
+        assert "replayed 40 event(s)" in replayed.output
+    assert outbox.dead_count(oconn) == 0
+    oconn.close()
+    by_event = received_by_event(receiver)
+    assert set(by_event) == set(refused) | set(later)
+    assert {e: ids for e, ids in by_event.items() if e in dead_ids} == {e: {i} for e, i in dead_ids.items()}
+    assert receiver.stats()["conflicts"] == 0
+
+
+def test_dlq_purge_deletes_selected_dead_letters(scratch_db, receiver):
+    from pulse.cli import dlq
+
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    receiver.set_faults(reject_status=400)
+    outbox = outbox_for(scratch_db)
+    oconn = outbox.connect()
+    sink = ExternalSink.from_settings(settings(scratch_db, receiver, batch_max_events=1))
+    with Running(Pipeline(settings(scratch_db, receiver), [sink])):
+        content = insert_content(cur, 1)
+        insert_events(cur, content, 3)
+        wait_for(lambda: outbox.dead_count(oconn) == 3, 30, "3 dead letters")
+    first = outbox.dead_letters(oconn, 1)[0]["id"]
+    app = __import__("typer").Typer()
+    dlq.register(app)
+    env = {"PULSE_DATABASE_URL": scratch_db.url, "PULSE_SLOT": scratch_db.slot}
+    out = CliRunner().invoke(app, ["dlq", "purge", "--id", str(first), "--yes"], env=env)
+    assert out.exit_code == 0 and "purged 1" in out.output, out.output
+    assert outbox.dead_count(oconn) == 2
+    oconn.close()
+
+
+def test_kill_9_mid_delivery_loses_nothing_and_resends_under_the_original_ids(scratch_db, receiver):
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    # Slow answers keep requests in flight when the process dies; resets add accepted-but-unanswered ones.
+    receiver.set_faults(latency_ms=120, reset=0.1)
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    content = insert_content(cur, 12)
+    ensure_slot(scratch_db.config())
+    env = pulse_env(scratch_db, PULSE_EXTERNAL_URL=receiver.url, PULSE_EXTERNAL_SECRET=SECRET,
+                    PULSE_EXTERNAL__BATCH_MAX_EVENTS="40", PULSE_EXTERNAL__RETRY_INITIAL_S="0.05",
+                    PULSE_EXTERNAL__RETRY_MAX_S="0.3", PULSE_EXTERNAL__BREAKER_OPEN_S="0.3",
+                    PULSE_EXTERNAL__READ_TIMEOUT_S="2")
+    total, per_txn = 3000, 150
+    done = threading.Event()
+
+    def writer() -> None:
+        wconn = psycopg2.connect(scratch_db.url)
+        wconn.autocommit = True
+        wcur = wconn.cursor()
+        for i in range(total // per_txn):
+            insert_events_bulk(wcur, content, i * per_txn, per_txn)
+            if done.wait(0.15):
+                break
+        wconn.close()
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    kills = 0
+    try:
+        for _ in range(3):
+            proc = subprocess.Popen(pulse_cmd("run", "--sink", "external"), env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                proc.wait(timeout=rng.uniform(1.5, 3.0))
+                raise AssertionError(f"pulse run exited by itself with {proc.returncode} (seed {seed})")
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+                kills += 1
+        t.join(60)
+        expected = source_ids(cur)
+        assert len(expected) == total
+        receiver.set_faults(latency_ms=0)
+        final = subprocess.Popen(pulse_cmd("run", "--sink", "external"), env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: _reported_pid(cur, scratch_db.slot) == final.pid or final.poll() is not None, 60,
+                     "the final run to start streaming")
+            wait_for(lambda: expected <= set(received_by_event(receiver)) or final.poll() is not None, 60,
+                     f"all {total} events at the receiver (seed {seed})", interval=0.25)
+            wait_for(lambda: outbox_rows(cur) == 0 or final.poll() is not None, 30, "an empty outbox")
+        finally:
+            final.send_signal(signal.SIGTERM)
+            final.wait(60)
+        assert final.returncode == 0, final.stderr.read()[-3000:]
+    finally:
+        done.set()
+    assert kills == 3
+    stats = receiver.stats()
+    by_event = received_by_event(receiver)
+    assert set(by_event) == expected, f"seed {seed}: missing {sorted(expected - set(by_event))[:10]}"
+    assert all(len(ids) == 1 for ids in by_event.values()), f"seed {seed}: an event re-sent under a new id"
+    assert stats["conflicts"] == 0, stats["conflicting_ids"]
+    assert stats["duplicates"] > 0  # re-sends happened, and were recognisable as such
+    assert stats["signature_failures"] == 0
+    assert_per_content_order(receiver)
+
+
+def test_single_and_json_array_modes(scratch_db, receiver):
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    for mode in ("single", "json-array"):
+        receiver.state.reset()
+        sink = ExternalSink(settings(scratch_db, receiver, mode=mode).external,
+                            scratch_db.config(), name=f"ext_{mode.replace('-', '_')}")
+        with Running(Pipeline(settings(scratch_db, receiver), [sink])):
+            content = insert_content(cur, 2)
+            ids = insert_events(cur, content, 6)
+            wait_for(lambda: receiver.stats()["unique"] >= 6, 30, f"6 events in {mode} mode")
+        events = receiver.events()
+        if mode == "single":
+            assert receiver.stats()["accepted_requests"] >= 6
+            assert {e["event"]["data"]["event_id"] for e in events} >= set(ids)
+        else:
+            assert all("specversion" not in e["event"] for e in events)
+            assert {e["event"]["event_id"] for e in events} >= set(ids)
+
+
+def test_receiver_rejects_bad_signatures(receiver):
+    import httpx
+
+    body = b'[{"specversion":"1.0","id":"x","source":"s","type":"t"}]'
+    r = httpx.post(receiver.url, content=body, headers={
+        "content-type": "application/cloudevents-batch+json", "webhook-id": "msg_1",
+        "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"})
+    assert r.status_code == 401
+    assert receiver.stats()["signature_failures"] == 1 and receiver.stats()["unique"] == 0
+
+
