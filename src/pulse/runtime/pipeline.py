@@ -242,9 +242,10 @@ class Pipeline:
                 except queue.Empty:
                     item = None
                 if type(item) is list:
-                    for _start, payload in item:
-                        for out in assembler.feed(decoder.decode(payload)):
-                            self._handle(out)
+                    decode, feed, handle = decoder.decode, assembler.feed, self._handle
+                    for payload in item:
+                        for out in feed(decode(payload)):
+                            handle(out)
                     self._flush_pending()
                 elif isinstance(item, Reconnected):
                     decoder = PgOutputDecoder(self.settings.database.protocol_version)
