@@ -662,7 +662,14 @@ def status() -> list[dict]:
             rows.append({"name": name, "running": False})
             continue
         pid = info.get("pid")
+        # The daemons' own pidfiles are the truth (they rewrite them on restart).
         if name == "postgres":
             pid = _read_pid(Path(info["data_dir"]) / "postmaster.pid")
+        elif name == "redis":
+            pid = _read_pid(Path(info["data_dir"]) / "redis.pid") or pid
+        elif name == "kafka":
+            pid = _read_pid(state_dir() / "kafka" / "kafka.pid") or pid
+        elif name == "bigquery":
+            pid = _read_pid(state_dir() / "bigquery" / "bqemulator.pid") or pid
         rows.append({**info, "pid": pid, "running": _alive(pid) and _port_open(info["port"])})
     return rows

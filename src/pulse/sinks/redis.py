@@ -1,0 +1,266 @@
+"""The Redis sink: the real-time board, exact and fresh.
+
+What it writes (docs/sinks/redis.md has every key, its type, TTL and a
+`redis-cli` example): `pulse:top:10m` (content id -> engagement seconds over
+the last 10 minutes of event time), the same per content type, event counts
+per content, device and event type, content metadata for display, and its
+own meta (position, epoch, freshness) and stats (late, future, ...).
+
+How (see `redis_board` and `redis_lua`):
+
+- each batch is pre-aggregated in Python into per-bucket cells (10 s buckets
+  of `event_ts`); buffered batches are flushed after `flush_interval_ms`
+  (<= 200 ms) or `max_pending_events`, and whenever the worker is idle;
+- one EVALSHA per flush applies the cells, expires buckets that left the
+  window and stores the sink's position, atomically: a replay after a crash
+  (a batch at or below the stored position) changes nothing;
+- the board is maintained, never computed on read; the expiry step runs on
+  every flush, driven by the sink's (injectable) clock;
+- Redis unreachable -> `TransientError` (the runtime retries the same batch
+  with backoff and the sink catches up from its position); Redis that lost
+  the board while the sink ran (epoch gone or position regressed) ->
+  `TerminalError` with the way to rebuild, never a silently half-counted board.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from prometheus_client import Counter
+
+from pulse.config import RedisConfig, Settings
+from pulse.errors import ConfigError, TerminalError, TransientError
+from pulse.log import get_logger
+from pulse.model import ZERO, Batch, Position
+from pulse.sinks.base import Sink
+from pulse.sinks.redis_board import Aggregate, Keys, decode_position, encode_position
+from pulse.sinks.redis_lua import APPLY, OPEN
+
+log = get_logger(__name__)
+
+Clock = Callable[[], datetime]
+
+#: Events the board did not count, by reason (late, future, uncorrectable), and replayed batches.
+BOARD_SKIPPED = Counter("pulse_redis_skipped_events_total", "Events the Redis board did not count", ["reason"])
+BOARD_REPLAYS = Counter("pulse_redis_replayed_batches_total", "Batches Redis already had (replays after a crash)")
+
+REBUILD_HINT = (
+    "Redis lost Pulse's board (FLUSHALL / FLUSHDB, eviction, or a restart without persistence): restart "
+    "`pulse run`; the board then counts from that moment and is exact again after one window "
+    "(meta field complete_from_ms), or rebuild the window from the source table with "
+    "`pulse backfill --sinks redis --since <now - window>`. Run Redis with appendonly yes and "
+    "maxmemory-policy noeviction to prevent it"
+)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RedisSink(Sink):
+    """Maintains the board under `config.prefix`; one atomic script per flush."""
+
+    name = "redis"
+
+    def __init__(self, config: RedisConfig, *, clock: Clock = _utcnow, client: Any = None,
+                 name: str = "redis") -> None:
+        if config.window_s % config.bucket_s:
+            raise ConfigError(f"redis.bucket_s ({config.bucket_s}) must divide redis.window_s ({config.window_s})",
+                              hint="e.g. window_s 600 with bucket_s 5, 10, 15, 20, 30 or 60")
+        if config.state_ttl_s <= config.window_s + config.bucket_s:
+            raise ConfigError("redis.state_ttl_s must exceed window_s + bucket_s",
+                              hint="raise PULSE_REDIS__STATE_TTL_S (default 3600)")
+        self.config = config
+        self.name = name
+        self.keys = Keys(config.prefix, config.window_s)
+        self.clock = clock
+        self._client = client
+        self._apply = None
+        self.epoch = ""
+        self.position = ZERO  # stored in Redis, as far as this process knows
+        self._pending: Aggregate = self._new_aggregate()
+        self._pending_since = 0.0
+        self._written_content: dict[str, tuple] = {}
+        self.last_result: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RedisSink":
+        return cls(settings.redis)
+
+    # -- connection ------------------------------------------------------------
+
+    @property
+    def client(self):
+        if self._client is None:
+            try:
+                import redis
+            except ModuleNotFoundError as exc:  # pragma: no cover - redis is a dependency
+                raise ConfigError("the redis sink needs the redis package", hint="pip install 'pulse-cdc[redis]'") \
+                    from exc
+            self._client = redis.Redis.from_url(
+                self.config.url.get_secret_value(),
+                socket_timeout=self.config.socket_timeout_s,
+                socket_connect_timeout=self.config.socket_timeout_s,
+                health_check_interval=30,
+            )
+        return self._client
+
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run a Redis call, sorting redis-py's exceptions into Pulse's error kinds."""
+        import redis
+
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Includes BusyLoadingError (a restarting Redis loading its AOF).
+            raise TransientError(f"redis unreachable during {what} ({self.config.safe_url()}): {exc}") from exc
+        except redis.ResponseError as exc:
+            text = str(exc)
+            if text.startswith(("OOM", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")):
+                raise TransientError(f"redis refused {what}: {text}") from exc
+            if text.startswith(("MOVED", "ASK", "CROSSSLOT")):
+                raise TerminalError(f"redis cluster refused {what}: {text}",
+                                    hint="put a hash tag in PULSE_REDIS_PREFIX (e.g. '{pulse}:') and connect "
+                                         "to the node owning that slot") from exc
+            raise TerminalError(f"redis error during {what}: {text}", hint="see the Redis log") from exc
+
+    # -- contract ----------------------------------------------------------------
+
+    def open(self) -> Position:
+        self._check_server()
+        self._apply = self.client.register_script(APPLY)
+        opener = self.client.register_script(OPEN)
+        cfg = self.config
+        now_ms = int(self.clock().timestamp() * 1000)
+        state, epoch, pos = self._call(lambda: opener(
+            keys=[self.keys.meta, self.keys.stats],
+            args=[cfg.prefix, self.keys.label, uuid.uuid4().hex, now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000,
+                  cfg.meta_ttl_s * 1000]), "open")
+        self.epoch = epoch.decode()
+        self.position = decode_position(pos)
+        if state == b"CREATED":
+            log.warning("redis.board.created", prefix=cfg.prefix, epoch=self.epoch,
+                        complete_from=datetime.fromtimestamp((now_ms / 1000) + cfg.window_s + cfg.bucket_s,
+                                                             timezone.utc).isoformat(),
+                        note="no board under this prefix: it counts from now. On a first start this is "
+                             "expected; otherwise Redis lost its data (rebuild: pulse backfill --sinks redis)")
+        else:
+            log.info("redis.board.resumed", prefix=cfg.prefix, epoch=self.epoch, position=str(self.position))
+        return self.position
+
+    def _check_server(self) -> None:
+        info = self._call(lambda: self.client.info("cluster"), "open")
+        if info.get("cluster_enabled") and self.keys.hash_tag() is None:
+            raise ConfigError(
+                f"Redis Cluster needs every key of the board in one slot; prefix {self.config.prefix!r} has no hash tag",
+                hint="set PULSE_REDIS_PREFIX='{pulse}:' (keys become {pulse}:top:10m, ...)",
+            )
+        try:
+            policy = self.client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except Exception:  # managed Redis often disables CONFIG: nothing to check then
+            policy = None
+        if policy and policy != "noeviction":
+            log.warning("redis.eviction_policy", policy=policy,
+                        note="every board key has a TTL, so volatile-* and allkeys-* policies may evict parts of "
+                             "the board and break its exactness; use maxmemory-policy noeviction")
+
+    def write(self, batch: Batch) -> Position:
+        pending = self._pending
+        events = batch.events
+        # The runtime retries the same batch after a transient failure: what is
+        # already buffered or stored is not folded in twice.
+        upto = max(self.position, pending.last or ZERO)
+        if events and events[-1].position > upto:
+            if events[0].position <= upto:
+                events = tuple(e for e in events if e.position > upto)
+            if not pending.events:
+                self._pending_since = time.monotonic()
+            pending.add_events(events, self.clock().timestamp())
+        due = (time.monotonic() - self._pending_since) * 1000 >= self.config.flush_interval_ms
+        if pending.events and (due or pending.events >= self.config.max_pending_events):
+            self._flush()
+        return self.position
+
+    def flush(self) -> Position | None:
+        """Write what is buffered; when idle, run the expiry step alone (the window moves with the clock)."""
+        self._flush()
+        return self.position
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    # -- the atomic step ---------------------------------------------------------
+
+    def _flush(self) -> None:
+        agg = self._pending
+        cfg = self.config
+        now_ms = int(self.clock().timestamp() * 1000)
+        pos = encode_position(agg.last) if agg.last is not None else ""
+        args: list[object] = [
+            cfg.prefix, self.keys.label, pos, encode_position(self.position) if self.position > ZERO else "",
+            self.epoch, now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000, cfg.state_ttl_s * 1000,
+            cfg.meta_ttl_s * 1000, agg.newest_event_ms, agg.newest_commit_ms, agg.events, agg.future,
+            agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(),
+        ]
+        meta = self._metadata_commands(agg)
+        apply = self._apply
+        assert apply is not None, "open() first"
+
+        def run():
+            if meta:
+                pipe = self.client.pipeline(transaction=False)
+                for _cid, key, mapping, _value in meta:
+                    pipe.hset(key, mapping=mapping)
+                    pipe.expire(key, cfg.content_ttl_s)
+                apply(keys=[self.keys.meta, self.keys.stats], args=args, client=pipe)
+                return pipe.execute()[-1]
+            return apply(keys=[self.keys.meta, self.keys.stats], args=args)
+
+        result = self._call(run, "write")
+        state = result[0]
+        if state == b"LOST":
+            raise TerminalError(f"the board under {cfg.prefix!r} disappeared while the sink ran (epoch "
+                                f"{self.epoch} gone)", hint=REBUILD_HINT)
+        if state == b"REGRESSED":
+            raise TerminalError(
+                f"Redis went back in time: its stored position {decode_position(result[1])} is below "
+                f"{self.position}, which it had acknowledged (lost writes, e.g. a crash between AOF fsyncs)",
+                hint=REBUILD_HINT)
+        if state == b"DUP":
+            BOARD_REPLAYS.inc()
+        else:
+            late, refused = int(result[2]), int(result[3])
+            self.last_result = {"late": late, "refused": refused}
+            for reason, n in (("late", late), ("future", agg.future), ("uncorrectable", agg.uncorrectable + refused)):
+                if n:
+                    BOARD_SKIPPED.labels(reason).inc(n)
+            written_at = time.monotonic()
+            for cid, _key, _mapping, value in meta:
+                self._written_content[cid] = (value, written_at)
+        if agg.last is not None:
+            self.position = max(self.position, agg.last)
+        self._pending = self._new_aggregate()
+
+    def _metadata_commands(self, agg: Aggregate) -> list[tuple[str, str, dict, tuple]]:
+        """HSETs for content whose display metadata Redis does not have yet (or had long ago)."""
+        out = []
+        now = time.monotonic()
+        refresh_after = self.config.content_ttl_s / 4
+        for cid, value in agg.metadata.items():
+            seen = self._written_content.get(cid)
+            if seen is not None and seen[0] == value and now - seen[1] < refresh_after:
+                continue
+            title, slug, ctype, length = value
+            mapping = {"title": title or "", "slug": slug or "", "content_type": ctype or "",
+                       "length_seconds": "" if length is None else length}
+            out.append((cid, self.keys.content(cid), mapping, value))
+        return out
+
+    def _new_aggregate(self) -> Aggregate:
+        return Aggregate(self.config.bucket_s, self.config.future_skew_s)
+

@@ -1,0 +1,253 @@
+"""The Lua scripts of the Redis sink: one atomic step per write.
+
+`APPLY` runs once per flush (EVALSHA) and does, atomically:
+
+1. fence: the meta hash must exist with this process's epoch (else `LOST`:
+   Redis was flushed, or lost its data, while the sink ran); its stored
+   position must not be below what this process last applied (else
+   `REGRESSED`: Redis lost acknowledged writes, e.g. a crash between AOF
+   fsyncs); a batch at or below the stored position is a replay and changes
+   nothing (`DUP`);
+2. expiry: buckets that left the window (`< lowest bucket` of the sink's
+   clock, never moving backwards) are subtracted from the boards and deleted;
+3. apply: the pre-aggregated cells (see `redis_board.Aggregate`) are added to
+   their buckets and to the window totals; a cell of a bucket already out of
+   the window is late (not counted, counted in `stats.late`); a negative cell
+   (a correction) that would take a bucket below zero is refused (counted as
+   `uncorrectable`): its old value was never counted;
+4. boards: every touched content id gets its score rewritten from the exact
+   integer milliseconds (`ms / 1000`) and is removed only when it has no
+   events left in the window (an event without seconds keeps it at 0);
+5. position, freshness and stats are stored; every key gets its TTL.
+
+All keys are built from the prefix passed in ARGV: with a hash tag in the
+prefix (`{pulse}:`) they share one Redis Cluster slot with KEYS[1].
+TTL bookkeeping uses Redis' own clock (`TIME`), window maths the sink's
+clock (ARGV), so a test can drive the window with an injected clock.
+"""
+
+from __future__ import annotations
+
+# ARGV of APPLY, in order (documented by position because Lua sees a flat list).
+APPLY_ARGS = (
+    "prefix", "label", "position", "expect", "epoch", "now_ms", "window_ms", "bucket_ms", "state_ttl_ms",
+    "meta_ttl_ms", "newest_event_ms", "newest_commit_ms", "events", "future", "uncorrectable",
+    "corrections", "null_content",
+)  # then: n_content, n_devices, n_event_types, cells...
+
+APPLY = r"""
+local meta, stats = KEYS[1], KEYS[2]
+local P, label = ARGV[1], ARGV[2]
+local pos, expect, epoch = ARGV[3], ARGV[4], ARGV[5]
+local now = tonumber(ARGV[6])
+local window, bsize = tonumber(ARGV[7]), tonumber(ARGV[8])
+local ttl, meta_ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
+
+local m = redis.call('HMGET', meta, 'epoch', 'position', 'lo', 'deadline', 'newest_event_ms', 'newest_commit_ms')
+if not m[1] then return {'LOST', ''} end
+if epoch ~= '' and m[1] ~= epoch then return {'LOST', m[1]} end
+local stored = m[2] or ''
+if expect ~= '' and stored < expect then return {'REGRESSED', stored} end
+if pos ~= '' and stored >= pos then
+  redis.call('HINCRBY', stats, 'batches_replayed', 1)
+  return {'DUP', stored}
+end
+
+local t = redis.call('TIME')
+local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(m[4] or '0') or 0
+local expired = deadline > 0 and rnow >= deadline
+
+local idx, acc, types = P .. 'w:idx', P .. 'w:acc', P .. 'w:types'
+local top = P .. 'top:' .. label
+local events, devices, etypes = P .. 'events:' .. label, P .. 'devices:' .. label, P .. 'event_types:' .. label
+
+local lo = math.floor((now - window) / bsize)
+local lo_stored = m[3] and tonumber(m[3])
+if lo_stored and not expired and lo_stored > lo then lo = lo_stored end
+
+local touched, tlist = {}, {}
+local function touch(ctype, cid)
+  local k = ctype .. '|' .. cid
+  if not touched[k] then touched[k] = true; tlist[#tlist + 1] = {ctype, cid} end
+end
+local function acc_add(kind, ctype, cid, v)
+  if v == 0 then return end
+  redis.call('HINCRBY', acc, kind .. '|' .. cid, v)
+  if ctype ~= '' then redis.call('HINCRBY', acc, kind .. '|' .. ctype .. '|' .. cid, v) end
+end
+local function zadd_count(board, member, v)
+  if v == 0 then return end
+  local s = tonumber(redis.call('ZINCRBY', board, v, member))
+  if s <= 0 then redis.call('ZREM', board, member) end
+end
+
+-- 2. expiry
+local gone = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. lo)
+for _, b in ipairs(gone) do
+  local bk = P .. 'w:b:' .. b
+  local h = redis.call('HGETALL', bk)
+  for i = 1, #h, 2 do
+    local f, v = h[i], tonumber(h[i + 1])
+    local kind, rest = string.sub(f, 1, 1), string.sub(f, 3)
+    if kind == 'm' or kind == 'n' then
+      local ctype, cid = string.match(rest, '^([^|]*)|(.*)$')
+      acc_add(kind, ctype, cid, -v)
+      touch(ctype, cid)
+    elseif kind == 'd' then zadd_count(devices, rest, -v)
+    elseif kind == 'e' then zadd_count(etypes, rest, -v)
+    end
+  end
+  redis.call('DEL', bk)
+end
+if #gone > 0 then redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. lo) end
+
+-- TTLs: every key shares one deadline, refreshed at most once a second.
+local refresh = expired or deadline - rnow < ttl - 1000
+if refresh then deadline = rnow + ttl end
+local buckets = {}
+local function bucket_key(b)
+  local bk = P .. 'w:b:' .. b
+  if not buckets[b] then
+    buckets[b] = true
+    redis.call('ZADD', idx, b, b)
+    if not refresh then redis.call('PEXPIREAT', bk, deadline) end
+  end
+  return bk
+end
+
+-- 3. apply
+local late, refused = 0, 0
+local nc, nd, ne = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20])
+local i = 21
+for _ = 1, nc do
+  local b, ctype, cid = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+  local ms, n = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  i = i + 5
+  if b >= lo then
+    local bk = bucket_key(b)
+    local fm, fn = 'm|' .. ctype .. '|' .. cid, 'n|' .. ctype .. '|' .. cid
+    local ok = true
+    if n < 0 or ms < 0 then
+      local cn = tonumber(redis.call('HGET', bk, fn) or '0')
+      local cm = tonumber(redis.call('HGET', bk, fm) or '0')
+      if cn + n < 0 or cm + ms < 0 then ok = false; refused = refused + 1 end
+    end
+    if ok then
+      local vn = redis.call('HINCRBY', bk, fn, n)
+      local vm = redis.call('HINCRBY', bk, fm, ms)
+      if vn == 0 and vm == 0 then redis.call('HDEL', bk, fn, fm) end
+      acc_add('m', ctype, cid, ms)
+      acc_add('n', ctype, cid, n)
+      touch(ctype, cid)
+    end
+  end
+end
+local function apply_counts(count, kind, board, count_late)
+  for _ = 1, count do
+    local b, member, n = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
+    i = i + 3
+    if b < lo then
+      if count_late and n > 0 then late = late + n end
+    else
+      local bk = bucket_key(b)
+      local f = kind .. '|' .. member
+      local cur = tonumber(redis.call('HGET', bk, f) or '0')
+      if cur + n >= 0 then
+        if cur + n == 0 then redis.call('HDEL', bk, f) else redis.call('HINCRBY', bk, f, n) end
+        zadd_count(board, member, n)
+      end
+    end
+  end
+end
+apply_counts(nd, 'd', devices, false)
+apply_counts(ne, 'e', etypes, true)  -- every event has one event-type cell: late is counted once
+
+-- 4. boards, from the exact totals
+local tkeys = {}
+local seen = {}
+for _, pair in ipairs(tlist) do
+  local ctype, cid = pair[1], pair[2]
+  if not seen[cid] then
+    seen[cid] = true
+    local n = tonumber(redis.call('HGET', acc, 'n|' .. cid) or '0')
+    if n > 0 then
+      local ms = tonumber(redis.call('HGET', acc, 'm|' .. cid) or '0')
+      redis.call('ZADD', top, string.format('%.3f', ms / 1000), cid)
+      redis.call('ZADD', events, n, cid)
+    else
+      redis.call('HDEL', acc, 'n|' .. cid, 'm|' .. cid)
+      redis.call('ZREM', top, cid)
+      redis.call('ZREM', events, cid)
+    end
+  end
+  if ctype ~= '' then
+    local tk = top .. ':' .. ctype
+    local n = tonumber(redis.call('HGET', acc, 'n|' .. ctype .. '|' .. cid) or '0')
+    if n > 0 then
+      local ms = tonumber(redis.call('HGET', acc, 'm|' .. ctype .. '|' .. cid) or '0')
+      redis.call('ZADD', tk, string.format('%.3f', ms / 1000), cid)
+    else
+      redis.call('HDEL', acc, 'n|' .. ctype .. '|' .. cid, 'm|' .. ctype .. '|' .. cid)
+      redis.call('ZREM', tk, cid)
+    end
+    if not tkeys[tk] then tkeys[tk] = true; redis.call('SADD', types, ctype) end
+  end
+end
+
+-- 5. position, freshness, stats, TTLs
+local newest_ev = tonumber(ARGV[11])
+local newest_cm = tonumber(ARGV[12])
+local fields = {'lo', lo, 'updated_ms', now}
+if pos ~= '' then fields[#fields + 1] = 'position'; fields[#fields + 1] = pos end
+if newest_ev > 0 and math.floor(newest_ev / bsize) >= lo and newest_ev > (tonumber(m[5] or '0') or 0) then
+  fields[#fields + 1] = 'newest_event_ms'; fields[#fields + 1] = newest_ev
+end
+if newest_cm > (tonumber(m[6] or '0') or 0) then
+  fields[#fields + 1] = 'newest_commit_ms'; fields[#fields + 1] = newest_cm
+end
+if refresh then fields[#fields + 1] = 'deadline'; fields[#fields + 1] = deadline end
+redis.call('HSET', meta, unpack(fields))
+
+local counted = {'events', 13, 'future', 14, 'uncorrectable', 15, 'corrections', 16, 'null_content', 17}
+for j = 1, #counted, 2 do
+  local v = tonumber(ARGV[counted[j + 1]])
+  if counted[j] == 'uncorrectable' then v = v + refused end
+  if v ~= 0 then redis.call('HINCRBY', stats, counted[j], v) end
+end
+if late > 0 then redis.call('HINCRBY', stats, 'late', late) end
+if pos ~= '' then redis.call('HINCRBY', stats, 'batches', 1) end
+
+local fixed = {idx, acc, types, top, events, devices, etypes}
+for _, k in ipairs(fixed) do redis.call('PEXPIREAT', k, deadline) end
+for k, _ in pairs(tkeys) do redis.call('PEXPIREAT', k, deadline) end
+if refresh then
+  for _, ctype in ipairs(redis.call('SMEMBERS', types)) do redis.call('PEXPIREAT', top .. ':' .. ctype, deadline) end
+  for _, b in ipairs(redis.call('ZRANGE', idx, 0, -1)) do redis.call('PEXPIREAT', P .. 'w:b:' .. b, deadline) end
+  redis.call('PEXPIRE', meta, meta_ttl)
+  redis.call('PEXPIRE', stats, meta_ttl)
+end
+return {'OK', pos ~= '' and pos or stored, late, refused}
+"""
+
+# KEYS[1] meta, KEYS[2] stats; ARGV: prefix, label, new epoch, now_ms, window_ms, bucket_ms, meta_ttl_ms.
+OPEN = r"""
+local meta, stats = KEYS[1], KEYS[2]
+local P, label, new_epoch = ARGV[1], ARGV[2], ARGV[3]
+local now, window, bsize, meta_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local m = redis.call('HMGET', meta, 'epoch', 'position')
+if m[1] then return {'EXISTING', m[1], m[2] or ''} end
+-- No meta: a first start, or a Redis that lost Pulse's keys. Start a clean
+-- board: leftovers of an earlier life under this prefix must not be merged.
+local idx, types, top = P .. 'w:idx', P .. 'w:types', P .. 'top:' .. label
+for _, b in ipairs(redis.call('ZRANGE', idx, 0, -1)) do redis.call('DEL', P .. 'w:b:' .. b) end
+for _, ctype in ipairs(redis.call('SMEMBERS', types)) do redis.call('DEL', top .. ':' .. ctype) end
+redis.call('DEL', idx, types, top, P .. 'w:acc', P .. 'events:' .. label, P .. 'devices:' .. label,
+           P .. 'event_types:' .. label)
+redis.call('HSET', meta, 'epoch', new_epoch, 'position', '', 'lo', math.floor((now - window) / bsize),
+           'created_ms', now, 'complete_from_ms', now + window + bsize, 'updated_ms', now)
+redis.call('PEXPIRE', meta, meta_ttl)
+redis.call('HINCRBY', stats, 'boards_created', 1)
+redis.call('PEXPIRE', stats, meta_ttl)
+return {'CREATED', new_epoch, ''}
+"""
