@@ -130,6 +130,11 @@ class RedisSink(Sink):
 
     # -- contract ----------------------------------------------------------------
 
+    @property
+    def position_field(self) -> str:
+        """The meta field holding this instance's position: one per Kafka partition when consumed from Kafka."""
+        return "position" if self.name == "redis" else f"position:{self.name}"
+
     def open(self) -> Position:
         self._check_server()
         self._apply = self.client.register_script(APPLY)
@@ -139,7 +144,7 @@ class RedisSink(Sink):
         state, epoch, pos = self._call(lambda: opener(
             keys=[self.keys.meta, self.keys.stats],
             args=[cfg.prefix, self.keys.label, uuid.uuid4().hex, now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000,
-                  cfg.meta_ttl_s * 1000]), "open")
+                  cfg.meta_ttl_s * 1000, self.position_field]), "open")
         self.epoch = epoch.decode()
         self.position = decode_position(pos)
         if state == b"CREATED":
@@ -205,7 +210,7 @@ class RedisSink(Sink):
             cfg.prefix, self.keys.label, pos, encode_position(self.position) if self.position > ZERO else "",
             self.epoch, now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000, cfg.state_ttl_s * 1000,
             cfg.meta_ttl_s * 1000, agg.newest_event_ms, agg.newest_commit_ms, agg.events, agg.future,
-            agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(),
+            agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(), self.position_field,
         ]
         meta = self._metadata_commands(agg)
         apply = self._apply

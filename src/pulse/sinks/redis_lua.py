@@ -33,7 +33,7 @@ APPLY_ARGS = (
     "prefix", "label", "position", "expect", "epoch", "now_ms", "window_ms", "bucket_ms", "state_ttl_ms",
     "meta_ttl_ms", "newest_event_ms", "newest_commit_ms", "events", "future", "uncorrectable",
     "corrections", "null_content",
-)  # then: n_content, n_devices, n_event_types, cells...
+)  # then: n_content, n_devices, n_event_types, cells..., and last the position field
 
 APPLY = r"""
 local meta, stats = KEYS[1], KEYS[2]
@@ -43,7 +43,9 @@ local now = tonumber(ARGV[6])
 local window, bsize = tonumber(ARGV[7]), tonumber(ARGV[8])
 local ttl, meta_ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
 
-local m = redis.call('HMGET', meta, 'epoch', 'position', 'lo', 'deadline', 'newest_event_ms', 'newest_commit_ms')
+-- The position field is the last ARGV: one per sink instance (one per Kafka partition).
+local pf = ARGV[#ARGV]
+local m = redis.call('HMGET', meta, 'epoch', pf, 'lo', 'deadline', 'newest_event_ms', 'newest_commit_ms')
 if not m[1] then return {'LOST', ''} end
 if epoch ~= '' and m[1] ~= epoch then return {'LOST', m[1]} end
 local stored = m[2] or ''
@@ -199,7 +201,7 @@ end
 local newest_ev = tonumber(ARGV[11])
 local newest_cm = tonumber(ARGV[12])
 local fields = {'lo', lo, 'updated_ms', now}
-if pos ~= '' then fields[#fields + 1] = 'position'; fields[#fields + 1] = pos end
+if pos ~= '' then fields[#fields + 1] = pf; fields[#fields + 1] = pos end
 if newest_ev > 0 and math.floor(newest_ev / bsize) >= lo and newest_ev > (tonumber(m[5] or '0') or 0) then
   fields[#fields + 1] = 'newest_event_ms'; fields[#fields + 1] = newest_ev
 end
@@ -230,12 +232,14 @@ end
 return {'OK', pos ~= '' and pos or stored, late, refused}
 """
 
-# KEYS[1] meta, KEYS[2] stats; ARGV: prefix, label, new epoch, now_ms, window_ms, bucket_ms, meta_ttl_ms.
+# KEYS[1] meta, KEYS[2] stats; ARGV: prefix, label, new epoch, now_ms, window_ms, bucket_ms, meta_ttl_ms,
+# position field.
 OPEN = r"""
 local meta, stats = KEYS[1], KEYS[2]
 local P, label, new_epoch = ARGV[1], ARGV[2], ARGV[3]
 local now, window, bsize, meta_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local m = redis.call('HMGET', meta, 'epoch', 'position')
+local pf = ARGV[8]
+local m = redis.call('HMGET', meta, 'epoch', pf)
 if m[1] then return {'EXISTING', m[1], m[2] or ''} end
 -- No meta: a first start, or a Redis that lost Pulse's keys. Start a clean
 -- board: leftovers of an earlier life under this prefix must not be merged.
@@ -244,7 +248,7 @@ for _, b in ipairs(redis.call('ZRANGE', idx, 0, -1)) do redis.call('DEL', P .. '
 for _, ctype in ipairs(redis.call('SMEMBERS', types)) do redis.call('DEL', top .. ':' .. ctype) end
 redis.call('DEL', idx, types, top, P .. 'w:acc', P .. 'events:' .. label, P .. 'devices:' .. label,
            P .. 'event_types:' .. label)
-redis.call('HSET', meta, 'epoch', new_epoch, 'position', '', 'lo', math.floor((now - window) / bsize),
+redis.call('HSET', meta, 'epoch', new_epoch, pf, '', 'lo', math.floor((now - window) / bsize),
            'created_ms', now, 'complete_from_ms', now + window + bsize, 'updated_ms', now)
 redis.call('PEXPIRE', meta, meta_ttl)
 redis.call('HINCRBY', stats, 'boards_created', 1)
