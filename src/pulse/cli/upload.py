@@ -1,0 +1,102 @@
+"""`pulse upload`: the uploader alone, over an existing spool folder.
+
+For the separate-workers mode (`pulse run` / `consume` with
+`bigquery.upload_in_process = false` spools; this loads) and to drain a spool
+by hand (`--once`). It runs the same `Loader` as the sink's thread, under the
+same spool lock, so running both at once is safe.
+
+Also runnable as `python -m pulse.cli.upload` (before the verb is registered).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pulse.cli import common
+
+
+def upload(
+    spool_dir: Optional[Path] = typer.Option(None, "--spool-dir", envvar="PULSE_BIGQUERY__SPOOL_DIR",
+                                             help="Folder of Parquet files to load (default: bigquery.spool_dir)."),
+    once: bool = typer.Option(False, "--once", help="Load everything spooled, then exit."),
+    project: Optional[str] = typer.Option(None, "--project", envvar="PULSE_BIGQUERY_PROJECT"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", envvar="PULSE_BIGQUERY_DATASET"),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", envvar="PULSE_BIGQUERY_ENDPOINT",
+                                           help="REST endpoint of an emulator; unset means Google."),
+    load_interval_s: Optional[float] = typer.Option(None, "--load-interval", envvar="PULSE_BIGQUERY__LOAD_INTERVAL_S",
+                                                    help="Seconds between load jobs (default 60)."),
+) -> None:
+    """Load spooled BigQuery batches (bigquery_batches/) into the table, exactly once."""
+    from pulse.errors import TransientError
+    from pulse.log import get_logger
+    from pulse.sinks.bigquery_load import Loader, Tables, make_client
+    from pulse.sinks.bigquery_spool import Spool
+
+    cfg = common.settings(bigquery={"spool_dir": spool_dir, "project": project, "dataset": dataset,
+                                    "endpoint": endpoint, "load_interval_s": load_interval_s})
+    bq = cfg.bigquery
+    log = get_logger("pulse.upload")
+    stop = threading.Event()
+
+    def _stop(signum, _frame) -> None:
+        log.info("signal", signal=signal.Signals(signum).name, action="stopping after the current load")
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    if not bq.spool_dir.exists():
+        # A worker started next to its sink may come first: wait on an empty folder.
+        log.warning("upload.spool_missing", spool=str(bq.spool_dir), action="created; waiting for files")
+    spool = Spool(bq.spool_dir)
+    tables = Tables(make_client(bq), bq)
+    loader = Loader(tables, spool, bq)
+    log.info("upload.starting", spool=str(spool.dir), files=len(spool.files()), once=once,
+             table=tables.id(tables.table))
+    backoff = 0.5
+    ensured = False
+    while not stop.is_set():
+        try:
+            if not ensured:
+                tables.ensure()
+                ensured = True
+            if once:
+                n = loader.drain()
+                log.info("upload.drained", files=n, rows=loader.loaded_rows)
+                return
+            if loader.due():
+                loader.load_once()
+                backoff = 0.5
+                continue
+        except TransientError as exc:
+            log.warning("upload.retry", error=str(exc), sleep_s=backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+            continue
+        stop.wait(0.2)
+    log.info("upload.stopped", files=loader.loaded_files, rows=loader.loaded_rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("upload")(upload)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    from pulse.errors import PulseError
+
+    _app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(_app)
+    common.configure_early_logging("info", "console")
+    try:
+        # One command: Typer runs it directly (no verb on the command line).
+        _app(sys.argv[1:], standalone_mode=True)
+    except PulseError as exc:
+        typer.secho(f"pulse: error: {exc}", fg="red", err=True)
+        sys.exit(2)

@@ -1,0 +1,386 @@
+"""BigQuery clients, table set-up, and the uploader that turns spool files into rows.
+
+`Loader.load_once()` is the uploader role of the design (and all of
+`pulse upload`): under the spool lock it takes the oldest files (up to
+`load_max_bytes`), loads them into a staging table of their own (WRITE_TRUNCATE,
+so a re-run replaces rather than adds), runs the apply script of
+`bigquery_schema.apply_script` (dead letters, MERGE, state row, one
+transaction), records the position locally, deletes the files, then drops the
+staging table. A crash between any two steps leaves the files in the spool;
+the next run repeats the steps, and every step is idempotent, so the table
+ends the same (docs/sinks/bigquery.md, "Why it is exact").
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+
+from pulse.config import BigQueryConfig
+from pulse.errors import ConfigError, PulseError, TerminalError, TransientError
+from pulse.log import get_logger
+from pulse.model import ZERO, Position
+from pulse.sinks import bigquery_schema as S
+from pulse.sinks.bigquery_spool import Spool, SpoolFile
+
+if TYPE_CHECKING:  # pragma: no cover
+    from google.cloud import bigquery
+
+log = get_logger(__name__)
+
+
+def import_bigquery():
+    try:
+        from google.cloud import bigquery
+    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError("the bigquery sink needs google-cloud-bigquery",
+                          hint="pip install 'pulse-cdc[bigquery]'") from exc
+    return bigquery
+
+
+def make_client(cfg: BigQueryConfig) -> "bigquery.Client":
+    """A REST client: anonymous against an emulator (`endpoint`), else real credentials."""
+    bigquery = import_bigquery()
+    from google.api_core.client_options import ClientOptions
+
+    S.check_identifier("project", cfg.project)
+    if cfg.endpoint:
+        from google.auth.credentials import AnonymousCredentials
+
+        return bigquery.Client(project=cfg.project, credentials=AnonymousCredentials(),
+                               client_options=ClientOptions(api_endpoint=cfg.endpoint), location=cfg.location)
+    import google.auth.exceptions
+
+    try:
+        if cfg.credentials_file:
+            from google.oauth2 import service_account
+
+            creds = service_account.Credentials.from_service_account_file(str(cfg.credentials_file))
+            return bigquery.Client(project=cfg.project, credentials=creds, location=cfg.location)
+        return bigquery.Client(project=cfg.project, location=cfg.location)
+    except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
+        raise ConfigError(f"no usable BigQuery credentials: {str(exc).splitlines()[0][:300]}",
+                          hint="set bigquery.credentials_file (PULSE_BIGQUERY__CREDENTIALS_FILE), run "
+                               "`gcloud auth application-default login`, or set PULSE_BIGQUERY_ENDPOINT "
+                               "for an emulator") from exc
+
+
+def classify(exc: BaseException, what: str) -> PulseError:
+    """Sort a client error into transient (retry) or terminal (operator)."""
+    from google.api_core import exceptions as g
+
+    if isinstance(exc, PulseError):
+        return exc
+    transient = (g.ServiceUnavailable, g.InternalServerError, g.TooManyRequests, g.GatewayTimeout,
+                 g.BadGateway, g.DeadlineExceeded, g.RetryError, g.Aborted)
+    text = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+    if isinstance(exc, transient) or isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return TransientError(f"BigQuery {what}: {text}")
+    try:
+        import requests
+
+        if isinstance(exc, requests.exceptions.RequestException):
+            return TransientError(f"BigQuery {what}: {text}")
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, g.Forbidden) and "rateLimitExceeded" in str(exc):
+        return TransientError(f"BigQuery {what}: rate limited: {text}")
+    if isinstance(exc, (g.Forbidden, g.Unauthorized)):
+        return TerminalError(f"BigQuery {what}: permission denied: {text}",
+                             hint="grant the service account BigQuery Data Editor and Job User on the project, "
+                                  "or fix bigquery.credentials_file")
+    if isinstance(exc, g.GoogleAPICallError):
+        return TerminalError(f"BigQuery {what}: {text}",
+                             hint="see the message; check bigquery.project / dataset / table and the table schema")
+    return TransientError(f"BigQuery {what}: {type(exc).__name__}: {text}")
+
+
+class Tables:
+    """Names, creation and schema evolution of the sink's tables in one dataset."""
+
+    def __init__(self, client: "bigquery.Client", cfg: BigQueryConfig) -> None:
+        self.client = client
+        self.cfg = cfg
+        self.project = client.project
+        self.dataset = S.check_identifier("dataset", cfg.dataset)
+        self.table = S.check_identifier("table", cfg.table)
+        self.timeout = cfg.request_timeout_s
+        from google.cloud.bigquery import DEFAULT_RETRY
+
+        self.retry = DEFAULT_RETRY.with_deadline(cfg.request_timeout_s)
+
+    def id(self, table: str) -> str:
+        return f"{self.project}.{self.dataset}.{table}"
+
+    def ref(self, table: str) -> str:
+        return S.ref(self.project, self.dataset, table)
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.table}_dead_letter"
+
+    @property
+    def changelog(self) -> str:
+        return f"{self.table}_changelog"
+
+    def staging(self, key: str) -> str:
+        return f"_pulse_stage_{self.table}_{key}"
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def ensure(self, changelog: bool = False) -> None:
+        """Create the dataset and tables when missing; add new columns (never drop or retype)."""
+        bigquery = import_bigquery()
+        from google.api_core import exceptions as g
+
+        try:
+            ds = bigquery.Dataset(f"{self.project}.{self.dataset}")
+            if self.cfg.location:
+                ds.location = self.cfg.location
+            self.client.create_dataset(ds, exists_ok=True, retry=self.retry, timeout=self.timeout)
+            final = bigquery.Table(self.id(self.table), schema=S.final_schema())
+            final.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY,
+                                                                field=S.PARTITION_FIELD)
+            final.clustering_fields = S.CLUSTERING
+            final.description = "Pulse: one row per engagement event (docs/sinks/bigquery.md)"
+            self._ensure_table(final, S.final_schema())
+            self._ensure_table(bigquery.Table(self.id(self.dead_letter), schema=S.dead_letter_schema()),
+                               S.dead_letter_schema())
+            self._ensure_table(bigquery.Table(self.id(S.STATE_TABLE), schema=S.state_schema()), S.state_schema())
+            if changelog:
+                cl = bigquery.Table(self.id(self.changelog), schema=S.staging_schema())
+                cl.time_partitioning = bigquery.TimePartitioning(
+                    type_=bigquery.TimePartitioningType.DAY, field="processed_ts",
+                    expiration_ms=self.cfg.changelog_retention_days * 86_400_000)
+                self._ensure_table(cl, S.staging_schema())
+        except g.GoogleAPICallError as exc:
+            raise classify(exc, "table set-up") from exc
+        except PulseError:
+            raise
+        except Exception as exc:
+            raise classify(exc, "table set-up") from exc
+
+    def _ensure_table(self, table: "bigquery.Table", wanted: list) -> None:
+        from google.api_core import exceptions as g
+
+        try:
+            current = self.client.get_table(table.reference, retry=self.retry, timeout=self.timeout)
+        except g.NotFound:
+            try:
+                self.client.create_table(table, retry=self.retry, timeout=self.timeout)
+                log.info("bigquery.table_created", table=table.table_id)
+                return
+            except g.Conflict:
+                current = self.client.get_table(table.reference, retry=self.retry, timeout=self.timeout)
+        add = S.plan_schema(current.schema, wanted, table.table_id)
+        if add:
+            current.schema = list(current.schema) + add
+            self.client.update_table(current, ["schema"], retry=self.retry, timeout=self.timeout)
+            log.warning("bigquery.columns_added", table=table.table_id, columns=",".join(f.name for f in add))
+
+    # -- state -----------------------------------------------------------------------------
+
+    def state_position(self) -> Position:
+        rows = self.query(
+            f"SELECT source_lsn, source_seq FROM {self.ref(S.STATE_TABLE)} WHERE table_name = '{self.table}'",
+            "state read")
+        return max((Position(int(r[0]), int(r[1])) for r in rows), default=ZERO)
+
+    def changelog_position(self) -> Position:
+        rows = self.query(
+            f"SELECT source_lsn, source_seq FROM {self.ref(self.changelog)} "
+            "ORDER BY source_lsn DESC, source_seq DESC LIMIT 1", "changelog read")
+        return Position(int(rows[0][0]), int(rows[0][1])) if rows else ZERO
+
+    def query(self, sql: str, what: str) -> list:
+        try:
+            job = self.client.query(sql, retry=self.retry, timeout=self.timeout,
+                                    job_id_prefix="pulse_")
+            return list(job.result(timeout=self.timeout, retry=self.retry))
+        except Exception as exc:
+            raise classify(exc, what) from exc
+
+    def apply(self, source: str, position: Position) -> None:
+        script = S.apply_script(final=self.ref(self.table), source=source, dead_letter=self.ref(self.dead_letter),
+                                state=self.ref(S.STATE_TABLE), table_name=self.table,
+                                position=(position.lsn, position.seq))
+        self.query(script, "apply (MERGE)")
+
+
+class Loader:
+    """Applies spool files to the table: the sink's background thread and `pulse upload`."""
+
+    def __init__(self, tables: Tables, spool: Spool, cfg: BigQueryConfig) -> None:
+        self.tables = tables
+        self.spool = spool
+        self.cfg = cfg
+        self.loaded_files = 0
+        self.loaded_rows = 0
+        self.last_error: str | None = None
+
+    def due(self, now: float | None = None) -> bool:
+        """A load is due when the oldest file is load_interval_s old, or the spool is big enough."""
+        files = self.spool.files()
+        if not files:
+            return False
+        now = time.time() if now is None else now
+        oldest = min(f.mtime for f in files)
+        return now - oldest >= self.cfg.load_interval_s or sum(f.size for f in files) >= self.cfg.load_max_bytes
+
+    def _group(self, files: list[SpoolFile]) -> list[SpoolFile]:
+        group: list[SpoolFile] = []
+        size = 0
+        for f in files:
+            if group and size + f.size > self.cfg.load_max_bytes:
+                break
+            group.append(f)
+            size += f.size
+        return group
+
+    def load_once(self, wait_lock: bool = True) -> int:
+        """Apply the oldest group of files; return how many files were applied (0: nothing to do)."""
+        with self.spool.locked(wait=wait_lock) as got:
+            if not got:
+                return 0
+            files = self.spool.files()
+            if not files:
+                return 0
+            applied = self.spool.read_position()
+            stale = [f for f in files if f.last <= applied]
+            if stale:
+                # Applied, but the crash came before they were deleted.
+                self.spool.remove(stale)
+                files = [f for f in files if f.last > applied]
+                if not files:
+                    return len(stale)
+            group = self._group(files)
+            self._apply(group)
+            return len(stale) + len(group)
+
+    def drain(self) -> int:
+        n = 0
+        while True:
+            k = self.load_once()
+            if k == 0:
+                return n
+            n += k
+
+    def _apply(self, group: list[SpoolFile]) -> None:
+        t0 = time.monotonic()
+        last = group[-1].last
+        key = group[0].path.stem.replace("-", "_")  # deterministic: the same group reuses its staging table
+        staging = self.tables.staging(key)
+        upload = self._combined(group)
+        try:
+            rows = self._load_staging(staging, upload)
+            self.tables.apply(self.tables.ref(staging), last)
+        finally:
+            if upload != group[0].path:
+                upload.unlink(missing_ok=True)
+        # Order: the table (and its state row) first, then the local position, then the files.
+        self.spool.write_position(last)
+        self.spool.remove(group)
+        try:
+            self.tables.client.delete_table(self.tables.id(staging), not_found_ok=True, retry=self.tables.retry,
+                                            timeout=self.tables.timeout)
+        except Exception as exc:  # the staging table expires by itself anyway
+            log.warning("bigquery.staging_drop_failed", table=staging, error=str(exc)[:200])
+        self.loaded_files += len(group)
+        self.loaded_rows += rows
+        self.last_error = None
+        log.info("bigquery.loaded", files=len(group), rows=rows, position=str(last),
+                 seconds=round(time.monotonic() - t0, 3))
+
+    def _combined(self, group: list[SpoolFile]):
+        """One Parquet file for the group (the file itself when the group is one file)."""
+        if len(group) == 1:
+            return group[0].path
+        out = self.spool.dir / f".tmp-upload-{uuid.uuid4().hex}.parquet"
+        writer = None
+        try:
+            for f in group:
+                t = pq.read_table(f.path)
+                if writer is None:
+                    # A short-lived local copy: cheap compression beats small size here.
+                    writer = pq.ParquetWriter(out, t.schema, compression="snappy")
+                writer.write_table(t)
+        finally:
+            if writer is not None:
+                writer.close()
+        return out
+
+    def _load_staging(self, staging: str, path) -> int:
+        bigquery = import_bigquery()
+        t = self.tables
+        try:
+            table = bigquery.Table(t.id(staging), schema=S.staging_schema())
+            table.expires = datetime.now(timezone.utc) + timedelta(days=1)
+            t.client.delete_table(table.reference, not_found_ok=True, retry=t.retry, timeout=t.timeout)
+            t.client.create_table(table, exists_ok=True, retry=t.retry, timeout=t.timeout)
+            job_config = bigquery.LoadJobConfig(
+                source_format=bigquery.SourceFormat.PARQUET,
+                schema=S.staging_schema(),
+                write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+                create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
+            )
+            opts = bigquery.ParquetOptions()
+            opts.enable_list_inference = True
+            job_config.parquet_options = opts
+            with open(path, "rb") as fh:
+                job = t.client.load_table_from_file(fh, table.reference, job_config=job_config,
+                                                    job_id_prefix="pulse_load_", timeout=t.timeout)
+            job.result(timeout=t.timeout, retry=t.retry)
+            return int(job.output_rows or 0)
+        except PulseError:
+            raise
+        except Exception as exc:
+            raise classify(exc, "load job") from exc
+
+
+class LoaderThread(threading.Thread):
+    """Runs `Loader.load_once` whenever a load is due; errors are logged and retried with backoff."""
+
+    def __init__(self, loader: Loader, poll_s: float = 0.05, ensure=None) -> None:
+        super().__init__(name="pulse-bigquery-loader", daemon=True)
+        self.loader = loader
+        self.poll_s = poll_s
+        self.ensure = ensure  # called (once successfully) before the first load
+        self.stop_event = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        backoff = 0.5
+        ready = self.ensure is None
+        while not self.stop_event.is_set():
+            try:
+                if not ready:
+                    self.ensure()
+                    ready = True
+                if self.loader.due():
+                    self.loader.load_once()
+                    backoff = 0.5
+                    continue
+            except TransientError as exc:
+                self.loader.last_error = str(exc)
+                log.warning("bigquery.load_retry", error=str(exc), sleep_s=round(backoff, 2),
+                            spooled_files=len(self.loader.spool.files()))
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            except BaseException as exc:  # terminal: the sink reports it on its next write
+                self.failure = exc
+                log.error("bigquery.load_failed", error=str(exc))
+                return
+            self.stop_event.wait(self.poll_s)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        self.join(timeout)
+
+
+__all__ = ["Loader", "LoaderThread", "Tables", "classify", "make_client"]

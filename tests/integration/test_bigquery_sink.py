@@ -1,0 +1,312 @@
+"""The BigQuery sink against the emulator, through the official clients.
+
+Each test gets its own dataset (deleted after) and spool folder. The check
+is always the same: the table holds exactly the source's event ids, each
+once, and every row's values are what `pulse.transform` computes from the
+source row and its content (MISSION.md's enrichment rules).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import psycopg2
+import pytest
+
+from pulse.config import Settings
+from pulse.generator import GenerateSpec, run as generate
+from pulse.model import Batch, EnrichedEvent, Position
+from pulse.runtime.pipeline import Pipeline
+from pulse.sinks.bigquery import BigQuerySink
+from pulse.source.slot import ensure_slot
+from pulse.transform.enrich import engagement
+
+from ..conftest import need, unique
+from .pipeline_helpers import Running, insert_content, insert_events_bulk, wait_for
+from .test_source import pulse_cmd, pulse_env
+
+
+@pytest.fixture
+def bq(services):
+    """(client, dataset name): a fresh dataset on the emulator, deleted afterwards."""
+    need("PULSE_BIGQUERY_ENDPOINT" in services, "the BigQuery emulator")
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    client = bigquery.Client(project=services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"),
+                             credentials=AnonymousCredentials(),
+                             client_options=ClientOptions(api_endpoint=services["PULSE_BIGQUERY_ENDPOINT"]))
+    dataset = unique("pulse_bq")
+    yield client, dataset
+    _ensure_emulator_running()
+    client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+    client.close()
+
+
+def _ensure_emulator_running() -> None:
+    from pulse.dev import services as dev
+
+    rows = {r["name"]: r for r in dev.status()}
+    if not rows.get("bigquery", {}).get("running"):
+        dev.up(("bigquery",))
+
+
+def _bq_settings(scratch_db, services, dataset, spool, **bigquery) -> Settings:
+    return Settings(
+        database=scratch_db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
+        runtime={"sinks": ["bigquery"]},
+        bigquery={"project": services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), "dataset": dataset,
+                  "endpoint": services["PULSE_BIGQUERY_ENDPOINT"],
+                  "grpc_endpoint": services.get("PULSE_BIGQUERY__GRPC_ENDPOINT"),
+                  "spool_dir": str(spool), "load_interval_s": 0.5, "merge_interval_s": 0.5,
+                  "request_timeout_s": 20, **bigquery},
+    )
+
+
+def _table_rows(client, dataset) -> list | None:
+    try:
+        return list(client.query(
+            f"SELECT event_id, content_type, length_seconds, duration_ms, device, engagement_seconds, "
+            f"engagement_pct, op FROM `{dataset}.engagement_events`").result())
+    except Exception:  # table not there yet / emulator restarting
+        return None
+
+
+def _source(cur) -> dict[int, tuple]:
+    cur.execute("SELECT e.id, c.content_type, c.length_seconds, e.duration_ms, e.device "
+                "FROM engagement_events e LEFT JOIN content c ON c.id = e.content_id")
+    return {r[0]: r[1:] for r in cur.fetchall()}
+
+
+def _dec(x):
+    return None if x is None else Decimal(repr(x))
+
+
+def _converged(client, dataset, cur):
+    """True when the table holds exactly the source ids, once each."""
+    rows = _table_rows(client, dataset)
+    if rows is None:
+        return False
+    ids = [r[0] for r in rows]
+    return len(ids) == len(set(ids)) and set(ids) == set(_source(cur))
+
+
+def _assert_exact(client, dataset, cur) -> int:
+    rows = _table_rows(client, dataset)
+    assert rows is not None
+    source = _source(cur)
+    ids = [r[0] for r in rows]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} duplicate rows"
+    assert set(ids) == set(source), (f"missing {sorted(set(source) - set(ids))[:10]}, "
+                                     f"extra {sorted(set(ids) - set(source))[:10]}")
+    bad = []
+    for r in rows:
+        ctype, length, duration, device = source[r[0]]
+        seconds, pct, _ = engagement(duration, length)
+        want = (ctype, length, duration, device, _dec(seconds), _dec(pct))
+        got = (r[1], r[2], r[3], r[4], r[5], r[6])
+        if want != got:
+            bad.append((r[0], want, got))
+    assert not bad, f"{len(bad)} rows differ from the enrichment rules, e.g. {bad[:3]}"
+    return len(rows)
+
+
+# -- in-process -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["batch", "stream"])
+def test_generator_run_with_anomalies_lands_exactly_once(scratch_db, services, bq, tmp_path, mode):
+    client, dataset = bq
+    settings = _bq_settings(scratch_db, services, dataset, tmp_path / "spool", mode=mode)
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    now = datetime.now(timezone.utc)
+    with Running(Pipeline(settings, [BigQuerySink(settings.bigquery)])):
+        summary = generate(scratch_db.config(), GenerateSpec(
+            mode="bulk", count=4000, since=now - timedelta(days=2), until=now, seed=11, anomalies=0.08,
+            chunk_rows=1000))
+        # Updates and deletes on top of the generator's own, so both are certain to happen.
+        cur.execute("SELECT id FROM engagement_events ORDER BY id LIMIT 40")
+        some = [r[0] for r in cur.fetchall()]
+        cur.execute("UPDATE engagement_events SET duration_ms = 777, device = 'updated' WHERE id = ANY(%s)",
+                    (some[:20],))
+        cur.execute("DELETE FROM engagement_events WHERE id = ANY(%s)", (some[20:],))
+        cur.execute("UPDATE engagement_events SET duration_ms = 888 WHERE id = %s", (some[0],))
+        wait_for(lambda: _converged(client, dataset, cur), 90, f"{mode}: the table to match the source",
+                 interval=0.5)
+    assert summary.rows_written == 4000
+    n = _assert_exact(client, dataset, cur)
+    assert n == 4000 - summary.deleted - 20
+    updated = {r[0]: r for r in _table_rows(client, dataset) if r[0] in some[:20]}
+    assert updated[some[0]][3] == 888 and all(updated[i][4] == "updated" for i in some[:20])
+    assert all(r[7] == "update" for r in updated.values())
+    # The table is partitioned by day of event_ts and clustered for the common filters.
+    table = client.get_table(f"{dataset}.engagement_events")
+    assert table.time_partitioning.field == "event_ts" and table.clustering_fields == ["content_type", "content_id"]
+    types = {f.name: f.field_type for f in table.schema}
+    assert (types["event_id"], types["raw_payload"], types["event_ts"], types["engagement_pct"]) == (
+        "INTEGER", "JSON", "TIMESTAMP", "NUMERIC") or types["event_id"] == "INT64"
+
+
+def _event(i: int, pos: Position, payload: str | None, op: str = "insert") -> EnrichedEvent:
+    now = datetime.now(timezone.utc)
+    return EnrichedEvent(i, None, None, "play", now, 1000, "web", payload, None, None, None, None, 1.0, None, op,
+                         pos, now, now, problems=("null_content_id",))
+
+
+def test_a_rejected_row_goes_to_the_dead_letter_table_and_the_rest_lands(services, bq, tmp_path):
+    client, dataset = bq
+    from pulse.config import BigQueryConfig
+
+    cfg = BigQueryConfig(project=services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), dataset=dataset,
+                         endpoint=services["PULSE_BIGQUERY_ENDPOINT"], spool_dir=tmp_path, load_interval_s=0.2)
+    sink = BigQuerySink(cfg)
+    assert sink.open() == Position(0, 0)
+    events = [_event(1, Position(10, 1), '{"ok": true}'), _event(2, Position(10, 2), "{not json"),
+              _event(3, Position(10, 3), None)]
+    assert sink.write(Batch(tuple(events))) == Position(10, 3)
+    try:
+        wait_for(lambda: not sink.spool.files(), 30, "the spool to be loaded")
+    finally:
+        sink.close()
+    assert sorted(r[0] for r in client.query(f"SELECT event_id FROM `{dataset}.engagement_events`").result()) == [1, 3]
+    dead = list(client.query(f"SELECT event_id, reason, raw_payload FROM `{dataset}.engagement_events_dead_letter`")
+                .result())
+    assert [(r[0], r[2]) for r in dead] == [(2, "{not json")] and "JSON" in dead[0][1]
+    # Reopening recovers the position from the spool's record, and re-applying changes nothing.
+    again = BigQuerySink(cfg)
+    assert again.open() == Position(10, 3)
+    again.loader.tables.apply(again.loader.tables.ref("engagement_events"), Position(10, 3))
+    again.close()
+    assert len(list(client.query(f"SELECT 1 FROM `{dataset}.engagement_events_dead_letter`").result())) == 1
+
+
+def test_emulator_stopped_and_restarted_mid_run(scratch_db, services, bq, tmp_path):
+    from pulse.dev import services as dev
+
+    client, dataset = bq
+    settings = _bq_settings(scratch_db, services, dataset, tmp_path / "spool")
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    sink = BigQuerySink(settings.bigquery)
+    pipeline = Pipeline(settings, [sink])
+    try:
+        with Running(pipeline):
+            content = insert_content(cur, 5)
+            insert_events_bulk(cur, content, 0, 1000)
+            wait_for(lambda: _converged(client, dataset, cur), 60, "the first events in BigQuery", interval=0.3)
+            info = dev._load_state()["services"]["bigquery"]
+            os.kill(info["pid"], signal.SIGTERM)
+            wait_for(lambda: not dev._alive(info["pid"]), 30, "the emulator to stop")
+            for i in range(1, 4):
+                insert_events_bulk(cur, content, i * 1000, 1000)
+            cur.execute("DELETE FROM engagement_events WHERE id IN (SELECT id FROM engagement_events LIMIT 5)")
+            cur.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+            target = int(cur.fetchone()[0])
+            # BigQuery is down, yet the sink keeps up: its position is in the spool.
+            wait_for(lambda: pipeline.workers["bigquery"].durable.lsn >= target - 10_000_000
+                     and sink.spool.files(), 30, "the spool to hold the new batches")
+            wait_for(lambda: sink.loader.last_error is not None, 30, "the loader to notice the outage")
+            dev.up(("bigquery",))
+            wait_for(lambda: _converged(client, dataset, cur), 90, "the table to catch up after the restart",
+                     interval=0.5)
+    finally:
+        _ensure_emulator_running()
+    assert _assert_exact(client, dataset, cur) == 3995
+
+
+# -- kill -9 of `pulse run` and `pulse upload` -------------------------------------------------
+
+
+def _upload_cmd() -> list[str]:
+    return [sys.executable, "-m", "pulse.cli.upload"]
+
+
+def test_kill_9_of_run_and_upload_at_random_moments(scratch_db, services, bq, tmp_path):
+    client, dataset = bq
+    rng = random.Random()
+    seed = rng.randrange(1 << 30)
+    rng.seed(seed)
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    content = insert_content(cur, 10)
+    ensure_slot(scratch_db.config())
+    spool = tmp_path / "spool"
+    env = pulse_env(
+        scratch_db,
+        PULSE_BIGQUERY_PROJECT=services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"),
+        PULSE_BIGQUERY_DATASET=dataset, PULSE_BIGQUERY_ENDPOINT=services["PULSE_BIGQUERY_ENDPOINT"],
+        PULSE_BIGQUERY__SPOOL_DIR=str(spool), PULSE_BIGQUERY__LOAD_INTERVAL_S="0.3",
+        PULSE_BIGQUERY__UPLOAD_IN_PROCESS="false", PULSE_RUNTIME__BATCH_MAX_EVENTS="700",
+    )
+    total, per_txn = 20_000, 500
+    done = threading.Event()
+
+    def writer() -> None:
+        wconn = psycopg2.connect(scratch_db.url)
+        wconn.autocommit = True
+        wcur = wconn.cursor()
+        for i in range(total // per_txn):
+            insert_events_bulk(wcur, content, i * per_txn, per_txn)
+            if i % 8 == 7:  # updates and deletes of earlier events, interleaved
+                wcur.execute("UPDATE engagement_events SET duration_ms = duration_ms + 1 "
+                             "WHERE id IN (SELECT id FROM engagement_events ORDER BY random() LIMIT 30)")
+                wcur.execute("DELETE FROM engagement_events "
+                             "WHERE id IN (SELECT id FROM engagement_events ORDER BY random() LIMIT 10)")
+            time.sleep(0.08)
+        wconn.close()
+        done.set()
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    procs: list[subprocess.Popen] = []
+
+    def start(cmd):
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        return p
+
+    kills = 0
+    try:
+        for _ in range(4):
+            run_p = start(pulse_cmd("run", "--sink", "bigquery"))
+            up_p = start(_upload_cmd())
+            victims = [run_p, up_p]
+            rng.shuffle(victims)
+            for p in victims:
+                time.sleep(rng.uniform(0.8, 2.5))
+                assert p.poll() is None, f"{p.args} exited by itself with {p.returncode} (seed {seed})"
+                p.send_signal(signal.SIGKILL)
+                p.wait(30)
+                kills += 1
+        t.join(120)
+        assert done.is_set()
+        run_p = start(pulse_cmd("run", "--sink", "bigquery"))
+        up_p = start(_upload_cmd())
+        wait_for(lambda: _converged(client, dataset, cur) or run_p.poll() is not None or up_p.poll() is not None,
+                 120, f"the table to match the source (seed {seed})", interval=0.5)
+        assert run_p.poll() is None and up_p.poll() is None, f"a worker died (seed {seed})"
+        for p in (run_p, up_p):
+            p.send_signal(signal.SIGTERM)
+        for p in (run_p, up_p):
+            assert p.wait(60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    assert kills == 8
+    _assert_exact(client, dataset, cur)
+    # `pulse upload --once` drains whatever is left and exits.
+    out = subprocess.run([*_upload_cmd(), "--once"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not [p for p in spool.glob("*.parquet")]
