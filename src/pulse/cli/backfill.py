@@ -49,16 +49,27 @@ def backfill(
     """Re-process historical events (by event_ts or id range) into the chosen destinations."""
     from pulse.runtime.backfill import DEFAULT_SINKS, BackfillSpec, submit
 
-    if since is None and until is None and min_id is None and max_id is None:
-        raise typer.BadParameter("give a range: --since/--until and/or --min-id/--max-id")
     targets = tuple(s.strip() for s in sinks.split(",") if s.strip()) if sinks else DEFAULT_SINKS
+    if since is None and until is None and min_id is None and max_id is None and targets != ("redis",):
+        raise typer.BadParameter("give a range: --since/--until and/or --min-id/--max-id")
     if kafka:
         targets = ("kafka",)
     cfg = common.settings(database={"url": database_url, "slot": slot})
-    spec = BackfillSpec(parse_ts(since), parse_ts(until), min_id, max_id, targets, chunk_size, rate_limit)
     from pulse.schema import init_database
 
     init_database(cfg.database)
+    if "redis" in targets:
+        # The board holds only the last window: rebuilt from a snapshot at an
+        # exact stream position, not replayed (pulse.runtime.rebuild).
+        from pulse.runtime.rebuild import rebuild_redis
+
+        summary = rebuild_redis(cfg)
+        typer.echo(f"redis board under {summary['prefix']!r} rebuilt from {summary['since']}: "
+                   f"{summary['events']:,} events, live stream continues after {summary['position']}")
+        targets = tuple(t for t in targets if t != "redis")
+        if not targets:
+            return
+    spec = BackfillSpec(parse_ts(since), parse_ts(until), min_id, max_id, targets, chunk_size, rate_limit)
     run = submit(cfg.database, spec)
     if run["state"] == "done":
         typer.echo(f"backfill {run['run_id']} already done ({run['rows_emitted']:,} rows); "

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,10 +35,10 @@ from prometheus_client import Counter
 from pulse.config import RedisConfig, Settings
 from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.log import get_logger
-from pulse.model import ZERO, Batch, Position
+from pulse.model import ZERO, Batch, EnrichedEvent, Position
 from pulse.sinks.base import Sink
 from pulse.sinks.redis_board import Aggregate, Keys, decode_position, encode_position
-from pulse.sinks.redis_lua import APPLY, OPEN
+from pulse.sinks.redis_lua import APPLY, OPEN, RESET
 
 log = get_logger(__name__)
 
@@ -83,6 +83,10 @@ class RedisSink(Sink):
         self.epoch = ""
         self.position = ZERO  # stored in Redis, as far as this process knows
         self._pending: Aggregate = self._new_aggregate()
+        # The events behind the pending aggregate, kept until it is flushed so
+        # it can be re-aggregated past a rebuild's position (bounded by
+        # max_pending_events).
+        self._pending_events: list[EnrichedEvent] = []
         self._pending_since = 0.0
         self._written_content: dict[str, tuple] = {}
         self.last_result: dict[str, int] = {}
@@ -157,6 +161,48 @@ class RedisSink(Sink):
             log.info("redis.board.resumed", prefix=cfg.prefix, epoch=self.epoch, position=str(self.position))
         return self.position
 
+    def rebuild(self, events: Iterable[EnrichedEvent], position: Position) -> int:
+        """Replace the window with `events` (the source at a consistent point) and store `position`.
+
+        One MULTI/EXEC: the reset of the window's keys and the snapshot's
+        increments land together, so a reader never sees a half-built board.
+        Batches at or below `position` are then skipped as replays, and the
+        live stream continues after it. Returns the events folded in.
+        """
+        self._check_server()
+        cfg = self.config
+        self._apply = self.client.register_script(APPLY)
+        reset = self.client.register_script(RESET)
+        agg = self._new_aggregate()
+        now_ms = int(self.clock().timestamp() * 1000)
+        agg.add_events(events, now_ms / 1000)
+        agg.last = position
+        pos = encode_position(position)
+        meta = self._metadata_commands(agg)
+
+        def run():
+            pipe = self.client.pipeline(transaction=True)
+            reset(keys=[self.keys.meta, self.keys.stats],
+                  args=[cfg.prefix, self.keys.label, uuid.uuid4().hex, now_ms, cfg.window_s * 1000,
+                        cfg.bucket_s * 1000, cfg.meta_ttl_s * 1000, self.position_field, pos], client=pipe)
+            for _cid, key, mapping, _value in meta:
+                pipe.hset(key, mapping=mapping)
+                pipe.expire(key, cfg.content_ttl_s)
+            args: list[object] = [
+                cfg.prefix, self.keys.label, pos, "", "", now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000,
+                cfg.state_ttl_s * 1000, cfg.meta_ttl_s * 1000, agg.newest_event_ms, agg.newest_commit_ms,
+                agg.events, agg.future, agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(),
+                "", self.position_field,
+            ]
+            self._apply(keys=[self.keys.meta, self.keys.stats], args=args, client=pipe)
+            return pipe.execute()
+
+        results = self._call(run, "rebuild")
+        self.epoch = results[0].decode() if isinstance(results[0], bytes) else str(results[0])
+        self.position = position
+        log.info("redis.board.rebuilt", prefix=cfg.prefix, events=agg.events, position=str(position))
+        return agg.events
+
     def _check_server(self) -> None:
         info = self._call(lambda: self.client.info("cluster"), "open")
         if info.get("cluster_enabled") and self.keys.hash_tag() is None:
@@ -185,6 +231,7 @@ class RedisSink(Sink):
             if not pending.events:
                 self._pending_since = time.monotonic()
             pending.add_events(events, self.clock().timestamp())
+            self._pending_events.extend(events)
         due = (time.monotonic() - self._pending_since) * 1000 >= self.config.flush_interval_ms
         if pending.events and (due or pending.events >= self.config.max_pending_events):
             self._flush()
@@ -210,7 +257,8 @@ class RedisSink(Sink):
             cfg.prefix, self.keys.label, pos, encode_position(self.position) if self.position > ZERO else "",
             self.epoch, now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000, cfg.state_ttl_s * 1000,
             cfg.meta_ttl_s * 1000, agg.newest_event_ms, agg.newest_commit_ms, agg.events, agg.future,
-            agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(), self.position_field,
+            agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(),
+            encode_position(self._pending_events[0].position) if self._pending_events else "", self.position_field,
         ]
         meta = self._metadata_commands(agg)
         apply = self._apply
@@ -236,6 +284,18 @@ class RedisSink(Sink):
                 f"Redis went back in time: its stored position {decode_position(result[1])} is below "
                 f"{self.position}, which it had acknowledged (lost writes, e.g. a crash between AOF fsyncs)",
                 hint=REBUILD_HINT)
+        if state == b"SPLIT":
+            stored = decode_position(result[1])
+            keep = [e for e in self._pending_events if e.position > stored]
+            log.info("redis.board.split", stored=str(stored), kept=len(keep), dropped=len(self._pending_events) - len(keep))
+            self.position = max(self.position, stored)
+            self._pending = self._new_aggregate()
+            self._pending_events = []
+            if keep:
+                self._pending.add_events(keep, self.clock().timestamp())
+                self._pending_events = keep
+                self._flush()
+            return
         if state == b"DUP":
             BOARD_REPLAYS.inc()
         else:
@@ -250,6 +310,7 @@ class RedisSink(Sink):
         if agg.last is not None:
             self.position = max(self.position, agg.last)
         self._pending = self._new_aggregate()
+        self._pending_events = []
 
     def _metadata_commands(self, agg: Aggregate) -> list[tuple[str, str, dict, tuple]]:
         """HSETs for content whose display metadata Redis does not have yet (or had long ago)."""

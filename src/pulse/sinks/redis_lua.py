@@ -33,7 +33,7 @@ APPLY_ARGS = (
     "prefix", "label", "position", "expect", "epoch", "now_ms", "window_ms", "bucket_ms", "state_ttl_ms",
     "meta_ttl_ms", "newest_event_ms", "newest_commit_ms", "events", "future", "uncorrectable",
     "corrections", "null_content",
-)  # then: n_content, n_devices, n_event_types, cells..., and last the position field
+)  # then: n_content, n_devices, n_event_types, cells..., the batch's first position, the position field
 
 APPLY = r"""
 local meta, stats = KEYS[1], KEYS[2]
@@ -54,6 +54,10 @@ if pos ~= '' and stored >= pos then
   redis.call('HINCRBY', stats, 'batches_replayed', 1)
   return {'DUP', stored}
 end
+-- A rebuild stored a position inside this batch: part of it is already in
+-- the rebuilt window. The sink re-aggregates what lies after it and retries.
+local first = ARGV[#ARGV - 1]
+if first ~= '' and stored ~= '' and stored >= first then return {'SPLIT', stored} end
 
 local t = redis.call('TIME')
 local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -254,4 +258,33 @@ redis.call('PEXPIRE', meta, meta_ttl)
 redis.call('HINCRBY', stats, 'boards_created', 1)
 redis.call('PEXPIRE', stats, meta_ttl)
 return {'CREATED', new_epoch, ''}
+"""
+
+# Rebuild, step 1 (queued in one MULTI with APPLY): clear the board's window
+# keys, keep (or create) the epoch, and set every other instance's position
+# field to the rebuild position; APPLY then adds the snapshot's increments and
+# stores this instance's position. KEYS[1] meta, KEYS[2] stats; ARGV: prefix,
+# label, new epoch (used when none exists), now_ms, window_ms, bucket_ms,
+# meta_ttl_ms, position field, rebuild position.
+RESET = r"""
+local meta, stats = KEYS[1], KEYS[2]
+local P, label, new_epoch = ARGV[1], ARGV[2], ARGV[3]
+local now, window, bsize, meta_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local pf, pos = ARGV[8], ARGV[9]
+local epoch = redis.call('HGET', meta, 'epoch') or new_epoch
+local idx, types, top = P .. 'w:idx', P .. 'w:types', P .. 'top:' .. label
+for _, b in ipairs(redis.call('ZRANGE', idx, 0, -1)) do redis.call('DEL', P .. 'w:b:' .. b) end
+for _, ctype in ipairs(redis.call('SMEMBERS', types)) do redis.call('DEL', top .. ':' .. ctype) end
+redis.call('DEL', idx, types, top, P .. 'w:acc', P .. 'events:' .. label, P .. 'devices:' .. label,
+           P .. 'event_types:' .. label)
+local fields = redis.call('HKEYS', meta)
+for _, f in ipairs(fields) do
+  if string.sub(f, 1, 8) == 'position' and f ~= pf then redis.call('HSET', meta, f, pos) end
+end
+redis.call('HSET', meta, 'epoch', epoch, pf, '', 'lo', math.floor((now - window) / bsize),
+           'complete_from_ms', now, 'updated_ms', now, 'rebuilt_ms', now)
+redis.call('PEXPIRE', meta, meta_ttl)
+redis.call('HINCRBY', stats, 'rebuilds', 1)
+redis.call('PEXPIRE', stats, meta_ttl)
+return epoch
 """
