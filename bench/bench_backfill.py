@@ -1,0 +1,134 @@
+"""Backfill benchmark: rows/s of `pulse backfill` to BigQuery and to the external receiver, beside raw COPY.
+
+In one run, on the same N events of a scratch database:
+
+1. **raw COPY**: `COPY (SELECT ... FROM engagement_events) TO STDOUT` of the
+   same columns the backfill reads, into /dev/null: how fast PostgreSQL hands
+   the rows out, the ceiling;
+2. **to BigQuery**: a backfill run over all ids into the `bigquery` sink
+   (batch mode, the emulator), timed from submission to the run's `done` plus
+   the last load;
+3. **to the external receiver**: the same into the `external` sink and an
+   in-process `pulse receiver`, timed until the receiver holds every event.
+
+Usage (services up, `source .pulse/services.env`):
+
+    .venv/bin/python bench/bench_backfill.py --events 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import ScratchDatabase, insert_events_sql, seed_content  # noqa: E402
+from pulse.config import Settings  # noqa: E402
+from pulse.runtime.backfill import BackfillSpec, get_run, submit  # noqa: E402
+from pulse.runtime.pipeline import Pipeline  # noqa: E402
+from pulse.sinks import build_sink  # noqa: E402
+
+
+class _Null(io.RawIOBase):
+    def write(self, b) -> int:  # type: ignore[override]
+        return len(b)
+
+
+def raw_copy(cur) -> float:
+    t = time.perf_counter()
+    cur.copy_expert("COPY (SELECT id, content_id, user_id, event_type, event_ts, duration_ms, device, "
+                    "raw_payload::text FROM engagement_events ORDER BY id) TO STDOUT", _Null())
+    return time.perf_counter() - t
+
+
+def _wait(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark step did not finish")
+        time.sleep(0.05)
+
+
+def backfill_to(db: ScratchDatabase, settings: Settings, sink: str, events: int, done, timeout: float) -> float:
+    pipeline = Pipeline(settings, [build_sink(sink, settings)])
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+    pipeline.ready.wait(60)
+    t = time.perf_counter()
+    run = submit(settings.database, BackfillSpec(min_id=1, sinks=(sink,), chunk_size=20_000))
+    conn = db.connect()
+    with conn.cursor() as cur:
+        _wait(lambda: get_run(cur, settings.database, run["run_id"])["state"] == "done", timeout)
+    _wait(done, timeout)
+    elapsed = time.perf_counter() - t
+    pipeline.stop()
+    thread.join(120)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    from pulse.log import configure_logging
+
+    configure_logging("warning")
+    import os
+
+    from google.cloud import bigquery  # noqa: F401  (fail early without the extra)
+
+    from pulse.receiver import Receiver
+
+    with ScratchDatabase() as db:
+        cur = db.connect().cursor()
+        ids = seed_content(cur)
+        insert_events_sql(cur, ids, args.events, 50_000)
+        raw_s = raw_copy(cur)
+        print(f"raw COPY: {args.events / raw_s:,.0f} rows/s ({raw_s:.1f} s)")
+
+        dataset = f"bench_backfill_{uuid.uuid4().hex[:8]}"
+        settings = Settings(
+            database=db.config("bench_bf"),
+            bigquery={"project": os.environ["PULSE_BIGQUERY_PROJECT"], "dataset": dataset,
+                      "endpoint": os.environ["PULSE_BIGQUERY_ENDPOINT"],
+                      "spool_dir": str(Path(".pulse") / "bench" / dataset), "load_interval_s": 2},
+        )
+        from pulse.sinks.bigquery_load import make_client
+
+        client = make_client(settings.bigquery)
+
+        def bq_done() -> bool:
+            try:
+                rows = client.query(f"SELECT count(*) AS n FROM `{dataset}.engagement_events`").result()
+                return next(iter(rows))["n"] >= args.events
+            except Exception:
+                return False
+
+        try:
+            bq_s = backfill_to(db, settings, "bigquery", args.events, bq_done, args.timeout)
+            print(f"backfill to BigQuery: {args.events / bq_s:,.0f} rows/s ({bq_s:.1f} s), "
+                  f"{raw_s / bq_s:.2f}x raw COPY")
+        finally:
+            client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+
+        receiver = Receiver().start()
+        try:
+            ext = settings.model_copy(update={"external": settings.external.model_copy(update={"url": receiver.url}),
+                                              "database": db.config("bench_bf_ext")})
+            ext_s = backfill_to(db, ext, "external", args.events,
+                                lambda: receiver.stats()["unique"] >= args.events, args.timeout)
+            print(f"backfill to the external receiver: {args.events / ext_s:,.0f} rows/s ({ext_s:.1f} s), "
+                  f"{raw_s / ext_s:.2f}x raw COPY")
+        finally:
+            receiver.stop()
+
+
+if __name__ == "__main__":
+    main()
