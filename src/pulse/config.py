@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -62,7 +62,13 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts)
 
 
-class DatabaseConfig(BaseModel):
+class _Section(BaseModel):
+    """A config section: an unknown key is a typo, rejected with its name (never silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseConfig(_Section):
     """The source PostgreSQL database and Pulse's objects in it."""
 
     url: SecretStr = Field(
@@ -115,7 +121,7 @@ class DatabaseConfig(BaseModel):
         return redact_url(self.dsn())
 
 
-class RedisConfig(BaseModel):
+class RedisConfig(_Section):
     """The Redis destination (real-time board)."""
 
     url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), description="PULSE_REDIS_URL.")
@@ -173,7 +179,7 @@ class RedisConfig(BaseModel):
         return redact_url(self.url.get_secret_value())
 
 
-class KafkaConfig(BaseModel):
+class KafkaConfig(_Section):
     """The Kafka bus between separate workers."""
 
     bootstrap: str = Field(default="127.0.0.1:9092", description="Bootstrap servers (PULSE_KAFKA_BOOTSTRAP).")
@@ -191,7 +197,7 @@ class KafkaConfig(BaseModel):
     batch_max_messages: int = Field(default=5000, ge=1, description="Most messages a consumer hands a sink at once.")
 
 
-class BigQueryConfig(BaseModel):
+class BigQueryConfig(_Section):
     """The BigQuery destination."""
 
     project: str = Field(default="pulse-local", description="GCP project id (PULSE_BIGQUERY_PROJECT).")
@@ -234,7 +240,7 @@ class BigQueryConfig(BaseModel):
     )
 
 
-class ExternalConfig(BaseModel):
+class ExternalConfig(_Section):
     """The external HTTP system (docs/sinks/external.md).
 
     Every event goes through a durable outbox in Pulse's schema first (the
@@ -304,7 +310,7 @@ class ExternalConfig(BaseModel):
         return value
 
 
-class RuntimeConfig(BaseModel):
+class RuntimeConfig(_Section):
     """The in-process pipeline (`pulse run`)."""
 
     sinks: list[str] = Field(default_factory=lambda: ["memory"], description="Sinks to run, by name.")
@@ -318,7 +324,7 @@ class RuntimeConfig(BaseModel):
     shutdown_timeout_s: float = Field(default=30.0, gt=0, description="Seconds SIGTERM waits for sinks to drain.")
 
 
-class TestSinksConfig(BaseModel):
+class TestSinksConfig(_Section):
     """Test doubles that `pulse run` can use (crash and recovery tests)."""
 
     pgtable_url: SecretStr | None = Field(
@@ -327,7 +333,7 @@ class TestSinksConfig(BaseModel):
     pgtable_table: str = Field(default="pulse_sink_events", description="Table of the `pgtable` sink.")
 
 
-class LogConfig(BaseModel):
+class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     format: Literal["console", "json"] = Field(default="console", description="console (key=value) or json lines.")
 
