@@ -26,9 +26,8 @@ def consume(
     build_sink(sink, cfg)  # fail at start on bad config, before joining the group
 
     def factory(name: str):
-        instance = build_sink(sink, cfg)
-        instance.name = name  # positions are stored per partition, under this name
-        return instance
+        # Positions are stored per partition, under the instance's name.
+        return build_sink(sink, cfg, instance=name)
 
     consumer = SinkConsumer(cfg, sink, factory, group=group)
     if cfg.runtime.metrics_port:

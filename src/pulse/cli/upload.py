@@ -53,10 +53,21 @@ def upload(
     if not bq.spool_dir.exists():
         # A worker started next to its sink may come first: wait on an empty folder.
         log.warning("upload.spool_missing", spool=str(bq.spool_dir), action="created; waiting for files")
-    spool = Spool(bq.spool_dir)
+        bq.spool_dir.mkdir(parents=True, exist_ok=True)
     tables = Tables(make_client(bq), bq)
-    loader = Loader(tables, spool, bq)
-    log.info("upload.starting", spool=str(spool.dir), files=len(spool.files()), once=once,
+    # The root spool (pulse run) and one sub-folder per Kafka partition
+    # (pulse consume --sink bigquery keeps one spool and position per partition).
+    loaders: dict[Path, Loader] = {}
+
+    def refresh() -> list[Loader]:
+        dirs = [bq.spool_dir, *sorted(p for p in bq.spool_dir.iterdir() if p.is_dir() and not p.name.startswith("."))]
+        for d in dirs:
+            if d not in loaders:
+                loaders[d] = Loader(tables, Spool(d), bq)
+        return list(loaders.values())
+
+    refresh()
+    log.info("upload.starting", spool=str(bq.spool_dir), folders=len(loaders), once=once,
              table=tables.id(tables.table))
     backoff = 0.5
     ensured = False
@@ -66,11 +77,15 @@ def upload(
                 tables.ensure()
                 ensured = True
             if once:
-                n = loader.drain()
-                log.info("upload.drained", files=n, rows=loader.loaded_rows)
+                n = sum(loader.drain() for loader in refresh())
+                log.info("upload.drained", files=n, rows=sum(ld.loaded_rows for ld in loaders.values()))
                 return
-            if loader.due():
-                loader.load_once()
+            busy = False
+            for loader in refresh():
+                if loader.due():
+                    loader.load_once()
+                    busy = True
+            if busy:
                 backoff = 0.5
                 continue
         except TransientError as exc:
@@ -79,7 +94,8 @@ def upload(
             backoff = min(backoff * 2, 30.0)
             continue
         stop.wait(0.2)
-    log.info("upload.stopped", files=loader.loaded_files, rows=loader.loaded_rows)
+    log.info("upload.stopped", files=sum(ld.loaded_files for ld in loaders.values()),
+             rows=sum(ld.loaded_rows for ld in loaders.values()))
 
 
 def register(app: typer.Typer) -> None:

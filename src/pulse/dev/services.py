@@ -568,9 +568,22 @@ def _ours_running(state: dict, name: str) -> bool:
     return bool(info) and _alive(info.get("pid"))
 
 
+# Tools the tests use besides the services (no daemon): `docker-compose config`
+# validates docker-compose.yml offline. --no-install-recommends keeps the
+# Docker engine packages out.
+TOOLS = {"docker-compose": "docker-compose"}
+
+
+def ensure_tools() -> None:
+    missing = [pkg for exe, pkg in TOOLS.items() if shutil.which(exe) is None]
+    if missing:
+        _apt_install(*missing)
+
+
 def up(only: tuple[str, ...] = ALL) -> dict[str, ServiceInfo]:
     """Start the named services (idempotently) and write `.pulse/services.env`."""
     state_dir().mkdir(parents=True, exist_ok=True)
+    ensure_tools()
     state = _load_state()
     ports = state.get("ports", {})
     # A recorded port now held by a foreign process (ours is gone) is re-picked.

@@ -21,12 +21,17 @@ _DESTINATIONS = {
 }
 
 
-def build_sink(name: str, settings: Settings) -> Sink:
-    """The sink called `name`, configured from `settings`."""
+def build_sink(name: str, settings: Settings, instance: str | None = None) -> Sink:
+    """The sink of kind `name`, configured from `settings`.
+
+    `instance` names this instance when several run side by side (one per
+    Kafka partition): sinks store their position under their instance name.
+    """
+    instance = instance or name
     if name == "memory":
         from pulse.sinks.memory import MemorySink
 
-        return MemorySink(keep=False)
+        return MemorySink(instance, keep=False)
     if name == "pgtable":
         from pulse.sinks.pgtable import PgTableSink
 
@@ -34,7 +39,7 @@ def build_sink(name: str, settings: Settings) -> Sink:
         if url is None:
             raise ConfigError("the pgtable sink needs a database URL",
                               hint="set PULSE_TESTSINKS__PGTABLE_URL (a database other than the source)")
-        return PgTableSink(url.get_secret_value(), table=settings.testsinks.pgtable_table)
+        return PgTableSink(url.get_secret_value(), table=settings.testsinks.pgtable_table, name=instance)
     if name in _DESTINATIONS:
         import importlib
 
@@ -48,7 +53,7 @@ def build_sink(name: str, settings: Settings) -> Sink:
                 f"the {name} sink needs {exc.name}, which is not installed",
                 hint=f"pip install 'pulse-cdc[{extra}]'",
             ) from exc
-        return getattr(mod, cls).from_settings(settings)
+        return getattr(mod, cls).from_settings(settings, name=instance)
     raise ConfigError(f"unknown sink {name!r}", hint=f"choose from: {', '.join(BUILTIN)}")
 
 

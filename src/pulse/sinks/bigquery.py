@@ -20,6 +20,9 @@ mode the changelog's. docs/sinks/bigquery.md has the exactness argument.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from pulse.config import BigQueryConfig, Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
@@ -48,8 +51,8 @@ class BigQuerySink(Sink):
         self.merger = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "BigQuerySink":
-        return cls(settings.bigquery)
+    def from_settings(cls, settings: Settings, name: str = "bigquery") -> "BigQuerySink":
+        return cls(settings.bigquery, name=name)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -62,9 +65,21 @@ class BigQuerySink(Sink):
             return self._open_stream()
         return self._open_batch()
 
+    @property
+    def partitioned(self) -> bool:
+        """One instance per Kafka partition (`pulse consume` names them `bigquery@<topic>/<partition>`)."""
+        return "@" in self.name
+
+    def _spool_dir(self) -> Path:
+        if not self.partitioned:
+            return Path(self.cfg.spool_dir)
+        # Each partition keeps its own spool and position file: positions only
+        # increase within a partition, so they cannot share one.
+        return Path(self.cfg.spool_dir) / re.sub(r"[^A-Za-z0-9_.-]", "_", self.name.split("@", 1)[1])
+
     def _open_batch(self) -> Position:
         assert self.tables is not None
-        self.spool = Spool(self.cfg.spool_dir)
+        self.spool = Spool(self._spool_dir())
         removed = self.spool.clean_partial()
         if removed:
             log.info("bigquery.spool_partial_removed", files=removed)
@@ -84,7 +99,10 @@ class BigQuerySink(Sink):
         if self.cfg.upload_in_process:
             self.loader_thread = LoaderThread(self.loader, ensure=None if ready else self.tables.ensure)
             self.loader_thread.start()
-        pos = max(local, remote)
+        # The table's state row is shared by every partition instance: only the
+        # local spool speaks for this partition. Anything re-delivered from
+        # Kafka is absorbed by the MERGE (by event id, guarded by position).
+        pos = local if self.partitioned else max(local, remote)
         log.info("bigquery.opened", mode="batch", spool=str(self.spool.dir), spooled_files=len(self.spool.files()),
                  position=str(pos))
         return pos
@@ -95,7 +113,9 @@ class BigQuerySink(Sink):
         assert self.tables is not None
         self.tables.ensure(changelog=True)
         self.writer = StreamWriter(self.tables, self.cfg, self._write_client)
-        pos = max(self.tables.changelog_position(), self.tables.state_position())
+        # Shared by all partition instances: a partition instance starts from
+        # ZERO (its committed Kafka offsets bound the re-read; MERGE absorbs it).
+        pos = ZERO if self.partitioned else max(self.tables.changelog_position(), self.tables.state_position())
         self.merger = MergerThread(self.tables, self.cfg)
         self.merger.start()
         log.info("bigquery.opened", mode="stream", position=str(pos))

@@ -65,8 +65,8 @@ class ExternalSink(Sink):
         self._conn = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ExternalSink":
-        return cls(settings.external, settings.database)
+    def from_settings(cls, settings: Settings, name: str = "external") -> "ExternalSink":
+        return cls(settings.external, settings.database, name=name)
 
     # -- the sink contract ----------------------------------------------------------
 

@@ -73,8 +73,10 @@ class KafkaSink(Sink):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "KafkaSink":
-        return cls(settings.kafka)
+    def from_settings(cls, settings: Settings, name: str = "kafka") -> "KafkaSink":
+        sink = cls(settings.kafka)
+        sink.name = name
+        return sink
 
     def open(self) -> Position:
         from confluent_kafka import Producer

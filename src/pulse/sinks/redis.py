@@ -92,8 +92,8 @@ class RedisSink(Sink):
         self.last_result: dict[str, int] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "RedisSink":
-        return cls(settings.redis)
+    def from_settings(cls, settings: Settings, name: str = "redis") -> "RedisSink":
+        return cls(settings.redis, name=name)
 
     # -- connection ------------------------------------------------------------
 

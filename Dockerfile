@@ -1,0 +1,33 @@
+# The Pulse image: every worker of docker-compose.yml runs one `pulse` verb from it
+# (generate, produce, consume --sink ..., upload, receiver, db init).
+#
+#   docker build -t pulse-cdc:local .
+#   docker run --rm pulse-cdc:local --help
+#
+# Pinned by constraints.txt, like `make venv`. Runs as the unprivileged user `pulse` (uid 10001).
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY src ./src
+RUN python -m venv /opt/pulse \
+ && /opt/pulse/bin/pip install -c constraints.txt '.[all]' \
+ && /opt/pulse/bin/pulse --help >/dev/null
+
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/pulse/bin:$PATH \
+    PULSE_BIGQUERY__SPOOL_DIR=/var/lib/pulse/bigquery_batches
+RUN groupadd --system --gid 10001 pulse \
+ && useradd --system --uid 10001 --gid pulse --home-dir /var/lib/pulse --shell /usr/sbin/nologin pulse \
+ && mkdir -p /var/lib/pulse/bigquery_batches \
+ && chown -R pulse:pulse /var/lib/pulse
+COPY --from=build /opt/pulse /opt/pulse
+COPY docker/healthcheck.py /usr/local/bin/pulse-healthcheck
+RUN chmod 0755 /usr/local/bin/pulse-healthcheck
+USER pulse
+WORKDIR /var/lib/pulse
+ENTRYPOINT ["pulse"]
+CMD ["--help"]

@@ -1,0 +1,97 @@
+"""The three destinations as separate workers over Kafka end exactly where `pulse run` would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from pulse.config import BigQueryConfig
+from pulse.generator import GenerateSpec, run as generate
+from pulse.receiver import Receiver
+from pulse.source.slot import ensure_slot
+from tests.conftest import unique
+
+from .pipeline_helpers import wait_for
+from .test_kafka_bus import kafka_env  # noqa: F401  (fixture)
+from .test_redis_sink import _stats
+from .test_source import pulse_cmd
+
+
+@pytest.fixture
+def bq_dataset(services):
+    from pulse.sinks.bigquery_load import make_client
+
+    dataset = unique("pulse_kafka")
+    cfg = BigQueryConfig(project=services["PULSE_BIGQUERY_PROJECT"], dataset=dataset,
+                         endpoint=services["PULSE_BIGQUERY_ENDPOINT"])
+    client = make_client(cfg)
+    yield dataset, client
+    client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+
+
+def test_redis_bigquery_and_external_consumers_are_exact(scratch_db, services, kafka_env, bq_dataset, tmp_path):
+    import redis
+
+    dataset, bq = bq_dataset
+    prefix = unique("pulse_k") + ":"
+    receiver = Receiver().start()
+    env = dict(kafka_env, PULSE_REDIS_URL=services["PULSE_REDIS_URL"], PULSE_REDIS_PREFIX=prefix,
+               PULSE_BIGQUERY_PROJECT=services["PULSE_BIGQUERY_PROJECT"],
+               PULSE_BIGQUERY_ENDPOINT=services["PULSE_BIGQUERY_ENDPOINT"], PULSE_BIGQUERY_DATASET=dataset,
+               PULSE_BIGQUERY__SPOOL_DIR=str(tmp_path / "spool"), PULSE_BIGQUERY__LOAD_INTERVAL_S="1",
+               PULSE_EXTERNAL_URL=receiver.url)
+    r = redis.Redis.from_url(services["PULSE_REDIS_URL"])
+    ensure_slot(scratch_db.config())
+    procs = {name: subprocess.Popen(pulse_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+             for name, args in (("produce", ("produce",)), ("redis", ("consume", "--sink", "redis")),
+                                ("bigquery", ("consume", "--sink", "bigquery")),
+                                ("external", ("consume", "--sink", "external")))}
+    try:
+        now = datetime.now(timezone.utc)
+        summary = generate(scratch_db.config(), GenerateSpec(
+            mode="bulk", count=6_000, since=now - timedelta(minutes=8), until=now, seed=5, chunk_rows=1_000))
+        cur = scratch_db.connect().cursor()
+        cur.execute("SELECT count(*), count(content_id) FROM engagement_events")
+        total, with_content = cur.fetchone()
+        assert total == summary.rows_written
+
+        def failed() -> list[str]:
+            return [f"{n}: {p.stderr.read()[-1500:]}" for n, p in procs.items() if p.poll() is not None]
+
+        def bq_ids() -> list[int]:
+            try:
+                return [row["event_id"] for row in bq.query(
+                    f"SELECT event_id FROM `{dataset}.engagement_events` ORDER BY event_id").result()]
+            except Exception:  # the table appears with the first load
+                return []
+
+        wait_for(lambda: _stats(r, prefix).get("events", 0) >= total or failed(), 120, "Redis to count every event")
+        try:
+            wait_for(lambda: receiver.stats()["unique"] >= total or failed(), 120, "the receiver to hold every event")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {receiver.stats()['unique']} of {total}") from None
+        wait_for(lambda: len(bq_ids()) >= total or failed(), 180, "BigQuery to hold every event")
+        assert not failed()
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            p.wait(60)
+        receiver.stop()
+    cur.execute("SELECT id FROM engagement_events ORDER BY id")
+    assert bq_ids() == [row[0] for row in cur.fetchall()]
+    assert _stats(r, prefix)["events"] == total
+    stats = receiver.stats()
+    assert stats["unique"] == total and stats["conflicts"] == 0 and stats["order_violations"] == 0
+    board = sum(s for _m, s in r.zrange(prefix + "events:10m", 0, -1, withscores=True))
+    assert board == with_content  # every event with a content id counted once
+    for key in r.scan_iter(match=prefix + "*", count=1000):
+        r.delete(key)
+    assert all(p.returncode == 0 for p in procs.values()), {n: p.returncode for n, p in procs.items()}
+    assert os.path.isdir(tmp_path / "spool")
