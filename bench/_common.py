@@ -8,6 +8,7 @@ import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
 from pulse.config import DatabaseConfig
@@ -66,7 +67,15 @@ class ScratchDatabase:
                     else:
                         cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
                 time.sleep(0.1)
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
+            # FORCE may not terminate an autovacuum worker (bootstrap superuser): retry until it is done.
+            for attempt in range(300):
+                try:
+                    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
+                    break
+                except psycopg2.errors.InsufficientPrivilege:
+                    if attempt == 299:
+                        raise
+                    time.sleep(0.2)
         conn.close()
 
 
