@@ -78,12 +78,13 @@ def status(
     console.print(f"pipeline pid {runtime['pid']}, reported {runtime['age_s']:.1f}s ago{stale}; "
                   f"events in {runtime['events_in']:,}; pending transactions {runtime['pending_txns']}")
     t = Table(title="sinks")
-    for col in ("sink", "durable position", "queued", "queue fill", "written", "retries", "last error"):
+    for col in ("sink", "durable position", "queued", "queue fill", "written", "retries", "last error", "details"):
         t.add_column(col)
     for name, s in runtime["sinks"].items():
         fill = f"{100 * s['queue_bytes'] / s['queue_max_bytes']:.1f}%"
+        details = "; ".join(f"{k}: {v}" for k, v in (s.get("details") or {}).items())
         t.add_row(name, s["durable"], f"{s['queue_events']:,}", fill, f"{s['written']:,}", str(s["retries"]),
-                  s["last_error"] or "")
+                  s["last_error"] or "", details)
     console.print(t)
 
 

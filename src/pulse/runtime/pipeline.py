@@ -395,6 +395,7 @@ class Pipeline:
                     "written": w.written,
                     "retries": w.retries,
                     "last_error": w.last_error,
+                    "details": _safe_status(w.sink),
                 }
                 for name, w in self.workers.items()
             },
@@ -456,3 +457,9 @@ class Pipeline:
         log.info("pipeline.stopped", events_in=self.events_in,
                  acked=lsn_to_str(reader.acked) if reader else None, graceful=graceful)
 
+
+def _safe_status(sink: Sink) -> dict:
+    try:
+        return dict(sink.status())
+    except Exception as exc:  # a status hook must never break the pipeline
+        return {"status_error": str(exc)}

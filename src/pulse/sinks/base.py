@@ -45,5 +45,9 @@ class Sink(ABC):
         """Make everything written durable; return the durable position (None: unchanged)."""
         return None
 
+    def status(self) -> dict[str, object]:
+        """Destination-specific counters for `pulse status` (cheap: no I/O)."""
+        return {}
+
     def close(self) -> None:
         """Release connections. Called once, after the last write or flush."""

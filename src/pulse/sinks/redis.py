@@ -88,6 +88,8 @@ class RedisSink(Sink):
         # max_pending_events).
         self._pending_events: list[EnrichedEvent] = []
         self._pending_since = 0.0
+        # Since this process started: what the board did not count, for `pulse status`.
+        self.counters = {"late": 0, "future": 0, "uncorrectable": 0, "corrections": 0, "replayed_batches": 0}
         self._written_content: dict[str, tuple] = {}
         self.last_result: dict[str, int] = {}
 
@@ -203,6 +205,10 @@ class RedisSink(Sink):
         log.info("redis.board.rebuilt", prefix=cfg.prefix, events=agg.events, position=str(position))
         return agg.events
 
+    def status(self) -> dict[str, object]:
+        return {"not counted": {k: v for k, v in self.counters.items() if k in ("late", "future", "uncorrectable")},
+                "corrections": self.counters["corrections"], "replayed batches": self.counters["replayed_batches"]}
+
     def _check_server(self) -> None:
         info = self._call(lambda: self.client.info("cluster"), "open")
         if info.get("cluster_enabled") and self.keys.hash_tag() is None:
@@ -298,9 +304,15 @@ class RedisSink(Sink):
             return
         if state == b"DUP":
             BOARD_REPLAYS.inc()
+            self.counters["replayed_batches"] += 1
         else:
             late, refused = int(result[2]), int(result[3])
             self.last_result = {"late": late, "refused": refused}
+            c = self.counters
+            c["late"] += late
+            c["future"] += agg.future
+            c["uncorrectable"] += agg.uncorrectable + refused
+            c["corrections"] += agg.corrections
             for reason, n in (("late", late), ("future", agg.future), ("uncorrectable", agg.uncorrectable + refused)):
                 if n:
                     BOARD_SKIPPED.labels(reason).inc(n)
