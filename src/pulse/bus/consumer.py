@@ -135,7 +135,13 @@ class SinkConsumer:
         last_flush = time.monotonic()
         try:
             while not self.stop_event.is_set():
-                msgs = consumer.consume(num_messages=self.cfg.batch_max_messages, timeout=0.2)
+                # consume(n, timeout) waits for n messages or the whole timeout: take
+                # what is there at once, and block only while there is nothing.
+                msgs = consumer.consume(num_messages=self.cfg.batch_max_messages, timeout=0)
+                if not msgs:
+                    msgs = consumer.consume(num_messages=1, timeout=0.2)
+                    if msgs:
+                        msgs += consumer.consume(num_messages=self.cfg.batch_max_messages - 1, timeout=0)
                 if msgs:
                     self._handle(msgs)
                 if time.monotonic() - last_flush > 1.0 or not msgs:
