@@ -54,11 +54,13 @@ def test_redis_bigquery_and_external_consumers_are_exact(scratch_db, services, k
     try:
         now = datetime.now(timezone.utc)
         summary = generate(scratch_db.config(), GenerateSpec(
-            mode="bulk", count=6_000, since=now - timedelta(minutes=8), until=now, seed=5, chunk_rows=1_000))
+            mode="bulk", count=6_000, since=now - timedelta(minutes=8), until=now, seed=5, chunk_rows=1_000,
+            anomalies=0.05))
         cur = scratch_db.connect().cursor()
         cur.execute("SELECT count(*), count(content_id) FROM engagement_events")
-        total, with_content = cur.fetchone()
-        assert total == summary.rows_written
+        total, _with_content = cur.fetchone()
+        # Deletes without old values (default replica identity) exercise the broadcast to every partition.
+        assert summary.deleted > 0 and total == summary.rows_written - summary.deleted
 
         def failed() -> list[str]:
             return [f"{n}: {p.stderr.read()[-1500:]}" for n, p in procs.items() if p.poll() is not None]
@@ -70,12 +72,15 @@ def test_redis_bigquery_and_external_consumers_are_exact(scratch_db, services, k
             except Exception:  # the table appears with the first load
                 return []
 
-        wait_for(lambda: _stats(r, prefix).get("events", 0) >= total or failed(), 120, "Redis to count every event")
+        changes = summary.rows_written + summary.updated + summary.deleted
+        wait_for(lambda: _stats(r, prefix).get("events", 0) >= changes or failed(), 120, "Redis to see every change")
         try:
-            wait_for(lambda: receiver.stats()["unique"] >= total or failed(), 120, "the receiver to hold every event")
+            wait_for(lambda: receiver.stats()["unique"] >= changes or failed(), 120, "the receiver to hold every event")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}: {receiver.stats()['unique']} of {total}") from None
-        wait_for(lambda: len(bq_ids()) >= total or failed(), 180, "BigQuery to hold every event")
+            raise AssertionError(f"{exc}: {receiver.stats()['unique']} of {changes}") from None
+        cur.execute("SELECT array_agg(id ORDER BY id) FROM engagement_events")
+        source_ids = cur.fetchone()[0]
+        wait_for(lambda: bq_ids() == source_ids or failed(), 180, "BigQuery to hold exactly the source's events")
         assert not failed()
     finally:
         for p in procs.values():
@@ -86,11 +91,11 @@ def test_redis_bigquery_and_external_consumers_are_exact(scratch_db, services, k
         receiver.stop()
     cur.execute("SELECT id FROM engagement_events ORDER BY id")
     assert bq_ids() == [row[0] for row in cur.fetchall()]
-    assert _stats(r, prefix)["events"] == total
+    # Every change seen (a broadcast delete once per partition); the board itself
+    # is checked against the in-process pipeline in test_kafka_equivalence.py.
+    assert _stats(r, prefix)["events"] >= changes
     stats = receiver.stats()
-    assert stats["unique"] == total and stats["conflicts"] == 0 and stats["order_violations"] == 0
-    board = sum(s for _m, s in r.zrange(prefix + "events:10m", 0, -1, withscores=True))
-    assert board == with_content  # every event with a content id counted once
+    assert stats["unique"] == changes and stats["conflicts"] == 0 and stats["order_violations"] == 0
     for key in r.scan_iter(match=prefix + "*", count=1000):
         r.delete(key)
     assert all(p.returncode == 0 for p in procs.values()), {n: p.returncode for n, p in procs.items()}

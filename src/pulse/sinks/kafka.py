@@ -71,6 +71,7 @@ class KafkaSink(Sink):
         self.producer = None
         self._errors: list[str] = []
         self._lock = threading.Lock()
+        self._partition_count: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "kafka") -> "KafkaSink":
@@ -93,11 +94,20 @@ class KafkaSink(Sink):
             with self._lock:
                 self._errors.append(str(err))
 
-    def _produce(self, topic: str, key: bytes, value: bytes | None, headers=None) -> None:
+    def _partitions(self) -> int:
+        if self._partition_count is None:
+            assert self.producer is not None
+            meta = self.producer.list_topics(self.cfg.topic, timeout=30)
+            self._partition_count = len(meta.topics[self.cfg.topic].partitions)
+        return self._partition_count
+
+    def _produce(self, topic: str, key: bytes, value: bytes | None, headers=None, partition: int | None = None) -> None:
         assert self.producer is not None
+        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery,
+                                      **extra)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: let deliveries drain
@@ -118,6 +128,15 @@ class KafkaSink(Sink):
         topic = self.cfg.topic
         for event in batch.events:
             key, value, headers = encode(event)
+            if event.op == "delete" and event.content_id is None:
+                # A DELETE without old values (default replica identity) does not
+                # know its content id, hence its partition: it goes to every
+                # partition, so in the one holding the event it lands after the
+                # insert (order within a partition). Destinations apply a delete
+                # idempotently; positions stay increasing in each partition.
+                for partition in range(self._partitions()):
+                    self._produce(topic, key, value, headers, partition=partition)
+                continue
             self._produce(topic, key, value, headers)
         remaining = self.producer.flush(self.flush_timeout_s)
         with self._lock:
