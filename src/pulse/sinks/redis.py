@@ -227,7 +227,13 @@ class RedisSink(Sink):
 
     def write(self, batch: Batch) -> Position:
         pending = self._pending
+        # Backfilled events are never folded in: the live stream already counted
+        # them, and the window is repaired by `rebuild` (a snapshot), not replayed.
         events = batch.events
+        if batch.backfill or any(e.backfill for e in events):
+            events = tuple(e for e in events if not e.backfill)
+            if not events:
+                return batch.last  # nothing to store: the skipped events need no durability
         # The runtime retries the same batch after a transient failure: what is
         # already buffered or stored is not folded in twice.
         upto = max(self.position, pending.last or ZERO)
