@@ -35,7 +35,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_ran
 
 from pulse import metrics
 from pulse.config import Settings
-from pulse.errors import PulseError, TerminalError, TransientError
+from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import Batch, Change, EnrichedEvent, Position
 from pulse.runtime.backfill import BackfillManager

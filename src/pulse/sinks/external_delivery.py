@@ -29,7 +29,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type
 from pulse.config import ExternalConfig
 from pulse.errors import ConfigError
 from pulse.log import get_logger
-from pulse.model import ZERO, Position
+from pulse.model import ZERO
 from pulse.sinks.external_outbox import Outbox, OutboxRow
 from pulse.sinks.external_signing import Signer, parse_retry_after
 
