@@ -110,6 +110,8 @@ def init_database(cfg: DatabaseConfig) -> dict[str, object]:
     conn = connect(cfg)
     try:
         with conn, conn.cursor() as cur:
+            # Workers may start together (compose, several consumers): one applies, the others wait and find it done.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('pulse.db_init'))")
             created = apply_source_schema(cur, cfg.source_schema)
             applied = apply_state_schema(cur, cfg.state_schema)
             pub = ensure_publication(cur, cfg.publication, cfg.source_schema, cfg.state_schema)

@@ -36,6 +36,9 @@ class PgTableSink(Sink):
         t = sql.Identifier(self.table)
         pos_t = sql.Identifier(self.table + "_position")
         with self.conn, self.conn.cursor() as cur:
+            # Several instances (one per Kafka partition) may open at once: CREATE
+            # TABLE IF NOT EXISTS is not safe against itself, so serialise it.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
             cur.execute(sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (event_id BIGINT NOT NULL, op TEXT NOT NULL, lsn BIGINT NOT NULL, "
                 "seq INT NOT NULL, content_type TEXT, engagement_seconds DOUBLE PRECISION, "
