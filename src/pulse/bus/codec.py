@@ -19,6 +19,10 @@ from pulse.model import EnrichedEvent, Position
 POSITION_HEADER = "pulse-position"
 BACKFILL_HEADER = "pulse-backfill"
 NULL_KEY = b"__null_content__"
+# Events without a content id go to this partition; a key-only DELETE goes to
+# every partition, its copies marked with BROADCAST_HEADER.
+NULL_PARTITION = 0
+BROADCAST_HEADER = "pulse-broadcast"
 
 
 def _ts(value: Any) -> datetime | None:
@@ -69,6 +73,10 @@ def encode(event: EnrichedEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]
 
 def decode(value: bytes) -> EnrichedEvent:
     return from_dict(orjson.loads(value))
+
+
+def is_broadcast_copy(headers: list[tuple[str, bytes]] | None) -> bool:
+    return any(name == BROADCAST_HEADER for name, _ in headers or ())
 
 
 def header_position(headers: list[tuple[str, bytes]] | None) -> Position | None:

@@ -29,6 +29,12 @@ class Sink(ABC):
     #: Short name used in config, metrics and logs.
     name: str = "sink"
 
+    #: Over Kafka, a DELETE without old values is copied to every partition so
+    #: it never overtakes its insert. A sink applying deletes by event id takes
+    #: every copy (True); a sink that must see each event once, in order per
+    #: content, takes only the copy in the null-content partition (False).
+    takes_broadcast_copies: bool = True
+
     def open(self) -> Position:
         """Connect and return the durable position stored in the destination (ZERO when none)."""
         return ZERO

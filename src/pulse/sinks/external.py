@@ -47,6 +47,8 @@ class ExternalSink(Sink):
 
     name = "external"
 
+    takes_broadcast_copies = False  # each event once, in order per content id
+
     def __init__(self, cfg: ExternalConfig, db: DatabaseConfig, *, name: str = "external",
                  client: HttpClient | None = None) -> None:
         if not cfg.url:

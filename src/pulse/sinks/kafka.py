@@ -19,7 +19,7 @@ import threading
 
 import orjson
 
-from pulse.bus.codec import encode
+from pulse.bus.codec import BROADCAST_HEADER, NULL_PARTITION, encode
 from pulse.config import KafkaConfig, Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
@@ -128,14 +128,20 @@ class KafkaSink(Sink):
         topic = self.cfg.topic
         for event in batch.events:
             key, value, headers = encode(event)
-            if event.op == "delete" and event.content_id is None:
-                # A DELETE without old values (default replica identity) does not
-                # know its content id, hence its partition: it goes to every
-                # partition, so in the one holding the event it lands after the
-                # insert (order within a partition). Destinations apply a delete
-                # idempotently; positions stay increasing in each partition.
-                for partition in range(self._partitions()):
-                    self._produce(topic, key, value, headers, partition=partition)
+            if event.content_id is None:
+                if event.op == "delete":
+                    # A DELETE without old values (default replica identity) does not
+                    # know its content id, hence its partition: it goes to every
+                    # partition, so in the one holding the event it lands after the
+                    # insert (order within a partition). Positions stay increasing in
+                    # each partition; sinks that need one copy only take the one in
+                    # NULL_PARTITION (see bus/consumer.py).
+                    copies = headers + [(BROADCAST_HEADER, b"1")]
+                    for partition in range(self._partitions()):
+                        self._produce(topic, key, value, copies, partition=partition)
+                    continue
+                # Events without a content id share one partition, in source order.
+                self._produce(topic, key, value, headers, partition=NULL_PARTITION)
                 continue
             self._produce(topic, key, value, headers)
         remaining = self.producer.flush(self.flush_timeout_s)
