@@ -20,6 +20,7 @@ from typing import Any
 from psycopg2 import sql
 
 from pulse.config import Settings
+from pulse.errors import TerminalError
 from pulse.log import get_logger
 from pulse.model import EnrichedEvent, Position
 from pulse.source.snapshot import exported_snapshot
@@ -31,12 +32,37 @@ log = get_logger(__name__)
 _COLUMNS = ("id", "content_id", "user_id", "event_type", "event_ts", "duration_ms", "device", "raw_payload")
 
 
+LIVE_WITHIN_S = 10.0
+
+
+def _refuse_if_live(settings: Settings, sink) -> None:
+    """Refuse while a Redis sink is writing the board.
+
+    The snapshot's consistent point can lie *behind* what a live sink already
+    applied (the other slot decodes ahead), and the swap would then drop those
+    events from the window. Until the sink can be paused around the snapshot,
+    the rebuild runs with the Redis writers stopped (the usual case: a lost
+    board stopped them with a terminal error).
+    """
+    meta = sink.client.hgetall(sink.keys.meta)
+    updated = meta.get(b"updated_ms")
+    if updated is not None:
+        age = datetime.now(timezone.utc).timestamp() - int(updated) / 1000
+        if age < LIVE_WITHIN_S:
+            raise TerminalError(
+                f"a Redis sink wrote the board under {settings.redis.prefix!r} {age:.1f}s ago",
+                hint="stop `pulse run` (or the `pulse consume --sink redis` workers), run the rebuild, start them "
+                     "again: they resume after the rebuild's position",
+            )
+
+
 def rebuild_redis(settings: Settings, clock=lambda: datetime.now(timezone.utc)) -> dict[str, Any]:
     """Rebuild the board of `settings.redis` for its window; returns a summary."""
     from pulse.sinks.redis import RedisSink
 
     sink = RedisSink(settings.redis, clock=clock)
     cfg = settings.database
+    _refuse_if_live(settings, sink)
     window = timedelta(seconds=settings.redis.window_s + settings.redis.bucket_s)
     try:
         with exported_snapshot(cfg) as (lsn, _name, conn):
