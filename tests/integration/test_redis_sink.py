@@ -470,3 +470,22 @@ def test_pulse_top_once_shows_the_board(scratch_db, services, rprefix):
                           env={**os.environ, "PULSE_REDIS_URL": _redis_url(services)}, capture_output=True, text=True)
     if proc.returncode == 0:  # `pulse top` is registered in cli/main.py
         assert '"c0"' in proc.stdout
+
+
+def test_a_bucket_created_between_ttl_refreshes_gets_its_ttl(services, rprefix):
+    """TTLs are refreshed at most once a second: a bucket first written in between must still get one."""
+    prefix, client = rprefix
+    now = Clock(datetime.now(timezone.utc))
+    sink = RedisSink(_config(_redis_url(services), prefix), clock=now)
+    sink.open()
+    try:
+        sink.write(Batch((_event(1, now.at),)))
+        sink.flush()
+        # Well within a second of the first write, a new bucket (another 10 s slot).
+        sink.write(Batch((_event(2, now.at - timedelta(seconds=3 * BUCKET)),)))
+        sink.flush()
+        keys = list(client.scan_iter(match=prefix + "w:b:*", count=1000))
+        assert len(keys) == 2
+        assert all(client.pttl(k) > 0 for k in keys), {k: client.pttl(k) for k in keys}
+    finally:
+        sink.close()

@@ -117,7 +117,6 @@ local function bucket_key(b)
   if not buckets[b] then
     buckets[b] = true
     redis.call('ZADD', idx, b, b)
-    if not refresh then redis.call('PEXPIREAT', bk, deadline) end
   end
   return bk
 end
@@ -227,6 +226,9 @@ if pos ~= '' then redis.call('HINCRBY', stats, 'batches', 1) end
 local fixed = {idx, acc, types, top, events, devices, etypes}
 for _, k in ipairs(fixed) do redis.call('PEXPIREAT', k, deadline) end
 for k, _ in pairs(tkeys) do redis.call('PEXPIREAT', k, deadline) end
+-- After the writes: a bucket created by this script did not exist before its
+-- HINCRBY, so an earlier PEXPIREAT would have been a no-op (a key without TTL).
+for b, _ in pairs(buckets) do redis.call('PEXPIREAT', P .. 'w:b:' .. b, deadline) end
 if refresh then
   for _, ctype in ipairs(redis.call('SMEMBERS', types)) do redis.call('PEXPIREAT', top .. ':' .. ctype, deadline) end
   for _, b in ipairs(redis.call('ZRANGE', idx, 0, -1)) do redis.call('PEXPIREAT', P .. 'w:b:' .. b, deadline) end
