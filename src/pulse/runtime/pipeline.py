@@ -309,8 +309,19 @@ class Pipeline:
         self.events_in += len(events)
         metrics.EVENTS_IN.inc(len(events))
         self._events_by_op(events)
+        if self._enqueue(events, size, self.workers.values()):
+            self.tracker.dispatched(events[-1].position)
+
+    def _dispatch_to(self, events: list[EnrichedEvent], sinks: list[str]) -> None:
+        """Backfill events: only to the run's target sinks."""
+        size = sum(e.size_hint() for e in events)
+        if self._enqueue(events, size, [self.workers[name] for name in sinks]):
+            self.tracker.dispatched(events[-1].position, sinks)
+
+    def _enqueue(self, events: list[EnrichedEvent], size: int, workers) -> bool:
+        """Put `events` on each worker's queue, skipping what it already has; False when stopping."""
         last = events[-1].position
-        for worker in self.workers.values():
+        for worker in workers:
             if last <= worker.enqueued:
                 continue  # this sink already has all of them (restart or reconnect replay)
             todo, todo_size = events, size
@@ -319,23 +330,10 @@ class Pipeline:
                 todo_size = sum(e.size_hint() for e in todo)
             while not worker.queue.put_many(todo, todo_size, timeout=0.5):
                 if self.stop_event.is_set():
-                    return
-                self._housekeeping()
+                    return False
+                self._housekeeping()  # backpressure: keep acknowledging while waiting
             worker.enqueued = last
-        self.tracker.dispatched(last)
-
-    def _dispatch_to(self, events: list[EnrichedEvent], sinks: list[str]) -> None:
-        """Backfill events: only to the run's target sinks."""
-        last = events[-1].position
-        size = sum(e.size_hint() for e in events)
-        for name in sinks:
-            worker = self.workers[name]
-            while not worker.queue.put_many(events, size, timeout=0.5):
-                if self.stop_event.is_set():
-                    return
-                self._housekeeping()
-            worker.enqueued = max(worker.enqueued, last)
-        self.tracker.dispatched(last, sinks)
+        return True
 
     @staticmethod
     def _events_by_op(events: list[EnrichedEvent]) -> None:
