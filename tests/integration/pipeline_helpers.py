@@ -98,3 +98,27 @@ def insert_events_bulk(cur, content_ids: list[str], start: int, n: int) -> None:
         "jsonb_build_object('g', g) FROM generate_series(%s, %s) g",
         (arr, len(content_ids), start, start + n - 1),
     )
+
+
+def kill_at_random(cmd: list[str], env: dict[str, str], rng, times: int, low: float, high: float, *,
+                   may_exit: bool = False, note: str = "") -> int:
+    """Start `cmd` `times` times and SIGKILL each run after a random delay in [low, high] s.
+
+    Returns the number of kills. A run that exits by itself fails the test,
+    unless `may_exit` (a command that can finish its work first).
+    """
+    import signal
+    import subprocess
+
+    kills = 0
+    for _ in range(times):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(low, high))
+            if not may_exit:
+                raise AssertionError(f"{cmd[1:]} exited by itself with {proc.returncode} {note}".rstrip())
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            kills += 1
+    return kills

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import signal
 import subprocess
 import threading
 
@@ -13,7 +12,7 @@ from pulse.runtime.backfill import BackfillSpec, get_run, submit
 from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.memory import MemorySink
 
-from .pipeline_helpers import Running, insert_content, insert_events_bulk, settings_for, wait_for
+from .pipeline_helpers import Running, insert_content, insert_events_bulk, kill_at_random, settings_for, wait_for
 from .test_source import _streaming, pulse_cmd, pulse_env
 
 
@@ -144,14 +143,7 @@ def test_backfill_killed_at_random_moments_and_rerun_finishes_exact(scratch_db, 
     env = pulse_env(scratch_db, PULSE_TESTSINKS__PGTABLE_URL=sink_db)
     args = pulse_cmd("backfill", "--min-id", "1", "--sinks", "pgtable", "--chunk-size", "700",
                      "--rate-limit", "8000")
-    rng = random.Random()
-    for _ in range(3):
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=rng.uniform(1.0, 2.5))
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(30)
+    kill_at_random(args, env, random.Random(), 3, 1.0, 2.5, may_exit=True)  # it may finish before a kill
     wait_for(lambda: not _streaming(cur, scratch_db.slot), 30, "the killed walsender to go")
     final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]

@@ -11,7 +11,7 @@ import psycopg2
 
 from pulse.source.slot import ensure_slot
 
-from .pipeline_helpers import insert_content, insert_events_bulk, wait_for
+from .pipeline_helpers import insert_content, insert_events_bulk, kill_at_random, wait_for
 from .test_source import pulse_cmd, pulse_env
 
 TOTAL = 100_000
@@ -90,16 +90,7 @@ def test_kill_9_at_random_moments_loses_and_repeats_nothing(scratch_db, sink_db)
     t.start()
     kills = 0
     try:
-        for _ in range(6):
-            proc = subprocess.Popen(pulse_cmd("run", "--sink", "pgtable"), env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                proc.wait(timeout=rng.uniform(0.8, 3.0))
-                raise AssertionError(f"pulse run exited by itself with {proc.returncode}")
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(30)
-                kills += 1
+        kills = kill_at_random(pulse_cmd("run", "--sink", "pgtable"), env, rng, 6, 0.8, 3.0)
         t.join(120)
         assert sum(written) == TOTAL
         final = subprocess.Popen(pulse_cmd("run", "--sink", "pgtable"), env=env,

@@ -20,7 +20,7 @@ from pulse.sinks.external import ExternalSink, sink_key
 from pulse.sinks.external_outbox import Outbox
 from pulse.source.slot import ensure_slot
 
-from .pipeline_helpers import Running, insert_content, insert_events, insert_events_bulk, wait_for
+from .pipeline_helpers import Running, insert_content, insert_events, insert_events_bulk, kill_at_random, wait_for
 from .test_crash import _reported_pid
 from .test_source import pulse_cmd, pulse_env
 
@@ -252,16 +252,7 @@ def test_kill_9_mid_delivery_loses_nothing_and_resends_under_the_original_ids(sc
     t.start()
     kills = 0
     try:
-        for _ in range(3):
-            proc = subprocess.Popen(pulse_cmd("run", "--sink", "external"), env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                proc.wait(timeout=rng.uniform(1.5, 3.0))
-                raise AssertionError(f"pulse run exited by itself with {proc.returncode} (seed {seed})")
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(30)
-                kills += 1
+        kills = kill_at_random(pulse_cmd("run", "--sink", "external"), env, rng, 3, 1.5, 3.0, note=f"(seed {seed})")
         t.join(60)
         expected = source_ids(cur)
         assert len(expected) == total

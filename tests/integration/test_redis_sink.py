@@ -35,7 +35,8 @@ from pulse.source.slot import ensure_slot
 
 from ..conftest import need, unique
 from .test_crash import _reported_pid
-from .pipeline_helpers import Running, insert_content, insert_events, insert_events_bulk, settings_for, wait_for
+from .pipeline_helpers import (Running, insert_content, insert_events, insert_events_bulk, kill_at_random,
+                               settings_for, wait_for)
 from .test_source import pulse_cmd, pulse_env
 
 WINDOW, BUCKET, SKEW = 600, 10, 60
@@ -269,16 +270,7 @@ def test_kill_9_at_random_moments_leaves_an_exact_board(scratch_db, services, rp
     t.start()
     kills = 0
     try:
-        for _ in range(4):
-            proc = subprocess.Popen(pulse_cmd("run", "--sink", "redis"), env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                proc.wait(timeout=rng.uniform(1.0, 3.0))
-                raise AssertionError(f"pulse run exited by itself with {proc.returncode} (seed {seed})")
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(30)
-                kills += 1
+        kills = kill_at_random(pulse_cmd("run", "--sink", "redis"), env, rng, 4, 1.0, 3.0, note=f"(seed {seed})")
         t.join(120)
         assert done.is_set()
         final = subprocess.Popen(pulse_cmd("run", "--sink", "redis"), env=env,
