@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -142,24 +143,19 @@ def drop_database(admin, name: str, timeout: float = 60.0) -> None:
             time.sleep(0.2)
 
 
-@pytest.fixture
-def scratch_db(services) -> ScratchDb:
+@contextmanager
+def _database(base: str, prefix: str):
+    """A new empty database next to `base`; yields (name, url); dropped (slots first) afterwards."""
     import psycopg2
     from psycopg2 import sql
 
-    from pulse.config import DatabaseConfig
-    from pulse.schema import init_database
-
-    base = services["PULSE_DATABASE_URL"]
-    name = unique("pulse_t")
+    name = unique(prefix)
     admin = psycopg2.connect(base)
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    db = ScratchDb(name=name, url=_with_db(base, name), admin_url=base, slot=unique("slot"), publication=unique("pub"))
-    init_database(DatabaseConfig(url=db.url, publication=db.publication))
     try:
-        yield db
+        yield name, _with_db(base, name)
     finally:
         drop_slots(base, name)
         drop_database(admin, name)
@@ -167,22 +163,22 @@ def scratch_db(services) -> ScratchDb:
 
 
 @pytest.fixture
-def sink_db(services) -> str:
-    """URL of an empty throwaway database, for durable test sinks."""
-    import psycopg2
-    from psycopg2 import sql
+def scratch_db(services) -> ScratchDb:
+    from pulse.config import DatabaseConfig
+    from pulse.schema import init_database
 
     base = services["PULSE_DATABASE_URL"]
-    name = unique("pulse_sink")
-    admin = psycopg2.connect(base)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield _with_db(base, name)
-    finally:
-        drop_database(admin, name)
-        admin.close()
+    with _database(base, "pulse_t") as (name, url):
+        db = ScratchDb(name=name, url=url, admin_url=base, slot=unique("slot"), publication=unique("pub"))
+        init_database(DatabaseConfig(url=db.url, publication=db.publication))
+        yield db
+
+
+@pytest.fixture
+def sink_db(services) -> str:
+    """URL of an empty throwaway database, for durable test sinks."""
+    with _database(services["PULSE_DATABASE_URL"], "pulse_sink") as (_name, url):
+        yield url
 
 
 @pytest.fixture
