@@ -223,6 +223,11 @@ class BigQueryConfig(_Section):
         description="Load earlier than load_interval_s once the spool holds this many bytes; also the most "
         "Parquet bytes one load job takes.",
     )
+    direct_load: bool = Field(
+        default=True,
+        description="Batch mode: load a group of fresh inserts (no id of it in the table yet) straight into the "
+        "table, skipping the staging table and the MERGE; false always MERGEs.",
+    )
     upload_in_process: bool = Field(
         default=True,
         description="Batch mode: run the loader inside the sink (`pulse run`); false when a separate "

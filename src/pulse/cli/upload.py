@@ -64,6 +64,11 @@ def upload(
         for d in dirs:
             if d not in loaders:
                 loaders[d] = Loader(tables, Spool(d), bq)
+        if len(dirs) > 1:
+            # Partition spools: an event id can move between partitions, so no
+            # loader is the table's single writer; always MERGE.
+            for loader in loaders.values():
+                loader.direct = False
         return list(loaders.values())
 
     refresh()

@@ -95,7 +95,7 @@ class BigQuerySink(Sink):
             # The spool knows the position; BigQuery is only needed by the loader.
             log.warning("bigquery.unreachable_at_open", error=str(exc), position=str(local))
             ready = False
-        self.loader = Loader(self.tables, self.spool, self.cfg)
+        self.loader = Loader(self.tables, self.spool, self.cfg, direct=not self.partitioned)
         if self.cfg.upload_in_process:
             self.loader_thread = LoaderThread(self.loader, ensure=None if ready else self.tables.ensure)
             self.loader_thread.start()

@@ -9,6 +9,19 @@ transaction), records the position locally, deletes the files, then drops the
 staging table. A crash between any two steps leaves the files in the spool;
 the next run repeats the steps, and every step is idempotent, so the table
 ends the same (docs/sinks/bigquery.md, "Why it is exact").
+
+The direct path skips the staging table and the MERGE when they cannot
+matter: a group whose rows are one insert per event id, none of whose ids
+the table holds yet (one `count(*)` over the group's id range, under the
+spool lock, so no other loader of this table runs meanwhile), is loaded
+straight into the table (WRITE_APPEND; a load job is atomic), then the
+state row is stored. A crash between the load and the state row leaves the
+files; the next attempt finds the ids present and takes the MERGE path,
+which changes nothing (same positions) and stores the state. A load the
+table refuses (a value it rejects) falls back to the MERGE path too, so bad
+rows still reach the dead-letter table. Only for a sink that is the table's
+single writer (`direct`: not a Kafka partition instance, where one event id
+can move between partitions when its content id changes).
 """
 
 from __future__ import annotations
@@ -19,6 +32,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pulse.config import BigQueryConfig
@@ -211,16 +226,48 @@ class Tables:
                                 position=(position.lsn, position.seq))
         self.query(script, "apply (MERGE)")
 
+    def rows_in_id_range(self, low: int, high: int) -> int:
+        rows = self.query(f"SELECT count(*) FROM {self.ref(self.table)} WHERE event_id BETWEEN {int(low)} AND "
+                          f"{int(high)}", "id range check")
+        return int(rows[0][0])
+
+    def store_position(self, position: Position) -> None:
+        self.query(S.state_script(state=self.ref(S.STATE_TABLE), table_name=self.table,
+                                  position=(position.lsn, position.seq)), "state row")
+
+    def load_direct(self, path) -> int:
+        """Append a Parquet file's rows to the table itself (one atomic load job); returns the rows loaded."""
+        bigquery = import_bigquery()
+        job_config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET,
+            schema=S.final_schema(),
+            write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+        )
+        opts = bigquery.ParquetOptions()
+        opts.enable_list_inference = True
+        job_config.parquet_options = opts
+        try:
+            with open(path, "rb") as fh:
+                job = self.client.load_table_from_file(fh, self.id(self.table), job_config=job_config,
+                                                       job_id_prefix="pulse_direct_", timeout=self.timeout)
+            job.result(timeout=self.timeout, retry=self.retry)
+        except Exception as exc:
+            raise classify(exc, "direct load") from exc
+        return int(job.output_rows or 0)
+
 
 class Loader:
     """Applies spool files to the table: the sink's background thread and `pulse upload`."""
 
-    def __init__(self, tables: Tables, spool: Spool, cfg: BigQueryConfig) -> None:
+    def __init__(self, tables: Tables, spool: Spool, cfg: BigQueryConfig, *, direct: bool | None = None) -> None:
         self.tables = tables
         self.spool = spool
         self.cfg = cfg
+        self.direct = cfg.direct_load if direct is None else (direct and cfg.direct_load)
         self.loaded_files = 0
         self.loaded_rows = 0
+        self.direct_loads = 0
+        self.merge_loads = 0
         self.last_error: str | None = None
 
     def due(self, now: float | None = None) -> bool:
@@ -273,28 +320,58 @@ class Loader:
     def _apply(self, group: list[SpoolFile]) -> None:
         t0 = time.monotonic()
         last = group[-1].last
-        key = group[0].path.stem.replace("-", "_")  # deterministic: the same group reuses its staging table
-        staging = self.tables.staging(key)
         upload = self._combined(group)
         try:
-            rows = self._load_staging(staging, upload)
-            self.tables.apply(self.tables.ref(staging), last)
+            rows = None
+            if self.direct:
+                bounds = _direct_bounds(group)
+                if bounds is not None:
+                    rows = self._try_direct(upload, bounds, last)
+            path = "direct" if rows is not None else "merge"
+            if rows is None:
+                rows = self._apply_merge(group, upload, last)
         finally:
             if upload != group[0].path:
                 upload.unlink(missing_ok=True)
         # Order: the table (and its state row) first, then the local position, then the files.
         self.spool.write_position(last)
         self.spool.remove(group)
+        self.loaded_files += len(group)
+        self.loaded_rows += rows
+        self.last_error = None
+        log.info("bigquery.loaded", files=len(group), rows=rows, path=path, position=str(last),
+                 seconds=round(time.monotonic() - t0, 3))
+
+    def _try_direct(self, upload, bounds: tuple[int, int], last: Position) -> int | None:
+        """Load the group into the table when none of its ids are there; None when the MERGE path must run."""
+        if self.tables.rows_in_id_range(*bounds) != 0:
+            self.merge_loads += 1
+            return None
+        try:
+            rows = self.tables.load_direct(upload)
+        except TransientError:
+            raise
+        except PulseError as exc:
+            # A value the table refuses (e.g. a payload its JSON type rejects):
+            # the job changed nothing; the MERGE path dead-letters the bad rows.
+            log.warning("bigquery.direct_load_refused", error=str(exc)[:300], action="applying with MERGE")
+            self.merge_loads += 1
+            return None
+        self.tables.store_position(last)
+        self.direct_loads += 1
+        return rows
+
+    def _apply_merge(self, group: list[SpoolFile], upload, last: Position) -> int:
+        key = group[0].path.stem.replace("-", "_")  # deterministic: the same group reuses its staging table
+        staging = self.tables.staging(key)
+        rows = self._load_staging(staging, upload)
+        self.tables.apply(self.tables.ref(staging), last)
         try:
             self.tables.client.delete_table(self.tables.id(staging), not_found_ok=True, retry=self.tables.retry,
                                             timeout=self.tables.timeout)
         except Exception as exc:  # the staging table expires by itself anyway
             log.warning("bigquery.staging_drop_failed", table=staging, error=str(exc)[:200])
-        self.loaded_files += len(group)
-        self.loaded_rows += rows
-        self.last_error = None
-        log.info("bigquery.loaded", files=len(group), rows=rows, position=str(last),
-                 seconds=round(time.monotonic() - t0, 3))
+        return rows
 
     def _combined(self, group: list[SpoolFile]):
         """One Parquet file for the group (the file itself when the group is one file)."""
@@ -340,6 +417,28 @@ class Loader:
             raise
         except Exception as exc:
             raise classify(exc, "load job") from exc
+
+
+def _direct_bounds(group: list[SpoolFile]) -> tuple[int, int] | None:
+    """The group's (lowest, highest) event id when it is one insert / update per id and no delete, else None.
+
+    Only the two columns are read: a MERGE into a table without these ids
+    would insert exactly these rows, so a plain load does the same.
+    """
+    ids, ops = [], []
+    for f in group:
+        t = pq.read_table(f.path, columns=["event_id", "op"])
+        ids.append(t.column("event_id"))
+        ops.append(t.column("op"))
+    all_ids = pa.chunked_array([c for col in ids for c in col.chunks], pa.int64())
+    n = len(all_ids)
+    if n == 0 or pc.any(pc.equal(pa.chunked_array([c for col in ops for c in col.chunks], pa.string()),
+                                 "delete")).as_py():
+        return None
+    if pc.count_distinct(all_ids).as_py() != n:
+        return None
+    bounds = pc.min_max(all_ids).as_py()
+    return int(bounds["min"]), int(bounds["max"])
 
 
 class LoaderThread(threading.Thread):

@@ -256,14 +256,23 @@ ON T.event_id = S.event_id
 WHEN MATCHED AND S.op = 'delete' AND {_NEWER} THEN DELETE
 WHEN MATCHED AND S.op != 'delete' AND {_NEWER} THEN UPDATE SET {updates}
 WHEN NOT MATCHED AND S.op != 'delete' THEN INSERT ({cols}) VALUES ({values});
-MERGE {state} T
+{_state_merge(state, name, lsn, seq)}
+COMMIT TRANSACTION;"""
+
+
+def _state_merge(state: str, name: str, lsn: int, seq: int) -> str:
+    return f"""MERGE {state} T
 USING (SELECT '{name}' AS table_name, {lsn} AS source_lsn, {seq} AS source_seq) S
 ON T.table_name = S.table_name
 WHEN MATCHED AND {_NEWER} THEN UPDATE SET source_lsn = S.source_lsn, source_seq = S.source_seq,
   updated_ts = CURRENT_TIMESTAMP()
 WHEN NOT MATCHED THEN INSERT (table_name, source_lsn, source_seq, updated_ts)
-  VALUES (S.table_name, S.source_lsn, S.source_seq, CURRENT_TIMESTAMP());
-COMMIT TRANSACTION;"""
+  VALUES (S.table_name, S.source_lsn, S.source_seq, CURRENT_TIMESTAMP());"""
+
+
+def state_script(*, state: str, table_name: str, position: tuple[int, int]) -> str:
+    """The state row alone (after a direct load): moves only forward."""
+    return _state_merge(state, table_name.replace("'", ""), int(position[0]), int(position[1]))
 
 
 def changelog_window(changelog: str, low: tuple[int, int], high: tuple[int, int]) -> str:

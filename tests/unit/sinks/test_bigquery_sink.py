@@ -31,9 +31,12 @@ def test_classify_sorts_errors():
 
 
 class FakeTables:
-    def __init__(self, fail=None):
+    def __init__(self, fail=None, present=0, direct_fail=None):
         self.applied = []
         self.fail = fail
+        self.present = present  # rows the fake table holds in any id range
+        self.direct_fail = direct_fail
+        self.calls = []
         self.client = SimpleNamespace(delete_table=lambda *a, **k: None)
         self.retry = None
         self.timeout = 1
@@ -46,6 +49,22 @@ class FakeTables:
 
     def id(self, t):
         return t
+
+    def rows_in_id_range(self, low, high):
+        self.calls.append(("range", low, high))
+        return self.present
+
+    def load_direct(self, path):
+        self.calls.append(("direct", path.name))
+        if self.direct_fail:
+            raise self.direct_fail
+        return 1
+
+    def store_position(self, pos):
+        self.calls.append(("state", pos))
+
+    def apply(self, src, pos):
+        self.calls.append(("merge", pos))
 
 
 class FakeLoader(L.Loader):
@@ -77,6 +96,71 @@ def test_loader_applies_files_in_order_records_position_then_deletes(tmp_path):
     loader = FakeLoader(tables, spool, BigQueryConfig(load_max_bytes=10**9))
     assert loader.drain() == 3
     assert spool.files() == [] and spool.read_position() == Position(3, 0)
+
+
+def _spool_of(tmp_path, events):
+    from pulse.sinks.bigquery_schema import to_arrow
+
+    s = Spool(tmp_path)
+    for ev in events:
+        s.append(to_arrow([ev]), ev.position, ev.position)
+    return s
+
+
+def _kinds(tables):
+    return [c[0] for c in tables.calls]
+
+
+def test_fresh_inserts_are_loaded_directly_then_the_state_row(tmp_path):
+    spool = _spool_of(tmp_path, [_ev(i, Position(i, 0)) for i in (5, 3, 9)])
+    tables = FakeTables(present=0)
+    loader = L.Loader(tables, spool, BigQueryConfig(load_max_bytes=10**9))
+    assert loader.drain() == 3
+    assert tables.calls[0] == ("range", 3, 9)
+    assert _kinds(tables) == ["range", "direct", "state"] and tables.calls[-1] == ("state", Position(9, 0))
+    assert loader.direct_loads == 1 and spool.files() == [] and spool.read_position() == Position(9, 0)
+
+
+def test_ids_already_in_the_table_take_the_merge(tmp_path):
+    # Also the crash after a direct load and before its state row: the rows are there now.
+    spool = _spool_of(tmp_path, [_ev(i, Position(i, 0)) for i in (1, 2)])
+    tables = FakeTables(present=2)
+    loader = FakeLoader(tables, spool, BigQueryConfig(load_max_bytes=10**9))
+    assert loader.drain() == 2
+    assert _kinds(tables) == ["range", "merge"] and loader.merge_loads == 1
+
+
+@pytest.mark.parametrize("events", [
+    [_ev(1, Position(1, 0)), _ev(1, Position(2, 0))],  # two changes of one id: the MERGE picks the newest
+    [_ev(1, Position(1, 0)), _ev(2, Position(2, 0))._replace(op="delete")],
+], ids=["repeated-id", "delete"])
+def test_groups_a_plain_load_cannot_apply_take_the_merge(tmp_path, events):
+    tables = FakeTables(present=0)
+    loader = FakeLoader(tables, _spool_of(tmp_path, events), BigQueryConfig(load_max_bytes=10**9))
+    loader.drain()
+    assert _kinds(tables) == ["merge"]
+
+
+def test_a_refused_direct_load_falls_back_to_the_merge(tmp_path):
+    tables = FakeTables(present=0, direct_fail=TerminalError("BigQuery direct load: Malformed JSON"))
+    loader = FakeLoader(tables, _spool_of(tmp_path, [_ev(1, Position(1, 0))]), BigQueryConfig())
+    loader.drain()
+    assert _kinds(tables) == ["range", "direct", "merge"]
+
+
+def test_an_unreachable_table_during_a_direct_load_keeps_the_files(tmp_path):
+    spool = _spool_of(tmp_path, [_ev(1, Position(1, 0))])
+    loader = L.Loader(FakeTables(direct_fail=TransientError("down")), spool, BigQueryConfig())
+    with pytest.raises(TransientError):
+        loader.load_once()
+    assert len(spool.files()) == 1 and spool.read_position() == Position(0, 0)
+
+
+def test_direct_loads_can_be_switched_off(tmp_path):
+    tables = FakeTables(present=0)
+    loader = FakeLoader(tables, _spool_of(tmp_path, [_ev(1, Position(1, 0))]), BigQueryConfig(direct_load=False))
+    loader.drain()
+    assert _kinds(tables) == ["merge"]
 
 
 def test_loader_failure_keeps_files(tmp_path):
