@@ -40,6 +40,10 @@ class ContentCache:
     def __contains__(self, content_id: object) -> bool:
         return content_id in self._rows
 
+    def items(self):
+        """(content id, ContentInfo) pairs, for the columnar enrichment's lookup table."""
+        return self._rows.items()
+
     def put_row(self, row: dict[str, Any]) -> None:
         self._rows[row["id"]] = ContentInfo(
             slug=row.get("slug"),
