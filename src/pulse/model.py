@@ -129,6 +129,9 @@ class Batch:
 
     events: tuple[EnrichedEvent, ...]
     backfill: bool = False
+    # A backfill's destinations, for a sink that relays to other workers (Kafka):
+    # `pulse consume` workers of other sinks skip the batch's events.
+    targets: tuple[str, ...] | None = None
 
     @property
     def last(self) -> Position:

@@ -18,6 +18,8 @@ from pulse.model import EnrichedEvent, Position
 
 POSITION_HEADER = "pulse-position"
 BACKFILL_HEADER = "pulse-backfill"
+# On backfill events: the comma-separated sinks the backfill is for.
+TARGETS_HEADER = "pulse-targets"
 NULL_KEY = b"__null_content__"
 # Events without a content id go to this partition; a key-only DELETE goes to
 # every partition, its copies marked with BROADCAST_HEADER.
@@ -62,13 +64,24 @@ def from_dict(doc: dict[str, Any]) -> EnrichedEvent:
     )
 
 
-def encode(event: EnrichedEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """(key, value, headers) of one event."""
+def encode(event: EnrichedEvent, targets: tuple[str, ...] | None = None) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) of one event; `targets`: a backfill's destinations."""
     key = event.content_id.encode() if event.content_id else NULL_KEY
     headers = [(POSITION_HEADER, str(event.position).encode())]
     if event.backfill:
         headers.append((BACKFILL_HEADER, b"1"))
+        if targets:
+            headers.append((TARGETS_HEADER, ",".join(targets).encode()))
     return key, orjson.dumps(to_dict(event)), headers
+
+
+def is_for(headers: list[tuple[str, bytes]] | None, sink: str) -> bool:
+    """False for a backfill event whose targets leave out `sink` (its base name, before '@')."""
+    base = sink.split("@", 1)[0]
+    for name, value in headers or ():
+        if name == TARGETS_HEADER:
+            return base in value.decode().split(",")
+    return True
 
 
 def decode(value: bytes) -> EnrichedEvent:

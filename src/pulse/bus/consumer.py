@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
-from pulse.bus.codec import NULL_PARTITION, decode, header_position, is_broadcast_copy
+from pulse.bus.codec import NULL_PARTITION, decode, header_position, is_broadcast_copy, is_for
 from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
@@ -184,8 +184,10 @@ class SinkConsumer:
                 if pos is None:
                     raise TerminalError(f"message at {m.topic()}/{p}@{m.offset()} has no position header",
                                         hint="only `pulse produce` may write to this topic")
+                headers = m.headers()
                 if pos <= part.position or (
-                        p != NULL_PARTITION and not part.sink.takes_broadcast_copies and is_broadcast_copy(m.headers())):
+                        p != NULL_PARTITION and not part.sink.takes_broadcast_copies and is_broadcast_copy(headers)) or (
+                        not is_for(headers, part.sink.name)):
                     self.skipped += 1
                     continue
                 events.append(decode(m.value()))

@@ -52,8 +52,6 @@ def backfill(
     targets = tuple(s.strip() for s in sinks.split(",") if s.strip()) if sinks else DEFAULT_SINKS
     if since is None and until is None and min_id is None and max_id is None and targets != ("redis",):
         raise typer.BadParameter("give a range: --since/--until and/or --min-id/--max-id")
-    if kafka:
-        targets = ("kafka",)
     cfg = common.settings(database={"url": database_url, "slot": slot})
     from pulse.schema import init_database
 

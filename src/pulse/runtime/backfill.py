@@ -19,6 +19,11 @@ position, `(hw_lsn, hw_seq + i)`: after every change the read saw, before
 every change it did not. Each destination, applying changes by event id in
 position order, therefore ends with every event's latest committed state.
 
+Chunks are read with `COPY ... (FORMAT csv)` into Arrow (`transform/columnar.py`)
+and leave the dispatcher as one `BackfillChunk`: a sink that takes columns
+(BigQuery) gets it enriched column-wise, the others as events, enriched by
+their own worker thread with the content cache copied at the watermark.
+
 Resumable: a run is identified by its arguments (`run_id`); `last_id` moves
 only after a chunk is durable in every target sink, so a killed run, rerun
 with the same arguments, continues after its last durable chunk (at most that
@@ -37,13 +42,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg2
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg2 import sql
 
 from pulse.config import DatabaseConfig
 from pulse.errors import ConfigError
 from pulse.log import get_logger
-from pulse.model import Change, EnrichedEvent, Position
+from pulse.model import Change, Position
 from pulse.schema import connect
+from pulse.transform.columnar import BackfillChunk, chunk_query, read_chunk
 
 if TYPE_CHECKING:
     from pulse.runtime.pipeline import Pipeline
@@ -156,7 +164,7 @@ def list_runs(cur, cfg: DatabaseConfig, limit: int = 20) -> list[dict[str, Any]]
 class _Window:
     run_id: str
     chunk: int
-    rows: list[dict[str, Any]] | None = None
+    rows: pa.Table | None = None  # the chunk as read (columnar.RAW_SCHEMA)
     low_seen: bool = False
     changed: set[int] = field(default_factory=set)
     emitted: threading.Event = field(default_factory=threading.Event)
@@ -219,8 +227,8 @@ class BackfillManager:
             if window.low_seen:
                 window.changed.add(event_id)
 
-    def on_watermark(self, change: Change) -> list[EnrichedEvent] | None:
-        """A watermark passed in the stream; at a high watermark, the chunk's surviving events."""
+    def on_watermark(self, change: Change) -> BackfillChunk | None:
+        """A watermark passed in the stream; at a high watermark, the chunk's surviving rows."""
         row = change.new
         if not row:
             return None
@@ -232,23 +240,21 @@ class BackfillManager:
             return None
         if not window.low_seen or window.rows is None:
             return None
-        from pulse.transform.enrich import enrich_row
-
-        now = self.pipeline.clock()
-        events = []
-        seq = change.position.seq
-        for r in window.rows:
-            if r["id"] in window.changed:
-                window.superseded += 1
-                continue
-            seq += 1
-            events.append(enrich_row(r, op="insert", position=Position(change.position.lsn, seq),
-                                     commit_ts=change.commit_ts, cache=self.pipeline.cache, now=now, backfill=True))
-        window.last_position = Position(change.position.lsn, seq)
+        raw = window.rows
+        changed = [i for i in window.changed if i is not None]
+        if changed:
+            keep = pc.invert(pc.is_in(raw.column("id"), value_set=pa.array(changed, pa.int64())))
+            raw = raw.filter(keep)
+            window.superseded += window.rows.num_rows - raw.num_rows
+        job = self.jobs.get(window.run_id)
+        chunk = BackfillChunk(raw, lsn=change.position.lsn, first_seq=change.position.seq + 1,
+                              commit_ts=change.commit_ts, now=self.pipeline.clock(), cache=self.pipeline.cache,
+                              targets=job.relayed if job is not None and job.relayed else None)
+        window.last_position = Position(change.position.lsn, change.position.seq + raw.num_rows)
         with self._lock:
             self.windows.pop(window.run_id, None)
         window.emitted.set()
-        return events
+        return chunk if raw.num_rows else None
 
     def targets(self, run_id: str) -> list[str]:
         job = self.jobs.get(run_id)
@@ -262,7 +268,8 @@ class BackfillJob(threading.Thread):
         self.cfg = manager.cfg
         self.run_id = run_id
         self.stop_event = threading.Event()
-        self.sinks: tuple[str, ...] = ()
+        self.sinks: tuple[str, ...] = ()  # the pipeline's sinks that receive the chunks
+        self.relayed: tuple[str, ...] = ()  # targets reached through a relaying sink (Kafka)
 
     def run(self) -> None:
         try:
@@ -294,11 +301,16 @@ class BackfillJob(threading.Thread):
         st = sql.Identifier(self.cfg.state_schema)
         try:
             run = get_run(cur, self.cfg, self.run_id)
+            local = [s for s in run["sinks"] if s in pipeline.workers]
             missing = [s for s in run["sinks"] if s not in pipeline.workers]
-            if missing:
+            relays = [n for n, w in pipeline.workers.items() if w.sink.relays]
+            if missing and not relays:
                 raise ConfigError(f"backfill targets {missing} are not sinks of this pipeline",
-                                  hint=f"run the pipeline with --sink {' --sink '.join(missing)}")
-            self.sinks = tuple(run["sinks"])
+                                  hint=f"run the pipeline with --sink {' --sink '.join(missing)}, or publish "
+                                       "to Kafka (pulse produce) for `pulse consume` workers")
+            # Targets without a sink here go through Kafka, marked with their names.
+            self.relayed = tuple(missing)
+            self.sinks = tuple(local + (relays if missing else []))
             cur.execute(sql.SQL("UPDATE {}.backfill_runs SET state = 'running', "
                                 "started_at = coalesce(started_at, now()), updated_at = now() "
                                 "WHERE run_id = %s").format(st), (self.run_id,))
@@ -312,16 +324,9 @@ class BackfillJob(threading.Thread):
                     self.manager.windows[self.run_id] = window
                 self._watermark(cur, chunk, "low")
                 where, params = _where(run)
-                cur.execute(
-                    sql.SQL("SELECT id, content_id::text, user_id::text, event_type, event_ts, duration_ms, device, "
-                            "raw_payload::text FROM {}.engagement_events WHERE ").format(
-                        sql.Identifier(self.cfg.source_schema)) + where + sql.SQL(" ORDER BY id LIMIT %s"),
-                    [*params, run["chunk_size"]],
-                )
-                names = ("id", "content_id", "user_id", "event_type", "event_ts", "duration_ms", "device",
-                         "raw_payload")
-                window.rows = [dict(zip(names, r)) for r in cur.fetchall()]
-                if not window.rows:
+                window.rows = read_chunk(cur, chunk_query(self.cfg.source_schema, where),
+                                         [*params, run["chunk_size"]])
+                if window.rows.num_rows == 0:
                     with self.manager._lock:
                         self.manager.windows.pop(self.run_id, None)
                     cur.execute(sql.SQL("UPDATE {}.backfill_runs SET state = 'done', finished_at = now(), "
@@ -334,17 +339,18 @@ class BackfillJob(threading.Thread):
                 last = window.last_position
                 if last is not None and not self._wait(lambda: self._durable(last)):
                     return
-                run["last_id"] = window.rows[-1]["id"]
-                emitted = len(window.rows) - window.superseded
+                read = window.rows.num_rows
+                run["last_id"] = window.rows.column("id")[-1].as_py()
+                emitted = read - window.superseded
                 cur.execute(
                     sql.SQL("UPDATE {}.backfill_runs SET last_id = %s, rows_read = rows_read + %s, "
                             "rows_emitted = rows_emitted + %s, rows_superseded = rows_superseded + %s, "
                             "chunks = %s, updated_at = now() WHERE run_id = %s").format(st),
-                    (run["last_id"], len(window.rows), emitted, window.superseded, chunk, self.run_id),
+                    (run["last_id"], read, emitted, window.superseded, chunk, self.run_id),
                 )
                 if run["rate_limit"] > 0:
                     # Rows per second over the chunk, including the read and the wait.
-                    pause = len(window.rows) / run["rate_limit"] - (time.monotonic() - started)
+                    pause = read / run["rate_limit"] - (time.monotonic() - started)
                     if pause > 0:
                         self.stop_event.wait(pause)
         finally:

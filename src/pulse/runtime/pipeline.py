@@ -47,6 +47,7 @@ from pulse.source.changes import ChangeAssembler, Truncated, TxnEnd
 from pulse.source.pgoutput import PgOutputDecoder, lsn_to_str
 from pulse.source.replication import ReaderFailed, Reconnected, ReplicationReader
 from pulse.source.slot import ensure_slot
+from pulse.transform.columnar import BackfillChunk
 from pulse.transform.content_cache import ContentCache, load_content
 from pulse.transform.enrich import enrich_change
 
@@ -107,6 +108,31 @@ class SinkWorker(threading.Thread):
             self.durable = pos
             self.tracker.durable(self.sink.name, pos)
 
+    def _write(self, part: "list[EnrichedEvent] | BackfillChunk") -> None:
+        name = self.sink.name
+        if type(part) is BackfillChunk:
+            chunk: BackfillChunk = part  # type: ignore[assignment]
+            if self.sink.accepts_columns:
+                self._advance(self._retrying()(self.sink.write_columns, chunk.table(), chunk.first, chunk.last))
+            else:
+                events = chunk.events()
+                for i in range(0, len(events), self.batch_max):
+                    self._advance(self._retrying()(self.sink.write, Batch(tuple(events[i:i + self.batch_max]),
+                                                                          backfill=True, targets=chunk.targets)))
+            self.written += len(chunk)
+            metrics.EVENTS_OUT.labels(name).inc(len(chunk))
+            return
+        events: list[EnrichedEvent] = part  # type: ignore[no-redef]
+        batch = Batch(tuple(events), backfill=events[0].backfill)
+        self._advance(self._retrying()(self.sink.write, batch))
+        self.written += len(events)
+        metrics.EVENTS_OUT.labels(name).inc(len(events))
+        now = time.time()
+        hist = metrics.E2E.labels(name)
+        for ev in events:
+            if ev.commit_ts is not None:
+                hist.observe(now - ev.commit_ts.timestamp())
+
     def run(self) -> None:
         name = self.sink.name
         try:
@@ -119,16 +145,11 @@ class SinkWorker(threading.Thread):
                     if self.draining.is_set() and len(self.queue) == 0:
                         return
                     continue
-                batch = Batch(tuple(events), backfill=events[0].backfill)
-                pos = self._retrying()(self.sink.write, batch)
-                self._advance(pos)
-                self.written += len(events)
-                metrics.EVENTS_OUT.labels(name).inc(len(events))
-                now = time.time()
-                hist = metrics.E2E.labels(name)
-                for ev in events:
-                    if ev.commit_ts is not None:
-                        hist.observe(now - ev.commit_ts.timestamp())
+                if any(type(e) is BackfillChunk for e in events):
+                    for part in _runs(events):
+                        self._write(part)
+                else:
+                    self._write(events)
         except BaseException as exc:  # terminal, or a bug in the sink: stop everything
             if not self.abort.is_set():
                 metrics.ERRORS.labels(name, "terminal").inc()
@@ -312,11 +333,10 @@ class Pipeline:
         if self._enqueue(events, size, self.workers.values()):
             self.tracker.dispatched(events[-1].position)
 
-    def _dispatch_to(self, events: list[EnrichedEvent], sinks: list[str]) -> None:
-        """Backfill events: only to the run's target sinks."""
-        size = sum(e.size_hint() for e in events)
-        if self._enqueue(events, size, [self.workers[name] for name in sinks]):
-            self.tracker.dispatched(events[-1].position, sinks)
+    def _dispatch_to(self, chunk: BackfillChunk, sinks: list[str]) -> None:
+        """A backfill chunk: only to the run's target sinks, as one queue item (its position is its last)."""
+        if self._enqueue([chunk], chunk.size_hint(), [self.workers[name] for name in sinks]):  # type: ignore[list-item]
+            self.tracker.dispatched(chunk.position, sinks)
 
     def _enqueue(self, events: list[EnrichedEvent], size: int, workers) -> bool:
         """Put `events` on each worker's queue, skipping what it already has; False when stopping."""
@@ -454,6 +474,23 @@ class Pipeline:
             self._status_conn.close()
         log.info("pipeline.stopped", events_in=self.events_in,
                  acked=lsn_to_str(reader.acked) if reader else None, graceful=graceful)
+
+
+def _runs(items: list) -> list:
+    """Split a queue read into runs of events and single backfill chunks, in order."""
+    out: list = []
+    run: list[EnrichedEvent] = []
+    for item in items:
+        if type(item) is BackfillChunk:
+            if run:
+                out.append(run)
+                run = []
+            out.append(item)
+        else:
+            run.append(item)
+    if run:
+        out.append(run)
+    return out
 
 
 def _safe_status(sink: Sink) -> dict:

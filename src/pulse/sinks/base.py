@@ -19,8 +19,12 @@ batch), `TerminalError` for what needs the operator.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 from pulse.model import ZERO, Batch, Position
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
 
 
 class Sink(ABC):
@@ -35,6 +39,13 @@ class Sink(ABC):
     #: content, takes only the copy in the null-content partition (False).
     takes_broadcast_copies: bool = True
 
+    #: Forwards events to workers of other sinks (Kafka): a backfill for sinks
+    #: this pipeline lacks goes through it, its batches naming the targets.
+    relays: bool = False
+
+    #: Takes backfill chunks as Arrow tables (`write_columns`) rather than events.
+    accepts_columns: bool = False
+
     def open(self) -> Position:
         """Connect and return the durable position stored in the destination (ZERO when none)."""
         return ZERO
@@ -46,6 +57,13 @@ class Sink(ABC):
         A sink that buffers (e.g. a spool awaiting a load job) may return a
         position below `batch.last`; `flush` then forces the rest.
         """
+
+    def write_columns(self, table: "pa.Table", first: Position, last: Position) -> Position:
+        """Write enriched rows in the BigQuery row shape (`bigquery_schema.ARROW_SCHEMA`) at first..last.
+
+        Only called when `accepts_columns` is True; same durability contract as `write`.
+        """
+        raise NotImplementedError(f"sink {self.name} does not take columns")
 
     def flush(self) -> Position | None:
         """Make everything written durable; return the durable position (None: unchanged)."""

@@ -37,6 +37,7 @@ log = get_logger(__name__)
 
 class BigQuerySink(Sink):
     name = "bigquery"
+    accepts_columns = True  # backfill chunks arrive enriched column-wise, already in the row shape
 
     def __init__(self, cfg: BigQueryConfig, *, name: str = "bigquery", client=None, write_client=None) -> None:
         self.cfg = cfg
@@ -125,14 +126,19 @@ class BigQuerySink(Sink):
         if not batch.events:
             return ZERO
         self._check_background()
-        table = S.to_arrow(batch.events)
+        return self.write_columns(S.to_arrow(batch.events), batch.first, batch.last)
+
+    def write_columns(self, table, first: Position, last: Position) -> Position:
+        if table.num_rows == 0:
+            return ZERO
+        self._check_background()
         if self.cfg.mode == "stream":
             assert self.writer is not None
-            self.writer.append(table, batch.last)
+            self.writer.append(table, last)
         else:
             assert self.spool is not None
-            self.spool.append(table, batch.first, batch.last)
-        return batch.last
+            self.spool.append(table, first, last)
+        return last
 
     def flush(self) -> Position | None:
         self._check_background()

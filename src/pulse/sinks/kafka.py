@@ -64,6 +64,7 @@ def ensure_topics(cfg: KafkaConfig, timeout: float = 30.0) -> None:
 
 class KafkaSink(Sink):
     name = "kafka"
+    relays = True
 
     def __init__(self, cfg: KafkaConfig, flush_timeout_s: float = 30.0) -> None:
         self.cfg = cfg
@@ -126,8 +127,9 @@ class KafkaSink(Sink):
     def write(self, batch: Batch) -> Position:
         assert self.producer is not None
         topic = self.cfg.topic
+        targets = batch.targets
         for event in batch.events:
-            key, value, headers = encode(event)
+            key, value, headers = encode(event, targets)
             if event.content_id is None:
                 if event.op == "delete":
                     # A DELETE without old values (default replica identity) does not

@@ -24,6 +24,7 @@ turns the same parsed chunk into the dicts `enrich_row` takes.
 from __future__ import annotations
 
 import io
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -33,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg2 import sql
 
+from pulse.model import EnrichedEvent, Position
 from pulse.sinks.bigquery_schema import ARROW_SCHEMA
 from pulse.transform import enrich as E
 from pulse.transform.content_cache import ContentCache
@@ -177,3 +179,68 @@ def enrich_table(raw: pa.Table, content: ContentColumns, *, lsn: int, first_seq:
         "problems": problem_lists,
     }
     return pa.Table.from_arrays([columns[f.name] for f in ARROW_SCHEMA], schema=ARROW_SCHEMA)
+
+
+class BackfillChunk:
+    """A backfill chunk at its high watermark, in both forms, each built on first use.
+
+    Sinks that take columns (`Sink.accepts_columns`) get `table()`; the others
+    get `events()`, built by the sink workers (off the dispatcher thread).
+    Both use a copy of the content cache taken at the watermark: the live
+    cache moves on with the stream. `position` is the last one: what a sink
+    holds once the chunk is durable.
+    """
+
+    __slots__ = ("raw", "lsn", "first_seq", "commit_ts", "now", "cache", "columns", "targets", "_table", "_events",
+                 "_lock")
+
+    def __init__(self, raw: pa.Table, *, lsn: int, first_seq: int, commit_ts: datetime | None, now: datetime,
+                 cache: ContentCache, targets: tuple[str, ...] | None = None) -> None:
+        self.raw = raw
+        self.targets = targets  # for a relaying sink (Kafka): the destinations downstream
+        self.lsn = lsn
+        self.first_seq = first_seq
+        self.commit_ts = commit_ts
+        self.now = now
+        self.cache = ContentCache(dict(cache.items()))  # a catalogue: thousands of rows, cheap to copy
+        self.columns = ContentColumns(self.cache)
+        self._table: pa.Table | None = None
+        self._events: list[EnrichedEvent] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def first(self) -> Position:
+        return Position(self.lsn, self.first_seq)
+
+    @property
+    def position(self) -> Position:
+        return Position(self.lsn, self.first_seq + self.raw.num_rows - 1)
+
+    last = position
+
+    @property
+    def backfill(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self.raw.num_rows
+
+    def size_hint(self) -> int:
+        return int(self.raw.nbytes) * 2  # the raw chunk and its enriched table
+
+    def table(self) -> pa.Table:
+        with self._lock:
+            if self._table is None:
+                self._table = enrich_table(self.raw, self.columns, lsn=self.lsn, first_seq=self.first_seq,
+                                           commit_ts=self.commit_ts, now=self.now)
+            return self._table
+
+    def events(self) -> list[EnrichedEvent]:
+        with self._lock:
+            if self._events is None:
+                self._events = [
+                    E.enrich_row(r, op="insert", position=Position(self.lsn, self.first_seq + i),
+                                 commit_ts=self.commit_ts, cache=self.cache, now=self.now, backfill=True)
+                    for i, r in enumerate(raw_rows(self.raw))
+                ]
+            return self._events

@@ -37,3 +37,15 @@ def test_null_content_and_backfill_flag() -> None:
 def test_missing_position_header_is_none() -> None:
     assert header_position([("other", b"x")]) is None
     assert header_position(None) is None
+
+
+def test_backfill_targets_travel_in_a_header_and_select_the_consumers():
+    from pulse.bus.codec import TARGETS_HEADER, encode, is_for
+
+    ev = event(backfill=True)
+    _key, _value, headers = encode(ev, ("external", "bigquery"))
+    assert (TARGETS_HEADER, b"external,bigquery") in headers
+    assert is_for(headers, "bigquery@pulse.events/3") and is_for(headers, "external")
+    assert not is_for(headers, "redis@pulse.events/0")
+    live = encode(event(), ("external",))[2]
+    assert all(name != TARGETS_HEADER for name, _ in live) and is_for(live, "redis")

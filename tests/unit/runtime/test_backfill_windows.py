@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 from pulse.model import Change, Position
 from pulse.runtime.backfill import BackfillManager, BackfillSpec, _Window
+from pulse.transform.columnar import RAW_SCHEMA
 from pulse.transform.content_cache import ContentCache
 
 TS = datetime(2024, 8, 1, tzinfo=timezone.utc)
@@ -26,6 +27,15 @@ def row(i: int, duration: int = 1000) -> dict:
             "duration_ms": duration, "device": "ios", "raw_payload": None}
 
 
+def chunk(*ids: int):
+    import pyarrow as pa
+
+    us = int(TS.timestamp() * 1_000_000)
+    return pa.Table.from_pylist([{"id": i, "content_id": None, "user_id": None, "event_type": "play", "event_us": us,
+                                  "event_ts_bad": False, "duration_ms": 1000, "device": "ios", "raw_payload": None}
+                                 for i in ids], schema=RAW_SCHEMA)
+
+
 def mark(kind: str, chunk: int = 1, lsn: int = 100, seq: int = 1) -> Change:
     return Change("backfill_watermarks", "update", {"run_id": "r", "chunk": chunk, "kind": kind}, None,
                   Position(lsn, seq), TS)
@@ -40,11 +50,17 @@ def test_rows_changed_between_the_watermarks_are_dropped_and_the_rest_take_the_h
     w = m.windows["r"] = _Window("r", 1)
     m.observe(event_change(2))  # before the low watermark: the read saw it; not dropped
     assert m.on_watermark(mark("low", lsn=50)) is None
-    w.rows = [row(1), row(2), row(3), row(4)]
+    w.rows = chunk(1, 2, 3, 4)
     m.observe(event_change(3))
     m.observe(event_change(4, "delete"))
-    events = m.on_watermark(mark("high", lsn=200, seq=1))
+    out = m.on_watermark(mark("high", lsn=200, seq=1))
+    assert out.first == Position(200, 2) and out.last == Position(200, 3)
+    table = out.table()
+    assert table.column("event_id").to_pylist() == [1, 2]
+    assert table.column("source_seq").to_pylist() == [2, 3] and table.column("backfill").to_pylist() == [True] * 2
+    events = out.events()
     assert [e.event_id for e in events] == [1, 2]
+    assert events[0].event_ts == TS
     assert [e.position for e in events] == [Position(200, 2), Position(200, 3)]
     assert all(e.backfill and e.op == "insert" for e in events)
     assert w.superseded == 2 and w.emitted.is_set() and "r" not in m.windows
@@ -52,7 +68,7 @@ def test_rows_changed_between_the_watermarks_are_dropped_and_the_rest_take_the_h
 
 def test_watermarks_of_other_chunks_or_runs_are_ignored() -> None:
     m = manager()
-    m.windows["r"] = _Window("r", 2, rows=[row(1)])
+    m.windows["r"] = _Window("r", 2, rows=chunk(1))
     assert m.on_watermark(mark("high", chunk=1)) is None  # an older chunk replayed after a restart
     other = mark("high", chunk=2)
     other = other._replace(new={**other.new, "run_id": "someone-else"})
