@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,6 +48,39 @@ def raw_copy(cur) -> float:
     return time.perf_counter() - t
 
 
+def raw_load(cur, settings: Settings, dataset: str) -> tuple[float, float]:
+    """The emulator's own ceiling: every row read and enriched column-wise (untimed), one Parquet
+    file, one load job into a fresh table of the final schema. Returns (load job s, Parquet bytes)."""
+    import io
+
+    import pyarrow.parquet as pq
+    from psycopg2 import sql
+
+    from pulse.sinks import bigquery_schema as S
+    from pulse.sinks.bigquery_load import Tables, make_client
+    from pulse.transform.columnar import ContentColumns, chunk_query, enrich_table, read_chunk
+    from pulse.transform.content_cache import load_content
+
+    cache = load_content(cur, "public")
+    raw = read_chunk(cur, chunk_query("public", sql.SQL("id > %s")), [0, 10**12])
+    table = enrich_table(raw, ContentColumns(cache), lsn=1, first_seq=1, commit_ts=None,
+                         now=datetime.now(timezone.utc))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="snappy")
+    size = buf.tell()
+    cfg = settings.bigquery.model_copy(update={"dataset": dataset})
+    client = make_client(cfg)
+    Tables(client, cfg).ensure()
+    from google.cloud import bigquery
+
+    buf.seek(0)
+    t = time.perf_counter()
+    job = client.load_table_from_file(buf, f"{client.project}.{dataset}.{cfg.table}", job_config=bigquery.LoadJobConfig(
+        source_format="PARQUET", schema=S.final_schema(), write_disposition="WRITE_APPEND"))
+    job.result()
+    return time.perf_counter() - t, size
+
+
 def _wait(predicate, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -55,13 +89,14 @@ def _wait(predicate, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def backfill_to(db: ScratchDatabase, settings: Settings, sink: str, events: int, done, timeout: float) -> float:
+def backfill_to(db: ScratchDatabase, settings: Settings, sink: str, events: int, done, timeout: float,
+                chunk_size: int = 20_000) -> float:
     pipeline = Pipeline(settings, [build_sink(sink, settings)])
     thread = threading.Thread(target=pipeline.run, daemon=True)
     thread.start()
     pipeline.ready.wait(60)
     t = time.perf_counter()
-    run = submit(settings.database, BackfillSpec(min_id=1, sinks=(sink,), chunk_size=20_000))
+    run = submit(settings.database, BackfillSpec(min_id=1, sinks=(sink,), chunk_size=chunk_size))
     conn = db.connect()
     with conn.cursor() as cur:
         _wait(lambda: get_run(cur, settings.database, run["run_id"])["state"] == "done", timeout)
@@ -76,11 +111,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--chunk-size", type=int, default=100_000)
+    parser.add_argument("--load-interval", type=float, default=2.0)
+    parser.add_argument("--skip-external", action="store_true")
     args = parser.parse_args()
+    import os
+
     from pulse.log import configure_logging
 
-    configure_logging("warning")
-    import os
+    configure_logging(os.environ.get("PULSE_BENCH_LOG", "warning"))
 
     from google.cloud import bigquery  # noqa: F401  (fail early without the extra)
 
@@ -98,7 +137,7 @@ def main() -> None:
             database=db.config("bench_bf"),
             bigquery={"project": os.environ["PULSE_BIGQUERY_PROJECT"], "dataset": dataset,
                       "endpoint": os.environ["PULSE_BIGQUERY_ENDPOINT"],
-                      "spool_dir": str(Path(".pulse") / "bench" / dataset), "load_interval_s": 2},
+                      "spool_dir": str(Path(".pulse") / "bench" / dataset), "load_interval_s": args.load_interval},
         )
         from pulse.sinks.bigquery_load import make_client
 
@@ -112,18 +151,26 @@ def main() -> None:
                 return False
 
         try:
-            bq_s = backfill_to(db, settings, "bigquery", args.events, bq_done, args.timeout)
+            load_s, size = raw_load(cur, settings, dataset + "_raw")
+            print(f"raw load job into the emulator: {args.events / load_s:,.0f} rows/s ({load_s:.1f} s, "
+                  f"{size / 1e6:.0f} MB Parquet)")
+        finally:
+            client.delete_dataset(dataset + "_raw", delete_contents=True, not_found_ok=True)
+        try:
+            bq_s = backfill_to(db, settings, "bigquery", args.events, bq_done, args.timeout, args.chunk_size)
             print(f"backfill to BigQuery: {args.events / bq_s:,.0f} rows/s ({bq_s:.1f} s), "
-                  f"{raw_s / bq_s:.2f}x raw COPY")
+                  f"{raw_s / bq_s:.2f}x raw COPY, {load_s / bq_s:.2f}x the raw load job")
         finally:
             client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
 
+        if args.skip_external:
+            return
         receiver = Receiver().start()
         try:
             ext = settings.model_copy(update={"external": settings.external.model_copy(update={"url": receiver.url}),
                                               "database": db.config("bench_bf_ext")})
             ext_s = backfill_to(db, ext, "external", args.events,
-                                lambda: receiver.stats()["unique"] >= args.events, args.timeout)
+                                lambda: receiver.stats()["unique"] >= args.events, args.timeout, 20_000)
             print(f"backfill to the external receiver: {args.events / ext_s:,.0f} rows/s ({ext_s:.1f} s), "
                   f"{raw_s / ext_s:.2f}x raw COPY")
         finally:

@@ -80,7 +80,7 @@ class BigQuerySink(Sink):
 
     def _open_batch(self) -> Position:
         assert self.tables is not None
-        self.spool = Spool(self._spool_dir())
+        self.spool = Spool(self._spool_dir(), memory_bytes=self.cfg.load_max_bytes)
         removed = self.spool.clean_partial()
         if removed:
             log.info("bigquery.spool_partial_removed", files=removed)

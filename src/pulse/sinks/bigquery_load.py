@@ -321,10 +321,11 @@ class Loader:
         t0 = time.monotonic()
         last = group[-1].last
         upload = self._combined(group)
+        t_upload = time.monotonic() - t0
         try:
             rows = None
             if self.direct:
-                bounds = _direct_bounds(group)
+                bounds = _direct_bounds(self.spool, group)
                 if bounds is not None:
                     rows = self._try_direct(upload, bounds, last)
             path = "direct" if rows is not None else "merge"
@@ -340,7 +341,7 @@ class Loader:
         self.loaded_rows += rows
         self.last_error = None
         log.info("bigquery.loaded", files=len(group), rows=rows, path=path, position=str(last),
-                 seconds=round(time.monotonic() - t0, 3))
+                 seconds=round(time.monotonic() - t0, 3), combine_s=round(t_upload, 3))
 
     def _try_direct(self, upload, bounds: tuple[int, int], last: Position) -> int | None:
         """Load the group into the table when none of its ids are there; None when the MERGE path must run."""
@@ -381,10 +382,12 @@ class Loader:
         writer = None
         try:
             for f in group:
-                t = pq.read_table(f.path)
+                t = self.spool.read(f)
                 if writer is None:
                     # A short-lived local copy: cheap compression beats small size here.
                     writer = pq.ParquetWriter(out, t.schema, compression="snappy")
+                elif t.schema != writer.schema:
+                    t = t.cast(writer.schema)  # a table from memory beside one read back from disk
                 writer.write_table(t)
         finally:
             if writer is not None:
@@ -419,7 +422,7 @@ class Loader:
             raise classify(exc, "load job") from exc
 
 
-def _direct_bounds(group: list[SpoolFile]) -> tuple[int, int] | None:
+def _direct_bounds(spool: Spool, group: list[SpoolFile]) -> tuple[int, int] | None:
     """The group's (lowest, highest) event id when it is one insert / update per id and no delete, else None.
 
     Only the two columns are read: a MERGE into a table without these ids
@@ -427,7 +430,7 @@ def _direct_bounds(group: list[SpoolFile]) -> tuple[int, int] | None:
     """
     ids, ops = [], []
     for f in group:
-        t = pq.read_table(f.path, columns=["event_id", "op"])
+        t = spool.read(f, columns=["event_id", "op"])
         ids.append(t.column("event_id"))
         ops.append(t.column("op"))
     all_ids = pa.chunked_array([c for col in ids for c in col.chunks], pa.int64())

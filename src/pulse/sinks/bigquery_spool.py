@@ -12,6 +12,11 @@ from the names alone. `position` (a small text file, written atomically
 after a load is applied) remembers how far the table is, so `open()` knows
 its position with the spool empty and BigQuery unreachable.
 
+The in-process loader reads the tables it just spooled from memory
+(`recent`, bounded by `memory_bytes`; the oldest are forgotten first), so a
+load does not decode the files it is about to upload again. The files stay
+the durable copy; `pulse upload` and a restarted sink read them from disk.
+
 Loaders (the sink's thread, `pulse upload`) take an exclusive `flock` on
 `.lock` while they apply files, so two of them never load the same file; the
 OS drops the lock when a process dies, even by `kill -9`.
@@ -22,7 +27,9 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,9 +68,13 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """A folder of Parquet files, each one batch, named by position."""
 
-    def __init__(self, directory: Path, compression: str = "snappy") -> None:
+    def __init__(self, directory: Path, compression: str = "snappy", memory_bytes: int = 256 * 1024 * 1024) -> None:
         self.dir = Path(directory)
         self.compression = compression
+        self.memory_bytes = memory_bytes
+        self._recent: OrderedDict[str, pa.Table] = OrderedDict()
+        self._recent_bytes = 0
+        self._recent_lock = threading.Lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -96,7 +107,27 @@ class Spool:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise TransientError(f"spool write to {self.dir} failed: {exc}") from exc
+        self._remember(final.name, table)
         return final
+
+    def _remember(self, name: str, table: pa.Table) -> None:
+        size = int(table.nbytes)
+        if size > self.memory_bytes:
+            return
+        with self._recent_lock:
+            self._recent[name] = table
+            self._recent_bytes += size
+            while self._recent_bytes > self.memory_bytes:
+                _, old = self._recent.popitem(last=False)
+                self._recent_bytes -= int(old.nbytes)
+
+    def read(self, f: "SpoolFile", columns: list[str] | None = None) -> pa.Table:
+        """A spool file's rows: from memory when this process just wrote it, else from disk."""
+        with self._recent_lock:
+            table = self._recent.get(f.path.name)
+        if table is None:
+            return pq.read_table(f.path, columns=columns)
+        return table.select(columns) if columns else table
 
     # -- reading ---------------------------------------------------------------------
 
@@ -151,6 +182,10 @@ class Spool:
     def remove(self, files: list[SpoolFile]) -> None:
         for f in files:
             f.path.unlink(missing_ok=True)
+            with self._recent_lock:
+                old = self._recent.pop(f.path.name, None)
+                if old is not None:
+                    self._recent_bytes -= int(old.nbytes)
         _fsync_dir(self.dir)
 
     @contextmanager

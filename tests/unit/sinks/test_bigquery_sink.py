@@ -219,3 +219,33 @@ def test_open_without_bigquery_and_without_a_spool_is_transient(tmp_path, monkey
     sink = BigQuerySink(BigQueryConfig(spool_dir=tmp_path), client=SimpleNamespace(project="p", close=lambda: None))
     with pytest.raises(TransientError):
         sink.open()
+
+
+def test_spool_serves_what_it_just_wrote_from_memory_and_the_rest_from_disk(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pulse.sinks.bigquery_schema import to_arrow
+
+    spool = Spool(tmp_path)
+    spool.append(to_arrow([_ev(1, Position(1, 0))]), Position(1, 0), Position(1, 0))
+    restarted = Spool(tmp_path)  # knows nothing in memory: reads the file
+    restarted.append(to_arrow([_ev(2, Position(2, 0))]), Position(2, 0), Position(2, 0))
+    first, second = restarted.files()
+    assert restarted.read(second) is not None and restarted._recent  # from memory
+    assert restarted.read(first).column("event_id").to_pylist() == [1]  # from disk
+    loader = L.Loader(FakeTables(), restarted, BigQueryConfig(load_max_bytes=10**9))
+    combined = loader._combined([first, second])
+    assert pq.read_table(combined).column("event_id").to_pylist() == [1, 2]
+    restarted.remove([first, second])
+    assert not restarted._recent and restarted._recent_bytes == 0
+
+
+def test_spool_memory_is_bounded(tmp_path):
+    from pulse.sinks.bigquery_schema import to_arrow
+
+    table = to_arrow([_ev(1, Position(1, 0))])
+    spool = Spool(tmp_path, memory_bytes=int(table.nbytes) * 2)
+    for i in range(1, 6):
+        spool.append(to_arrow([_ev(i, Position(i, 0))]), Position(i, 0), Position(i, 0))
+    assert len(spool._recent) == 2 and spool._recent_bytes <= spool.memory_bytes
+    assert [f.last.lsn for f in spool.files()] == [1, 2, 3, 4, 5]  # the files are all there
