@@ -167,6 +167,13 @@ class RedisConfig(_Section):
     socket_timeout_s: float = Field(
         default=5.0, gt=0, description="Socket connect/read timeout; a timeout is a transient error (retried)."
     )
+    rebuild_pause_timeout_s: float = Field(
+        default=120.0, gt=0, le=3_600,
+        description="A rebuild (`pulse backfill --sinks redis`) pauses the live Redis writers while it takes "
+        "its snapshot and swaps the window; the pause ends at the swap, or at the latest this many seconds "
+        "(Redis' clock) after it was last renewed, so a rebuild killed mid-way never freezes the board. The "
+        "rebuild renews it while it reads.",
+    )
 
     @field_validator("prefix")
     @classmethod

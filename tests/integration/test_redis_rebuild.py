@@ -1,19 +1,31 @@
-"""Rebuilding the Redis board from the source table: exact, flushed or not, live stream running."""
+"""Rebuilding the Redis board from the source table: exact, flushed or not, live writers running.
+
+The rebuild pauses the live Redis sinks around its snapshot (docs/sinks/redis.md, "Rebuilding"): these
+tests rebuild while a pipeline, or Kafka workers with one position field per partition, keep writing,
+and compare the board with SQL over the source table at the end.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 
 import pytest
 
-from pulse.config import Settings
-from pulse.errors import TerminalError
+from pulse.config import KafkaConfig, Settings
+from pulse.errors import TerminalError, TransientError
+from pulse.model import Batch, Position
 from pulse.runtime.pipeline import Pipeline
 from pulse.runtime.rebuild import rebuild_redis
 from pulse.sinks.redis import RedisSink
+from pulse.source.slot import ensure_slot
 
 from .pipeline_helpers import Running, insert_content, settings_for, wait_for
-from .test_redis_sink import Clock, _assert_board_equals_sql, _config, _stats, rprefix  # noqa: F401
+from .test_kafka_bus import _spawn, _stop, kafka_env  # noqa: F401  (fixture)
+from .test_redis_sink import (Clock, _assert_board_equals_sql, _board, _config, _event, _meta, _stats,  # noqa: F401
+                              rprefix)
 
 
 def _write(cur, content: list[str], n: int, now: datetime, start: int = 0) -> None:
@@ -64,24 +76,6 @@ def test_a_flushed_board_is_detected_and_rebuilt_exactly(scratch_db, services, r
     _assert_board_equals_sql(client, prefix, cur, now.at)
 
 
-def test_rebuild_is_refused_while_a_sink_writes_the_board(scratch_db, services, rprefix):
-    """The snapshot's consistent point may lie behind what a live sink applied: refuse, never corrupt."""
-    prefix, client = rprefix
-    cur = scratch_db.connect().cursor()
-    now = Clock(datetime.now(timezone.utc))
-    content = insert_content(cur, 4)
-    with Running(Pipeline(settings_for(scratch_db), [RedisSink(_config(services["PULSE_REDIS_URL"], prefix),
-                                                               clock=now)])):
-        _write(cur, content, 100, now.at)
-        wait_for(lambda: _stats(client, prefix).get("events", 0) >= 100, 30, "events on the board")
-        before = client.zrange(prefix + "top:10m", 0, -1, withscores=True)
-        with pytest.raises(TerminalError, match="wrote the board") as info:
-            rebuild_redis(_settings(scratch_db, services, prefix), clock=now)
-        assert "stop `pulse run`" in info.value.hint
-        assert client.zrange(prefix + "top:10m", 0, -1, withscores=True) == before
-        assert "rebuilds" not in _stats(client, prefix)
-
-
 def _board_total(client, prefix: str) -> float:
     return round(sum(s for _m, s in client.zrange(prefix + "events:10m", 0, -1, withscores=True)))
 
@@ -89,3 +83,331 @@ def _board_total(client, prefix: str) -> float:
 def _sql_total(cur) -> int:
     cur.execute("SELECT count(*) FROM engagement_events WHERE content_id IS NOT NULL")
     return cur.fetchone()[0]
+
+
+# -- rebuilds while live sinks write ------------------------------------------------------------------
+
+
+class _Writer(threading.Thread):
+    """Inserts `per_txn` events per transaction, from its own connection, until stopped."""
+
+    def __init__(self, db, content: list[str], at: datetime, start: int, per_txn: int = 25) -> None:
+        super().__init__(daemon=True)
+        self.db, self.content, self.at, self.per_txn = db, content, at, per_txn
+        self.written = 0
+        self.start_id = start
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        conn = self.db.connect()
+        try:
+            cur = conn.cursor()
+            while not self.stopping.is_set():
+                _write(cur, self.content, self.per_txn, self.at, start=self.start_id + self.written)
+                self.written += self.per_txn
+                self.stopping.wait(0.01)  # pacing: a steady stream of small transactions
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            conn.close()
+
+
+@contextmanager
+def _writing(db, content: list[str], at: datetime, start: int) -> Iterator[_Writer]:
+    writer = _Writer(db, content, at, start)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        writer.stopping.set()
+        writer.join(30)
+    assert writer.error is None, writer.error
+    assert writer.written > 0
+
+
+class _RecordingRedisSink(RedisSink):
+    """The real sink, recording every position it reports to the runtime."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.reported: list[Position] = []
+
+    def write(self, batch: Batch) -> Position:
+        pos = super().write(batch)
+        self.reported.append(pos)
+        return pos
+
+    def flush(self) -> Position | None:
+        pos = super().flush()
+        if pos is not None:
+            self.reported.append(pos)
+        return pos
+
+
+def _rebuild_during(writer: _Writer, settings: Settings, clock, times: int, every: int) -> list[dict]:
+    """`times` rebuilds, each after `every` more live events were written."""
+    summaries = []
+    for i in range(times):
+        target = (i + 1) * every
+        wait_for(lambda: writer.written >= target or writer.error, 60, f"{target} live events")
+        summaries.append(rebuild_redis(settings, clock=clock))
+    return summaries
+
+
+def _settle_and_compare(client, prefix: str, cur, at: datetime) -> None:
+    try:
+        wait_for(lambda: _board_total(client, prefix) == _sql_total(cur), 60, "the board to catch up")
+    finally:  # on a timeout too: the comparison says which ids and scores differ
+        _assert_board_equals_sql(client, prefix, cur, at)
+
+
+def test_rebuilds_while_the_pipeline_writes_leave_the_board_exact(scratch_db, services, rprefix):
+    prefix, client = rprefix
+    cur = scratch_db.connect().cursor()
+    now = Clock(datetime.now(timezone.utc))
+    content = insert_content(cur, 12, length=600, ctype="video")
+    settings = _settings(scratch_db, services, prefix)
+    sink = _RecordingRedisSink(settings.redis, clock=now)
+    with Running(Pipeline(settings_for(scratch_db), [sink])) as running:
+        _write(cur, content, 3000, now.at)  # a window worth rebuilding
+        wait_for(lambda: _board_total(client, prefix) == 3000, 30, "3000 events on the board")
+        with _writing(scratch_db, content, now.at, start=10_000) as writer:
+            summaries = _rebuild_during(writer, settings, now, times=3, every=400)
+        _settle_and_compare(client, prefix, cur, now.at)
+    assert running.error is None  # no LOST, no REGRESSED: the pipeline ran through
+    assert _stats(client, prefix)["rebuilds"] == 3
+    assert all(s["events"] >= 3000 for s in summaries)
+    # The runtime saw the sink's position only move forward, and it ends at the last event.
+    assert sink.reported == sorted(sink.reported)
+    meta = _meta(client, prefix)
+    assert "pause_token" not in meta and meta["rebuilt_epoch"] == meta["epoch"] == sink.epoch
+    print(f"pauses seen by the live sink: {sink.status()['rebuild pauses']} of 3")
+
+
+def test_rebuilds_while_kafka_workers_write_cover_every_partition(scratch_db, services, kafka_env, rprefix):
+    """`pulse consume --sink redis`: one sink instance and position field per partition, all paused and moved."""
+    from pulse.bus.consumer import SinkConsumer
+
+    prefix, client = rprefix
+    cur = scratch_db.connect().cursor()
+    now = Clock(datetime.now(timezone.utc))
+    content = insert_content(cur, 16, length=600, ctype="podcast")
+    kafka = KafkaConfig(bootstrap=kafka_env["PULSE_KAFKA_BOOTSTRAP"], topic=kafka_env["PULSE_KAFKA__TOPIC"],
+                        content_topic=kafka_env["PULSE_KAFKA__CONTENT_TOPIC"], partitions=4,
+                        group_prefix=kafka_env["PULSE_KAFKA__GROUP_PREFIX"])
+    settings = _settings(scratch_db, services, prefix).model_copy(update={"kafka": kafka})
+    instances: list[RedisSink] = []
+
+    def factory(name: str) -> RedisSink:
+        instances.append(RedisSink(settings.redis, clock=now, name=name))
+        return instances[-1]
+
+    ensure_slot(scratch_db.config())
+    producer = _spawn(kafka_env, "produce")
+    consumer = SinkConsumer(settings, "redis", factory)
+    failure: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            consumer.run()
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: consumer.ready.is_set() or failure or producer.poll() is not None, 60, "partitions")
+        _write(cur, content, 3000, now.at)
+        wait_for(lambda: _board_total(client, prefix) == 3000 or failure or producer.poll() is not None, 60,
+                 "3000 events on the board")
+        with _writing(scratch_db, content, now.at, start=10_000) as writer:
+            _rebuild_during(writer, settings, now, times=3, every=400)
+        _settle_and_compare(client, prefix, cur, now.at)
+    finally:
+        consumer.stop()
+        thread.join(60)
+        _stop(producer)
+    assert not failure, failure
+    assert producer.returncode == 0, producer.stderr.read()[-2000:]
+    assert _stats(client, prefix)["rebuilds"] == 3
+    fields = {k: v for k, v in _meta(client, prefix).items() if k.startswith("position:redis@")}
+    assert len(fields) >= 2, fields  # several instances wrote the board, each in its own field
+    assert len({i.name for i in instances}) == 4
+    print(f"pauses seen per instance: {[i.status()['rebuild pauses'] for i in instances]}")
+
+
+def test_a_rebuild_killed_after_its_pause_frees_the_board_at_the_deadline(scratch_db, services, rprefix):
+    prefix, client = rprefix
+    cur = scratch_db.connect().cursor()
+    now = Clock(datetime.now(timezone.utc))
+    content = insert_content(cur, 6)
+    settings = _settings(scratch_db, services, prefix)
+    settings = settings.model_copy(update={"redis": settings.redis.model_copy(
+        update={"rebuild_pause_timeout_s": 1.0})})
+    sink = RedisSink(settings.redis, clock=now)
+    with Running(Pipeline(settings_for(scratch_db), [sink])) as running:
+        _write(cur, content, 200, now.at)
+        wait_for(lambda: _board_total(client, prefix) == 200, 30, "200 events on the board")
+        # A rebuild takes the pause and dies (kill -9): no swap, no release.
+        until_ms = RedisSink(settings.redis, clock=now).pause("killed-rebuild", 1.0)
+        redis_now = client.time()
+        assert 500 <= until_ms - (redis_now[0] * 1000 + redis_now[1] // 1000) <= 1000  # Redis' clock
+        _write(cur, content, 300, now.at, start=1000)
+        wait_for(lambda: sink.status()["paused"] or running.error, 10, "the live sink to see the pause")
+        pipe = client.pipeline(transaction=True)
+        pipe.time()
+        pipe.zrange(prefix + "events:10m", 0, -1, withscores=True)
+        (sec, usec), held = pipe.execute()
+        if sec * 1000 + usec // 1000 < until_ms:  # still paused: nothing of the 300 is applied
+            assert round(sum(s for _m, s in held)) == 200
+        # The deadline frees the board; the held events are applied, each once.
+        wait_for(lambda: _board_total(client, prefix) == 500, 30, "the sink to resume after the deadline")
+        wait_for(lambda: not sink.status()["paused"], 10, "the sink to leave the pause")
+        # A later rebuild is not blocked by the dead one's expired pause.
+        rebuild_redis(settings, clock=now)
+        _write(cur, content, 50, now.at, start=5000)
+        wait_for(lambda: _board_total(client, prefix) == 550, 30, "the live events after the rebuild")
+    _assert_board_equals_sql(client, prefix, cur, now.at)
+    assert sink.status()["rebuild pauses"] >= 1 and running.error is None
+
+
+def test_a_failed_rebuild_lifts_its_own_pause(scratch_db, services, rprefix):
+    prefix, client = rprefix
+    cur = scratch_db.connect().cursor()
+    now = Clock(datetime.now(timezone.utc))
+    content = insert_content(cur, 3)
+    _write(cur, content, 20, now.at)
+    settings = _settings(scratch_db, services, prefix)
+    assert rebuild_redis(settings, clock=now)["events"] == 20
+    board = _board(client, prefix + "top:10m")
+    # Fails after the pause and the slot: the snapshot read finds no source tables.
+    broken = settings.model_copy(update={"database": settings.database.model_copy(
+        update={"source_schema": "no_such_schema"})})
+    with pytest.raises(Exception, match="no_such_schema"):
+        rebuild_redis(broken, clock=now)
+    meta = _meta(client, prefix)
+    assert "pause_token" not in meta and "pause_until_ms" not in meta
+    assert _board(client, prefix + "top:10m") == board
+    live = RedisSink(settings.redis, clock=now)
+    live.open()
+    live.write(Batch((_event(1, now.at, cid="x"),)))
+    assert live.flush() == Position(1 << 33, 1)  # not paused: applied at once
+    assert _board(client, prefix + "top:10m")["x"] == 1.0
+
+
+# -- the protocol, one sink at a time (real Redis, no database) -------------------------------------------
+
+
+def _pos(i: int) -> Position:
+    return Position(1 << 33, i)
+
+
+def test_a_live_sink_adopts_a_board_rebuilt_after_redis_lost_it_and_stays_exact(services, rprefix):
+    prefix, client = rprefix
+    now = Clock(datetime.now(timezone.utc))
+    cfg = _config(services["PULSE_REDIS_URL"], prefix)
+    live = RedisSink(cfg, clock=now)
+    live.open()
+    live.write(Batch((_event(1, now.at), _event(2, now.at))))
+    assert live.flush() == _pos(2)
+    for key in client.scan_iter(match=prefix + "*"):  # Redis loses everything...
+        client.delete(key)
+    rebuild = RedisSink(cfg, clock=now)
+    rebuild.pause("t1", 30)  # ...and a rebuild starts before the live sink writes again
+    live.write(Batch((_event(3, now.at), _event(4, now.at))))
+    assert live.flush() == _pos(2) and live.status()["paused"]  # PAUSED, not LOST: it waits
+    old_epoch = live.epoch
+    # The snapshot holds events 1..3 (its consistent point is between 3 and 4).
+    assert rebuild.rebuild([_event(i, now.at) for i in (1, 2, 3)], _pos(3), token="t1") == 3
+    # Adopts the new epoch; event 3 is in the snapshot (dropped), event 4 is applied.
+    wait_for(lambda: live.flush() == _pos(4), 5, "the live sink to resume on the rebuilt board")
+    assert live.epoch == _meta(client, prefix)["epoch"] != old_epoch
+    assert _board(client, prefix + "top:10m") == {"c1": 4.0}
+    assert _board(client, prefix + "events:10m") == {"c1": 4.0}
+    # A board lost and started afresh (not rebuilt) is still LOST for a live sink.
+    for key in client.scan_iter(match=prefix + "*"):
+        client.delete(key)
+    RedisSink(cfg, clock=now).open()
+    live.write(Batch((_event(5, now.at),)))
+    with pytest.raises(TerminalError, match="disappeared"):
+        live.flush()
+
+
+def test_the_rebuild_position_covers_an_instance_that_has_no_position_field_yet(services, rprefix):
+    """Kafka workers: a partition's sink may open (and buffer) before it ever stored a position."""
+    prefix, client = rprefix
+    now = Clock(datetime.now(timezone.utc))
+    cfg = _config(services["PULSE_REDIS_URL"], prefix)
+    a = RedisSink(cfg, clock=now, name="redis@t/0")
+    a.open()
+    a.write(Batch((_event(1, now.at),)))
+    a.flush()
+    b = RedisSink(cfg, clock=now, name="redis@t/1")
+    assert b.open() == Position(0, 0)
+    rebuild = RedisSink(cfg, clock=now)
+    rebuild.pause("t", 30)
+    b.write(Batch((_event(2, now.at), _event(3, now.at))))
+    b.flush()  # PAUSED: held in memory, no field stored
+    assert "position:redis@t/1" not in _meta(client, prefix)
+    rebuild.rebuild([_event(1, now.at), _event(2, now.at)], _pos(2), token="t")
+    # Event 2 is in the snapshot: skipped although b never stored a position; event 3 is applied.
+    wait_for(lambda: b.flush() == _pos(3), 5, "the instance to resume")
+    assert _board(client, prefix + "events:10m") == {"c1": 3.0}
+    meta = _meta(client, prefix)
+    assert meta["position:redis@t/0"] == meta["rebuilt_position"] == "0000000200000000" + "00000002"
+    # An instance opened later starts from the rebuild's position too.
+    assert RedisSink(cfg, clock=now, name="redis@t/2").open() == _pos(2)
+
+
+def test_one_rebuild_at_a_time_and_a_lost_pause_never_swaps(services, rprefix):
+    prefix, client = rprefix
+    now = Clock(datetime.now(timezone.utc))
+    cfg = _config(services["PULSE_REDIS_URL"], prefix)
+    live = RedisSink(cfg, clock=now)
+    live.open()
+    live.write(Batch((_event(1, now.at),)))
+    live.flush()
+    first, second = RedisSink(cfg, clock=now), RedisSink(cfg, clock=now)
+    first.pause("first", 30)
+    with pytest.raises(TerminalError, match="another rebuild") as info:
+        second.pause("second", 30)
+    assert "expires by itself" in info.value.hint
+    assert not second.release_pause("second")  # a rebuild never lifts another one's pause
+    assert _meta(client, prefix)["pause_token"] == "first"
+    assert first.release_pause("first")
+    # A pause that ends before the swap (too slow a rebuild): the swap changes nothing.
+    first.pause("slow", 0.2)
+    until = int(_meta(client, prefix)["pause_until_ms"])
+    wait_for(lambda: client.time()[0] * 1000 + client.time()[1] // 1000 > until, 5, "the pause to expire")
+    with pytest.raises(TerminalError, match="renew|lost before the swap"):
+        first.renew_pause("slow", 30)
+    live.write(Batch((_event(2, now.at),)))
+    assert live.flush() == _pos(2)  # the live sink writes past the snapshot the rebuild took
+    with pytest.raises(TerminalError, match="lost before the swap") as info:
+        first.rebuild([_event(9, now.at, cid="snapshot")], _pos(1), token="slow")
+    assert "REBUILD_PAUSE_TIMEOUT_S" in info.value.hint
+    assert _board(client, prefix + "top:10m") == {"c1": 2.0}
+    assert _meta(client, prefix)["position"] == "0000000200000000" + "00000002"
+    assert "rebuilds" not in _stats(client, prefix)
+
+
+def test_a_paused_sink_holds_at_most_max_pending_events(services, rprefix):
+    prefix, client = rprefix
+    now = Clock(datetime.now(timezone.utc))
+    cfg = _config(services["PULSE_REDIS_URL"], prefix).model_copy(update={"max_pending_events": 3})
+    live = RedisSink(cfg, clock=now)
+    live.open()
+    rebuild = RedisSink(cfg, clock=now)
+    rebuild.pause("t", 30)
+    live.write(Batch((_event(1, now.at),)))
+    assert live.flush() == Position(0, 0) and live.status()["paused"]
+    batch = Batch((_event(2, now.at), _event(3, now.at)))
+    with pytest.raises(TransientError, match="paused by a rebuild"):
+        live.write(batch)  # full: the runtime retries this batch with backoff, its queue holds the rest
+    with pytest.raises(TransientError, match="paused by a rebuild"):
+        live.write(batch)  # the retry is not buffered twice
+    assert live._pending.events == 3
+    rebuild.release_pause("t")
+    assert live.write(batch) == _pos(3)  # the retry after the pause: applied, once
+    assert _board(client, prefix + "events:10m") == {"c1": 3.0}

@@ -19,7 +19,12 @@ How (see `redis_board` and `redis_lua`):
 - Redis unreachable -> `TransientError` (the runtime retries the same batch
   with backoff and the sink catches up from its position); Redis that lost
   the board while the sink ran (epoch gone or position regressed) ->
-  `TerminalError` with the way to rebuild, never a silently half-counted board.
+  `TerminalError` with the way to rebuild, never a silently half-counted board;
+- a rebuild (`pulse backfill --sinks redis`) pauses the board: the flush
+  answers PAUSED, the sink keeps its pending events (bounded by
+  `max_pending_events`, then `TransientError`: the runtime holds the stream)
+  and retries; after the swap it skips what the snapshot holds and applies
+  the rest (`rebuild`, `pause`, and docs/sinks/redis.md "Rebuilding").
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, EnrichedEvent, Position
 from pulse.sinks.base import Sink
-from pulse.sinks.redis_board import Aggregate, Keys, decode_position, encode_position
-from pulse.sinks.redis_lua import APPLY, OPEN, RESET
+from pulse.sinks.redis_board import Aggregate, Keys, PauseState, decode_position, encode_position
+from pulse.sinks.redis_lua import APPLY, OPEN, PAUSE, RESET
 
 log = get_logger(__name__)
 
@@ -47,6 +52,11 @@ Clock = Callable[[], datetime]
 #: Events the board did not count, by reason (late, future, uncorrectable), and replayed batches.
 BOARD_SKIPPED = Counter("pulse_redis_skipped_events_total", "Events the Redis board did not count", ["reason"])
 BOARD_REPLAYS = Counter("pulse_redis_replayed_batches_total", "Batches Redis already had (replays after a crash)")
+
+PAUSE_HINT = (
+    "run the rebuild again; if it was slow rather than killed (a long snapshot read, a slot creation waiting "
+    "on a long transaction), raise PULSE_REDIS__REBUILD_PAUSE_TIMEOUT_S"
+)
 
 REBUILD_HINT = (
     "Redis lost Pulse's board (FLUSHALL / FLUSHDB, eviction, or a restart without persistence): restart "
@@ -88,6 +98,8 @@ class RedisSink(Sink):
         # max_pending_events).
         self._pending_events: list[EnrichedEvent] = []
         self._pending_since = 0.0
+        # A rebuild's pause, as this sink saw it (PAUSED answers).
+        self._pause = PauseState(max(0.1, config.flush_interval_ms / 1000))
         # Since this process started: what the board did not count, for `pulse status`.
         self.counters = {"late": 0, "future": 0, "uncorrectable": 0, "corrections": 0, "replayed_batches": 0}
         self._written_content: dict[str, tuple] = {}
@@ -163,13 +175,65 @@ class RedisSink(Sink):
             log.info("redis.board.resumed", prefix=cfg.prefix, epoch=self.epoch, position=str(self.position))
         return self.position
 
-    def rebuild(self, events: Iterable[EnrichedEvent], position: Position) -> int:
+    # -- the rebuild's side: pause, swap -----------------------------------------
+
+    def _pause_call(self, mode: str, token: str, timeout_s: float = 0.0) -> tuple[str, str, int, int]:
+        script = self.client.register_script(PAUSE)
+        state, holder, until_ms, now_ms = self._call(lambda: script(
+            keys=[self.keys.meta], args=[mode, token, int(timeout_s * 1000), self.config.meta_ttl_s * 1000]),
+            f"rebuild pause ({mode})")
+        return state.decode(), holder.decode() if isinstance(holder, bytes) else str(holder), int(until_ms), \
+            int(now_ms)
+
+    def pause(self, token: str, timeout_s: float) -> int:
+        """Freeze the board for the rebuild holding `token`; returns the deadline (Redis' clock, ms).
+
+        From now on every live APPLY answers PAUSED and changes nothing, so
+        every stored position is final until `rebuild` swaps the window in
+        (which lifts the pause), `release_pause`, or the deadline (a rebuild
+        killed mid-way). TerminalError when another rebuild holds the board.
+        """
+        state, holder, until_ms, now_ms = self._pause_call("take", token, timeout_s)
+        if state == "BUSY":
+            raise TerminalError(
+                f"another rebuild of the board under {self.config.prefix!r} is running (pause {holder[:8]}, "
+                f"{(until_ms - now_ms) / 1000:.0f}s left)",
+                hint="wait for it to finish; if it was killed, its pause expires by itself "
+                     "(redis.rebuild_pause_timeout_s) and the rebuild can be run again")
+        return until_ms
+
+    def renew_pause(self, token: str, timeout_s: float) -> int:
+        """Push the deadline of this rebuild's pause out again; TerminalError when it was lost meanwhile."""
+        state, holder, until_ms, now_ms = self._pause_call("renew", token, timeout_s)
+        if state == "EXPIRED":
+            raise TerminalError(self._expired_message(token, holder, until_ms, now_ms), hint=PAUSE_HINT)
+        return until_ms
+
+    def release_pause(self, token: str) -> bool:
+        """Lift this rebuild's pause (after a failure); never another rebuild's. True when it was held."""
+        return self._pause_call("release", token)[0] == "RELEASED"
+
+    def _expired_message(self, token: str, holder: str, until_ms: int, now_ms: int) -> str:
+        if holder == token:
+            why = f"it expired {(now_ms - until_ms) / 1000:.1f}s ago"
+        elif holder:
+            why = f"another rebuild ({holder[:8]}) took the board over"
+        else:
+            why = "it was lifted"
+        return (f"the rebuild's pause of the board under {self.config.prefix!r} was lost before the swap ({why}); "
+                "live sinks may have written past the snapshot, so nothing was changed")
+
+    def rebuild(self, events: Iterable[EnrichedEvent], position: Position, *, token: str) -> int:
         """Replace the window with `events` (the source at a consistent point) and store `position`.
 
-        One MULTI/EXEC: the reset of the window's keys and the snapshot's
-        increments land together, so a reader never sees a half-built board.
-        Batches at or below `position` are then skipped as replays, and the
-        live stream continues after it. Returns the events folded in.
+        The board must be paused by `token` (`pause`). One MULTI/EXEC: the
+        reset of the window's keys, `position` in every instance's position
+        field (and as the floor of instances without one yet), the end of
+        the pause, and the snapshot's increments land together, so a reader
+        never sees a half-built board. Live batches at or below `position`
+        are then skipped as replays, the live stream continues after it.
+        TerminalError (nothing changed) when the pause was lost before the
+        swap. Returns the events folded in.
         """
         self._check_server()
         cfg = self.config
@@ -186,7 +250,7 @@ class RedisSink(Sink):
             pipe = self.client.pipeline(transaction=True)
             reset(keys=[self.keys.meta, self.keys.stats],
                   args=[cfg.prefix, self.keys.label, uuid.uuid4().hex, now_ms, cfg.window_s * 1000,
-                        cfg.bucket_s * 1000, cfg.meta_ttl_s * 1000, self.position_field, pos], client=pipe)
+                        cfg.bucket_s * 1000, cfg.meta_ttl_s * 1000, self.position_field, pos, token], client=pipe)
             for _cid, key, mapping, _value in meta:
                 pipe.hset(key, mapping=mapping)
                 pipe.expire(key, cfg.content_ttl_s)
@@ -194,20 +258,26 @@ class RedisSink(Sink):
                 cfg.prefix, self.keys.label, pos, "", "", now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000,
                 cfg.state_ttl_s * 1000, cfg.meta_ttl_s * 1000, agg.newest_event_ms, agg.newest_commit_ms,
                 agg.events, agg.future, agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(),
-                "", self.position_field,
+                "", token, self.position_field,
             ]
             self._apply(keys=[self.keys.meta, self.keys.stats], args=args, client=pipe)
             return pipe.execute()
 
         results = self._call(run, "rebuild")
-        self.epoch = results[0].decode() if isinstance(results[0], bytes) else str(results[0])
+        state = results[0][0]
+        if state == b"EXPIRED":
+            _state, holder, until_ms, redis_now_ms = results[0]
+            raise TerminalError(self._expired_message(token, holder.decode(), int(until_ms), int(redis_now_ms)),
+                                hint=PAUSE_HINT)
+        self.epoch = results[0][1].decode()
         self.position = position
         log.info("redis.board.rebuilt", prefix=cfg.prefix, events=agg.events, position=str(position))
         return agg.events
 
     def status(self) -> dict[str, object]:
         return {"not counted": {k: v for k, v in self.counters.items() if k in ("late", "future", "uncorrectable")},
-                "corrections": self.counters["corrections"], "replayed batches": self.counters["replayed_batches"]}
+                "corrections": self.counters["corrections"], "replayed batches": self.counters["replayed_batches"],
+                "rebuild pauses": self._pause.pauses, "paused": self._pause.active}
 
     def _check_server(self) -> None:
         info = self._call(lambda: self.client.info("cluster"), "open")
@@ -245,8 +315,15 @@ class RedisSink(Sink):
             pending.add_events(events, self.clock().timestamp())
             self._pending_events.extend(events)
         due = (time.monotonic() - self._pending_since) * 1000 >= self.config.flush_interval_ms
-        if pending.events and (due or pending.events >= self.config.max_pending_events):
-            self._flush()
+        full = pending.events >= self.config.max_pending_events
+        if pending.events and (due or full):
+            self._flush(force=full)
+        if self._pause.active and self._pending.events >= self.config.max_pending_events:
+            # Memory stays bounded: the runtime retries this batch with backoff
+            # (it is already buffered), so its queue fills and holds the stream.
+            raise TransientError(
+                f"the Redis board under {self.config.prefix!r} is paused by a rebuild and "
+                f"{self._pending.events} events wait in memory (redis.max_pending_events)")
         return self.position
 
     def flush(self) -> Position | None:
@@ -260,7 +337,9 @@ class RedisSink(Sink):
 
     # -- the atomic step ---------------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
+        if not (force or self._pause.may_try(time.monotonic())):
+            return  # paused by a rebuild: retried at most every retry interval
         agg = self._pending
         cfg = self.config
         now_ms = int(self.clock().timestamp() * 1000)
@@ -270,7 +349,8 @@ class RedisSink(Sink):
             self.epoch, now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000, cfg.state_ttl_s * 1000,
             cfg.meta_ttl_s * 1000, agg.newest_event_ms, agg.newest_commit_ms, agg.events, agg.future,
             agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(),
-            encode_position(self._pending_events[0].position) if self._pending_events else "", self.position_field,
+            encode_position(self._pending_events[0].position) if self._pending_events else "", "",
+            self.position_field,
         ]
         meta = self._metadata_commands(agg)
         apply = self._apply
@@ -288,6 +368,30 @@ class RedisSink(Sink):
 
         result = self._call(run, "write")
         state = result[0]
+        if state == b"PAUSED":
+            until_ms = int(result[1])
+            if self._pause.paused(until_ms, time.monotonic()):
+                log.warning("redis.board.paused", prefix=cfg.prefix, sink=self.name, position=str(self.position),
+                            pending=agg.events,
+                            until=datetime.fromtimestamp(until_ms / 1000, timezone.utc).isoformat(),
+                            note="a rebuild (pulse backfill --sinks redis) holds the board: writes wait in "
+                                 "memory and resume after its swap, or when its pause expires (`until`, pushed "
+                                 "out while the rebuild reads; a killed rebuild no longer renews it)")
+            return
+        waited = self._pause.resumed(time.monotonic())
+        if waited is not None:
+            log.info("redis.board.resumed_after_pause", prefix=cfg.prefix, sink=self.name, waited_s=round(waited, 3),
+                     answer=state.decode())
+        if state == b"REBUILT":
+            # The board was lost and a rebuild built it again (at a position at
+            # or after anything this sink stored): adopt its epoch and retry;
+            # the fence, DUP and SPLIT then work on the rebuilt board.
+            new_epoch = result[1].decode()
+            log.warning("redis.board.adopted", prefix=cfg.prefix, sink=self.name, old_epoch=self.epoch,
+                        epoch=new_epoch, note="the board was rebuilt by pulse backfill --sinks redis")
+            self.epoch = new_epoch
+            self._flush(force=True)
+            return
         if state == b"LOST":
             raise TerminalError(f"the board under {cfg.prefix!r} disappeared while the sink ran (epoch "
                                 f"{self.epoch} gone)", hint=REBUILD_HINT)
@@ -306,7 +410,7 @@ class RedisSink(Sink):
             if keep:
                 self._pending.add_events(keep, self.clock().timestamp())
                 self._pending_events = keep
-                self._flush()
+                self._flush(force=True)
             return
         if state == b"DUP":
             BOARD_REPLAYS.inc()

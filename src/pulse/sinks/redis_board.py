@@ -238,3 +238,45 @@ class Aggregate:
         for (b, et), n in etypes:
             out += (b, et, n)
         return out
+
+
+@dataclass
+class PauseState:
+    """What a live sink knows of a rebuild's pause (no I/O; times are `time.monotonic()` seconds).
+
+    While a rebuild holds the board, the sink's flush answers PAUSED and
+    changes nothing; the sink keeps its pending events, logs the pause once,
+    and tries again at most every `retry_interval_s` (its writes and the
+    runtime's idle flushes call it far more often).
+    """
+
+    retry_interval_s: float
+    since: float | None = None  # when this sink first saw the current pause
+    until_ms: int = 0  # the pause's deadline, in Redis' clock (ms)
+    next_try: float = 0.0
+    pauses: int = 0  # pauses this sink has waited through (or is waiting in)
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def paused(self, until_ms: int, now: float) -> bool:
+        """Record a PAUSED answer; True when this pause is new (log it then, not on every retry)."""
+        new = self.since is None
+        if new:
+            self.since = now
+            self.pauses += 1
+        self.until_ms = until_ms
+        self.next_try = now + self.retry_interval_s
+        return new
+
+    def may_try(self, now: float) -> bool:
+        """A flush may go to Redis: not paused, or paused and the retry interval has passed."""
+        return self.since is None or now >= self.next_try
+
+    def resumed(self, now: float) -> float | None:
+        """Record an answer other than PAUSED: the seconds waited if a pause just ended, else None."""
+        if self.since is None:
+            return None
+        waited, self.since = now - self.since, None
+        return waited

@@ -2,12 +2,17 @@
 
 `APPLY` runs once per flush (EVALSHA) and does, atomically:
 
-1. fence: the meta hash must exist with this process's epoch (else `LOST`:
-   Redis was flushed, or lost its data, while the sink ran); its stored
-   position must not be below what this process last applied (else
-   `REGRESSED`: Redis lost acknowledged writes, e.g. a crash between AOF
-   fsyncs); a batch at or below the stored position is a replay and changes
-   nothing (`DUP`);
+1. fence: while a rebuild holds an unexpired pause (`pause_token`,
+   `pause_until_ms` in Redis' TIME) nothing is applied (`PAUSED`: the sink
+   keeps its batch and retries); the meta hash must exist with this
+   process's epoch (else `LOST`: Redis was flushed, or lost its data, while
+   the sink ran), unless a rebuild has since built the board's current epoch
+   (`REBUILT`: the sink adopts it); its stored position (or the rebuild's
+   `rebuilt_position`, whichever is higher) must not be below what this
+   process last applied (else `REGRESSED`: Redis lost acknowledged writes,
+   e.g. a crash between AOF fsyncs); a batch at or below the stored position
+   is a replay and changes nothing (`DUP`); a batch that straddles it is
+   re-aggregated by the sink past it (`SPLIT`);
 2. expiry: buckets that left the window (`< lowest bucket` of the sink's
    clock, never moving backwards) are subtracted from the boards and deleted;
 3. apply: the pre-aggregated cells (see `redis_board.Aggregate`) are added to
@@ -22,8 +27,15 @@
 
 All keys are built from the prefix passed in ARGV: with a hash tag in the
 prefix (`{pulse}:`) they share one Redis Cluster slot with KEYS[1].
-TTL bookkeeping uses Redis' own clock (`TIME`), window maths the sink's
-clock (ARGV), so a test can drive the window with an injected clock.
+TTL bookkeeping and the rebuild's pause use Redis' own clock (`TIME`),
+window maths the sink's clock (ARGV), so a test can drive the window with an
+injected clock.
+
+A rebuild (`runtime/rebuild.py`) runs `PAUSE` (take), reads its snapshot,
+then swaps in one MULTI/EXEC: `RESET` (checks its pause, clears the window,
+stores the snapshot's position in every position field, marks the board as
+rebuilt, lifts the pause) and `APPLY` in swap mode (the snapshot's cells,
+no fence: the rebuild's token instead).
 """
 
 from __future__ import annotations
@@ -33,7 +45,8 @@ APPLY_ARGS = (
     "prefix", "label", "position", "expect", "epoch", "now_ms", "window_ms", "bucket_ms", "state_ttl_ms",
     "meta_ttl_ms", "newest_event_ms", "newest_commit_ms", "events", "future", "uncorrectable",
     "corrections", "null_content",
-)  # then: n_content, n_devices, n_event_types, cells..., the batch's first position, the position field
+)  # then: n_content, n_devices, n_event_types, cells..., the batch's first position, the swap token (the
+#    rebuild's pause token in its swap, '' for a live sink), the position field
 
 APPLY = r"""
 local meta, stats = KEYS[1], KEYS[2]
@@ -45,22 +58,40 @@ local ttl, meta_ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
 
 -- The position field is the last ARGV: one per sink instance (one per Kafka partition).
 local pf = ARGV[#ARGV]
-local m = redis.call('HMGET', meta, 'epoch', pf, 'lo', 'deadline', 'newest_event_ms', 'newest_commit_ms')
-if not m[1] then return {'LOST', ''} end
-if epoch ~= '' and m[1] ~= epoch then return {'LOST', m[1]} end
-local stored = m[2] or ''
-if expect ~= '' and stored < expect then return {'REGRESSED', stored} end
-if pos ~= '' and stored >= pos then
-  redis.call('HINCRBY', stats, 'batches_replayed', 1)
-  return {'DUP', stored}
-end
--- A rebuild stored a position inside this batch: part of it is already in
--- the rebuilt window. The sink re-aggregates what lies after it and retries.
-local first = ARGV[#ARGV - 1]
-if first ~= '' and stored ~= '' and stored >= first then return {'SPLIT', stored} end
-
+local swap = ARGV[#ARGV - 1]
+local first = ARGV[#ARGV - 2]
+local m = redis.call('HMGET', meta, 'epoch', pf, 'lo', 'deadline', 'newest_event_ms', 'newest_commit_ms',
+                     'pause_token', 'pause_until_ms', 'rebuilt_epoch', 'rebuilt_position', 'swap_token')
 local t = redis.call('TIME')
 local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stored = m[2] or ''
+if swap ~= '' then
+  -- A rebuild's swap, queued after RESET in the same MULTI: RESET checked the
+  -- pause and left its token; without it (pause expired) nothing is applied.
+  if m[11] ~= swap then return {'EXPIRED', stored} end
+  redis.call('HDEL', meta, 'swap_token')
+else
+  -- A rebuild holds the board: every stored position stays final until its swap.
+  if m[7] and (tonumber(m[8] or '0') or 0) > rnow then return {'PAUSED', m[8]} end
+  if not m[1] then return {'LOST', ''} end
+  if epoch ~= '' and m[1] ~= epoch then
+    -- A rebuild built the current epoch: the board is exact at its position,
+    -- which is at or after anything this sink stored before. Adopt it.
+    if m[9] == m[1] then return {'REBUILT', m[1]} end
+    return {'LOST', m[1]}
+  end
+  -- The rebuild's position covers every instance, also one without a field yet.
+  if m[10] and m[10] > stored then stored = m[10] end
+  if expect ~= '' and stored < expect then return {'REGRESSED', stored} end
+  if pos ~= '' and stored >= pos then
+    redis.call('HINCRBY', stats, 'batches_replayed', 1)
+    return {'DUP', stored}
+  end
+  -- A rebuild stored a position inside this batch: part of it is already in
+  -- the rebuilt window. The sink re-aggregates what lies after it and retries.
+  if first ~= '' and stored ~= '' and stored >= first then return {'SPLIT', stored} end
+end
+
 local deadline = tonumber(m[4] or '0') or 0
 local expired = deadline > 0 and rnow >= deadline
 
@@ -245,8 +276,12 @@ local meta, stats = KEYS[1], KEYS[2]
 local P, label, new_epoch = ARGV[1], ARGV[2], ARGV[3]
 local now, window, bsize, meta_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local pf = ARGV[8]
-local m = redis.call('HMGET', meta, 'epoch', pf)
-if m[1] then return {'EXISTING', m[1], m[2] or ''} end
+local m = redis.call('HMGET', meta, 'epoch', pf, 'rebuilt_position')
+if m[1] then
+  local stored = m[2] or ''
+  if m[3] and m[3] > stored then stored = m[3] end  -- a rebuild covers an instance without a field yet
+  return {'EXISTING', m[1], stored}
+end
 -- No meta: a first start, or a Redis that lost Pulse's keys. Start a clean
 -- board: leftovers of an earlier life under this prefix must not be merged.
 local idx, types, top = P .. 'w:idx', P .. 'w:types', P .. 'top:' .. label
@@ -262,31 +297,69 @@ redis.call('PEXPIRE', stats, meta_ttl)
 return {'CREATED', new_epoch, ''}
 """
 
-# Rebuild, step 1 (queued in one MULTI with APPLY): clear the board's window
-# keys, keep (or create) the epoch, and set every other instance's position
-# field to the rebuild position; APPLY then adds the snapshot's increments and
-# stores this instance's position. KEYS[1] meta, KEYS[2] stats; ARGV: prefix,
-# label, new epoch (used when none exists), now_ms, window_ms, bucket_ms,
-# meta_ttl_ms, position field, rebuild position.
+# Rebuild: take, renew or release the pause. KEYS[1] meta; ARGV: mode ('take', 'renew', 'release'), token,
+# timeout_ms, meta_ttl_ms. Answers {state, holder, until_ms, now_ms} in Redis' TIME: `take` gives BUSY while
+# another rebuild's pause is unexpired; `renew` gives EXPIRED when this token no longer holds a valid pause
+# (live sinks may have written since: the rebuild must not swap).
+PAUSE = r"""
+local meta = KEYS[1]
+local mode, token = ARGV[1], ARGV[2]
+local timeout, meta_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local m = redis.call('HMGET', meta, 'pause_token', 'pause_until_ms')
+local holder, until_ms = m[1] or '', tonumber(m[2] or '0') or 0
+local valid = holder ~= '' and until_ms > now
+if mode == 'release' then
+  if holder ~= token then return {'NOT_HELD', holder, until_ms, now} end
+  redis.call('HDEL', meta, 'pause_token', 'pause_until_ms')
+  return {'RELEASED', holder, until_ms, now}
+end
+if mode == 'renew' then
+  if holder ~= token or not valid then return {'EXPIRED', holder, until_ms, now} end
+elseif valid then
+  return {'BUSY', holder, until_ms, now}
+end
+redis.call('HSET', meta, 'pause_token', token, 'pause_until_ms', now + timeout)
+-- On a lost board the pause creates the meta hash (no epoch: a sink that
+-- writes after the pause expires still sees LOST); it must not live forever.
+if redis.call('PTTL', meta) < 0 then redis.call('PEXPIRE', meta, meta_ttl) end
+return {'OK', token, now + timeout, now}
+"""
+
+# Rebuild, the swap's first step (queued in one MULTI with APPLY in swap mode): check that this rebuild
+# still holds an unexpired pause (else EXPIRED, nothing changed: live sinks may have written past the
+# snapshot), clear the window's keys, keep (or create) the epoch and mark it rebuilt, store the rebuild
+# position in every instance's position field and as `rebuilt_position` (the floor of fields that do not
+# exist yet), lift the pause and leave the token for APPLY. KEYS[1] meta, KEYS[2] stats; ARGV: prefix,
+# label, new epoch (used when none exists), now_ms, window_ms, bucket_ms, meta_ttl_ms, position field,
+# rebuild position, pause token.
 RESET = r"""
 local meta, stats = KEYS[1], KEYS[2]
 local P, label, new_epoch = ARGV[1], ARGV[2], ARGV[3]
 local now, window, bsize, meta_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local pf, pos = ARGV[8], ARGV[9]
-local epoch = redis.call('HGET', meta, 'epoch') or new_epoch
+local pf, pos, token = ARGV[8], ARGV[9], ARGV[10]
+local m = redis.call('HMGET', meta, 'epoch', 'pause_token', 'pause_until_ms')
+local t = redis.call('TIME')
+local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if m[2] ~= token or (tonumber(m[3] or '0') or 0) <= rnow then
+  return {'EXPIRED', m[2] or '', tonumber(m[3] or '0') or 0, rnow}
+end
+local epoch = m[1] or new_epoch
 local idx, types, top = P .. 'w:idx', P .. 'w:types', P .. 'top:' .. label
 for _, b in ipairs(redis.call('ZRANGE', idx, 0, -1)) do redis.call('DEL', P .. 'w:b:' .. b) end
 for _, ctype in ipairs(redis.call('SMEMBERS', types)) do redis.call('DEL', top .. ':' .. ctype) end
 redis.call('DEL', idx, types, top, P .. 'w:acc', P .. 'events:' .. label, P .. 'devices:' .. label,
            P .. 'event_types:' .. label)
-local fields = redis.call('HKEYS', meta)
-for _, f in ipairs(fields) do
-  if string.sub(f, 1, 8) == 'position' and f ~= pf then redis.call('HSET', meta, f, pos) end
+for _, f in ipairs(redis.call('HKEYS', meta)) do
+  if string.sub(f, 1, 8) == 'position' then redis.call('HSET', meta, f, pos) end
 end
-redis.call('HSET', meta, 'epoch', epoch, pf, '', 'lo', math.floor((now - window) / bsize),
-           'complete_from_ms', now, 'updated_ms', now, 'rebuilt_ms', now)
+redis.call('HSET', meta, 'epoch', epoch, pf, pos, 'lo', math.floor((now - window) / bsize),
+           'complete_from_ms', now, 'updated_ms', now, 'rebuilt_ms', now, 'rebuilt_epoch', epoch,
+           'rebuilt_position', pos, 'swap_token', token)
+redis.call('HDEL', meta, 'pause_token', 'pause_until_ms')
 redis.call('PEXPIRE', meta, meta_ttl)
 redis.call('HINCRBY', stats, 'rebuilds', 1)
 redis.call('PEXPIRE', stats, meta_ttl)
-return epoch
+return {'OK', epoch}
 """

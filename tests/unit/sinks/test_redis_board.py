@@ -13,6 +13,7 @@ from pulse.sinks.redis_board import (
     NULL_MEMBER,
     Aggregate,
     Keys,
+    PauseState,
     bucket_of,
     decode_position,
     encode_position,
@@ -141,3 +142,25 @@ def test_sink_rejects_inconsistent_window_settings():
     with pytest.raises(ConfigError):
         RedisSink(RedisConfig(window_s=3600, bucket_s=10, state_ttl_s=3600))
     RedisSink(RedisConfig())  # defaults are consistent; no connection until open()
+
+
+def test_a_pause_is_logged_once_and_retried_at_most_every_interval():
+    p = PauseState(retry_interval_s=0.1)
+    assert not p.active and p.may_try(0.0) and p.resumed(0.0) is None
+    assert p.paused(until_ms=5_000, now=10.0) is True  # new: log it
+    assert p.active and p.pauses == 1 and p.until_ms == 5_000
+    assert not p.may_try(10.05)  # writes and idle flushes in between do not reach Redis
+    assert p.may_try(10.1)
+    assert p.paused(until_ms=5_000, now=10.1) is False  # the same pause: no second log line
+    assert not p.may_try(10.15) and p.pauses == 1
+    assert p.resumed(12.5) == 2.5  # the first other answer ends it, once
+    assert not p.active and p.may_try(12.5) and p.resumed(12.6) is None
+    assert p.paused(until_ms=9_000, now=20.0) is True and p.pauses == 2  # a later rebuild is a new pause
+
+
+def test_positions_compare_as_strings_in_lua_like_tuples():
+    """The scripts compare encoded positions as strings (fence, DUP, SPLIT, the rebuild's floor)."""
+    ps = [Position(0, 0), Position(1, 0), Position(1, 1), Position(1, 0xFFFF), Position(2, 0),
+          Position(1 << 40, 3), Position((1 << 64) - 1, (1 << 32) - 1)]
+    assert sorted(encode_position(p) for p in ps) == [encode_position(p) for p in sorted(ps)]
+    assert "" < encode_position(Position(0, 0))  # no field yet sorts below every position
