@@ -190,6 +190,45 @@ def test_a_rejected_row_goes_to_the_dead_letter_table_and_the_rest_lands(service
     assert len(list(client.query(f"SELECT 1 FROM `{dataset}.engagement_events_dead_letter`").result())) == 1
 
 
+def test_a_crash_between_a_direct_load_and_its_state_row_leaves_each_row_once(services, bq, tmp_path):
+    """Fresh ids are loaded straight into the table; dying before the state row costs one no-op MERGE."""
+    client, dataset = bq
+    from pulse.config import BigQueryConfig
+
+    cfg = BigQueryConfig(project=services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), dataset=dataset,
+                         endpoint=services["PULSE_BIGQUERY_ENDPOINT"], spool_dir=tmp_path, upload_in_process=False)
+
+    def ids() -> list[int]:
+        return sorted(r[0] for r in client.query(f"SELECT event_id FROM `{dataset}.engagement_events`").result())
+
+    sink = BigQuerySink(cfg)
+    sink.open()
+    sink.write(Batch(tuple(_event(i, Position(10, i), '{"i": %d}' % i) for i in range(1, 51))))
+
+    class Killed(Exception):
+        pass
+
+    def die(_position):
+        raise Killed("the process died after the load job, before the state row")
+
+    sink.loader.tables.store_position = die  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        sink.loader.load_once()
+    assert ids() == list(range(1, 51)) and len(sink.spool.files()) == 1  # loaded, not yet recorded
+    sink.close()
+
+    again = BigQuerySink(cfg)
+    assert again.open() == Position(10, 50)
+    again.loader.drain()
+    assert (again.loader.direct_loads, again.loader.merge_loads) == (0, 1)  # the ids are there: MERGE, a no-op
+    assert ids() == list(range(1, 51)) and again.loader.tables.state_position() == Position(10, 50)
+    again.write(Batch(tuple(_event(i, Position(11, i), None) for i in range(51, 61))))
+    again.loader.drain()
+    assert again.loader.direct_loads == 1
+    assert ids() == list(range(1, 61)) and again.loader.tables.state_position() == Position(11, 60)
+    again.close()
+
+
 def test_emulator_stopped_and_restarted_mid_run(scratch_db, services, bq, tmp_path):
     from pulse.dev import services as dev
 
