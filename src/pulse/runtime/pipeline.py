@@ -109,29 +109,25 @@ class SinkWorker(threading.Thread):
             self.tracker.durable(self.sink.name, pos)
 
     def _write(self, part: "list[EnrichedEvent] | BackfillChunk") -> None:
-        name = self.sink.name
         if type(part) is BackfillChunk:
             chunk: BackfillChunk = part  # type: ignore[assignment]
             if self.sink.accepts_columns:
-                self._advance(self._retrying()(self.sink.write_columns, chunk.table(), chunk.first, chunk.last))
+                self._advance(self._retrying()(self.sink.write_columns, chunk.table(), chunk.first, chunk.position))
             else:
                 events = chunk.events()
                 for i in range(0, len(events), self.batch_max):
                     self._advance(self._retrying()(self.sink.write, Batch(tuple(events[i:i + self.batch_max]),
                                                                           backfill=True, targets=chunk.targets)))
-            self.written += len(chunk)
-            metrics.EVENTS_OUT.labels(name).inc(len(chunk))
-            return
-        events: list[EnrichedEvent] = part  # type: ignore[no-redef]
-        batch = Batch(tuple(events), backfill=events[0].backfill)
-        self._advance(self._retrying()(self.sink.write, batch))
-        self.written += len(events)
-        metrics.EVENTS_OUT.labels(name).inc(len(events))
-        now = time.time()
-        hist = metrics.E2E.labels(name)
-        for ev in events:
-            if ev.commit_ts is not None:
-                hist.observe(now - ev.commit_ts.timestamp())
+        else:
+            events = part  # type: ignore[assignment]
+            self._advance(self._retrying()(self.sink.write, Batch(tuple(events), backfill=events[0].backfill)))
+            now = time.time()
+            hist = metrics.E2E.labels(self.sink.name)
+            for ev in events:
+                if ev.commit_ts is not None:
+                    hist.observe(now - ev.commit_ts.timestamp())
+        self.written += len(part)
+        metrics.EVENTS_OUT.labels(self.sink.name).inc(len(part))
 
     def run(self) -> None:
         name = self.sink.name

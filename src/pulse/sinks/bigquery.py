@@ -125,7 +125,6 @@ class BigQuerySink(Sink):
     def write(self, batch: Batch) -> Position:
         if not batch.events:
             return ZERO
-        self._check_background()
         return self.write_columns(S.to_arrow(batch.events), batch.first, batch.last)
 
     def write_columns(self, table, first: Position, last: Position) -> Position:

@@ -235,26 +235,31 @@ class Tables:
         self.query(S.state_script(state=self.ref(S.STATE_TABLE), table_name=self.table,
                                   position=(position.lsn, position.seq)), "state row")
 
-    def load_direct(self, path) -> int:
-        """Append a Parquet file's rows to the table itself (one atomic load job); returns the rows loaded."""
+    def load_parquet(self, path, destination, schema: list, disposition: str, prefix: str, what: str) -> int:
+        """One load job of a Parquet file into `destination` (atomic); returns the rows loaded."""
         bigquery = import_bigquery()
         job_config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET,
-            schema=S.final_schema(),
-            write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+            schema=schema,
+            write_disposition=disposition,
+            create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
         )
         opts = bigquery.ParquetOptions()
         opts.enable_list_inference = True
         job_config.parquet_options = opts
         try:
             with open(path, "rb") as fh:
-                job = self.client.load_table_from_file(fh, self.id(self.table), job_config=job_config,
-                                                       job_id_prefix="pulse_direct_", timeout=self.timeout)
+                job = self.client.load_table_from_file(fh, destination, job_config=job_config, job_id_prefix=prefix,
+                                                       timeout=self.timeout)
             job.result(timeout=self.timeout, retry=self.retry)
         except Exception as exc:
-            raise classify(exc, "direct load") from exc
+            raise classify(exc, what) from exc
         return int(job.output_rows or 0)
 
+    def load_direct(self, path) -> int:
+        """Append a Parquet file's rows to the table itself (one atomic load job); returns the rows loaded."""
+        return self.load_parquet(path, self.id(self.table), S.final_schema(), "WRITE_APPEND", "pulse_direct_",
+                                 "direct load")
 
 class Loader:
     """Applies spool files to the table: the sink's background thread and `pulse upload`."""
@@ -402,20 +407,8 @@ class Loader:
             table.expires = datetime.now(timezone.utc) + timedelta(days=1)
             t.client.delete_table(table.reference, not_found_ok=True, retry=t.retry, timeout=t.timeout)
             t.client.create_table(table, exists_ok=True, retry=t.retry, timeout=t.timeout)
-            job_config = bigquery.LoadJobConfig(
-                source_format=bigquery.SourceFormat.PARQUET,
-                schema=S.staging_schema(),
-                write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-                create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
-            )
-            opts = bigquery.ParquetOptions()
-            opts.enable_list_inference = True
-            job_config.parquet_options = opts
-            with open(path, "rb") as fh:
-                job = t.client.load_table_from_file(fh, table.reference, job_config=job_config,
-                                                    job_id_prefix="pulse_load_", timeout=t.timeout)
-            job.result(timeout=t.timeout, retry=t.retry)
-            return int(job.output_rows or 0)
+            return t.load_parquet(path, table.reference, S.staging_schema(), "WRITE_TRUNCATE", "pulse_load_",
+                                  "load job")
         except PulseError:
             raise
         except Exception as exc:

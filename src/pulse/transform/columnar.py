@@ -136,7 +136,8 @@ def enrich_table(raw: pa.Table, content: ContentColumns, *, lsn: int, first_seq:
     found = idx.is_valid().to_numpy(zero_copy_only=False)
     dur, dur_valid = _values(raw.column("duration_ms"), 0)
     length, len_valid = _values(length_arr, 0)
-    bad_ts = pc.fill_null(raw.column("event_ts_bad").combine_chunks(), False).to_numpy(zero_copy_only=False)
+    bad_ts_arr = pc.fill_null(raw.column("event_ts_bad").combine_chunks(), False)
+    bad_ts = bad_ts_arr.to_numpy(zero_copy_only=False)
 
     seconds_ok = dur_valid & (dur >= 0)
     pct_ok = seconds_ok & len_valid & (length > 0)
@@ -159,8 +160,7 @@ def enrich_table(raw: pa.Table, content: ContentColumns, *, lsn: int, first_seq:
     problem_lists = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(names, pa.string()))
 
     event_us = raw.column("event_us").combine_chunks()
-    event_ts = pc.if_else(pc.fill_null(raw.column("event_ts_bad").combine_chunks(), False),
-                          pa.scalar(None, pa.int64()), event_us).cast(_TS)
+    event_ts = pc.if_else(bad_ts_arr, pa.scalar(None, pa.int64()), event_us).cast(_TS)
     seconds = pa.array(dur / 1000, pa.float64(), mask=~seconds_ok).cast(_DEC)
     pct = pa.array(hundredths / 100, pa.float64(), mask=~pct_ok).cast(_DEC)
 
@@ -191,8 +191,7 @@ class BackfillChunk:
     holds once the chunk is durable.
     """
 
-    __slots__ = ("raw", "lsn", "first_seq", "commit_ts", "now", "cache", "columns", "targets", "_table", "_events",
-                 "_lock")
+    __slots__ = ("raw", "lsn", "first_seq", "commit_ts", "now", "cache", "targets", "_table", "_events", "_lock")
 
     def __init__(self, raw: pa.Table, *, lsn: int, first_seq: int, commit_ts: datetime | None, now: datetime,
                  cache: ContentCache, targets: tuple[str, ...] | None = None) -> None:
@@ -203,7 +202,6 @@ class BackfillChunk:
         self.commit_ts = commit_ts
         self.now = now
         self.cache = ContentCache(dict(cache.items()))  # a catalogue: thousands of rows, cheap to copy
-        self.columns = ContentColumns(self.cache)
         self._table: pa.Table | None = None
         self._events: list[EnrichedEvent] | None = None
         self._lock = threading.Lock()
@@ -216,12 +214,6 @@ class BackfillChunk:
     def position(self) -> Position:
         return Position(self.lsn, self.first_seq + self.raw.num_rows - 1)
 
-    last = position
-
-    @property
-    def backfill(self) -> bool:
-        return True
-
     def __len__(self) -> int:
         return self.raw.num_rows
 
@@ -231,7 +223,7 @@ class BackfillChunk:
     def table(self) -> pa.Table:
         with self._lock:
             if self._table is None:
-                self._table = enrich_table(self.raw, self.columns, lsn=self.lsn, first_seq=self.first_seq,
+                self._table = enrich_table(self.raw, ContentColumns(self.cache), lsn=self.lsn, first_seq=self.first_seq,
                                            commit_ts=self.commit_ts, now=self.now)
             return self._table
 

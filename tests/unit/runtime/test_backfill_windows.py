@@ -54,7 +54,7 @@ def test_rows_changed_between_the_watermarks_are_dropped_and_the_rest_take_the_h
     m.observe(event_change(3))
     m.observe(event_change(4, "delete"))
     out = m.on_watermark(mark("high", lsn=200, seq=1))
-    assert out.first == Position(200, 2) and out.last == Position(200, 3)
+    assert out.first == Position(200, 2) and out.position == Position(200, 3)
     table = out.table()
     assert table.column("event_id").to_pylist() == [1, 2]
     assert table.column("source_seq").to_pylist() == [2, 3] and table.column("backfill").to_pylist() == [True] * 2
