@@ -9,10 +9,16 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+# gcc builds the replication hot path (src/pulse/source/_wire.c); only the
+# build stage has it. The import check fails the build if it was skipped.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py constraints.txt README.md ./
 COPY src ./src
 RUN python -m venv /opt/pulse \
  && /opt/pulse/bin/pip install -c constraints.txt '.[all]' \
+ && /opt/pulse/bin/python -c "import pulse.source._wire" \
  && /opt/pulse/bin/pulse --help >/dev/null
 
 FROM python:3.11-slim

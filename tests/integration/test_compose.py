@@ -430,6 +430,7 @@ def test_dockerfile_builds_pulse_pinned_and_unprivileged():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", text, re.M)
     assert "pip install -c constraints.txt '.[all]'" in text
+    assert 'python -c "import pulse.source._wire"' in text  # the image has the native reader
     assert re.findall(r"^USER (\S+)", text, re.M)[-1] == "pulse"
     assert re.findall(r"^ENTRYPOINT (.+)$", text, re.M)[-1].strip() == '["pulse"]'
     assert "docker/healthcheck.py /usr/local/bin/pulse-healthcheck" in text
@@ -437,7 +438,7 @@ def test_dockerfile_builds_pulse_pinned_and_unprivileged():
         for item in path.split():
             assert (ROOT / item).exists(), item
     ignore = (ROOT / ".dockerignore").read_text().split()
-    for needed in ("src", "pyproject.toml", "constraints.txt", "README.md", "docker"):
+    for needed in ("src", "pyproject.toml", "setup.py", "constraints.txt", "README.md", "docker"):
         assert needed not in ignore, needed
 
 

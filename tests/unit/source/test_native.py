@@ -1,0 +1,168 @@
+"""The native decoder (`pulse.source._wire`) against the Python decoder, value for value.
+
+`decode_payloads` runs the reader's decoding on captured payloads: every
+Insert it decodes must give the row the Python decoder gives, every message
+it does not take must come out untouched, and the stream order must hold.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from pulse.source import native
+from pulse.source import pgoutput as pg
+from pulse.transform.columnar import raw_rows
+from tests.unit.source.test_pgoutput import (
+    enc_begin,
+    enc_commit,
+    enc_insert,
+    enc_relation,
+    enc_stream_start,
+    enc_stream_stop,
+    enc_tuple,
+)
+
+if not native.available():  # pragma: no cover
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("pulse.source._wire was not built: a C compiler is needed (see setup.py)")
+    pytest.skip("native extension not built", allow_module_level=True)
+
+wire = native.load()
+OID = 16400
+COLUMNS = [  # engagement_events as pgoutput describes it, plus a column Pulse does not read
+    (1, "id", 20, -1), (0, "content_id", 2950, -1), (0, "user_id", 2950, -1), (0, "event_type", 25, -1),
+    (0, "event_ts", 1184, -1), (0, "extra", 1700, -1), (0, "duration_ms", 23, -1), (0, "device", 25, -1),
+    (0, "raw_payload", 3802, -1),
+]
+REL = enc_relation(OID, "public", "engagement_events", "d", COLUMNS)
+WANTED = ("id", "content_id", "user_id", "event_type", "event_ts", "duration_ms", "device", "raw_payload")
+
+
+def _layout() -> native.FastLayout:
+    layout = native.FastLayout("public", 2)
+    assert layout.observe(REL)
+    return layout
+
+
+def _ts_text(rng: random.Random) -> str:
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=rng.randrange(-10**16, 10**16))
+    text = base.strftime("%Y-%m-%d %H:%M:%S")
+    frac = base.microsecond
+    if frac and rng.random() < 0.8:
+        text += "." + f"{frac:06d}".rstrip("0")
+    return text + rng.choice(["+00", "+00", "+05:30", "-03", "+01:00:30"]) if rng.random() < 0.3 else text + "+00"
+
+
+# What PostgreSQL can send that a Python datetime (or the UTC range) cannot hold ...
+SENDABLE_ODD_TS = ["infinity", "-infinity", "2026-01-01 00:00:00+00 BC", "10000-01-01 00:00:00+00",
+                   "0001-01-01 00:00:00+01", "9999-12-31 23:59:59.999999-01"]
+# ... and text it never sends.
+ODD_TS = SENDABLE_ODD_TS + ["2026-13-01 00:00:00+00", "2026-02-30 00:00:00+00", "2026-01-01T00:00:00+00",
+                            "2026-01-01 00:00:00", "2026-01-01 00:00:00.1234567+00"]
+
+
+def _row(rng: random.Random, i: int) -> list:
+    ts = rng.choice(SENDABLE_ODD_TS) if rng.random() < 0.05 else _ts_text(rng)
+    cid = None if rng.random() < 0.1 else f"00000000-0000-0000-0000-{rng.randrange(50):012d}"
+    duration = rng.choice([None, "0", "-5", str(rng.randrange(1, 10**7)), "2147483647", "-2147483648"])
+    device = rng.choice([None, "", "ios", "web-safari", "üñíçødé ✓", "emoji 🎉"])
+    payload = rng.choice([None, "{}", '{"a": 1, "b": "é"}', '{"k": "' + "x" * rng.randrange(0, 5000) + '"}'])
+    ident = str(rng.choice([i, -i, 2**63 - 1, -2**63]))
+    return [ident, cid, "11111111-2222-3333-4444-555555555555", rng.choice(["play", "click", None]), ts,
+            rng.choice([None, "1.50"]), duration, device, payload]
+
+
+def _python_row(decoder: pg.PgOutputDecoder, payload: bytes) -> dict:
+    rec = decoder.decode(payload)
+    assert type(rec) is pg.Insert
+    row = rec.relation.as_dict(rec.new)
+    return {k: row[k] for k in WANTED}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_runs_match_the_python_decoder_and_keep_the_stream_order(seed: int) -> None:
+    rng = random.Random(seed)
+    layout = _layout()
+    payloads: list[bytes] = [REL]
+    for t in range(20):
+        payloads.append(enc_begin(1000 + t, datetime(2026, 1, 1, tzinfo=timezone.utc), 500 + t))
+        payloads += [enc_insert(OID, _row(rng, t * 1000 + i)) for i in range(rng.randrange(0, 60))]
+        payloads.append(enc_commit(1000 + t, 1001 + t, datetime(2026, 1, 1, tzinfo=timezone.utc)))
+    items = wire.decode_payloads(payloads, layout.oid, layout.kinds, run_max=25)
+
+    decoder = pg.PgOutputDecoder(2)
+    flattened: list[bytes] = []
+    decoded = raw = 0
+    for item in items:
+        if type(item) is bytes:
+            flattened.append(item)
+            decoder.decode(item)
+            raw += item[0] == ord("I")
+            continue
+        expected = [_python_row(decoder, p) for p in native.run_payloads(item)]
+        got = raw_rows(native.run_table(item, layout.columns, layout.kinds))
+        for want in expected:
+            if want["event_ts"] is not None:
+                want["event_ts"] = want["event_ts"].astimezone(timezone.utc)
+        assert got == expected
+        assert len(expected) <= 25
+        flattened += native.run_payloads(item)
+        decoded += item[0]
+    assert flattened == payloads
+    assert decoded > 0 and raw > 0  # both paths were taken
+
+
+def test_values_it_does_not_accept_go_to_python_untouched() -> None:
+    layout = _layout()
+    good = ["1", None, None, "play", "2026-01-01 00:00:00+00", None, "5", "ios", "{}"]
+    odd = []
+    for ts in ODD_TS:
+        odd.append(good[:4] + [ts] + good[5:])
+    odd.append(["9223372036854775808"] + good[1:])  # does not fit an int64
+    odd.append(good[:6] + ["12a"] + good[7:])
+    bad_utf8 = enc_insert(OID, good).replace(b"ios", b"i\xffs")
+    binary = enc_insert(OID, good[:7] + [b"ios"] + good[8:])
+    short = b"I" + OID.to_bytes(4, "big") + b"N" + enc_tuple(good[:-1])
+    payloads = [enc_insert(OID, v) for v in odd] + [bad_utf8, binary, short]
+    items = wire.decode_payloads(payloads, layout.oid, layout.kinds)
+    assert items == payloads
+
+
+def test_inside_a_stream_and_for_other_relations_nothing_is_decoded() -> None:
+    layout = _layout()
+    good = ["1", None, None, "play", "2026-01-01 00:00:00+00", None, "5", "ios", "{}"]
+    other = enc_insert(OID + 1, good)
+    streamed = b"I" + (77).to_bytes(4, "big") + enc_insert(OID, good)[1:]
+    payloads = [other, enc_stream_start(77, True), streamed, enc_stream_stop(), enc_insert(OID, good)]
+    items = wire.decode_payloads(payloads, layout.oid, layout.kinds)
+    assert items[:4] == payloads[:4]
+    assert type(items[4]) is tuple and items[4][0] == 1
+
+
+def test_timestamps_parse_like_python() -> None:
+    rng = random.Random(7)
+    for _ in range(5000):
+        text = _ts_text(rng)
+        us = wire.parse_timestamptz(text.encode())
+        want = datetime.fromisoformat(text).astimezone(timezone.utc)
+        assert us is not None, text
+        assert datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us) == want
+    for text in ODD_TS:
+        assert wire.parse_timestamptz(text.encode()) is None, text
+
+
+def test_layout_needs_every_expected_column_with_its_type() -> None:
+    layout = native.FastLayout("public", 2)
+    assert layout.observe(REL) and layout.kinds == b"issstxiss"
+    retyped = [c if c[1] != "event_ts" else (0, "event_ts", 1114, -1) for c in COLUMNS]  # timestamp
+    assert layout.observe(enc_relation(OID, "public", "engagement_events", "d", retyped))
+    assert layout.oid == 0
+    assert not native.FastLayout("public", 2).observe(enc_relation(OID, "other", "engagement_events", "d", COLUMNS))
+    missing = [c for c in COLUMNS if c[1] != "device"]
+    fresh = native.FastLayout("public", 2)
+    assert not fresh.observe(enc_relation(OID, "public", "engagement_events", "d", missing))
+    assert fresh.oid == 0
