@@ -87,6 +87,12 @@ class DatabaseConfig(_Section):
     status_interval_s: float = Field(
         default=5.0, gt=0, description="Seconds between standby status updates sent to the server."
     )
+    native_reader: bool = Field(
+        default=True,
+        description="Read the replication stream with Pulse's C extension (`pulse.source._wire`) and decode "
+        "runs of inserts into columns; false, or an install built without a C compiler, uses the "
+        "pure-Python reader (same results, about half the throughput).",
+    )
     heartbeat_interval_s: float = Field(
         default=10.0,
         gt=0,

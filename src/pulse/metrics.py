@@ -33,3 +33,25 @@ TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen"
 def serve(host: str, port: int) -> None:
     """Expose /metrics; binds to `host` (127.0.0.1 by default)."""
     start_http_server(port, addr=host)
+
+
+def observe_many(hist, value: float, count: int) -> None:
+    """`count` observations of the same value (a chunk of events sharing a commit time).
+
+    prometheus_client has no bulk observe; one call per event would cost a
+    microsecond each on the hot path. This adds to the sum and the one
+    bucket directly, falling back to single observations if the client's
+    internals ever change.
+    """
+    buckets = getattr(hist, "_buckets", None)
+    bounds = getattr(hist, "_upper_bounds", None)
+    total = getattr(hist, "_sum", None)
+    if buckets is None or bounds is None or total is None:
+        for _ in range(count):
+            hist.observe(value)
+        return
+    total.inc(value * count)
+    for i, bound in enumerate(bounds):
+        if value <= bound:
+            buckets[i].inc(count)
+            return

@@ -486,3 +486,13 @@ def test_facts_are_not_mutated():
     before = copy.deepcopy(facts)
     evaluate(facts)
     assert facts == before
+
+
+def test_native_reader_check_warns_only_when_enabled_but_not_built() -> None:
+    from pulse.doctor import check_native_reader
+
+    assert check_native_reader({}) is None
+    assert check_native_reader({"native_reader": {"enabled": True, "built": True}}).status == "ok"
+    assert check_native_reader({"native_reader": {"enabled": False, "built": False}}).status == "ok"
+    missing = check_native_reader({"native_reader": {"enabled": True, "built": False}})
+    assert missing.status == "warn" and "gcc" in missing.fix

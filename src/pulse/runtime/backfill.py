@@ -20,7 +20,7 @@ every change it did not. Each destination, applying changes by event id in
 position order, therefore ends with every event's latest committed state.
 
 Chunks are read with `COPY ... (FORMAT csv)` into Arrow (`transform/columnar.py`)
-and leave the dispatcher as one `BackfillChunk`: a sink that takes columns
+and leave the dispatcher as one `EventChunk`: a sink that takes columns
 (BigQuery) gets it enriched column-wise, the others as events, enriched by
 their own worker thread with the content cache copied at the watermark.
 
@@ -51,7 +51,7 @@ from pulse.errors import ConfigError
 from pulse.log import get_logger
 from pulse.model import Change, Position
 from pulse.schema import connect
-from pulse.transform.columnar import BackfillChunk, chunk_query, read_chunk
+from pulse.transform.columnar import EventChunk, chunk_query, read_chunk
 
 if TYPE_CHECKING:
     from pulse.runtime.pipeline import Pipeline
@@ -227,7 +227,7 @@ class BackfillManager:
             if window.low_seen:
                 window.changed.add(event_id)
 
-    def on_watermark(self, change: Change) -> BackfillChunk | None:
+    def on_watermark(self, change: Change) -> EventChunk | None:
         """A watermark passed in the stream; at a high watermark, the chunk's surviving rows."""
         row = change.new
         if not row:
@@ -247,7 +247,7 @@ class BackfillManager:
             raw = raw.filter(keep)
             window.superseded += window.rows.num_rows - raw.num_rows
         job = self.jobs.get(window.run_id)
-        chunk = BackfillChunk(raw, lsn=change.position.lsn, first_seq=change.position.seq + 1,
+        chunk = EventChunk(raw, lsn=change.position.lsn, first_seq=change.position.seq + 1,
                               commit_ts=change.commit_ts, now=self.pipeline.clock(), cache=self.pipeline.cache,
                               targets=job.relayed if job is not None and job.relayed else None)
         window.last_position = Position(change.position.lsn, change.position.seq + raw.num_rows)

@@ -43,11 +43,12 @@ from pulse.runtime.queues import ByteQueue
 from pulse.runtime.tracker import AckTracker
 from pulse.schema import connect, init_database
 from pulse.sinks.base import Sink
+from pulse.source import native
 from pulse.source.changes import ChangeAssembler, Truncated, TxnEnd
 from pulse.source.pgoutput import PgOutputDecoder, lsn_to_str
-from pulse.source.replication import ReaderFailed, Reconnected, ReplicationReader
+from pulse.source.replication import QUEUE_ITEMS, QUEUE_ITEMS_NATIVE, ReaderFailed, Reconnected, ReplicationReader
 from pulse.source.slot import ensure_slot
-from pulse.transform.columnar import BackfillChunk
+from pulse.transform.columnar import EventChunk
 from pulse.transform.content_cache import ContentCache, load_content
 from pulse.transform.enrich import enrich_change
 
@@ -57,6 +58,9 @@ Clock = Callable[[], datetime]
 
 # Events handed to the sink queues at once (fewer lock round trips, same order).
 DISPATCH_CHUNK = 1000
+# A native run this long or longer goes on as one EventChunk (columns); a
+# shorter one is decoded row by row, where per-chunk costs would dominate.
+COLUMNS_MIN_ROWS = 128
 
 
 def utcnow() -> datetime:
@@ -108,21 +112,26 @@ class SinkWorker(threading.Thread):
             self.durable = pos
             self.tracker.durable(self.sink.name, pos)
 
-    def _write(self, part: "list[EnrichedEvent] | BackfillChunk") -> None:
-        if type(part) is BackfillChunk:
-            chunk: BackfillChunk = part  # type: ignore[assignment]
+    def _write(self, part: "list[EnrichedEvent] | EventChunk") -> None:
+        now = time.time()
+        hist = metrics.E2E.labels(self.sink.name)
+        if type(part) is EventChunk:
+            chunk: EventChunk = part  # type: ignore[assignment]
             if self.sink.accepts_columns:
                 self._advance(self._retrying()(self.sink.write_columns, chunk.table(), chunk.first, chunk.position))
             else:
                 events = chunk.events()
                 for i in range(0, len(events), self.batch_max):
                     self._advance(self._retrying()(self.sink.write, Batch(tuple(events[i:i + self.batch_max]),
-                                                                          backfill=True, targets=chunk.targets)))
+                                                                          backfill=chunk.backfill,
+                                                                          targets=chunk.targets)))
+            for problem, count in chunk.take_problems().items():
+                metrics.PROBLEMS.labels(problem).inc(count)
+            if not chunk.backfill and chunk.commit_ts is not None:
+                metrics.observe_many(hist, now - chunk.commit_ts.timestamp(), len(chunk))
         else:
             events = part  # type: ignore[assignment]
             self._advance(self._retrying()(self.sink.write, Batch(tuple(events), backfill=events[0].backfill)))
-            now = time.time()
-            hist = metrics.E2E.labels(self.sink.name)
             for ev in events:
                 if ev.commit_ts is not None:
                     hist.observe(now - ev.commit_ts.timestamp())
@@ -141,7 +150,7 @@ class SinkWorker(threading.Thread):
                     if self.draining.is_set() and len(self.queue) == 0:
                         return
                     continue
-                if any(type(e) is BackfillChunk for e in events):
+                if any(type(e) is EventChunk for e in events):
                     for part in _runs(events):
                         self._write(part)
                 else:
@@ -243,9 +252,11 @@ class Pipeline:
             self.workers[sink.name] = worker
             worker.start()
         self.backfill = BackfillManager(self)
-        in_q: queue.Queue[object] = queue.Queue(maxsize=64)
+        db = self.settings.database
+        in_q: queue.Queue[object] = queue.Queue(
+            maxsize=QUEUE_ITEMS_NATIVE if db.native_reader and native.available() else QUEUE_ITEMS)
         self.reader = reader = ReplicationReader(
-            self.settings.database, in_q, durable_idle=tracker.idle, server_settings=self.server_settings
+            db, in_q, durable_idle=tracker.idle, server_settings=self.server_settings
         )
         reader.start()
         self.ready.set()
@@ -258,7 +269,10 @@ class Pipeline:
                     item = in_q.get(timeout=0.2)
                 except queue.Empty:
                     item = None
-                if type(item) is list:
+                if type(item) is native.Items:
+                    self._on_native(item, decoder, assembler)  # type: ignore[arg-type]
+                    self._flush_pending()
+                elif type(item) is list:
                     decode, feed, handle = decoder.decode, assembler.feed, self._handle
                     for payload in item:
                         for out in feed(decode(payload)):
@@ -277,6 +291,32 @@ class Pipeline:
             self._shutdown(assembler)
         if self.failure is not None:
             raise self.failure
+
+    def _on_native(self, batch: native.Items, decoder: PgOutputDecoder, assembler: ChangeAssembler) -> None:
+        """A native read: raw payloads through the decoder, long runs of inserts as one chunk each."""
+        decode, feed, handle = decoder.decode, assembler.feed, self._handle
+        for item in batch.items:
+            if type(item) is bytes:
+                for out in feed(decode(item)):
+                    handle(out)
+                continue
+            n = item[0]
+            if n < COLUMNS_MIN_ROWS or (self.backfill is not None and self.backfill.windows):
+                # Short runs, and any run while a backfill window is open (it
+                # must see each live id): the row path, on the same payloads.
+                for payload in native.run_payloads(item):
+                    for out in feed(decode(payload)):
+                        handle(out)
+                continue
+            lsn, first_seq, commit_ts = assembler.claim(n)
+            chunk = EventChunk(native.run_table(item, batch.columns, batch.kinds), lsn=lsn, first_seq=first_seq,
+                               commit_ts=commit_ts, now=self.clock(), cache=self.cache, backfill=False)
+            self._flush_pending()  # events before the run go first
+            self.events_in += n
+            metrics.EVENTS_IN.inc(n)
+            metrics.CHANGES_IN.labels("engagement_events", "insert").inc(n)
+            if self._enqueue_chunk(chunk, self.workers.values()):
+                self.tracker.dispatched(chunk.position)  # type: ignore[union-attr]
 
     def _handle(self, out: object) -> None:
         t = type(out)
@@ -329,10 +369,24 @@ class Pipeline:
         if self._enqueue(events, size, self.workers.values()):
             self.tracker.dispatched(events[-1].position)
 
-    def _dispatch_to(self, chunk: BackfillChunk, sinks: list[str]) -> None:
+    def _dispatch_to(self, chunk: EventChunk, sinks: list[str]) -> None:
         """A backfill chunk: only to the run's target sinks, as one queue item (its position is its last)."""
-        if self._enqueue([chunk], chunk.size_hint(), [self.workers[name] for name in sinks]):  # type: ignore[list-item]
+        if self._enqueue_chunk(chunk, [self.workers[name] for name in sinks]):
             self.tracker.dispatched(chunk.position, sinks)
+
+    def _enqueue_chunk(self, chunk: EventChunk, workers) -> bool:
+        """Put `chunk` on each worker's queue, minus the rows it already has; False when stopping."""
+        last = chunk.position
+        for worker in workers:
+            if last <= worker.enqueued:
+                continue
+            part = chunk.after(worker.enqueued) if chunk.first <= worker.enqueued else chunk
+            while not worker.queue.put_many([part], part.size_hint(), timeout=0.5):  # type: ignore[list-item]
+                if self.stop_event.is_set():
+                    return False
+                self._housekeeping()
+            worker.enqueued = last
+        return True
 
     def _enqueue(self, events: list[EnrichedEvent], size: int, workers) -> bool:
         """Put `events` on each worker's queue, skipping what it already has; False when stopping."""
@@ -477,7 +531,7 @@ def _runs(items: list) -> list:
     out: list = []
     run: list[EnrichedEvent] = []
     for item in items:
-        if type(item) is BackfillChunk:
+        if type(item) is EventChunk:
             if run:
                 out.append(run)
                 run = []

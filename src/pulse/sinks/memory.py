@@ -20,9 +20,14 @@ from pulse.sinks.base import Sink
 
 
 class MemorySink(Sink):
-    def __init__(self, name: str = "memory", keep: bool = True, start: Position = ZERO) -> None:
+    """Keeps events (or, with `columns=True`, the enriched Arrow tables a columnar sink gets)."""
+
+    def __init__(self, name: str = "memory", keep: bool = True, start: Position = ZERO,
+                 columns: bool = False) -> None:
         self.name = name
         self.keep = keep
+        self.accepts_columns = columns
+        self.tables: list = []
         self.events: list[EnrichedEvent] = []
         self.batches = 0
         self.count = 0
@@ -40,6 +45,15 @@ class MemorySink(Sink):
             self.batches += 1
             self.position = batch.last
         return batch.last
+
+    def write_columns(self, table, first: Position, last: Position) -> Position:
+        with self._lock:
+            if self.keep:
+                self.tables.append(table)
+            self.count += table.num_rows
+            self.batches += 1
+            self.position = last
+        return last
 
     def snapshot(self) -> list[EnrichedEvent]:
         with self._lock:

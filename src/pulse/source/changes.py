@@ -95,6 +95,18 @@ class ChangeAssembler:
             self._discard(spill)
         self._spills.clear()
 
+    def claim(self, n: int) -> tuple[int, int, datetime]:
+        """Positions for `n` inserts of the open transaction decoded elsewhere (the native reader's runs).
+
+        Returns (commit LSN, first ordinal, commit time); the next change is
+        numbered after them, as if they had been fed one by one.
+        """
+        if self._txn is None:
+            raise pg.PgOutputError("row change outside a transaction")
+        first = self._seq + 1
+        self._seq += n
+        return self._txn.final_lsn, first, self._txn.commit_ts
+
     @property
     def open_streams(self) -> int:
         return len(self._spills)

@@ -37,12 +37,24 @@ from pulse.config import DatabaseConfig
 from pulse.errors import PulseError, SlotLostError, TerminalError
 from pulse.log import get_logger
 from pulse.schema import connect
+from pulse.source import native
 from pulse.source.pgoutput import lsn_to_str
 
 log = get_logger(__name__)
 
 HEARTBEAT_PREFIX = "pulse.heartbeat"
 CHUNK_MESSAGES = 512
+# Native reads: messages and payload bytes per call (one queue item each),
+# and the bounds of one run of inserts (a read ends between runs, so a run
+# may take a read past the first two). With the pipeline's queue of
+# QUEUE_ITEMS_NATIVE items, at most 64 MiB of payloads are read ahead
+# (typically a few MiB).
+NATIVE_MESSAGES = 2048
+NATIVE_BYTES = 4 << 20
+RUN_MAX_ROWS = 16384
+RUN_MAX_BYTES = 4 << 20
+QUEUE_ITEMS = 64
+QUEUE_ITEMS_NATIVE = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +94,10 @@ class ReplicationReader(threading.Thread):
         self.server_wal_end = 0
         self.last_message_at = time.monotonic()
         self.session = 0
+        self.wire = native.load() if cfg.native_reader else None
+        if cfg.native_reader and self.wire is None:
+            log.warning("native.unavailable", note="pulse.source._wire was not built (no C compiler at install?): "
+                        "using the pure-Python reader")
         self.error: BaseException | None = None
         self.messages = 0
         # Transaction state seen on the wire (first byte of each payload), so
@@ -89,6 +105,8 @@ class ReplicationReader(threading.Thread):
         self._in_txn = False
         self._open_streams: set[int] = set()
         self._last_commit_end = 0
+        self._native_session = False
+        self._last_feedback = 0.0
 
     # -- called from other threads ------------------------------------------
 
@@ -140,7 +158,9 @@ class ReplicationReader(threading.Thread):
         self._put(ReaderFailed(exc), None)
 
     def _connect(self):
-        options = " ".join(f"-c {k}={v}" for k, v in self.server_settings.items())
+        settings = dict(native.SERVER_SETTINGS) if self.wire is not None else {}
+        settings.update(self.server_settings)
+        options = " ".join(f"-c {k}={v}" for k, v in settings.items())
         conn = psycopg2.connect(
             self.cfg.dsn(),
             connection_factory=psycopg2.extras.LogicalReplicationConnection,
@@ -177,7 +197,11 @@ class ReplicationReader(threading.Thread):
                 self._put(Reconnected(self.session), cur)
             log.info("replication.started", slot=self.cfg.slot, session=self.session,
                      proto=self.cfg.protocol_version)
-            self._loop(conn, cur)
+            self._native_session = self.wire is not None
+            if self.wire is not None:
+                self._loop_native(conn, cur)
+            else:
+                self._loop(conn, cur)
         finally:
             try:
                 conn.close()
@@ -226,6 +250,47 @@ class ReplicationReader(threading.Thread):
             self._put(chunk, cur)
         self._feedback(cur, force=True)
 
+    def _loop_native(self, conn, cur) -> None:
+        """The loop on `_wire`: runs of inserts come decoded, everything else as raw payloads.
+
+        Items go on in the order they arrived, one queue item per read; a
+        message that may change the fast relation's layout ends a read, so
+        the layout is updated before the next Insert is decoded.
+        """
+        reader = self.wire.Reader(conn.pgconn_ptr, RUN_MAX_ROWS, RUN_MAX_BYTES)  # type: ignore[union-attr]
+        layout = native.FastLayout(self.cfg.source_schema, self.cfg.protocol_version)
+        observed = layout.OBSERVED
+        hb = _Heartbeat(self.cfg)
+        track = self._track
+        timeout_ms = int(min(1.0, self.cfg.status_interval_s) * 1000)
+        try:
+            while not self.stop_event.is_set():
+                columns, kinds = layout.columns, layout.kinds  # what this read's runs are decoded with
+                items, flags = reader.read(timeout_ms, NATIVE_MESSAGES, NATIVE_BYTES)
+                self.server_wal_end = max(self.server_wal_end, reader.wal_end)
+                now = time.monotonic()
+                if items:
+                    changed = False
+                    for item in items:
+                        if type(item) is bytes and item[0] != 0x49:  # not an Insert: maybe a boundary
+                            track(item)
+                            if item[0] in observed:
+                                changed |= layout.observe(item)
+                    if changed:
+                        reader.set_fast(layout.oid, layout.kinds)
+                    self.messages = reader.messages
+                    self.last_message_at = now
+                    self._put(native.Items(items, columns, kinds), cur)
+                if flags & self.wire.FLAG_ENDED:  # type: ignore[union-attr]
+                    cur.read_message()  # raises the connection's own error
+                    raise psycopg2.OperationalError("the replication stream ended")
+                self._feedback(cur, force=bool(flags & self.wire.FLAG_REPLY))  # type: ignore[union-attr]
+                if not items and now - hb.last_activity(self) >= self.cfg.heartbeat_interval_s:
+                    hb.emit()
+        finally:
+            hb.close()
+        self._feedback(cur, force=True)
+
     def _track(self, payload: bytes) -> None:
         kind = payload[0]
         if kind == 0x42:  # 'B'
@@ -245,6 +310,11 @@ class ReplicationReader(threading.Thread):
 
     def _feedback(self, cur, force: bool = False) -> None:
         ack = self._ack
+        now = time.monotonic()
+        if self._native_session and now - self._last_feedback >= self.cfg.status_interval_s:
+            # psycopg2 sends its periodic status update from read_message,
+            # which the native loop never calls: send it from here.
+            force = True
         if (
             not self._in_txn
             and not self._open_streams
@@ -254,12 +324,14 @@ class ReplicationReader(threading.Thread):
         ):
             # Nothing in flight and everything received is durable: the
             # server's WAL end can be confirmed (idle slots advance).
-            wal_end = cur.wal_end or 0
+            wal_end = self.server_wal_end if self._native_session else (cur.wal_end or 0)
             if wal_end > ack:
                 ack = wal_end
                 self.acknowledge(ack)
         if ack > self.sent_ack or force:
             cur.send_feedback(write_lsn=ack, flush_lsn=ack, apply_lsn=ack, force=force)
+            if force:
+                self._last_feedback = now
             self.sent_ack = max(self.sent_ack, ack)
             log.debug("replication.ack", lsn=lsn_to_str(ack))
         else:

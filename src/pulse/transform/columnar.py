@@ -88,14 +88,25 @@ def parse_chunk(data: bytes) -> pa.Table:
     ).cast(RAW_SCHEMA)
 
 
+_ROW_NAMES = ("id", "content_id", "user_id", "event_type", "event_ts", "duration_ms", "device", "raw_payload")
+
+
+def raw_columns(raw: pa.Table) -> list[list[Any]]:
+    """The chunk as Python lists in `_ROW_NAMES` order (`event_ts` as a datetime, or text when bad)."""
+    names = [n if n != "event_ts" else "event_us" for n in _ROW_NAMES]
+    columns = [raw.column(n).to_pylist() for n in names]
+    epoch, delta = _EPOCH, timedelta  # (Arrow's own tz-aware to_pylist is slower still)
+    stamps = [None if us is None else epoch + delta(microseconds=us) for us in columns[4]]
+    bad = raw.column("event_ts_bad")
+    if pc.any(pc.fill_null(bad, False)).as_py():
+        stamps = [_BAD_TS_TEXT if b else ts for ts, b in zip(stamps, bad.to_pylist())]
+    columns[4] = stamps
+    return columns
+
+
 def raw_rows(raw: pa.Table) -> list[dict[str, Any]]:
-    """The chunk as the row dicts of `enrich_row` (for sinks that take events)."""
-    rows = raw.to_pylist()
-    for r in rows:
-        us = r.pop("event_us")
-        bad = r.pop("event_ts_bad")
-        r["event_ts"] = _BAD_TS_TEXT if bad else (None if us is None else _EPOCH + timedelta(microseconds=us))
-    return rows
+    """The chunk as the row dicts of `enrich_row`."""
+    return [dict(zip(_ROW_NAMES, values)) for values in zip(*raw_columns(raw))]
 
 
 class ContentColumns:
@@ -124,7 +135,7 @@ def _values(arr: pa.Array | pa.ChunkedArray, fill: int) -> tuple[np.ndarray, np.
 
 
 def enrich_table(raw: pa.Table, content: ContentColumns, *, lsn: int, first_seq: int,
-                 commit_ts: datetime | None, now: datetime) -> pa.Table:
+                 commit_ts: datetime | None, now: datetime, backfill: bool = True) -> pa.Table:
     """Enrich a chunk (RAW_SCHEMA) into ARROW_SCHEMA rows at positions (lsn, first_seq + i)."""
     n = raw.num_rows
     cid = raw.column("content_id").combine_chunks()
@@ -175,36 +186,43 @@ def enrich_table(raw: pa.Table, content: ContentColumns, *, lsn: int, first_seq:
         "source_seq": pa.array(np.arange(first_seq, first_seq + n, dtype=np.int64)),
         "commit_ts": pa.repeat(pa.scalar(commit_ts, _TS), n),
         "processed_ts": pa.repeat(pa.scalar(now, _TS), n),
-        "backfill": pa.repeat(pa.scalar(True), n),
+        "backfill": pa.repeat(pa.scalar(backfill), n),
         "problems": problem_lists,
     }
     return pa.Table.from_arrays([columns[f.name] for f in ARROW_SCHEMA], schema=ARROW_SCHEMA)
 
 
-class BackfillChunk:
-    """A backfill chunk at its high watermark, in both forms, each built on first use.
+class EventChunk:
+    """Consecutive inserts at one commit LSN, as columns: a backfill chunk or a live run.
 
-    Sinks that take columns (`Sink.accepts_columns`) get `table()`; the others
-    get `events()`, built by the sink workers (off the dispatcher thread).
-    Both use a copy of the content cache taken at the watermark: the live
-    cache moves on with the stream. `position` is the last one: what a sink
-    holds once the chunk is durable.
+    A backfill chunk sits at its high watermark; a live run is a stretch of
+    one transaction's inserts decoded by the native reader
+    (`pulse.source.native`). Both become, on first use, the form a sink
+    takes: sinks that take columns (`Sink.accepts_columns`) get `table()`;
+    the others get `events()`, built by the sink workers (off the
+    dispatcher thread) and shared between them. Both use the content
+    cache's snapshot at the chunk's place in the stream: the live cache
+    moves on. `position` is the last one: what a sink holds once the chunk
+    is durable.
     """
 
-    __slots__ = ("raw", "lsn", "first_seq", "commit_ts", "now", "cache", "targets", "_table", "_events", "_lock")
+    __slots__ = ("raw", "lsn", "first_seq", "commit_ts", "now", "cache", "targets", "backfill", "_table",
+                 "_events", "_lock", "_problems")
 
     def __init__(self, raw: pa.Table, *, lsn: int, first_seq: int, commit_ts: datetime | None, now: datetime,
-                 cache: ContentCache, targets: tuple[str, ...] | None = None) -> None:
+                 cache: ContentCache, targets: tuple[str, ...] | None = None, backfill: bool = True) -> None:
         self.raw = raw
         self.targets = targets  # for a relaying sink (Kafka): the destinations downstream
         self.lsn = lsn
         self.first_seq = first_seq
         self.commit_ts = commit_ts
         self.now = now
-        self.cache = ContentCache(dict(cache.items()))  # a catalogue: thousands of rows, cheap to copy
+        self.cache = cache.snapshot()
+        self.backfill = backfill
         self._table: pa.Table | None = None
         self._events: list[EnrichedEvent] | None = None
         self._lock = threading.Lock()
+        self._problems: dict[str, int] | None = None
 
     @property
     def first(self) -> Position:
@@ -220,19 +238,50 @@ class BackfillChunk:
     def size_hint(self) -> int:
         return int(self.raw.nbytes) * 2  # the raw chunk and its enriched table
 
+    def after(self, position: Position) -> "EventChunk":
+        """The rows after `position` (a sink that already holds the start of the chunk)."""
+        skip = 0 if position.lsn != self.lsn else max(0, position.seq - self.first_seq + 1)
+        if skip == 0:
+            return self
+        part = EventChunk(self.raw.slice(skip), lsn=self.lsn, first_seq=self.first_seq + skip,
+                          commit_ts=self.commit_ts, now=self.now, cache=self.cache, targets=self.targets,
+                          backfill=self.backfill)
+        return part
+
     def table(self) -> pa.Table:
         with self._lock:
             if self._table is None:
-                self._table = enrich_table(self.raw, ContentColumns(self.cache), lsn=self.lsn, first_seq=self.first_seq,
-                                           commit_ts=self.commit_ts, now=self.now)
+                self._table = enrich_table(self.raw, self.cache.columns(), lsn=self.lsn, first_seq=self.first_seq,
+                                           commit_ts=self.commit_ts, now=self.now, backfill=self.backfill)
+                if self._problems is None:
+                    flat = pc.list_flatten(self._table.column("problems"))
+                    counts = pc.value_counts(flat) if len(flat) else []
+                    self._problems = {c["values"].as_py(): c["counts"].as_py() for c in counts}
             return self._table
 
     def events(self) -> list[EnrichedEvent]:
         with self._lock:
             if self._events is None:
+                lsn, seq, commit_ts, cache, now, backfill = (self.lsn, self.first_seq, self.commit_ts, self.cache,
+                                                             self.now, self.backfill)
+                enrich = E.enrich_values
                 self._events = [
-                    E.enrich_row(r, op="insert", position=Position(self.lsn, self.first_seq + i),
-                                 commit_ts=self.commit_ts, cache=self.cache, now=self.now, backfill=True)
-                    for i, r in enumerate(raw_rows(self.raw))
+                    enrich(i, c, u, t, ts, d, dev, p, "insert", Position(lsn, seq + k), commit_ts, cache, now,
+                           backfill)
+                    for k, (i, c, u, t, ts, d, dev, p) in enumerate(zip(*raw_columns(self.raw)))
                 ]
+                if self._problems is None:
+                    counts: dict[str, int] = {}
+                    for ev in self._events:
+                        for problem in ev.problems:
+                            counts[problem] = counts.get(problem, 0) + 1
+                    self._problems = counts
             return self._events
+
+    def take_problems(self) -> dict[str, int]:
+        """Problem counts of the chunk's rows, once (for metrics): empty on later calls or before a build."""
+        with self._lock:
+            if not self._problems:
+                return {}
+            counts, self._problems = self._problems, {}
+            return counts

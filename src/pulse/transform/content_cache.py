@@ -26,10 +26,35 @@ class ContentInfo:
 class ContentCache:
     """A dict of content id -> ContentInfo with change application."""
 
-    __slots__ = ("_rows",)
+    __slots__ = ("_rows", "_snapshot", "_columns")
 
     def __init__(self, rows: dict[str, ContentInfo] | None = None) -> None:
         self._rows: dict[str, ContentInfo] = dict(rows or {})
+        self._snapshot: ContentCache | None = None
+        self._columns = None
+
+    def snapshot(self) -> "ContentCache":
+        """A copy frozen at this point of the stream, shared until the next change (copy on write).
+
+        Chunks of events enriched later, on other threads, hold one: content
+        changes further on in the stream must not reach them.
+        """
+        snap = self._snapshot
+        if snap is None:
+            snap = self._snapshot = ContentCache(self._rows)
+            snap._snapshot = snap  # a snapshot never changes: it is its own snapshot
+        return snap
+
+    def columns(self):
+        """The rows as `columnar.ContentColumns` (built once per snapshot)."""
+        if self._columns is None:
+            from pulse.transform.columnar import ContentColumns  # pyarrow only where columns are used
+            self._columns = ContentColumns(self)
+        return self._columns
+
+    def _changed(self) -> None:
+        self._snapshot = None
+        self._columns = None
 
     def get(self, content_id: str) -> ContentInfo | None:
         return self._rows.get(content_id)
@@ -45,6 +70,7 @@ class ContentCache:
         return self._rows.items()
 
     def put_row(self, row: dict[str, Any]) -> None:
+        self._changed()
         self._rows[row["id"]] = ContentInfo(
             slug=row.get("slug"),
             title=row.get("title"),
@@ -54,6 +80,7 @@ class ContentCache:
 
     def apply(self, op: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
         """Apply one change of the `content` table."""
+        self._changed()
         if op == "delete":
             if old and "id" in old:
                 self._rows.pop(old["id"], None)
@@ -72,6 +99,7 @@ class ContentCache:
         self.put_row(merged)
 
     def clear(self) -> None:
+        self._changed()
         self._rows.clear()
 
 

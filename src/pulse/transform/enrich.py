@@ -103,8 +103,19 @@ def enrich_row(
     extra_problems: tuple[str, ...] = (),
 ) -> EnrichedEvent:
     """Enrich one `engagement_events` row (as a column-name dict)."""
+    get = row.get
+    return enrich_values(row["id"], get("content_id"), get("user_id"), get("event_type"), get("event_ts"),
+                         get("duration_ms"), get("device"), get("raw_payload"), op, position, commit_ts, cache,
+                         now, backfill, before, extra_problems)
+
+
+def enrich_values(event_id: int, content_id: str | None, user_id: str | None, event_type: str | None,
+                  event_ts: object, duration: int | None, device: str | None, payload: object, op: str,
+                  position: Position, commit_ts: datetime | None, cache: ContentCache, now: datetime,
+                  backfill: bool = False, before: EnrichedEvent | None = None,
+                  extra_problems: tuple[str, ...] = ()) -> EnrichedEvent:
+    """`enrich_row` on the row's values, positionally (the columnar chunks' row path calls it per row)."""
     problems: list[str] = list(extra_problems)
-    content_id = row.get("content_id")
     info: ContentInfo | None = None
     if content_id is None:
         problems.append(NULL_CONTENT_ID)
@@ -113,24 +124,21 @@ def enrich_row(
         if info is None:
             problems.append(CONTENT_MISSING)
     length = info.length_seconds if info is not None else None
-    duration = row.get("duration_ms")
-    payload = row.get("raw_payload")
     if payload is UNCHANGED_TOAST:
         # An UPDATE that left a large (TOASTed) payload untouched does not resend
         # it; without REPLICA IDENTITY FULL its value is unknown here.
         payload = None
         problems.append(PAYLOAD_NOT_SENT)
-    event_ts = row.get("event_ts")
     if event_ts is not None and not isinstance(event_ts, datetime):
         # 'infinity' or a year beyond 9999: no sink can place it in time.
         event_ts = None
         problems.append(BAD_EVENT_TS)
     seconds, pct, metric_problems = engagement(duration, length)
-    problems.extend(metric_problems)
+    if metric_problems:
+        problems.extend(metric_problems)
     # Positional: this is the hottest constructor in Pulse (field order of EnrichedEvent).
     return EnrichedEvent(
-        row["id"], content_id, row.get("user_id"), row.get("event_type"), event_ts, duration,
-        row.get("device"), payload,
+        event_id, content_id, user_id, event_type, event_ts, duration, device, payload,  # type: ignore[arg-type]
         info.slug if info else None, info.title if info else None, info.content_type if info else None,
         length, seconds, pct, op, position, commit_ts, now, backfill, tuple(problems), before,  # type: ignore[arg-type]
     )
