@@ -33,6 +33,8 @@ it). Bounded memory: one chunk in flight. Rate limit: rows per second.
 
 from __future__ import annotations
 
+import collections
+
 import hashlib
 import threading
 import time
@@ -158,6 +160,21 @@ def list_runs(cur, cfg: DatabaseConfig, limit: int = 20) -> list[dict[str, Any]]
     cur.execute(sql.SQL("SELECT {} FROM {}.backfill_runs WHERE slot_name = %s ORDER BY created_at DESC LIMIT %s").format(
         sql.SQL(", ").join(map(sql.Identifier, _RUN_COLUMNS)), sql.Identifier(cfg.state_schema)), (cfg.slot, limit))
     return [dict(zip(_RUN_COLUMNS, r)) for r in cur.fetchall()]
+
+
+# Chunks read ahead of the sinks (each held in memory until durable).
+PIPELINE_DEPTH = 2
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A chunk handed to the sinks, awaiting durability before its progress is recorded."""
+
+    chunk: int
+    last: Position | None
+    last_id: int
+    read: int
+    superseded: int
 
 
 @dataclass
@@ -316,6 +333,12 @@ class BackfillJob(threading.Thread):
                                 "WHERE run_id = %s").format(st), (self.run_id,))
             log.info("backfill.started", run=self.run_id, last_id=run["last_id"], sinks=",".join(self.sinks))
             chunk = run["chunks"]
+            # Chunks handed on but not yet durable everywhere. The next chunk
+            # is read while the sinks write the last ones (PostgreSQL's COPY
+            # and Pulse's enrichment then run side by side), but progress is
+            # recorded strictly in order and only for durable chunks, so a
+            # rerun resumes after the last chunk every target holds.
+            pending: collections.deque[_Done] = collections.deque()
             while not self.stop_event.is_set() and not pipeline.stop_event.is_set():
                 chunk += 1
                 started = time.monotonic()
@@ -329,6 +352,8 @@ class BackfillJob(threading.Thread):
                 if window.rows.num_rows == 0:
                     with self.manager._lock:
                         self.manager.windows.pop(self.run_id, None)
+                    if not self._record(cur, pending, keep=0):
+                        return
                     cur.execute(sql.SQL("UPDATE {}.backfill_runs SET state = 'done', finished_at = now(), "
                                         "updated_at = now() WHERE run_id = %s").format(st), (self.run_id,))
                     log.info("backfill.done", run=self.run_id, chunks=chunk - 1)
@@ -336,18 +361,11 @@ class BackfillJob(threading.Thread):
                 self._watermark(cur, chunk, "high")
                 if not self._wait(window.emitted.is_set):
                     return
-                last = window.last_position
-                if last is not None and not self._wait(lambda: self._durable(last)):
-                    return
                 read = window.rows.num_rows
                 run["last_id"] = window.rows.column("id")[-1].as_py()
-                emitted = read - window.superseded
-                cur.execute(
-                    sql.SQL("UPDATE {}.backfill_runs SET last_id = %s, rows_read = rows_read + %s, "
-                            "rows_emitted = rows_emitted + %s, rows_superseded = rows_superseded + %s, "
-                            "chunks = %s, updated_at = now() WHERE run_id = %s").format(st),
-                    (run["last_id"], read, emitted, window.superseded, chunk, self.run_id),
-                )
+                pending.append(_Done(chunk, window.last_position, run["last_id"], read, window.superseded))
+                if not self._record(cur, pending, keep=PIPELINE_DEPTH):
+                    return
                 if run["rate_limit"] > 0:
                     # Rows per second over the chunk, including the read and the wait.
                     pause = read / run["rate_limit"] - (time.monotonic() - started)
@@ -357,6 +375,28 @@ class BackfillJob(threading.Thread):
             with self.manager._lock:
                 self.manager.windows.pop(self.run_id, None)
             conn.close()
+
+    def _record(self, cur, pending: "collections.deque[_Done]", keep: int) -> bool:
+        """Record the progress of the oldest pending chunks, in order, until at most `keep` remain.
+
+        A chunk is recorded once it is durable in every target (waiting for
+        it when more than `keep` are pending); False when stopping.
+        """
+        st = sql.Identifier(self.cfg.state_schema)
+        while pending:
+            done = pending[0]
+            if len(pending) <= keep and not (done.last is None or self._durable(done.last)):
+                return True
+            if done.last is not None and not self._wait(lambda: self._durable(done.last)):
+                return False
+            pending.popleft()
+            cur.execute(
+                sql.SQL("UPDATE {}.backfill_runs SET last_id = %s, rows_read = rows_read + %s, "
+                        "rows_emitted = rows_emitted + %s, rows_superseded = rows_superseded + %s, "
+                        "chunks = %s, updated_at = now() WHERE run_id = %s").format(st),
+                (done.last_id, done.read, done.read - done.superseded, done.superseded, done.chunk, self.run_id),
+            )
+        return True
 
     def _watermark(self, cur, chunk: int, kind: str) -> None:
         cur.execute(sql.SQL("INSERT INTO {}.backfill_watermarks (run_id, chunk, kind) VALUES (%s, %s, %s) "

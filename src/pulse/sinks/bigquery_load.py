@@ -274,6 +274,7 @@ class Loader:
         self.direct_loads = 0
         self.merge_loads = 0
         self.last_error: str | None = None
+        self.last_timings: dict[str, float] = {}
 
     def due(self, now: float | None = None) -> bool:
         """A load is due when the oldest file is load_interval_s old, or the spool is big enough."""
@@ -327,6 +328,7 @@ class Loader:
         last = group[-1].last
         upload = self._combined(group)
         t_upload = time.monotonic() - t0
+        self.last_timings = {}
         try:
             rows = None
             if self.direct:
@@ -346,13 +348,15 @@ class Loader:
         self.loaded_rows += rows
         self.last_error = None
         log.info("bigquery.loaded", files=len(group), rows=rows, path=path, position=str(last),
-                 seconds=round(time.monotonic() - t0, 3), combine_s=round(t_upload, 3))
+                 seconds=round(time.monotonic() - t0, 3), combine_s=round(t_upload, 3), **self.last_timings)
 
     def _try_direct(self, upload, bounds: tuple[int, int], last: Position) -> int | None:
         """Load the group into the table when none of its ids are there; None when the MERGE path must run."""
+        t0 = time.monotonic()
         if self.tables.rows_in_id_range(*bounds) != 0:
             self.merge_loads += 1
             return None
+        t1 = time.monotonic()
         try:
             rows = self.tables.load_direct(upload)
         except TransientError:
@@ -363,8 +367,11 @@ class Loader:
             log.warning("bigquery.direct_load_refused", error=str(exc)[:300], action="applying with MERGE")
             self.merge_loads += 1
             return None
+        t2 = time.monotonic()
         self.tables.store_position(last)
         self.direct_loads += 1
+        self.last_timings = {"check_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3),
+                             "state_s": round(time.monotonic() - t2, 3)}
         return rows
 
     def _apply_merge(self, group: list[SpoolFile], upload, last: Position) -> int:
