@@ -128,6 +128,13 @@ def _wait(predicate, timeout: float, interval: float = 0.05) -> None:
         time.sleep(interval)
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def backfill_to(db: ScratchDatabase, settings: Settings, sink: str, events: int, done, timeout: float,
                 chunk_size: int = 20_000) -> float:
     pipeline = Pipeline(settings, [build_sink(sink, settings)])
@@ -135,6 +142,7 @@ def backfill_to(db: ScratchDatabase, settings: Settings, sink: str, events: int,
     thread.start()
     pipeline.ready.wait(60)
     t = time.perf_counter()
+    busy0, total0 = _cpu_ticks()
     run = submit(settings.database, BackfillSpec(min_id=1, sinks=(sink,), chunk_size=chunk_size))
     conn = db.connect()
     with conn.cursor() as cur:
@@ -143,6 +151,9 @@ def backfill_to(db: ScratchDatabase, settings: Settings, sink: str, events: int,
     # asking 20 times a second would slow the loads it waits for.
     _wait(done, timeout, 0.2)
     elapsed = time.perf_counter() - t
+    busy1, total1 = _cpu_ticks()
+    print(f"  machine CPU busy during the {sink} backfill: {100 * (busy1 - busy0) / max(1, total1 - total0):.0f}% "
+          f"of {os.cpu_count()} cores")
     pipeline.stop()
     thread.join(120)
     return elapsed

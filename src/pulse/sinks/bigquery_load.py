@@ -41,7 +41,7 @@ from pulse.errors import ConfigError, PulseError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
 from pulse.sinks import bigquery_schema as S
-from pulse.sinks.bigquery_spool import Spool, SpoolFile
+from pulse.sinks.bigquery_spool import Spool, SpoolFile, parquet_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from google.cloud import bigquery
@@ -397,7 +397,7 @@ class Loader:
                 t = self.spool.read(f)
                 if writer is None:
                     # A short-lived local copy: cheap compression beats small size here.
-                    writer = pq.ParquetWriter(out, t.schema, compression="snappy")
+                    writer = pq.ParquetWriter(out, t.schema, compression="snappy", **parquet_options(t.schema))
                 elif t.schema != writer.schema:
                     t = t.cast(writer.schema)  # a table from memory beside one read back from disk
                 writer.write_table(t)
