@@ -164,7 +164,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--chunk-size", type=int, default=100_000)
-    parser.add_argument("--load-interval", type=float, default=2.0)
+    parser.add_argument("--load-interval", type=float, default=None,
+                        help="bigquery.load_interval_s (default: the config's; a backfill loads every "
+                             "backfill_load_interval_s anyway)")
     parser.add_argument("--skip-external", action="store_true")
     parser.add_argument("--emulator", choices=("shared", "ephemeral"), default="shared")
     args = parser.parse_args()
@@ -196,7 +198,8 @@ def run(args, db: ScratchDatabase, endpoint: str) -> None:
         database=db.config("bench_bf"),
         bigquery={"project": os.environ["PULSE_BIGQUERY_PROJECT"], "dataset": dataset,
                   "endpoint": endpoint,
-                  "spool_dir": str(Path(".pulse") / "bench" / dataset), "load_interval_s": args.load_interval},
+                  "spool_dir": str(Path(".pulse") / "bench" / dataset),
+                  **({"load_interval_s": args.load_interval} if args.load_interval else {})},
     )
     from pulse.sinks.bigquery_load import make_client
 

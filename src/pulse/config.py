@@ -231,6 +231,13 @@ class BigQueryConfig(_Section):
     load_interval_s: float = Field(
         default=60.0, ge=0.2, description="Seconds between load jobs (BigQuery allows 1,500 per table per day)."
     )
+    backfill_load_interval_s: float = Field(
+        default=0.5, ge=0.2,
+        description="While a backfill is being spooled (and for 30 s after its last chunk), seconds between "
+        "load jobs instead of load_interval_s, so that a backfill does not wait a minute per load. Each load "
+        "takes everything spooled, so a long backfill makes about one load job per load job's duration "
+        "(mind the quota of 1,500 per table per day).",
+    )
     load_max_bytes: int = Field(
         default=256 * 1024 * 1024, ge=1024,
         description="Load earlier than load_interval_s once the spool holds this many bytes; also the most "

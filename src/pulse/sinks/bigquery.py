@@ -137,6 +137,8 @@ class BigQuerySink(Sink):
         else:
             assert self.spool is not None
             self.spool.append(table, first, last)
+            if self.loader is not None and table.column("backfill")[0].as_py():
+                self.loader.hurry()  # a backfill: load it now, not at the next load_interval_s
         return last
 
     def flush(self) -> Position | None:

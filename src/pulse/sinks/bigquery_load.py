@@ -261,6 +261,10 @@ class Tables:
         return self.load_parquet(path, self.id(self.table), S.final_schema(), "WRITE_APPEND", "pulse_direct_",
                                  "direct load")
 
+# How long a backfill's hurry lasts after its last spooled chunk.
+HURRY_S = 30.0
+
+
 class Loader:
     """Applies spool files to the table: the sink's background thread and `pulse upload`."""
 
@@ -275,15 +279,22 @@ class Loader:
         self.merge_loads = 0
         self.last_error: str | None = None
         self.last_timings: dict[str, float] = {}
+        self.hurry_until = 0.0
+
+    def hurry(self, now: float | None = None) -> None:
+        """A backfill is being spooled: load every backfill_load_interval_s for the next HURRY_S seconds."""
+        self.hurry_until = (time.time() if now is None else now) + HURRY_S
 
     def due(self, now: float | None = None) -> bool:
-        """A load is due when the oldest file is load_interval_s old, or the spool is big enough."""
+        """A load is due when the oldest file is load_interval_s old (backfill_load_interval_s while
+        hurried), or the spool is big enough."""
         files = self.spool.files()
         if not files:
             return False
         now = time.time() if now is None else now
+        interval = self.cfg.backfill_load_interval_s if now < self.hurry_until else self.cfg.load_interval_s
         oldest = min(f.mtime for f in files)
-        return now - oldest >= self.cfg.load_interval_s or sum(f.size for f in files) >= self.cfg.load_max_bytes
+        return now - oldest >= interval or sum(f.size for f in files) >= self.cfg.load_max_bytes
 
     def _group(self, files: list[SpoolFile]) -> list[SpoolFile]:
         group: list[SpoolFile] = []

@@ -1,9 +1,11 @@
-"""Enrichment on columns: a backfill chunk as one Arrow table, column by column.
+"""Enrichment on columns: a chunk of inserts as one Arrow table, column by column.
 
 The warehouse path of a backfill (issue: >= 200k rows/s) cannot afford a
-Python object per row. A chunk is read with `COPY ... TO STDOUT (FORMAT csv)`
-(`chunk_query`), parsed by Arrow's CSV reader (`parse_chunk`) and enriched
-here with vectorised kernels into the BigQuery row shape
+Python object per row. A chunk is read with `COPY ... TO STDOUT (FORMAT
+binary)` and parsed by the native extension (`parse_binary_chunk`), or, without
+it, read as CSV and parsed by Arrow's CSV reader (`parse_chunk`); the native
+reader's live runs of inserts arrive in the same shape (`RAW_SCHEMA`). Both
+are enriched here with vectorised kernels into the BigQuery row shape
 (`bigquery_schema.ARROW_SCHEMA`, the columnar form of `EnrichedEvent`). The
 rules are those of `enrich.py`, to the digit: `tests/unit/transform/
 test_columnar.py` compares both on the same rows, odd ones included.
@@ -15,7 +17,9 @@ Two details that keep them equal:
   hundredths rounded half away from zero, each then cast to NUMERIC's
   decimal(38, 9) as `to_arrow` does;
 - an `event_ts` Python cannot hold (infinity, BC, year > 9999) is NULL and
-  flagged, decided in SQL (`_TS_OK`), where the value still exists.
+  flagged, decided where the value still exists: in SQL (`_TS_OK`) for CSV,
+  in the binary parser, or by the native reader, which hands such rows to
+  the Python decoder.
 
 Row sinks (the external system) still get `EnrichedEvent`s: `raw_rows`
 turns the same parsed chunk into the dicts `enrich_row` takes.

@@ -189,6 +189,27 @@ def test_load_is_due_by_age_or_size(tmp_path):
     assert small.due(now=mtime) is (spool.files()[0].size >= 1024)
 
 
+def test_a_backfill_hurries_the_loads_for_a_while(tmp_path):
+    spool = _spool_with(tmp_path, 1)
+    loader = L.Loader(FakeTables(), spool, BigQueryConfig(load_interval_s=60, backfill_load_interval_s=0.5,
+                                                          load_max_bytes=10**9))
+    mtime = spool.files()[0].mtime
+    assert not loader.due(now=mtime + 1)
+    loader.hurry(now=mtime)
+    assert loader.due(now=mtime + 1)
+    assert not loader.due(now=mtime + L.HURRY_S + 1)  # the hurry is over: back to load_interval_s
+
+
+def test_only_backfill_rows_hurry_the_loader(tmp_path):
+    sink = BigQuerySink(BigQueryConfig(spool_dir=tmp_path))
+    sink.spool = Spool(tmp_path)
+    sink.loader = L.Loader(FakeTables(), sink.spool, sink.cfg)
+    sink.write(Batch((_ev(1, Position(5, 0)),)))
+    assert sink.loader.hurry_until == 0.0
+    sink.write(Batch((_ev(2, Position(6, 0))._replace(backfill=True),), backfill=True))
+    assert sink.loader.hurry_until > 0.0
+
+
 def test_batch_write_touches_only_the_spool(tmp_path):
     sink = BigQuerySink(BigQueryConfig(spool_dir=tmp_path))
     sink.spool = Spool(tmp_path)

@@ -166,3 +166,41 @@ def test_layout_needs_every_expected_column_with_its_type() -> None:
     fresh = native.FastLayout("public", 2)
     assert not fresh.observe(enc_relation(OID, "public", "engagement_events", "d", missing))
     assert fresh.oid == 0
+
+
+def _copy_binary(rows: list[list[bytes | None]]) -> bytes:
+    out = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+    for row in rows:
+        out += len(row).to_bytes(2, "big")
+        for v in row:
+            out += b"\xff\xff\xff\xff" if v is None else len(v).to_bytes(4, "big") + v
+    return out + b"\xff\xff"
+
+
+def test_binary_copy_parse_and_its_errors() -> None:
+    import uuid
+
+    u = uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")
+    pg_2000 = (0).to_bytes(8, "big", signed=True)  # 2000-01-01 00:00:00 UTC
+    row = [(7).to_bytes(8, "big"), u.bytes, None, b"play", pg_2000, (-5).to_bytes(4, "big", signed=True), "é".encode(),
+           b"\x01{}"]
+    n, cols = wire.parse_copy_binary(_copy_binary([row, row]), b"iuustisj")
+    assert n == 2
+    assert cols[1][2] == str(u).encode() * 2
+    assert int.from_bytes(cols[4][1][:8], "little", signed=True) == 946684800000000
+    assert int.from_bytes(cols[5][1][:8], "little", signed=True) == -5
+    assert cols[7][2] == b"{}{}"
+    infinity = row[:4] + [(2**63 - 1).to_bytes(8, "big")] + row[5:]
+    _, cols = wire.parse_copy_binary(_copy_binary([infinity]), b"iuustisj")
+    assert cols[4][0] == b"\x00" and cols[4][2] == b"\x01"  # NULL, flagged
+    bad = {
+        "not a binary COPY": b"COPY" + bytes(20),
+        "field count": _copy_binary([row[:7]]),
+        "truncated": _copy_binary([row])[:-10],
+        "uuid": _copy_binary([row[:1] + [b"short"] + row[2:]]),
+        "jsonb version": _copy_binary([row[:7] + [b"\x02{}"]]),
+        "UTF-8": _copy_binary([row[:6] + [b"\xff"] + row[7:]]),
+    }
+    for what, data in bad.items():
+        with pytest.raises(ValueError):
+            wire.parse_copy_binary(data, b"iuustisj")
