@@ -149,7 +149,7 @@ def raw_columns(raw: pa.Table) -> list[list[Any]]:
     names = [n if n != "event_ts" else "event_us" for n in _ROW_NAMES]
     columns = [raw.column(n).to_pylist() for n in names]
     epoch, delta = _EPOCH, timedelta  # (Arrow's own tz-aware to_pylist is slower still)
-    stamps = [None if us is None else epoch + delta(microseconds=us) for us in columns[4]]
+    stamps = [None if us is None else epoch + delta(0, 0, us) for us in columns[4]]
     bad = raw.column("event_ts_bad")
     if pc.any(pc.fill_null(bad, False)).as_py():
         stamps = [_BAD_TS_TEXT if b else ts for ts, b in zip(stamps, bad.to_pylist())]

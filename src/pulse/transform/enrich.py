@@ -83,8 +83,9 @@ def engagement(duration_ms: int | None, length_seconds: int | None) -> tuple[flo
         # pct = duration_ms / (1000 * length) to 2 decimals = hundredths / 100,
         # computed on integers so 1005 ms over 2 s gives 0.50 -> 0.5025 -> 0.50
         # and 1010 ms over 2 s gives exactly 0.505 -> 0.51.
-        hundredths = round_half_away(duration_ms, 10 * length_seconds)  # type: ignore[operator]
-        pct = hundredths / 100
+        den = 10 * length_seconds
+        q, r = divmod(duration_ms, den)  # type: ignore[operator]
+        pct = (q + (2 * r >= den)) / 100  # both sides >= 0 here: half up is half away from zero
         if duration_ms > 1000 * length_seconds:  # type: ignore[operator]
             problems.append(EXCEEDS_LENGTH)
     return seconds, pct, problems
@@ -115,7 +116,7 @@ def enrich_values(event_id: int, content_id: str | None, user_id: str | None, ev
                   backfill: bool = False, before: EnrichedEvent | None = None,
                   extra_problems: tuple[str, ...] = ()) -> EnrichedEvent:
     """`enrich_row` on the row's values, positionally (the columnar chunks' row path calls it per row)."""
-    problems: list[str] = list(extra_problems)
+    problems: list[str] = list(extra_problems) if extra_problems else []
     info: ContentInfo | None = None
     if content_id is None:
         problems.append(NULL_CONTENT_ID)

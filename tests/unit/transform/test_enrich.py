@@ -434,3 +434,13 @@ def test_unchanged_toast_payload_is_taken_from_full_old_values(cache: ContentCac
     ev = enrich_change(change("update", row(raw_payload=UNCHANGED_TOAST, duration_ms=1500), old=old), cache, NOW)
     assert ev.raw_payload == big
     assert PAYLOAD_NOT_SENT not in ev.problems
+
+
+def test_engagement_pct_is_round_half_away_of_the_exact_ratio() -> None:
+    import random
+
+    rng = random.Random(11)
+    for _ in range(20_000):
+        duration, length = rng.randrange(0, 10**7), rng.randrange(1, 10**4)
+        _, pct, _ = engagement(duration, length)
+        assert pct == round_half_away(duration, 10 * length) / 100, (duration, length)
