@@ -173,6 +173,9 @@ def main() -> None:
     from pulse.log import configure_logging
 
     configure_logging(os.environ.get("PULSE_BENCH_LOG", "warning"))
+    from pulse.runtime.gc_tuning import tune_gc
+
+    tune_gc()  # as the CLI does for `pulse run`
 
     from google.cloud import bigquery  # noqa: F401  (fail early without the extra)
 

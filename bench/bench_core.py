@@ -217,6 +217,9 @@ def main() -> None:
     from pulse.log import configure_logging
 
     configure_logging("warning")
+    from pulse.runtime.gc_tuning import tune_gc
+
+    tune_gc()  # as the CLI does for `pulse run`
     results = throughput(args.events, args.per_txn, [m for m in args.modes.split(",") if m])
     results += [latency(int(r), args.seconds) for r in args.rates.split(",") if r]
     for r in results:

@@ -61,6 +61,9 @@ _register()
 
 
 def main() -> None:
+    from pulse.runtime.gc_tuning import tune_gc
+
+    tune_gc()
     try:
         app()
     except PulseError as exc:
