@@ -26,19 +26,67 @@ def with_db(url: str, db: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + db))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _drop(cur, name: str) -> None:
+    """Drop database `name` and its replication slots (terminating their walsenders first)."""
+    for _ in range(100):
+        cur.execute("SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (name,))
+        rows = cur.fetchall()
+        if not rows:
+            break
+        for slot, pid in rows:
+            if pid:
+                cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            else:
+                cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        time.sleep(0.1)
+    # FORCE may not terminate an autovacuum worker (bootstrap superuser): retry until it is done.
+    for attempt in range(300):
+        try:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            break
+        except psycopg2.errors.InsufficientPrivilege:
+            if attempt == 299:
+                raise
+            time.sleep(0.2)
+
+
 class ScratchDatabase:
-    """A throwaway database with the schema and a publication; dropped (with its slots) on exit."""
+    """A throwaway database with the schema and a publication; dropped (with its slots) on exit.
+
+    Its name carries the creating process id: a benchmark that was killed
+    cannot clean up, so the next one drops what dead processes left behind
+    (their slots would pin WAL on the dev cluster).
+    """
 
     def __init__(self, prefix: str = "pulse_bench") -> None:
-        self.name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        self.prefix = prefix
+        self.name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.admin_url = base_url()
         self.url = with_db(self.admin_url, self.name)
         self.publication = "bench_pub"
+
+    def _sweep(self, cur) -> None:
+        cur.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (self.prefix + "_",))
+        for (name,) in cur.fetchall():
+            pid = name[len(self.prefix) + 1:].split("_")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                _drop(cur, name)
 
     def __enter__(self) -> "ScratchDatabase":
         conn = psycopg2.connect(self.admin_url)
         conn.autocommit = True
         with conn.cursor() as cur:
+            self._sweep(cur)
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
         conn.close()
         init_database(DatabaseConfig(url=self.url, publication=self.publication))
@@ -56,26 +104,7 @@ class ScratchDatabase:
         conn = psycopg2.connect(self.admin_url)
         conn.autocommit = True
         with conn.cursor() as cur:
-            for _ in range(100):
-                cur.execute("SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (self.name,))
-                rows = cur.fetchall()
-                if not rows:
-                    break
-                for slot, pid in rows:
-                    if pid:
-                        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                    else:
-                        cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                time.sleep(0.1)
-            # FORCE may not terminate an autovacuum worker (bootstrap superuser): retry until it is done.
-            for attempt in range(300):
-                try:
-                    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
-                    break
-                except psycopg2.errors.InsufficientPrivilege:
-                    if attempt == 299:
-                        raise
-                    time.sleep(0.2)
+            _drop(cur, self.name)
         conn.close()
 
 
