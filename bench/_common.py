@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
-import psycopg2.errors
 from psycopg2 import sql
 
 from pulse.config import DatabaseConfig
+from pulse.dev.scratch import drop_scratch
+from pulse.dev.scratch import with_database as with_db
+from pulse.dev.services import _alive
 from pulse.schema import init_database
 
 
@@ -20,44 +20,6 @@ def base_url() -> str:
     if not url:
         raise SystemExit("PULSE_DATABASE_URL is not set: run `make services` and `source .pulse/services.env`")
     return url
-
-
-def with_db(url: str, db: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + db))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _drop(cur, name: str) -> None:
-    """Drop database `name` and its replication slots (terminating their walsenders first)."""
-    for _ in range(100):
-        cur.execute("SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (name,))
-        rows = cur.fetchall()
-        if not rows:
-            break
-        for slot, pid in rows:
-            if pid:
-                cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            else:
-                cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        time.sleep(0.1)
-    # FORCE may not terminate an autovacuum worker (bootstrap superuser): retry until it is done.
-    for attempt in range(300):
-        try:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            break
-        except psycopg2.errors.InsufficientPrivilege:
-            if attempt == 299:
-                raise
-            time.sleep(0.2)
 
 
 class ScratchDatabase:
@@ -80,7 +42,7 @@ class ScratchDatabase:
         for (name,) in cur.fetchall():
             pid = name[len(self.prefix) + 1:].split("_")[0]
             if pid.isdigit() and not _alive(int(pid)):
-                _drop(cur, name)
+                drop_scratch(self.admin_url, name)
 
     def __enter__(self) -> "ScratchDatabase":
         conn = psycopg2.connect(self.admin_url)
@@ -101,11 +63,7 @@ class ScratchDatabase:
         return conn
 
     def __exit__(self, *exc) -> None:
-        conn = psycopg2.connect(self.admin_url)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            _drop(cur, self.name)
-        conn.close()
+        drop_scratch(self.admin_url, self.name)
 
 
 def current_lsn(cur) -> str:

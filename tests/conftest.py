@@ -20,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from pulse.dev.scratch import drop_database, drop_slots, with_database
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -83,66 +85,6 @@ class ScratchDb:
         return conn
 
 
-def _with_db(url: str, db: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + db))
-
-
-def drop_slots(admin_url: str, database: str) -> None:
-    """Drop every replication slot of `database`, terminating its walsenders first."""
-    import time
-
-    import psycopg2
-
-    conn = psycopg2.connect(admin_url)
-    conn.autocommit = True
-    deadline = time.monotonic() + 30
-    with conn.cursor() as cur:
-        while True:
-            cur.execute(
-                "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s", (database,)
-            )
-            rows = cur.fetchall()
-            if not rows:
-                break
-            for slot, pid in rows:
-                if pid:
-                    cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                    continue
-                try:
-                    cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                except psycopg2.Error:
-                    pass  # became active again or already gone: loop re-checks
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"could not drop replication slots of {database}: {rows}")
-            time.sleep(0.1)
-    conn.close()
-
-
-def drop_database(admin, name: str, timeout: float = 60.0) -> None:
-    """DROP DATABASE ... WITH (FORCE), retried while an autovacuum worker is in it.
-
-    FORCE terminates the other sessions, but a non-superuser may not terminate
-    an autovacuum worker (it runs as the bootstrap superuser): PostgreSQL
-    answers InsufficientPrivilege until the worker is done.
-    """
-    import time
-
-    import psycopg2.errors
-    from psycopg2 import sql
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with admin.cursor() as cur:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            return
-        except psycopg2.errors.InsufficientPrivilege:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 @contextmanager
 def _database(base: str, prefix: str):
     """A new empty database next to `base`; yields (name, url); dropped (slots first) afterwards."""
@@ -155,7 +97,7 @@ def _database(base: str, prefix: str):
     with admin.cursor() as cur:
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield name, _with_db(base, name)
+        yield name, with_database(base, name)
     finally:
         drop_slots(base, name)
         drop_database(admin, name)
