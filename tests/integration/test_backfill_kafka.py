@@ -14,11 +14,10 @@ from tests.conftest import unique
 
 from .pipeline_helpers import Running, insert_content, insert_events_bulk, wait_for
 from .test_backfill import _done
+from .test_kafka_bus import drop_topics
 
 
 def test_backfill_published_to_kafka_is_taken_by_its_targets_only(scratch_db, services):
-    from confluent_kafka.admin import AdminClient
-
     topic = unique("pulse_bf")
     settings = Settings(
         database=scratch_db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
@@ -61,9 +60,4 @@ def test_backfill_published_to_kafka_is_taken_by_its_targets_only(scratch_db, se
             c.stop()
         for t in threads:
             t.join(30)
-        admin = AdminClient({"bootstrap.servers": services["PULSE_KAFKA_BOOTSTRAP"]})
-        for future in admin.delete_topics([topic, topic + "_c"]).values():
-            try:
-                future.result(30)
-            except Exception:  # already gone
-                pass
+        drop_topics(services["PULSE_KAFKA_BOOTSTRAP"], [topic, topic + "_c"])

@@ -20,8 +20,6 @@ from .test_source import pulse_cmd, pulse_env
 
 @pytest.fixture
 def kafka_env(scratch_db, sink_db, services):
-    from confluent_kafka.admin import AdminClient
-
     topic = unique("pulse_t")
     env = pulse_env(
         scratch_db,
@@ -33,8 +31,15 @@ def kafka_env(scratch_db, sink_db, services):
         PULSE_TESTSINKS__PGTABLE_URL=sink_db,
     )
     yield env
-    admin = AdminClient({"bootstrap.servers": services["PULSE_KAFKA_BOOTSTRAP"]})
-    for future in admin.delete_topics([topic, topic + "_content"]).values():
+    drop_topics(services["PULSE_KAFKA_BOOTSTRAP"], [topic, topic + "_content"])
+
+
+def drop_topics(bootstrap: str, topics: list[str]) -> None:
+    """Delete a test's topics (those already gone are fine)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_topics(topics).values():
         try:
             future.result(30)
         except Exception:  # already gone
