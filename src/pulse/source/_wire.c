@@ -602,25 +602,20 @@ static void Reader_dealloc(Reader *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *set_fast_common(State *st, PyObject *args)
+static PyObject *Reader_set_fast(Reader *self, PyObject *args)
 {
     unsigned long oid;
     const char *kinds;
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "ky#", &oid, &kinds, &n))
         return NULL;
-    if (st->run.n != 0) {
+    if (self->st.run.n != 0) {
         PyErr_SetString(PyExc_RuntimeError, "set_fast with a run in progress");
         return NULL;
     }
-    if (state_set_fast(st, (uint32_t)oid, kinds, n) < 0)
+    if (state_set_fast(&self->st, (uint32_t)oid, kinds, n) < 0)
         return NULL;
     Py_RETURN_NONE;
-}
-
-static PyObject *Reader_set_fast(Reader *self, PyObject *args)
-{
-    return set_fast_common(&self->st, args);
 }
 
 /* Build the Python list from the slots (GIL held); frees libpq buffers. */

@@ -147,7 +147,21 @@ class FastLayout:
         return True
 
 
-_RAW_TYPES = {"i": pa.int64(), "t": pa.int64(), "s": pa.string()}
+def arrays(n: int, kinds: str, cols: tuple) -> list[pa.Array]:
+    """Arrow arrays over `_wire`'s column buffers, one per kind ('x' columns are not among `cols`).
+
+    'i' and 't' are int64 (validity, values); 's', 'u' and 'j' are strings
+    (validity, offsets, data). A 't' column of a binary COPY carries a third
+    buffer, its bad-value bitmap, which the caller reads itself.
+    """
+    out = []
+    for kind, buffers in zip((k for k in kinds if k != "x"), cols):
+        bufs = [pa.py_buffer(b) for b in buffers]
+        if kind in "it":
+            out.append(pa.Array.from_buffers(pa.int64(), n, bufs[:2]))
+        else:
+            out.append(pa.Array.from_buffers(pa.string(), n, bufs))
+    return out
 
 
 def run_table(run: tuple, columns: tuple[str, ...], kinds: bytes) -> pa.Table:
@@ -155,14 +169,10 @@ def run_table(run: tuple, columns: tuple[str, ...], kinds: bytes) -> pa.Table:
     from pulse.transform.columnar import RAW_SCHEMA
 
     n, _raw, _offsets, cols = run
-    arrays: dict[str, Any] = {}
-    decoded = [k for k in kinds.decode() if k != "x"]
-    for name, kind, buffers in zip(columns, decoded, cols):
-        bufs = [pa.py_buffer(b) for b in buffers]
-        arrays[name] = pa.Array.from_buffers(_RAW_TYPES[kind], n, bufs)
-    arrays["event_us"] = arrays.pop("event_ts")
-    arrays["event_ts_bad"] = pa.repeat(pa.scalar(False), n)  # the reader hands bad timestamps to Python
-    return pa.Table.from_arrays([arrays[f.name] for f in RAW_SCHEMA], schema=RAW_SCHEMA)
+    named: dict[str, Any] = dict(zip(columns, arrays(n, kinds.decode(), cols)))
+    named["event_us"] = named.pop("event_ts")
+    named["event_ts_bad"] = pa.repeat(pa.scalar(False), n)  # the reader hands bad timestamps to Python
+    return pa.Table.from_arrays([named[f.name] for f in RAW_SCHEMA], schema=RAW_SCHEMA)
 
 
 def run_payloads(run: tuple) -> list[bytes]:

@@ -39,6 +39,7 @@ import pyarrow.csv as pacsv
 from psycopg2 import sql
 
 from pulse.model import EnrichedEvent, Position
+from pulse.source import native
 from pulse.sinks.bigquery_schema import ARROW_SCHEMA
 from pulse.transform import enrich as E
 from pulse.transform.content_cache import ContentCache
@@ -75,7 +76,7 @@ def chunk_query(schema: str, where: sql.Composable, *, binary: bool | None = Non
     server time per chunk). The CSV form is the fallback without it.
     """
     if binary is None:
-        binary = native_available()
+        binary = native.available()
     if binary:
         return ChunkQuery(sql.SQL(
             "SELECT id::int8, content_id::uuid, user_id::uuid, event_type::text, event_ts::timestamptz, "
@@ -104,26 +105,11 @@ _BINARY_KINDS = b"iuustisj"
 
 def parse_binary_chunk(data) -> pa.Table:
     """Binary COPY of the binary `chunk_query` -> a table of RAW_SCHEMA."""
-    from pulse.source import native
-
     n, cols = native.load().parse_copy_binary(data, _BINARY_KINDS)
-    arrays = []
-    for kind, buffers in zip(_BINARY_KINDS.decode(), cols):
-        bufs = [pa.py_buffer(b) for b in buffers]
-        if kind in "it":
-            arrays.append(pa.Array.from_buffers(pa.int64(), n, bufs[:2]))
-        else:
-            arrays.append(pa.Array.from_buffers(pa.string(), n, bufs))
     bad = pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(cols[4][2])])
-    ident, cid, uid, etype, event_us, duration, device, payload = arrays
+    ident, cid, uid, etype, event_us, duration, device, payload = native.arrays(n, _BINARY_KINDS.decode(), cols)
     return pa.Table.from_arrays([ident, cid, uid, etype, event_us, bad, duration, device, payload],
                                 schema=RAW_SCHEMA)
-
-
-def native_available() -> bool:
-    from pulse.source import native
-
-    return native.available()
 
 
 def parse_chunk(data: bytes) -> pa.Table:
