@@ -46,7 +46,7 @@ from pulse.sinks.base import Sink
 from pulse.source import native
 from pulse.source.changes import ChangeAssembler, Truncated, TxnEnd
 from pulse.source.pgoutput import PgOutputDecoder, lsn_to_str
-from pulse.source.replication import QUEUE_ITEMS, QUEUE_ITEMS_NATIVE, ReaderFailed, Reconnected, ReplicationReader
+from pulse.source.replication import ReaderFailed, Reconnected, ReplicationReader, queue_items
 from pulse.source.slot import ensure_slot
 from pulse.transform.columnar import EventChunk
 from pulse.transform.content_cache import ContentCache, load_content
@@ -253,8 +253,7 @@ class Pipeline:
             worker.start()
         self.backfill = BackfillManager(self)
         db = self.settings.database
-        in_q: queue.Queue[object] = queue.Queue(
-            maxsize=QUEUE_ITEMS_NATIVE if db.native_reader and native.available() else QUEUE_ITEMS)
+        in_q: queue.Queue[object] = queue.Queue(maxsize=queue_items(db))
         self.reader = reader = ReplicationReader(
             db, in_q, durable_idle=tracker.idle, server_settings=self.server_settings
         )
@@ -273,10 +272,7 @@ class Pipeline:
                     self._on_native(item, decoder, assembler)  # type: ignore[arg-type]
                     self._flush_pending()
                 elif type(item) is list:
-                    decode, feed, handle = decoder.decode, assembler.feed, self._handle
-                    for payload in item:
-                        for out in feed(decode(payload)):
-                            handle(out)
+                    self._feed(item, decoder, assembler)
                     self._flush_pending()
                 elif isinstance(item, Reconnected):
                     decoder = PgOutputDecoder(self.settings.database.protocol_version)
@@ -292,6 +288,13 @@ class Pipeline:
         if self.failure is not None:
             raise self.failure
 
+    def _feed(self, payloads, decoder: PgOutputDecoder, assembler: ChangeAssembler) -> None:
+        """The row path: payloads one by one through the decoder, the assembler and `_handle`."""
+        decode, feed, handle = decoder.decode, assembler.feed, self._handle
+        for payload in payloads:
+            for out in feed(decode(payload)):
+                handle(out)
+
     def _on_native(self, batch: native.Items, decoder: PgOutputDecoder, assembler: ChangeAssembler) -> None:
         """A native read: raw payloads through the decoder, long runs of inserts as one chunk each."""
         decode, feed, handle = decoder.decode, assembler.feed, self._handle
@@ -304,9 +307,7 @@ class Pipeline:
             if n < COLUMNS_MIN_ROWS or (self.backfill is not None and self.backfill.windows):
                 # Short runs, and any run while a backfill window is open (it
                 # must see each live id): the row path, on the same payloads.
-                for payload in native.run_payloads(item):
-                    for out in feed(decode(payload)):
-                        handle(out)
+                self._feed(native.run_payloads(item), decoder, assembler)
                 continue
             lsn, first_seq, commit_ts = assembler.claim(n)
             chunk = EventChunk(native.run_table(item, batch.columns, batch.kinds), lsn=lsn, first_seq=first_seq,

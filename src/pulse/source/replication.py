@@ -57,6 +57,11 @@ QUEUE_ITEMS = 64
 QUEUE_ITEMS_NATIVE = 8
 
 
+def queue_items(cfg: DatabaseConfig) -> int:
+    """The size of the reader's queue, in items: native reads are much bigger than Python chunks."""
+    return QUEUE_ITEMS_NATIVE if cfg.native_reader and native.available() else QUEUE_ITEMS
+
+
 @dataclass(frozen=True, slots=True)
 class Reconnected:
     """Marker: a new replication session starts; partial decoder state is void."""
