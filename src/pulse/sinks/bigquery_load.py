@@ -278,7 +278,6 @@ class Loader:
         self.direct_loads = 0
         self.merge_loads = 0
         self.last_error: str | None = None
-        self.last_timings: dict[str, float] = {}
         self.hurry_until = 0.0
 
     def hurry(self, now: float | None = None) -> None:
@@ -339,13 +338,13 @@ class Loader:
         last = group[-1].last
         upload = self._combined(group)
         t_upload = time.monotonic() - t0
-        self.last_timings = {}
+        timings: dict[str, float] = {}  # of the direct path's steps, for the log line
         try:
             rows = None
             if self.direct:
                 bounds = _direct_bounds(self.spool, group)
                 if bounds is not None:
-                    rows = self._try_direct(upload, bounds, last)
+                    rows = self._try_direct(upload, bounds, last, timings)
             path = "direct" if rows is not None else "merge"
             if rows is None:
                 rows = self._apply_merge(group, upload, last)
@@ -359,9 +358,9 @@ class Loader:
         self.loaded_rows += rows
         self.last_error = None
         log.info("bigquery.loaded", files=len(group), rows=rows, path=path, position=str(last),
-                 seconds=round(time.monotonic() - t0, 3), combine_s=round(t_upload, 3), **self.last_timings)
+                 seconds=round(time.monotonic() - t0, 3), combine_s=round(t_upload, 3), **timings)
 
-    def _try_direct(self, upload, bounds: tuple[int, int], last: Position) -> int | None:
+    def _try_direct(self, upload, bounds: tuple[int, int], last: Position, timings: dict[str, float]) -> int | None:
         """Load the group into the table when none of its ids are there; None when the MERGE path must run."""
         t0 = time.monotonic()
         if self.tables.rows_in_id_range(*bounds) != 0:
@@ -381,8 +380,8 @@ class Loader:
         t2 = time.monotonic()
         self.tables.store_position(last)
         self.direct_loads += 1
-        self.last_timings = {"check_s": round(t1 - t0, 3), "load_s": round(t2 - t1, 3),
-                             "state_s": round(time.monotonic() - t2, 3)}
+        timings.update(check_s=round(t1 - t0, 3), load_s=round(t2 - t1, 3),
+                       state_s=round(time.monotonic() - t2, 3))
         return rows
 
     def _apply_merge(self, group: list[SpoolFile], upload, last: Position) -> int:
