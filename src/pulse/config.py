@@ -326,6 +326,10 @@ class ExternalConfig(_Section):
         "them at once; this is the backstop)."
     )
     user_agent: str = Field(default="pulse-external-sink", description="User-Agent header of every request.")
+    snapshot: bool = Field(
+        default=True,
+        description="Send the rows copied by the initial snapshot (snapshot.mode = initial) to the endpoint too; "
+                    "false: the endpoint gets only changes committed after the slot was created.")
 
     @field_validator("secret")
     @classmethod
@@ -347,6 +351,20 @@ class RuntimeConfig(_Section):
     metrics_host: str = Field(default="127.0.0.1", description="Address the Prometheus endpoint binds to.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus port; 0 disables the endpoint.")
     shutdown_timeout_s: float = Field(default=30.0, gt=0, description="Seconds SIGTERM waits for sinks to drain.")
+
+
+class SnapshotConfig(_Section):
+    """The initial snapshot: the rows that exist before Pulse's slot (docs/architecture.md, "Initial snapshot")."""
+
+    mode: Literal["initial", "never"] = Field(
+        default="initial",
+        description="initial: on the run that creates the slot, copy the rows that already exist to every "
+                    "destination (BigQuery and the external system get the rows, the Redis board is rebuilt for "
+                    "its window), consistently with the stream; never: start from the slot's creation.")
+    chunk_size: int = Field(default=10_000, ge=1, le=1_000_000,
+                            description="Rows read per chunk (one DBLog watermark window each).")
+    rate_limit: float = Field(default=0.0, ge=0,
+                              description="Most rows per second the snapshot reads; 0 = unlimited.")
 
 
 class TestSinksConfig(_Section):
@@ -409,6 +427,7 @@ class Settings(BaseSettings):
     bigquery: BigQueryConfig = Field(default_factory=BigQueryConfig)
     external: ExternalConfig = Field(default_factory=ExternalConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     testsinks: TestSinksConfig = Field(default_factory=TestSinksConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

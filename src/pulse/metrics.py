@@ -27,6 +27,15 @@ QUEUE_BYTES = Gauge("pulse_queue_bytes", "Bytes waiting in a sink's queue", ["si
 QUEUE_EVENTS = Gauge("pulse_queue_events", "Events waiting in a sink's queue", ["sink"])
 ERRORS = Counter("pulse_errors_total", "Errors by sink and kind", ["sink", "kind"])
 PROBLEMS = Counter("pulse_problems_total", "Odd rows delivered, by problem", ["problem"])
+BACKFILL_ROWS = Counter("pulse_backfill_rows_total",
+                        "Rows of an initial snapshot or a backfill durable in every target", ["kind"])
+BACKFILL_ESTIMATE = Gauge("pulse_backfill_rows_estimate",
+                          "Rows the running initial snapshot or backfill expects to read (0: none running)", ["kind"])
+BACKFILL_PROGRESS = Gauge("pulse_backfill_progress_ratio",
+                          "Share of the running initial snapshot or backfill done, 0..1 (1: none running)", ["kind"])
+WINDOW_REBUILDS = Counter("pulse_window_rebuilds_total",
+                          "Windowed destinations (the Redis board) rebuilt from the source for an initial snapshot",
+                          ["sink"])
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
 
 

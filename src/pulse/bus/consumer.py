@@ -129,6 +129,7 @@ class SinkConsumer:
         })
         if self.instance:
             conf["group.instance.id"] = self.instance
+        rebuilder = self._start_window_rebuilder()
         self.consumer = consumer = Consumer(conf)
         consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
@@ -160,8 +161,21 @@ class SinkConsumer:
             for part in list(self.parts.values()):
                 part.sink.close()
             self.parts.clear()
+            if rebuilder is not None:
+                rebuilder.join(30)
             log.info("consume.stopped", sink=self.sink_name, consumed=self.consumed, written=self.written,
                      skipped=self.skipped)
+
+    def _start_window_rebuilder(self):
+        """A sink that keeps a window (Redis) rebuilds it for an initial snapshot of the producer's slot."""
+        from pulse.runtime.snapshot import WindowRebuilder
+
+        probe = self.factory(self.sink_name)
+        if probe.snapshot_mode != "window":
+            return None
+        rebuilder = WindowRebuilder(self.settings.database, {self.sink_name: probe}, self.stop_event)
+        rebuilder.start()
+        return rebuilder
 
     def _handle(self, msgs) -> None:
         by_partition: dict[int, list] = {}

@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 
 import hashlib
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2 import sql
 
+from pulse import metrics
 from pulse.config import DatabaseConfig
 from pulse.errors import ConfigError
 from pulse.log import get_logger
@@ -139,7 +141,7 @@ def submit(cfg: DatabaseConfig, spec: BackfillSpec) -> dict[str, Any]:
         conn.close()
 
 
-_RUN_COLUMNS = ("run_id", "slot_name", "since_ts", "until_ts", "min_id", "max_id", "sinks", "chunk_size",
+_RUN_COLUMNS = ("run_id", "kind", "slot_name", "since_ts", "until_ts", "min_id", "max_id", "sinks", "chunk_size",
                 "rate_limit", "state", "last_id", "rows_read", "rows_emitted", "rows_superseded", "chunks",
                 "total_estimate", "error", "created_at", "started_at", "updated_at", "finished_at")
 
@@ -212,7 +214,7 @@ class BackfillManager:
                 self._conn.autocommit = True
             with self._conn.cursor() as cur:
                 cur.execute(sql.SQL("SELECT run_id FROM {}.backfill_runs WHERE slot_name = %s AND state IN "
-                                    "('pending', 'running') ORDER BY created_at LIMIT 1").format(
+                                    "('pending', 'running') AND max_id IS NOT NULL ORDER BY created_at LIMIT 1").format(
                     sql.Identifier(self.cfg.state_schema)), (self.cfg.slot,))
                 row = cur.fetchone()
         except psycopg2.Error as exc:
@@ -278,6 +280,56 @@ class BackfillManager:
         return list(job.sinks) if job else []
 
 
+class Progress:
+    """Rows done of an initial snapshot or a backfill: metrics on every chunk, a log line every few seconds.
+
+    On a terminal the log line carries a bar; the same figures are in
+    `pulse status` (from the run row) and in `pulse_backfill_*` metrics.
+    """
+
+    EVERY_S = 5.0
+
+    def __init__(self, kind: str, total: int, done: int, clock=time.monotonic) -> None:
+        self.kind = kind
+        self.total = total
+        self.rows = done
+        self.clock = clock
+        self.started = clock()
+        self.started_rows = done
+        self.last_log = self.started
+        metrics.BACKFILL_ESTIMATE.labels(kind).set(total)
+        metrics.BACKFILL_PROGRESS.labels(kind).set(self.ratio())
+
+    def ratio(self) -> float:
+        return min(1.0, self.rows / self.total) if self.total else 0.0
+
+    def advance(self, read: int, emitted: int, run_id: str) -> None:
+        self.rows += read
+        metrics.BACKFILL_ROWS.labels(self.kind).inc(emitted)
+        metrics.BACKFILL_PROGRESS.labels(self.kind).set(self.ratio())
+        now = self.clock()
+        if now - self.last_log < self.EVERY_S:
+            return
+        self.last_log = now
+        rate = (self.rows - self.started_rows) / max(now - self.started, 1e-9)
+        left = max(0, self.total - self.rows)
+        fields = {"run": run_id, "rows": self.rows, "of": self.total, "pct": round(100 * self.ratio(), 1),
+                  "rows_per_s": round(rate), "eta_s": round(left / rate) if rate > 0 else None}
+        if sys.stderr.isatty():
+            fields["bar"] = bar(self.ratio())
+        log.info(f"{self.kind}.progress", **fields)
+
+    def finish(self) -> None:
+        metrics.BACKFILL_PROGRESS.labels(self.kind).set(1.0)
+        metrics.BACKFILL_ESTIMATE.labels(self.kind).set(0)
+
+
+def bar(ratio: float, width: int = 30) -> str:
+    """A text progress bar, e.g. `[#########.....................]`."""
+    full = int(round(max(0.0, min(1.0, ratio)) * width))
+    return "[" + "#" * full + "." * (width - full) + "]"
+
+
 class BackfillJob(threading.Thread):
     def __init__(self, manager: BackfillManager, run_id: str) -> None:
         super().__init__(name=f"pulse-backfill-{run_id}", daemon=True)
@@ -287,6 +339,8 @@ class BackfillJob(threading.Thread):
         self.stop_event = threading.Event()
         self.sinks: tuple[str, ...] = ()  # the pipeline's sinks that receive the chunks
         self.relayed: tuple[str, ...] = ()  # targets reached through a relaying sink (Kafka)
+        self.kind = "backfill"
+        self.progress = Progress("backfill", 0, 0)
 
     def run(self) -> None:
         try:
@@ -328,6 +382,16 @@ class BackfillJob(threading.Thread):
             # Targets without a sink here go through Kafka, marked with their names.
             self.relayed = tuple(missing)
             self.sinks = tuple(local + (relays if missing else []))
+            self.kind = run["kind"]
+            self.progress = Progress(run["kind"], run["total_estimate"] or 0, run["rows_read"])
+            if not self.sinks:
+                # An initial snapshot where no destination takes rows (only a
+                # windowed one, rebuilt instead): nothing to read.
+                cur.execute(sql.SQL("UPDATE {}.backfill_runs SET state = 'done', started_at = now(), "
+                                    "finished_at = now(), updated_at = now() WHERE run_id = %s").format(st),
+                            (self.run_id,))
+                log.info("backfill.done", run=self.run_id, kind=self.kind, chunks=0, note="no destination takes rows")
+                return
             cur.execute(sql.SQL("UPDATE {}.backfill_runs SET state = 'running', "
                                 "started_at = coalesce(started_at, now()), updated_at = now() "
                                 "WHERE run_id = %s").format(st), (self.run_id,))
@@ -356,7 +420,9 @@ class BackfillJob(threading.Thread):
                         return
                     cur.execute(sql.SQL("UPDATE {}.backfill_runs SET state = 'done', finished_at = now(), "
                                         "updated_at = now() WHERE run_id = %s").format(st), (self.run_id,))
-                    log.info("backfill.done", run=self.run_id, chunks=chunk - 1)
+                    self.progress.finish()
+                    log.info("backfill.done", run=self.run_id, kind=self.kind, chunks=chunk - 1,
+                             rows=self.progress.rows)
                     return
                 self._watermark(cur, chunk, "high")
                 if not self._wait(window.emitted.is_set):
@@ -396,6 +462,7 @@ class BackfillJob(threading.Thread):
                         "chunks = %s, updated_at = now() WHERE run_id = %s").format(st),
                 (done.last_id, done.read, done.read - done.superseded, done.superseded, done.chunk, self.run_id),
             )
+            self.progress.advance(done.read, done.read - done.superseded, self.run_id)
         return True
 
     def _watermark(self, cur, chunk: int, kind: str) -> None:

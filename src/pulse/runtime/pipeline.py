@@ -47,7 +47,7 @@ from pulse.source import native
 from pulse.source.changes import ChangeAssembler, Truncated, TxnEnd
 from pulse.source.pgoutput import PgOutputDecoder, lsn_to_str
 from pulse.source.replication import ReaderFailed, Reconnected, ReplicationReader, queue_items
-from pulse.source.slot import ensure_slot
+from pulse.runtime.snapshot import WindowRebuilder, plan_targets, prepare_slot
 from pulse.transform.columnar import EventChunk
 from pulse.transform.content_cache import ContentCache, load_content
 from pulse.transform.enrich import enrich_change
@@ -186,6 +186,8 @@ class Pipeline:
         self.ready = threading.Event()
         self.workers: dict[str, SinkWorker] = {}
         self.backfill: BackfillManager | None = None
+        self.rebuilder: WindowRebuilder | None = None
+        self.slot_created = False
         self.reader: ReplicationReader | None = None
         self.tracker: AckTracker | None = None
         self.cache = ContentCache()
@@ -217,7 +219,9 @@ class Pipeline:
     def _prepare(self) -> None:
         db = self.settings.database
         init_database(db)
-        ensure_slot(db)
+        rows, windows = plan_targets(self.settings, self.sinks)
+        _info, created = prepare_slot(self.settings, rows, windows)
+        self.slot_created = created
         conn = connect(db)
         try:
             with conn.cursor() as cur:
@@ -258,6 +262,11 @@ class Pipeline:
             db, in_q, durable_idle=tracker.idle, server_settings=self.server_settings
         )
         reader.start()
+        windowed = {s.name: s for s in self.sinks if s.snapshot_mode == "window"}
+        if windowed:
+            # An initial snapshot rebuilds these sinks' windows (runtime/snapshot.py).
+            self.rebuilder = WindowRebuilder(db, windowed, self.stop_event)
+            self.rebuilder.start()
         self.ready.set()
         decoder = PgOutputDecoder(self.settings.database.protocol_version)
         assembler = ChangeAssembler(self.settings.database.source_schema,
@@ -495,6 +504,8 @@ class Pipeline:
         graceful = self.failure is None
         if self.backfill is not None:
             self.backfill.stop()
+        if self.rebuilder is not None:
+            self.rebuilder.join(30)
         # The reader stays connected while the sinks drain (its queue is no
         # longer read: it just keeps the session alive), so that the final
         # acknowledgement covers everything they made durable.

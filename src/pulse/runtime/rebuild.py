@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from psycopg2 import sql
 
-from pulse.config import Settings
+from pulse.config import DatabaseConfig, RedisConfig, Settings
 from pulse.log import get_logger
 from pulse.model import EnrichedEvent, Position
 from pulse.source.snapshot import exported_snapshot
@@ -66,9 +66,14 @@ def renewing(items: Iterable[T], renew: Callable[[], object], every_s: float,
 
 def rebuild_redis(settings: Settings, clock=lambda: datetime.now(timezone.utc)) -> dict[str, Any]:
     """Rebuild the board of `settings.redis` for its window; returns a summary."""
+    return rebuild_board(settings.redis, settings.database, clock)
+
+
+def rebuild_board(rcfg: "RedisConfig", cfg: "DatabaseConfig",
+                  clock=lambda: datetime.now(timezone.utc)) -> dict[str, Any]:
+    """Rebuild the board of `rcfg` from the source database `cfg` for its window; returns a summary."""
     from pulse.sinks.redis import RedisSink
 
-    rcfg, cfg = settings.redis, settings.database
     sink = RedisSink(rcfg, clock=clock)
     token = uuid.uuid4().hex
     timeout = rcfg.rebuild_pause_timeout_s

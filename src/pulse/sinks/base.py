@@ -26,6 +26,8 @@ from pulse.model import ZERO, Batch, Position
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
+    from pulse.config import DatabaseConfig, Settings
+
 
 class Sink(ABC):
     """Base class of every destination (Redis, BigQuery, external HTTP, test doubles)."""
@@ -45,6 +47,20 @@ class Sink(ABC):
 
     #: Takes backfill chunks as Arrow tables (`write_columns`) rather than events.
     accepts_columns: bool = False
+
+    #: What the initial snapshot does for this sink (`runtime/snapshot.py`):
+    #: "rows" (it receives the existing rows, as backfill batches), "window"
+    #: (it keeps only a recent window and is rebuilt from the source through
+    #: `rebuild_window`), "none" (it wants only changes after the slot).
+    snapshot_mode: str = "rows"
+
+    def rebuild_window(self, database: "DatabaseConfig") -> dict[str, object]:
+        """Rebuild this sink's window from the source (snapshot_mode "window"); returns a summary for the log."""
+        raise NotImplementedError(f"sink {self.name} keeps no window")
+
+    def relay_snapshot_targets(self, settings: "Settings") -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """For a relaying sink: (destinations taking the snapshot's rows, destinations rebuilt for their window)."""
+        return (), ()
 
     def open(self) -> Position:
         """Connect and return the durable position stored in the destination (ZERO when none)."""

@@ -57,6 +57,7 @@ class ExternalSink(Sink):
         self.name = name
         self.cfg = cfg
         self.db = db
+        self.snapshot_mode = "rows" if cfg.snapshot else "none"  # external.snapshot
         self.outbox = Outbox(db.dsn(), db.state_schema, sink_key(db, name))
         self.client = client or HttpClient(cfg)
         self.stats = LaneStats()

@@ -80,6 +80,12 @@ class KafkaSink(Sink):
         sink.name = name
         return sink
 
+    def relay_snapshot_targets(self, settings: Settings) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The `pulse consume` workers' sinks: BigQuery (and the external one unless external.snapshot
+        is false) take the snapshot's rows from the topic; the Redis worker rebuilds its window."""
+        rows = ("bigquery", "external") if settings.external.snapshot else ("bigquery",)
+        return rows, ("redis",)
+
     def open(self) -> Position:
         from confluent_kafka import Producer
 

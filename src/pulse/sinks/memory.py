@@ -77,6 +77,7 @@ class FaultySink(Sink):
                  seed: int | None = None) -> None:
         self.inner = inner
         self.name = inner.name
+        self.snapshot_mode = inner.snapshot_mode
         self.fail_rate = fail_rate
         self.fail_first = fail_first
         self.terminal_after = terminal_after

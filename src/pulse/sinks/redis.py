@@ -37,7 +37,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from pulse.config import RedisConfig, Settings
+from pulse.config import DatabaseConfig, RedisConfig, Settings
 from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, EnrichedEvent, Position
@@ -76,6 +76,9 @@ class RedisSink(Sink):
 
     name = "redis"
 
+    #: The board keeps a window: an initial snapshot rebuilds it, never replays history into it.
+    snapshot_mode = "window"
+
     def __init__(self, config: RedisConfig, *, clock: Clock = _utcnow, client: Any = None,
                  name: str = "redis") -> None:
         if config.window_s % config.bucket_s:
@@ -108,6 +111,12 @@ class RedisSink(Sink):
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "redis") -> "RedisSink":
         return cls(settings.redis, name=name)
+
+    def rebuild_window(self, database: DatabaseConfig) -> dict[str, object]:
+        """Rebuild this board's window from the source (`runtime/rebuild.py`), exact while live writers run."""
+        from pulse.runtime.rebuild import rebuild_board
+
+        return rebuild_board(self.config, database, self.clock)
 
     # -- connection ------------------------------------------------------------
 
