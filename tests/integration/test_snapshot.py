@@ -277,3 +277,70 @@ def Pipeline_(settings, sinks):  # noqa: N802  (a constructor)
     from pulse.runtime.pipeline import Pipeline
 
     return Pipeline(settings, sinks)
+
+
+@pytest.mark.timeout(900)
+def test_initial_snapshot_over_kafka_killed_twice_ends_exact_everywhere(scratch_db, services, kafka_env, bq_dataset,
+                                                                       rprefix, tmp_path):
+    dataset, bq = bq_dataset
+    prefix, redis_client = rprefix
+    cur = scratch_db.connect().cursor()
+    cur.execute("ALTER TABLE engagement_events REPLICA IDENTITY FULL")
+    content = insert_content(cur, 40, length=900, ctype="podcast")
+    _history(cur, content, HISTORY)
+    rx = Receiver().start()
+    env = dict(kafka_env, PULSE_REDIS_URL=services["PULSE_REDIS_URL"], PULSE_REDIS_PREFIX=prefix,
+               PULSE_BIGQUERY_PROJECT=services["PULSE_BIGQUERY_PROJECT"],
+               PULSE_BIGQUERY_ENDPOINT=services["PULSE_BIGQUERY_ENDPOINT"], PULSE_BIGQUERY_DATASET=dataset,
+               PULSE_BIGQUERY__SPOOL_DIR=str(tmp_path / "spool"), PULSE_BIGQUERY__LOAD_INTERVAL_S="1",
+               PULSE_EXTERNAL_URL=rx.url, PULSE_SNAPSHOT__CHUNK_SIZE="2000", PULSE_SNAPSHOT__RATE_LIMIT="12000",
+               PULSE_BIGQUERY__UPLOAD_IN_PROCESS="false")  # the uploader is a worker of its own
+    errors: list[str] = []
+
+    def spawn(*args):
+        return subprocess.Popen(pulse_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+
+    workers = {name: spawn("consume", "--sink", name) for name in ("redis", "bigquery", "external")}
+    workers["upload"] = spawn("upload")
+
+    def check_alive(proc) -> bool:
+        for name, p in [("produce", proc), *workers.items()]:
+            if p is not None and p.poll() is not None:
+                errors.append(f"{name}: {p.stderr.read()[-3000:]}")
+                raise AssertionError(f"{name} exited with {p.returncode}: {errors[-1]}")
+        return False
+
+    writer = _LiveWriter(scratch_db.url, content)
+    proc = None
+    try:
+        writer.start()
+        proc, seen = _kill_twice_mid_snapshot(lambda: spawn("produce"), cur, scratch_db.slot, check_alive)
+        run = _finish(cur, scratch_db.slot, check_alive, proc, "the snapshot to finish")
+        writer.stop_event.set()
+        writer.join(30)
+        assert writer.error is None and writer.inserted > 0
+        source = _source_rows(cur)
+        _wait_equal(lambda: _bq_rows(bq, dataset), source, check_alive, proc, "BigQuery")
+        wait_for(lambda: set(source) <= _received_ids(rx) or check_alive(proc), 240,
+                 "the receiver to hold every event")
+        _check_receiver(rx, set(source))
+        wait_for(lambda: _run_row(cur, scratch_db.slot)["window_rebuilt_at"] is not None or check_alive(proc), 120,
+                 "the Redis worker's rebuild")
+        cur.execute("SELECT count(*) FROM engagement_events WHERE content_id IS NOT NULL AND event_ts >= now() - "
+                    "interval '9 minutes'")
+        in_window = cur.fetchone()[0]
+        wait_for(lambda: sum(float(s) for _m, s in redis_client.zrange(prefix + "events:10m", 0, -1, withscores=True))
+                 >= in_window or check_alive(proc), 120, "the board to hold the window")
+        _assert_board_equals_sql(redis_client, prefix, cur, datetime.now(timezone.utc))
+    finally:
+        writer.stop_event.set()
+        for p in [proc, *workers.values()]:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in [proc, *workers.values()]:
+            if p is not None:
+                p.wait(60)
+        rx.stop()
+    assert HISTORY <= run["rows_read"] <= HISTORY + 2 * 4 * 2000, run
+    assert seen[0] < seen[1] < run["rows_read"]

@@ -7,6 +7,7 @@ from typing import Optional
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -41,10 +42,13 @@ def status(
                     runtime = {"updated_at": row[0].isoformat(), "age_s": float(row[1]), **row[2]}
             from pulse.runtime.backfill import list_runs
 
+            from pulse.runtime.snapshot import snapshot_status
+
             backfills = list_runs(cur, db)
+            snapshot = snapshot_status(cur, db)
     finally:
         conn.close()
-    doc = {"slot": info.__dict__ if info else None, "runtime": runtime, "backfills": backfills}
+    doc = {"slot": info.__dict__ if info else None, "runtime": runtime, "snapshot": snapshot, "backfills": backfills}
     if as_json:
         typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str).decode())
         return
@@ -59,6 +63,8 @@ def status(
         t.add_row(str(info.active), str(info.wal_status), str(info.confirmed_flush_lsn), str(info.restart_lsn),
                   f"{info.lag_bytes or 0:,}", lag_s)
         console.print(t)
+    if snapshot is not None:
+        console.print(snapshot_line(snapshot))
     if backfills:
         bt = Table(title="backfills")
         for col in ("run", "state", "range", "sinks", "rows read", "emitted", "superseded", "updated"):
@@ -86,6 +92,29 @@ def status(
         t.add_row(name, s["durable"], f"{s['queue_events']:,}", fill, f"{s['written']:,}", str(s["retries"]),
                   s["last_error"] or "", details)
     console.print(t)
+
+
+def snapshot_line(s: dict) -> str:
+    """One line on the initial snapshot: its state, rows, targets and the window rebuild."""
+    from pulse.runtime.backfill import bar
+
+    total = s["total_estimate"] or 0
+    ratio = min(1.0, s["rows_read"] / total) if total else (1.0 if s["state"] == "done" else 0.0)
+    if s["state"] == "done":
+        head = f"initial snapshot: [green]done[/green], {s['rows_emitted']:,} rows"
+    elif s["state"] == "failed":
+        head = f"initial snapshot: [red]failed[/red] ({escape(s['error'] or '')}); a restart resumes it"
+    elif s["max_id"] is None:
+        head = "initial snapshot: [yellow]planned[/yellow] (the slot is being created)"
+    else:
+        head = (f"initial snapshot: [yellow]{s['state']}[/yellow] {escape(bar(ratio))} "
+                f"{s['rows_read']:,} / {total:,} rows ({100 * ratio:.0f}%)")
+    head += f" to {','.join(s['sinks']) or '-'}"
+    if s["window_sinks"]:
+        rebuilt = s["window_rebuilt_at"]
+        head += f"; {','.join(s['window_sinks'])} window " + (
+            f"rebuilt {rebuilt:%H:%M:%S}" if rebuilt else "[yellow]rebuild pending[/yellow]")
+    return head
 
 
 def register(app: typer.Typer) -> None:
