@@ -199,6 +199,7 @@ def run(args, db: ScratchDatabase, endpoint: str) -> None:
     dataset = f"bench_backfill_{uuid.uuid4().hex[:8]}"
     settings = Settings(
         database=db.config("bench_bf"),
+        snapshot={"mode": "never"},  # this measures `pulse backfill`; bench_snapshot.py the initial snapshot
         bigquery={"project": os.environ["PULSE_BIGQUERY_PROJECT"], "dataset": dataset,
                   "endpoint": endpoint,
                   "spool_dir": str(Path(".pulse") / "bench" / dataset),

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg2
@@ -52,7 +53,7 @@ def _section(title: str) -> None:
     console.rule(f"[bold]{title}")
 
 
-def run(rate: float = 200.0, seconds: float = 15.0) -> None:
+def run(rate: float = 200.0, seconds: float = 15.0, history: int = 20_000) -> None:
     before = {r["name"]: r.get("running") for r in services.status()}
     _section("1. local services")
     services.up()
@@ -79,6 +80,13 @@ def run(rate: float = 200.0, seconds: float = 15.0) -> None:
     subprocess.run([_pulse(), "db", "init"], env=env, check=True)
     subprocess.run([_pulse(), "doctor"], env=env, check=False)
 
+    _section(f"2b. history before Pulse's first start: {history:,} events over the last 2 hours")
+    subprocess.run([_pulse(), "generate", "--count", str(history), "--since",
+                    (datetime.now(timezone.utc) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S"),
+                    "--until", "now", "--anomalies", "0.05", "--seed", "7"], env=env, check=True)
+    console.print("[dim]these rows exist before the slot: the initial snapshot (snapshot.mode = initial) copies "
+                  "them to BigQuery and the external system, and rebuilds the Redis board's window[/dim]")
+
     sinks = ["redis", "bigquery", "external"]
     _section(f"3. pulse run --sink {' --sink '.join(sinks)}")
     run_args = [_pulse(), "run", "--metrics-port", str(metrics_port)]
@@ -99,6 +107,8 @@ def run(rate: float = 200.0, seconds: float = 15.0) -> None:
         _wait(streaming, 90, "pulse run to start streaming")
         console.print(f"streaming from slot [bold]{DEMO_SLOT}[/bold] to {', '.join(sinks)}; "
                       f"receiver at {receiver.url}")
+        _wait(lambda: _snapshot_done(cur), 300, "the initial snapshot")
+        subprocess.run([_pulse(), "status"], env=env, check=False)
 
         _section(f"4. live traffic: {rate:g} events/s for {seconds:g} s, 5 % anomalies")
         subprocess.run([_pulse(), "generate", "--rate", str(rate), "--duration", str(seconds),
@@ -184,6 +194,13 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _snapshot_done(cur) -> bool:
+    cur.execute("SELECT state = 'done' AND (window_rebuilt_at IS NOT NULL OR window_sinks = '{}') "
+                "FROM pulse.backfill_runs WHERE slot_name = %s AND kind = 'snapshot'", (DEMO_SLOT,))
+    row = cur.fetchone()
+    return bool(row and row[0])
 
 
 def _source_events(cur) -> int:

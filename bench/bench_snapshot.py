@@ -1,0 +1,223 @@
+"""Initial snapshot benchmark: rows/s into BigQuery beside raw COPY, and the live board's latency meanwhile.
+
+In one run, on the same N events of a scratch database:
+
+1. **raw COPY**: `COPY (SELECT ... FROM engagement_events ORDER BY id) TO
+   STDOUT` of the columns the snapshot reads, into /dev/null: how fast
+   PostgreSQL hands the rows out (the baseline);
+2. **the initial snapshot**: a pipeline with the `bigquery` and `redis`
+   sinks starts on the populated table (its slot does not exist yet, so it
+   snapshots); timed from the pipeline's start to the snapshot run's `done`
+   with every row loaded in BigQuery;
+3. **live latency during the snapshot**: meanwhile a writer commits small
+   transactions (`--rate` events/s), each with one marker content id; a
+   prober polls the Redis board for each marker. Latency = first seen on
+   the board - commit returned, for the transactions committed while the
+   snapshot ran.
+
+Usage (services up, `source .pulse/services.env`):
+
+    .venv/bin/python bench/bench_snapshot.py --events 1000000 [--emulator ephemeral]
+
+Targets (issue 13): snapshot >= 0.5x raw COPY; live commit-to-board p99 < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import ScratchDatabase, insert_events_sql, seed_content  # noqa: E402
+from bench_backfill import _cpu_ticks, _wait, ephemeral_emulator, raw_copy  # noqa: E402
+from pulse.config import RedisConfig, Settings  # noqa: E402
+from pulse.runtime.pipeline import Pipeline  # noqa: E402
+from pulse.sinks import build_sink  # noqa: E402
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] if s else float("nan")
+
+
+class LiveProbe:
+    """Commits `rate` events/s in transactions of `txn`, each with a marker content; times them onto the board."""
+
+    def __init__(self, db: ScratchDatabase, redis_url: str, prefix: str, content: list[str], rate: float,
+                 txn: int) -> None:
+        import redis
+
+        self.db, self.content, self.rate, self.txn = db, content, rate, txn
+        self.client = redis.Redis.from_url(redis_url)
+        self.key = prefix + "events:10m"
+        self.pending: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.committed = 0
+        self.threads = [threading.Thread(target=self._write, daemon=True),
+                        threading.Thread(target=self._probe, daemon=True)]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def _write(self) -> None:
+        conn = self.db.connect()
+        cur = conn.cursor()
+        interval = self.txn / self.rate
+        start = time.monotonic()
+        k = 0
+        while not self.stop.is_set():
+            marker = str(uuid.uuid4())
+            cur.execute("INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
+                        "VALUES (%s, %s, 'marker', 'video', 600, now())", (marker, f"m-{marker}"))
+            cur.execute("BEGIN")
+            cur.execute(
+                "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device) "
+                "SELECT CASE WHEN g = 0 THEN %s::uuid ELSE (%s::uuid[])[1 + g %% %s] END, gen_random_uuid(), "
+                "'play', now(), 1000 + g, 'ios' FROM generate_series(0, %s - 1) g",
+                (marker, self.content, len(self.content), self.txn))
+            cur.execute("COMMIT")
+            with self.lock:
+                self.pending[marker] = time.time()
+            self.committed += 1
+            k += 1
+            delay = start + k * interval - time.monotonic()
+            if delay > 0:
+                self.stop.wait(delay)
+        conn.close()
+
+    def _probe(self) -> None:
+        while not self.stop.is_set() or self.pending:
+            with self.lock:
+                items = list(self.pending.items())
+            if items:
+                scores = self.client.zmscore(self.key, [k for k, _ in items])
+                seen = time.time()
+                with self.lock:
+                    for (cid, t), got in zip(items, scores):
+                        if got is not None:
+                            self.latencies.append(seen - t)
+                            self.pending.pop(cid, None)
+            if self.stop.is_set() and time.time() > self.deadline:
+                return
+            time.sleep(0.005)
+
+    def finish(self, grace_s: float = 30) -> None:
+        self.deadline = time.time() + grace_s
+        self.stop.set()
+        for t in self.threads:
+            t.join(grace_s + 5)
+
+    deadline = float("inf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--chunk-size", type=int, default=10_000, help="snapshot.chunk_size (default: the config's)")
+    ap.add_argument("--rate", type=float, default=1_000, help="live events/s during the snapshot")
+    ap.add_argument("--txn", type=int, default=20, help="events per live transaction")
+    ap.add_argument("--history-days", type=float, default=30, help="event_ts of the history spread over this")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--emulator", choices=("shared", "ephemeral"), default="shared")
+    args = ap.parse_args()
+    from pulse.log import configure_logging
+    from pulse.runtime.gc_tuning import tune_gc
+
+    configure_logging(os.environ.get("PULSE_BENCH_LOG", "warning"))
+    tune_gc()
+    with contextlib.ExitStack() as stack:
+        endpoint = os.environ["PULSE_BIGQUERY_ENDPOINT"]
+        if args.emulator == "ephemeral":
+            endpoint = stack.enter_context(ephemeral_emulator())
+        print(f"emulator: {args.emulator} ({endpoint})")
+        run(args, stack.enter_context(ScratchDatabase()), endpoint)
+
+
+def run(args, db: ScratchDatabase, endpoint: str) -> None:
+    import psycopg2
+
+    from pulse.sinks.bigquery_load import make_client
+
+    cur = db.connect().cursor()
+    content = seed_content(cur)
+    insert_events_sql(cur, content, args.events, 50_000)
+    # History is old: spread it over --history-days (a window rebuild reads only the last 10 minutes).
+    cur.execute("UPDATE engagement_events SET event_ts = now() - (id %% %s) * interval '1 second'",
+                (int(args.history_days * 86400),))
+    cur.execute("VACUUM ANALYZE engagement_events")
+    raw_s = raw_copy(cur)
+    print(f"raw COPY: {args.events / raw_s:,.0f} rows/s ({raw_s:.1f} s)")
+    dataset = f"bench_snapshot_{uuid.uuid4().hex[:8]}"
+    prefix = f"bench_snap_{uuid.uuid4().hex[:8]}:"
+    redis_url = os.environ["PULSE_REDIS_URL"]
+    settings = Settings(
+        database=db.config("bench_snap"),
+        redis=RedisConfig(url=redis_url, prefix=prefix),
+        bigquery={"project": os.environ["PULSE_BIGQUERY_PROJECT"], "dataset": dataset, "endpoint": endpoint,
+                  "spool_dir": str(Path(".pulse") / "bench" / dataset)},
+        snapshot={"chunk_size": args.chunk_size},
+    )
+    client = make_client(settings.bigquery)
+
+    def loaded() -> bool:
+        try:
+            rows = client.query(f"SELECT count(*) AS n FROM `{dataset}.engagement_events` "
+                                f"WHERE backfill").result()
+            return next(iter(rows))["n"] >= args.events
+        except Exception:  # the table appears with the first load
+            return False
+
+    state = psycopg2.connect(db.url)
+    state.autocommit = True
+    scur = state.cursor()
+
+    def snapshot_done() -> bool:
+        scur.execute("SELECT state FROM pulse.backfill_runs WHERE kind = 'snapshot'")
+        row = scur.fetchone()
+        return bool(row and row[0] == "done")
+
+    pipeline = Pipeline(settings, [build_sink("bigquery", settings), build_sink("redis", settings)])
+    probe = LiveProbe(db, redis_url, prefix, content, args.rate, args.txn)
+    try:
+        t0 = time.perf_counter()
+        busy0, total0 = _cpu_ticks()
+        runner = threading.Thread(target=pipeline.run, daemon=True)
+        runner.start()
+        if not pipeline.ready.wait(120):
+            raise SystemExit("pipeline did not start")
+        probe.start()
+        _wait(snapshot_done, args.timeout, 0.2)
+        during = probe.committed
+        _wait(loaded, args.timeout, 0.2)
+        elapsed = time.perf_counter() - t0
+        busy1, total1 = _cpu_ticks()
+        lat_during = list(probe.latencies)
+        probe.finish()
+        print(f"  machine CPU busy during the snapshot: {100 * (busy1 - busy0) / max(1, total1 - total0):.0f}% "
+              f"of {os.cpu_count()} cores")
+        print(f"initial snapshot into BigQuery: {args.events / elapsed:,.0f} rows/s ({elapsed:.1f} s, start to "
+              f"every row loaded), {raw_s / elapsed:.2f}x raw COPY")
+        print(f"live board during the snapshot: {len(lat_during):,} transactions of {during:,} committed seen; "
+              f"commit-to-board p50 {1000 * _pct(lat_during, 0.5):.0f} ms, p99 {1000 * _pct(lat_during, 0.99):.0f} "
+              f"ms, max {1000 * max(lat_during or [float('nan')]):.0f} ms")
+    finally:
+        probe.finish(1)
+        pipeline.stop()
+        state.close()
+        client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+        for key in probe.client.scan_iter(match=prefix + "*", count=1000):
+            probe.client.delete(key)
+
+
+if __name__ == "__main__":
+    main()
