@@ -188,31 +188,34 @@ def run(args, db: ScratchDatabase, endpoint: str) -> None:
 
     pipeline = Pipeline(settings, [build_sink("bigquery", settings), build_sink("redis", settings)])
     probe = LiveProbe(db, redis_url, prefix, content, args.rate, args.txn)
+    runner = threading.Thread(target=pipeline.run, daemon=True)
     try:
         t0 = time.perf_counter()
         busy0, total0 = _cpu_ticks()
-        runner = threading.Thread(target=pipeline.run, daemon=True)
         runner.start()
         if not pipeline.ready.wait(120):
             raise SystemExit("pipeline did not start")
         probe.start()
         _wait(snapshot_done, args.timeout, 0.2)
-        during = probe.committed
+        read_s = time.perf_counter() - t0
+        with probe.lock:
+            during, lat_during = probe.committed, list(probe.latencies)
         _wait(loaded, args.timeout, 0.2)
         elapsed = time.perf_counter() - t0
         busy1, total1 = _cpu_ticks()
-        lat_during = list(probe.latencies)
         probe.finish()
         print(f"  machine CPU busy during the snapshot: {100 * (busy1 - busy0) / max(1, total1 - total0):.0f}% "
               f"of {os.cpu_count()} cores")
         print(f"initial snapshot into BigQuery: {args.events / elapsed:,.0f} rows/s ({elapsed:.1f} s, start to "
-              f"every row loaded), {raw_s / elapsed:.2f}x raw COPY")
-        print(f"live board during the snapshot: {len(lat_during):,} transactions of {during:,} committed seen; "
+              f"every row loaded; the copy itself done after {read_s:.1f} s), {raw_s / elapsed:.2f}x raw COPY")
+        print(f"live board during the snapshot: {len(lat_during):,} of the {during:,} transactions committed "
+              f"meanwhile seen on the board; "
               f"commit-to-board p50 {1000 * _pct(lat_during, 0.5):.0f} ms, p99 {1000 * _pct(lat_during, 0.99):.0f} "
               f"ms, max {1000 * max(lat_during or [float('nan')]):.0f} ms")
     finally:
         probe.finish(1)
         pipeline.stop()
+        runner.join(120)
         state.close()
         client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
         for key in probe.client.scan_iter(match=prefix + "*", count=1000):

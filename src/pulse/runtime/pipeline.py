@@ -533,6 +533,7 @@ class Pipeline:
         assembler.reset()
         if self._status_conn is not None:
             self._write_status()
+        if self._status_conn is not None:  # a failed write drops the connection
             self._status_conn.close()
         log.info("pipeline.stopped", events_in=self.events_in,
                  acked=lsn_to_str(reader.acked) if reader else None, graceful=graceful)

@@ -226,9 +226,10 @@ class Tables:
                                 position=(position.lsn, position.seq))
         self.query(script, "apply (MERGE)")
 
-    def rows_in_id_range(self, low: int, high: int) -> int:
-        rows = self.query(f"SELECT count(*) FROM {self.ref(self.table)} WHERE event_id BETWEEN {int(low)} AND "
-                          f"{int(high)}", "id range check")
+    def rows_in_id_ranges(self, ranges: list[tuple[int, int]]) -> int:
+        """Rows of the table whose event_id lies in one of the (low, high) ranges (integers only)."""
+        where = " OR ".join(f"event_id BETWEEN {int(lo)} AND {int(hi)}" for lo, hi in ranges)
+        rows = self.query(f"SELECT count(*) FROM {self.ref(self.table)} WHERE {where}", "id range check")
         return int(rows[0][0])
 
     def store_position(self, position: Position) -> None:
@@ -360,10 +361,11 @@ class Loader:
         log.info("bigquery.loaded", files=len(group), rows=rows, path=path, position=str(last),
                  seconds=round(time.monotonic() - t0, 3), combine_s=round(t_upload, 3), **timings)
 
-    def _try_direct(self, upload, bounds: tuple[int, int], last: Position, timings: dict[str, float]) -> int | None:
+    def _try_direct(self, upload, bounds: list[tuple[int, int]], last: Position,
+                    timings: dict[str, float]) -> int | None:
         """Load the group into the table when none of its ids are there; None when the MERGE path must run."""
         t0 = time.monotonic()
-        if self.tables.rows_in_id_range(*bounds) != 0:
+        if self.tables.rows_in_id_ranges(bounds) != 0:
             self.merge_loads += 1
             return None
         t1 = time.monotonic()
@@ -432,8 +434,37 @@ class Loader:
             raise classify(exc, "load job") from exc
 
 
-def _direct_bounds(spool: Spool, group: list[SpoolFile]) -> tuple[int, int] | None:
-    """The group's (lowest, highest) event id when it is one insert / update per id and no delete, else None.
+# Most id ranges one direct-path check names. A group mixes a few runs of
+# ids (a snapshot or backfill chunk, the live stream's newest ids): checking
+# each run instead of one span from the lowest to the highest keeps a group of
+# fresh live ids and fresh chunk rows on the direct path, where one span would
+# cover ids loaded before and send it to the MERGE.
+MAX_ID_RANGES = 16
+
+
+def id_ranges(ids: "pa.Array | pa.ChunkedArray", max_ranges: int = MAX_ID_RANGES) -> list[tuple[int, int]]:
+    """The fewest (low, high) ranges, at most `max_ranges`, that cover `ids` and leave out the widest gaps."""
+    values = pc.unique(ids).sort()
+    n = len(values)
+    if n == 0:
+        return []
+    if n == 1:
+        v = values[0].as_py()
+        return [(v, v)]
+    gaps = pc.subtract(values.slice(1), values.slice(0, n - 1))
+    # Cut at the (max_ranges - 1) widest gaps wider than 1 (adjacent ids need no cut).
+    order = pc.array_sort_indices(gaps, order="descending")
+    cuts = sorted(i for i in order.slice(0, max_ranges - 1).to_pylist() if gaps[i].as_py() > 1)
+    out, start = [], 0
+    for i in cuts:
+        out.append((values[start].as_py(), values[i].as_py()))
+        start = i + 1
+    out.append((values[start].as_py(), values[n - 1].as_py()))
+    return out
+
+
+def _direct_bounds(spool: Spool, group: list[SpoolFile]) -> list[tuple[int, int]] | None:
+    """The ranges covering the group's event ids when it is one insert / update per id and no delete, else None.
 
     Only the two columns are read: a MERGE into a table without these ids
     would insert exactly these rows, so a plain load does the same.
@@ -450,8 +481,7 @@ def _direct_bounds(spool: Spool, group: list[SpoolFile]) -> tuple[int, int] | No
         return None
     if pc.count_distinct(all_ids).as_py() != n:
         return None
-    bounds = pc.min_max(all_ids).as_py()
-    return int(bounds["min"]), int(bounds["max"])
+    return id_ranges(all_ids)
 
 
 class LoaderThread(threading.Thread):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
+import pyarrow as pa
 import pytest
 from google.api_core import exceptions as g
 
@@ -50,8 +51,8 @@ class FakeTables:
     def id(self, t):
         return t
 
-    def rows_in_id_range(self, low, high):
-        self.calls.append(("range", low, high))
+    def rows_in_id_ranges(self, ranges):
+        self.calls.append(("range", ranges))
         return self.present
 
     def load_direct(self, path):
@@ -107,6 +108,26 @@ def _spool_of(tmp_path, events):
     return s
 
 
+def test_id_ranges_cover_the_ids_and_leave_out_the_widest_gaps():
+    ids = pa.array([5, 1, 2, 3, 1000, 1001, 50_000, 7, 2_000_000], pa.int64())
+    assert L.id_ranges(ids) == [(1, 3), (5, 5), (7, 7), (1000, 1001), (50_000, 50_000), (2_000_000, 2_000_000)]
+    assert L.id_ranges(ids, max_ranges=2) == [(1, 50_000), (2_000_000, 2_000_000)]
+    assert L.id_ranges(ids, max_ranges=1) == [(1, 2_000_000)]
+    assert L.id_ranges(pa.array([], pa.int64())) == []
+    assert L.id_ranges(pa.array([4], pa.int64())) == [(4, 4)]
+    contiguous = pa.array(range(10, 20_000), pa.int64())
+    assert L.id_ranges(contiguous) == [(10, 19_999)]
+    for seed in range(20):
+        import random
+
+        rng = random.Random(seed)
+        values = sorted({rng.randrange(10_000) for _ in range(rng.randrange(1, 300))})
+        ranges = L.id_ranges(pa.array(values, pa.int64()), max_ranges=rng.randrange(1, 8))
+        covered = {v for v in values if any(lo <= v <= hi for lo, hi in ranges)}
+        assert covered == set(values)
+        assert all(lo in values and hi in values for lo, hi in ranges)
+
+
 def _kinds(tables):
     return [c[0] for c in tables.calls]
 
@@ -116,7 +137,7 @@ def test_fresh_inserts_are_loaded_directly_then_the_state_row(tmp_path):
     tables = FakeTables(present=0)
     loader = L.Loader(tables, spool, BigQueryConfig(load_max_bytes=10**9))
     assert loader.drain() == 3
-    assert tables.calls[0] == ("range", 3, 9)
+    assert tables.calls[0] == ("range", [(3, 3), (5, 5), (9, 9)])
     assert _kinds(tables) == ["range", "direct", "state"] and tables.calls[-1] == ("state", Position(9, 0))
     assert loader.direct_loads == 1 and spool.files() == [] and spool.read_position() == Position(9, 0)
 
