@@ -292,7 +292,11 @@ class WindowRebuilder(threading.Thread):
                         if self.on_done:
                             self.on_done()
                         return
-                wait = self.interval_s
+                    wait = self.interval_s
+                else:
+                    # No slot yet (its producer has not started, or runs under another PULSE_SLOT):
+                    # look less and less often.
+                    wait = min(wait * 1.5, 60.0)
             except (psycopg2.Error, OSError) as exc:
                 log.warning("snapshot.window_check_failed", error=str(exc).strip(), retry_s=round(wait, 1))
                 wait = min(wait * 2, 60.0)
