@@ -112,6 +112,13 @@ def _unreachable(exc: BaseException) -> bool:
     return redis is not None and isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
 
 
+def _refused(exc: BaseException) -> bool:
+    """The database refused the role a right: the operator grants it, retrying will not help."""
+    import psycopg2.errors
+
+    return isinstance(exc, psycopg2.errors.InsufficientPrivilege)
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The documented exit code of an error that reached the command line."""
     if isinstance(exc, PulseError):
@@ -120,6 +127,8 @@ def exit_code_for(exc: BaseException) -> int:
         return INTERRUPTED
     if _unreachable(exc):
         return UNREACHABLE
+    if _refused(exc):
+        return TERMINAL
     return INTERNAL
 
 
@@ -138,6 +147,11 @@ def report(exc: BaseException) -> int:
         typer.secho(f"pulse: unreachable: {type(exc).__name__}: {redact_text(message)}", fg="red", err=True)
         typer.secho("  fix: check the service's URL (PULSE_DATABASE_URL, PULSE_REDIS_URL, ...), that it runs, "
                     "and that it admits this host and role", err=True)
+    elif code == TERMINAL:
+        message = " ".join(str(exc).split())
+        typer.secho(f"pulse: error: {type(exc).__name__}: {redact_text(message)}", fg="red", err=True)
+        typer.secho("  fix: run `pulse doctor` as this role: it prints the grants it lacks "
+                    "(docs/deploy.md, \"Least privilege\")", err=True)
     elif code == INTERNAL:
         text = "".join(traceback.format_exception(exc))
         sys.stderr.write(redact_text(text))

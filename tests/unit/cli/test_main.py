@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psycopg2
+import psycopg2.errors
 import pytest
 
 from pulse.cli import main as cli
@@ -36,6 +37,7 @@ def _main_raising(monkeypatch, capsys, exc: BaseException) -> tuple[int, str]:
     (ConnectionRefusedError(111, "refused"), 4),
     (SlotLostError("slot gone", hint="backfill"), 5),
     (TerminalError("refused", hint="look"), 5),
+    (psycopg2.errors.InsufficientPrivilege("permission denied for schema pulse"), 5),
     (RuntimeError("a bug"), 70),
 ])
 def test_each_error_kind_has_its_code(monkeypatch, capsys, exc, code) -> None:
