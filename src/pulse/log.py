@@ -74,7 +74,7 @@ _WHSEC = re.compile(r"\bwhsec_[A-Za-z0-9+/=]+")
 # Exact secret values known to this process (the configured passwords),
 # hidden wherever they appear, even in a message that does not look like a URL.
 _KNOWN_SECRETS: set[str] = set()
-_MIN_KNOWN_SECRET = 4  # shorter values would hide ordinary words
+_MIN_KNOWN_SECRET = 8  # shorter ones (a dev password "pulse") would hide ordinary words; patterns still cover them
 
 
 def register_secret(value: str | None) -> None:

@@ -131,3 +131,13 @@ def test_registered_secrets_are_hidden_anywhere(capture) -> None:
     pulse_log.register_url_secrets(f"postgresql://pulse:{PW}%21@db/src")
     log.error("db.failed", error=f'invalid integer value "{PW}!" for connection option "port"')
     assert PW not in stream.getvalue()
+
+
+def test_a_short_registered_password_does_not_hide_ordinary_words(capture) -> None:
+    # A dev password like "pulse" must not turn every "pulse" of the output into ***; its URL form still is.
+    log, stream, handler = capture
+    handler.setFormatter(ConsoleFormatter())
+    pulse_log.register_url_secrets("postgresql://pulse:pulse@db/src")
+    log.info("run.starting", database="postgresql://pulse:pulse@db/src", note="pulse run")
+    text = stream.getvalue()
+    assert "postgresql://pulse:***@db/src" in text and "note='pulse run'" in text
