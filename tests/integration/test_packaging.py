@@ -1,8 +1,8 @@
 """A fresh install with one extra: `pip install 'pulse-cdc[redis]'`, then `pulse run --sink redis` streams.
 
 The venv is made in a temporary directory without pip (the test's own pip
-installs into it with `--python`, which skips bootstrapping pip: about 40 s
-on the shared build machine, mostly the wheels' unpacking and the C build).
+installs into it with `--python`, which skips bootstrapping pip: 21-43 s
+on the shared build machine, by its load; mostly unpacking wheels and the C build).
 """
 
 from __future__ import annotations
