@@ -15,7 +15,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from pulse.errors import ConfigError
+from pulse.log import redact_text
 
 # Flat environment names that users and tests rely on (DESIGN.md), and the
 # nested key each one sets.
@@ -45,21 +46,16 @@ CONTRACT_ENV: dict[str, tuple[str, str]] = {
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with any password (in the authority or a `password=` parameter) replaced by `***`."""
+    """Return `url` with any password (in the authority or a `password=` parameter) replaced by `***`.
+
+    Textual (pulse.log.redact_text), not parsed: a password holding an
+    unencoded '/', '#' or '@' is hidden whole.
+    """
     try:
-        parts = urlsplit(url)
+        urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
-    if "password=" in parts.query.lower():
-        query = "&".join(
-            f"{k}=***" if k.lower() == "password" else (f"{k}={v}" if sep else k)
-            for k, sep, v in (item.partition("=") for item in parts.query.split("&"))
-        )
-        parts = parts._replace(query=query)
-    return urlunsplit(parts)
+    return redact_text(url)
 
 
 class _Section(BaseModel):
@@ -118,6 +114,12 @@ class DatabaseConfig(_Section):
         raw = value.get_secret_value()
         if not (raw.startswith("postgresql://") or raw.startswith("postgres://")):
             raise ValueError("must be a postgresql:// URL, e.g. postgresql://user@127.0.0.1:5432/db")
+        rest = raw.split("://", 1)[1].split("?", 1)[0]
+        if "@" in rest and "@" not in rest.split("/", 1)[0]:
+            # libpq ends the user:password part at the first '/', so it would read part of the
+            # password as a port or host (and echo it in its error): refuse, never echo it.
+            raise ValueError("the part before '@' holds an unencoded '/' (in the password?): "
+                             "percent-encode it as %2F ('#' as %23, '@' as %40)")
         return value
 
     def dsn(self) -> str:

@@ -253,9 +253,20 @@ def gather_facts(cfg: DatabaseConfig, *, replication_probe: bool = True) -> dict
             schema_row = _one(
                 cur,
                 "SELECT pg_get_userbyid(nspowner), has_schema_privilege(oid, 'USAGE'), "
-                "has_schema_privilege(oid, 'CREATE') FROM pg_namespace WHERE nspname = %s",
+                "has_schema_privilege(oid, 'CREATE'), pg_has_role(current_user, nspowner, 'USAGE') "
+                "FROM pg_namespace WHERE nspname = %s",
                 (cfg.state_schema,),
             )
+            # Pulse's tables (and sequences) the role cannot read and write: the pipeline needs DML, no DDL.
+            cur.execute(
+                "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND ((c.relkind = 'r' AND NOT (has_table_privilege(c.oid, 'SELECT') "
+                "AND has_table_privilege(c.oid, 'INSERT') AND has_table_privilege(c.oid, 'UPDATE') "
+                "AND has_table_privilege(c.oid, 'DELETE'))) "
+                "OR (c.relkind = 'S' AND NOT has_sequence_privilege(c.oid, 'USAGE'))) ORDER BY 1",
+                (cfg.state_schema,),
+            )
+            dml_missing = [row[0] for row in cur.fetchall()]
             facts: dict[str, Any] = {
                 "config": {
                     "slot": cfg.slot,
@@ -272,7 +283,8 @@ def gather_facts(cfg: DatabaseConfig, *, replication_probe: bool = True) -> dict
                 "wal_senders_active": senders_active,
                 "database_create": db_create,
                 "state_schema": (
-                    {"exists": True, "owner": schema_row[0], "usage": schema_row[1], "create": schema_row[2]}
+                    {"exists": True, "owner": schema_row[0], "usage": schema_row[1], "create": schema_row[2],
+                     "is_owner": schema_row[3], "dml_missing": dml_missing}
                     if schema_row
                     else {"exists": False}
                 ),
@@ -409,25 +421,72 @@ def check_state_schema(f: Mapping[str, Any]) -> CheckResult:
     role = f["role"]["name"]
     s = f["state_schema"]
     if s["exists"]:
-        if s["usage"] and s["create"]:
-            return CheckResult("state_schema", "ok", f"schema {schema} exists and role {role} can use it")
-        missing = ", ".join(p for p, ok in (("USAGE", s["usage"]), ("CREATE", s["create"])) if not ok)
-        return CheckResult(
-            "state_schema", "error",
-            f"schema {schema} (owner {s['owner']}) exists but role {role} lacks {missing} on it "
-            "(Pulse keeps its positions and slot registry there)",
-            f"GRANT USAGE, CREATE ON SCHEMA {quote_ident(schema)} TO {quote_ident(role)};",
-        )
+        if not s["usage"]:
+            return CheckResult(
+                "state_schema", "error",
+                f"schema {schema} (owner {s['owner']}) exists but role {role} lacks USAGE on it "
+                "(Pulse keeps its positions and slot registry there)",
+                f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {quote_ident(role)};\n"
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {quote_ident(schema)} "
+                f"TO {quote_ident(role)};\n"
+                f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {quote_ident(schema)} TO {quote_ident(role)};",
+            )
+        missing = s.get("dml_missing") or []
+        if missing:
+            return CheckResult(
+                "state_schema", "error",
+                f"role {role} cannot read and write {', '.join(missing)} in schema {schema} "
+                "(the pipeline stores its positions, status and backfill progress there)",
+                f"-- as {quote_ident(s['owner'])} (the schema's owner):\n"
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {quote_ident(schema)} "
+                f"TO {quote_ident(role)};\n"
+                f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {quote_ident(schema)} TO {quote_ident(role)};",
+            )
+        note = "" if s["create"] else " (without CREATE: `pulse db init` runs as a role that has it)"
+        return CheckResult("state_schema", "ok", f"schema {schema} exists and role {role} can use it{note}")
     if f["database_create"]:
         return CheckResult("state_schema", "ok",
                            f"schema {schema} does not exist yet; role {role} may create it (pulse db init)")
     return CheckResult(
         "state_schema", "error",
         f"schema {schema} does not exist and role {role} may not create schemas in database {f['database']}",
+        f"-- run pulse db init as the database owner, or as the owner or a superuser:\n"
         f"CREATE SCHEMA {quote_ident(schema)} AUTHORIZATION {quote_ident(role)};\n"
-        f"-- as the database owner or a superuser; or let Pulse create it: "
-        f"GRANT CREATE ON DATABASE {quote_ident(f['database'])} TO {quote_ident(role)};",
+        f"-- or let this role create it: GRANT CREATE ON DATABASE {quote_ident(f['database'])} TO {quote_ident(role)};",
     )
+
+
+def check_least_privilege(f: Mapping[str, Any]) -> CheckResult:
+    """The running role should hold REPLICATION and DML only: a superuser or an owner can do far more."""
+    role = f["role"]
+    name = role["name"]
+    guide = "-- see docs/deploy.md, \"Least privilege\", for the grants of a role that only streams"
+    if role["superuser"]:
+        return CheckResult(
+            "least_privilege", "warn",
+            f"role {name} is a superuser: a leaked Pulse password then opens the whole cluster; Pulse needs only "
+            "REPLICATION, SELECT on the two source tables and read/write on its own schema",
+            f"-- keep {quote_ident(name)} for `pulse db init`, and run Pulse as a dedicated role:\n"
+            "CREATE ROLE pulse_stream LOGIN REPLICATION PASSWORD '...';\n" + guide,
+        )
+    owned = []
+    if role["replication"]:
+        owned = [t for t, facts in f["tables"].items() if facts.get("is_owner")]
+        if f["state_schema"].get("is_owner"):
+            owned.append(f"schema {f['config']['state_schema']}")
+        if f["database_create"]:
+            owned.append(f"CREATE on database {f['database']}")
+    if owned:
+        return CheckResult(
+            "least_privilege", "warn",
+            f"role {name} has REPLICATION and also owns or may create {', '.join(owned)}: streaming needs none of "
+            "that once `pulse db init` has run (it can alter or drop the source tables)",
+            f"-- run `pulse db init` as {quote_ident(name)} (or the tables' owner), and `pulse run` / `pulse produce` "
+            "as a role with REPLICATION and only the grants of\n" + guide,
+        )
+    return CheckResult("least_privilege", "ok",
+                       f"role {name} is not a superuser and owns nothing Pulse does not need" if role["replication"]
+                       else f"role {name} is not a superuser")
 
 
 def create_publication_sql(f: Mapping[str, Any]) -> str:
@@ -682,6 +741,7 @@ def evaluate(facts: Mapping[str, Any]) -> list[CheckResult]:
         check_replication_slots(facts),
         check_wal_senders(facts),
         check_role_replication(facts),
+        check_least_privilege(facts),
         *(check_select(facts, t) for t in SOURCE_TABLES),
         check_state_schema(facts),
         check_publication_rights(facts),

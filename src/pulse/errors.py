@@ -4,6 +4,9 @@ One root (`PulseError`), sorted into two kinds the runtime acts on:
 `TransientError` (retry with backoff: a service is down, a timeout) and
 `TerminalError` (stop and tell the operator what to do). Every terminal error
 carries a `hint`: the action that fixes it.
+
+Each kind declares the exit code the `pulse` command ends with when such an
+error reaches it (the table is in `pulse.cli.main` and docs/operations.md).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 class PulseError(Exception):
     """Root of every error Pulse raises on purpose."""
+
+    exit_code = 1
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -22,15 +27,25 @@ class PulseError(Exception):
 
 
 class TransientError(PulseError):
-    """Worth retrying: the cause is expected to go away (network, restart, quota)."""
+    """Worth retrying: the cause is expected to go away (network, restart, quota).
+
+    One that reaches the command line means a dependency stayed unreachable
+    after the retries the caller allowed.
+    """
+
+    exit_code = 4
 
 
 class TerminalError(PulseError):
-    """Retrying will not help; the operator must act (see `hint`)."""
+    """Retrying will not help; the operator must act (see `hint`): bad data, a lost slot, a refusal."""
+
+    exit_code = 5
 
 
 class ConfigError(TerminalError):
     """Bad or missing configuration, detected at start."""
+
+    exit_code = 3
 
 
 class SlotLostError(TerminalError):

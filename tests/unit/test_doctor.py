@@ -84,13 +84,19 @@ def check(facts: dict[str, Any], name: str) -> CheckResult:
     return by_name(facts)[name]
 
 
+# A role with only the documented grants: REPLICATION, SELECT on the tables, DML on Pulse's schema.
+LEAST = {"tables.content.is_owner": False, "tables.engagement_events.is_owner": False, "database_create": False,
+         "state_schema": {"exists": True, "owner": "app_owner", "usage": True, "create": False, "is_owner": False,
+                          "dml_missing": []}}
+
+
 def test_healthy_database_is_all_ok():
-    results = evaluate(healthy())
+    results = evaluate(healthy(**LEAST))
     assert {r.status for r in results} == {"ok"}, [r for r in results if r.status != "ok"]
     assert overall(results) == "ok"
     assert all(r.fix is None for r in results)
     assert [r.name for r in results] == [
-        "server_version", "wal_level", "replication_slots", "wal_senders", "role_replication",
+        "server_version", "wal_level", "replication_slots", "wal_senders", "role_replication", "least_privilege",
         "select.content", "select.engagement_events", "state_schema", "publication_rights", "publication",
         "replica_identity.content", "replica_identity.engagement_events", "max_slot_wal_keep_size", "slot",
         "replication_connection",
@@ -242,11 +248,42 @@ def test_missing_table_is_an_error_that_names_the_schema_setting():
     assert "PULSE_DATABASE__SOURCE_SCHEMA" in r.fix
 
 
-def test_state_schema_without_create_gets_grant():
+def test_state_schema_without_create_is_fine_once_initialised():
     r = check(healthy(**{"state_schema.create": False}), "state_schema")
-    assert r.status == "error"
-    assert 'GRANT USAGE, CREATE ON SCHEMA "pulse" TO "pulse";' in r.fix
-    assert "CREATE" in r.detail
+    assert r.status == "ok" and "pulse db init" in r.detail
+
+
+def test_state_schema_without_usage_gets_grant():
+    r = check(healthy(**{"state_schema.usage": False}), "state_schema")
+    assert r.status == "error" and "USAGE" in r.detail
+    assert 'GRANT USAGE ON SCHEMA "pulse" TO "pulse";' in r.fix
+    assert 'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "pulse" TO "pulse";' in r.fix
+
+
+def test_state_tables_without_dml_get_grant():
+    r = check(healthy(**LEAST, **{"role.name": "streamer"}) | {"state_schema": {**LEAST["state_schema"],
+              "dml_missing": ["runtime_status", "external_dead_letter_id_seq"]}}, "state_schema")
+    assert r.status == "error" and "runtime_status" in r.detail
+    assert '-- as "app_owner"' in r.fix
+    assert 'GRANT USAGE ON ALL SEQUENCES IN SCHEMA "pulse" TO "streamer";' in r.fix
+
+
+def test_a_superuser_is_warned():
+    r = check(healthy(**LEAST, **{"role.superuser": True}), "least_privilege")
+    assert r.status == "warn" and "superuser" in r.detail
+    assert "CREATE ROLE pulse_stream LOGIN REPLICATION" in r.fix
+
+
+def test_replication_plus_ownership_is_warned():
+    r = check(healthy(), "least_privilege")  # the all-in-one role: owns the tables, may create schemas
+    assert r.status == "warn"
+    assert "content" in r.detail and "engagement_events" in r.detail and "CREATE on database app" in r.detail
+    assert check(healthy(**LEAST, **{"state_schema.is_owner": True}), "least_privilege").status == "warn"
+
+
+def test_an_owner_without_replication_is_not_warned():
+    # That role runs `pulse db init`, not the stream (role_replication reports the missing attribute).
+    assert check(healthy(**{"role.replication": False}), "least_privilege").status == "ok"
 
 
 def test_absent_state_schema_is_fine_with_create_on_the_database():

@@ -53,9 +53,9 @@ def backfill(
     if since is None and until is None and min_id is None and max_id is None and targets != ("redis",):
         raise typer.BadParameter("give a range: --since/--until and/or --min-id/--max-id")
     cfg = common.settings(database={"url": database_url, "slot": slot})
-    from pulse.schema import init_database
+    from pulse.schema import require_database
 
-    init_database(cfg.database)
+    require_database(cfg.database)  # read-only; `pulse db init` applies the schema
     if "redis" in targets:
         # The board holds only the last window: rebuilt from a snapshot at an
         # exact stream position, not replayed (pulse.runtime.rebuild).

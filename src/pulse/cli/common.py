@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pulse.config import Settings, load_settings
-from pulse.log import configure_logging
+from pulse.log import configure_logging, register_secret, register_url_secrets
 
 
 @dataclass
@@ -31,5 +31,19 @@ def settings(**sections: dict[str, Any]) -> Settings:
         if kept:
             merged.setdefault(section, {}).update(kept)
     cfg = load_settings(STATE.config_file, merged)
+    register_secrets(cfg)
     configure_logging(cfg.log.level, cfg.log.format)
     return cfg
+
+
+def register_secrets(cfg: Settings) -> None:
+    """Make every configured secret hidden wherever it may later be printed (logs, errors, tracebacks)."""
+    register_url_secrets(cfg.database.dsn())
+    register_url_secrets(cfg.redis.url.get_secret_value())
+    if cfg.testsinks.pgtable_url is not None:
+        register_url_secrets(cfg.testsinks.pgtable_url.get_secret_value())
+    if cfg.external.secret is not None:
+        register_secret(cfg.external.secret.get_secret_value())
+    for key, value in cfg.kafka.client_config.items():
+        if "password" in key or "secret" in key:
+            register_secret(value)

@@ -1,8 +1,15 @@
-"""`pulse status`: the slot, each sink's position and lag, queue fill."""
+"""`pulse status`: the slot, each sink's position and lag, queue fill.
+
+It is also a health probe: the exit code is 1 (`UNHEALTHY` in pulse.cli.main)
+when the slot is missing, lost or inactive, or when the pipeline's report
+(`runtime_status.updated_at`, written every 2 s) is missing or older than
+`--stale-after`; the reasons are printed (and listed under "problems" with
+`--json`). A cron job or a Kubernetes probe can run it as is.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NoReturn, Optional
 
 import orjson
 import typer
@@ -15,8 +22,14 @@ def status(
     database_url: Optional[str] = typer.Option(None, "--database-url", envvar="PULSE_DATABASE_URL", show_default=False),
     slot: Optional[str] = typer.Option(None, "--slot", envvar="PULSE_SLOT"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    stale_after: float = typer.Option(30.0, "--stale-after", min=0,
+                                      help="Seconds after which the pipeline's last report counts as stale "
+                                      "(it reports every 2 s)."),
 ) -> None:
-    """Report the replication slot and what the running pipeline last said about itself."""
+    """Report the replication slot and what the running pipeline last said about itself.
+
+    Exits 1 when the slot is missing, lost or inactive or the report is missing or stale.
+    """
     from psycopg2 import sql
 
     from pulse.cli import common
@@ -48,10 +61,13 @@ def status(
             snapshot = snapshot_status(cur, db)
     finally:
         conn.close()
-    doc = {"slot": info.__dict__ if info else None, "runtime": runtime, "snapshot": snapshot, "backfills": backfills}
+    problems = health_problems(db.slot, info, runtime, stale_after)
+    doc = {"slot": info.__dict__ if info else None, "runtime": runtime, "snapshot": snapshot,
+           "backfills": backfills,
+           "healthy": not problems, "problems": problems}
     if as_json:
         typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str).decode())
-        return
+        _exit(problems)
     console = Console()
     if info is None:
         console.print(f"[red]slot {db.slot!r} does not exist[/red] (it is created by `pulse run`)")
@@ -79,8 +95,9 @@ def status(
         console.print(bt)
     if runtime is None:
         console.print("no pipeline has reported for this slot")
-        return
-    stale = " [yellow](stale: the pipeline is not running?)[/yellow]" if runtime["age_s"] > 10 else ""
+        _print_problems(console, problems)
+        _exit(problems)
+    stale = " [yellow](stale: the pipeline is not running?)[/yellow]" if runtime["age_s"] > stale_after else ""
     console.print(f"pipeline pid {runtime['pid']}, reported {runtime['age_s']:.1f}s ago{stale}; "
                   f"events in {runtime['events_in']:,}; pending transactions {runtime['pending_txns']}")
     t = Table(title="sinks")
@@ -92,6 +109,37 @@ def status(
         t.add_row(name, s["durable"], f"{s['queue_events']:,}", fill, f"{s['written']:,}", str(s["retries"]),
                   s["last_error"] or "", details)
     console.print(t)
+    _print_problems(console, problems)
+    _exit(problems)
+
+
+def health_problems(slot: str, info, runtime: dict | None, stale_after: float) -> list[str]:
+    """Why the pipeline is not healthy (empty when it is): what `pulse status` exits 1 for."""
+    problems = []
+    if info is None:
+        problems.append(f"slot {slot!r} does not exist")
+    elif info.wal_status == "lost":
+        problems.append(f"slot {slot!r} is lost (wal_status = lost): changes were removed before Pulse read them")
+    elif not info.active:
+        problems.append(f"slot {slot!r} is not active: no pipeline is reading it")
+    if runtime is None:
+        problems.append("no pipeline has reported for this slot")
+    elif runtime["age_s"] > stale_after:
+        problems.append(f"the pipeline's last report is {runtime['age_s']:.0f}s old (stale after {stale_after:g}s)")
+    return problems
+
+
+def _print_problems(console, problems: list[str]) -> None:
+    from rich.markup import escape
+
+    for problem in problems:
+        console.print(f"[red]unhealthy:[/red] {escape(problem)}")
+
+
+def _exit(problems: list[str]) -> NoReturn:
+    from pulse.cli.main import OK, UNHEALTHY
+
+    raise typer.Exit(UNHEALTHY if problems else OK)
 
 
 def snapshot_line(s: dict) -> str:

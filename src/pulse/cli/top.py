@@ -74,6 +74,15 @@ def snapshot(client, keys, limit: int = 10, now: float | None = None) -> dict[st
     }
 
 
+def _plain(value: str, width: int):
+    """Source text (titles, devices, event types) as a literal cell: never read as Rich markup
+    (a device named `[/]` or `[bold]` is shown as typed), non-printable characters escaped."""
+    from rich.text import Text
+
+    value = value[:width]
+    return Text(value if value.isprintable() else value.encode("unicode_escape").decode())
+
+
 def render(snap: dict[str, Any], keys):
     """A rich renderable of one snapshot."""
     from rich.columns import Columns
@@ -95,25 +104,26 @@ def render(snap: dict[str, Any], keys):
     for col, just in (("#", "right"), ("title", "left"), ("type", "left"), ("seconds", "right"), ("events", "right")):
         top.add_column(col, justify=just)  # type: ignore[arg-type]
     for i, row in enumerate(snap["top"], 1):
-        top.add_row(str(i), row["title"][:60], row["content_type"], f"{row['seconds']:,.3f}", f"{row['events']:,}")
+        top.add_row(str(i), _plain(row["title"], 60), _plain(row["content_type"], 20), f"{row['seconds']:,.3f}",
+                    f"{row['events']:,}")
     per_type = []
     for ctype, rows in snap["by_type"].items():
-        t = Table(title=ctype)
+        t = Table(title=Text(ctype))
         t.add_column("title")
         t.add_column("seconds", justify="right")
         for row in rows:
-            t.add_row(row["title"][:32], f"{row['seconds']:,.1f}")
+            t.add_row(_plain(row["title"], 32), f"{row['seconds']:,.1f}")
         per_type.append(t)
     dev = Table(title="devices (events)")
     dev.add_column("device")
     dev.add_column("events", justify="right")
     for name, n in snap["devices"]:
-        dev.add_row(name[:40].encode("unicode_escape").decode() if not name.isprintable() else name[:40], f"{n:,}")
+        dev.add_row(_plain(name, 40), f"{n:,}")
     et = Table(title="event types")
     et.add_column("type")
     et.add_column("events", justify="right")
     for name, n in snap["event_types"]:
-        et.add_row(name, f"{n:,}")
+        et.add_row(_plain(name, 20), f"{n:,}")
     s = snap["stats"]
     foot = Text(f"not counted: late {s.get('late', 0):,}, future {s.get('future', 0):,}, "
                 f"uncorrectable updates/deletes {s.get('uncorrectable', 0):,}; replayed batches "

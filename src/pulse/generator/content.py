@@ -135,8 +135,14 @@ def build_zero_length(count: int, rng: Random, faker: Any, *, published_before: 
 
 
 def make_faker(seed: int) -> Any:
-    """A seeded en_US Faker (imported here: it is slow to import, only seeding needs it)."""
-    from faker import Faker
+    """A seeded en_US Faker (imported here: it is slow to import, and an extra: `pulse-cdc[generator]`)."""
+    try:
+        from faker import Faker
+    except ModuleNotFoundError as exc:
+        from pulse.errors import ConfigError
+
+        raise ConfigError("the workload generator needs Faker, which is not installed",
+                          hint="pip install 'pulse-cdc[generator]'") from exc
 
     faker = Faker("en_US")
     faker.seed_instance(seed)

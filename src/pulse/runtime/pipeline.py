@@ -41,7 +41,7 @@ from pulse.model import Batch, Change, EnrichedEvent, Position
 from pulse.runtime.backfill import BackfillManager
 from pulse.runtime.queues import ByteQueue
 from pulse.runtime.tracker import AckTracker
-from pulse.schema import connect, init_database
+from pulse.schema import connect, require_database
 from pulse.sinks.base import Sink
 from pulse.source import native
 from pulse.source.changes import ChangeAssembler, Truncated, TxnEnd
@@ -218,7 +218,7 @@ class Pipeline:
 
     def _prepare(self) -> None:
         db = self.settings.database
-        init_database(db)
+        require_database(db)  # read-only: `pulse db init` (as a role with DDL rights) set the schema up
         rows, windows = plan_targets(self.settings, self.sinks)
         _info, created = prepare_slot(self.settings, rows, windows)
         self.slot_created = created
