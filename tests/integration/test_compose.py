@@ -29,6 +29,7 @@ here too. Without docker-compose this skips locally and fails under CI=true
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -83,7 +84,15 @@ def _load_compose_env_script():
 
 
 _ENV_DIR = Path(tempfile.mkdtemp(prefix="pulse-compose-env-"))
+atexit.register(shutil.rmtree, _ENV_DIR, True)
 GENERATED_ENV = _ENV_DIR / ".env"  # what `make compose-env` writes, generated once for this module
+
+
+def _generated_env() -> Path:
+    if not GENERATED_ENV.exists():
+        subprocess.run([sys.executable, str(COMPOSE_ENV), "--path", str(GENERATED_ENV)], check=True,
+                       capture_output=True, timeout=60)
+    return GENERATED_ENV
 
 
 def _env_values(path: Path) -> dict[str, str]:
@@ -103,10 +112,7 @@ def _compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedPr
     exe = shutil.which("docker-compose")
     need(exe is not None, "docker-compose (apt-get install docker-compose)")
     if env_file is None:
-        env_file = GENERATED_ENV
-        if not env_file.exists():
-            subprocess.run([sys.executable, str(COMPOSE_ENV), "--path", str(env_file)], check=True,
-                           capture_output=True, timeout=60)
+        env_file = _generated_env()
     return subprocess.run(
         [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--env-file", str(env_file),
          "config", *args],
@@ -349,7 +355,7 @@ def test_all_pulse_containers_share_the_same_pulse_environment(svcs):
         assert set(shared) == set(reference), f"{name}: PULSE_ keys differ: {set(shared) ^ set(reference)}"
         assert shared == reference, f"{name}: PULSE_ values differ from the producer's"
     assert not set(reference) & set().union(*ONLY_IN.values())
-    token = _env_values(GENERATED_ENV)["PULSE_RECEIVER__CONTROL_TOKEN"]
+    token = _env_values(_generated_env())["PULSE_RECEIVER__CONTROL_TOKEN"]
     assert pulse["receiver"]["PULSE_RECEIVER__CONTROL_TOKEN"] == token
     for key in ("PULSE_DATABASE_URL", "PULSE_REDIS_URL", "PULSE_KAFKA_BOOTSTRAP", "PULSE_BIGQUERY_PROJECT",
                 "PULSE_BIGQUERY_DATASET", "PULSE_BIGQUERY_ENDPOINT", "PULSE_EXTERNAL_URL",
@@ -368,7 +374,7 @@ def test_the_pulse_environment_loads_into_pulse_settings(svcs, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     cfg = load_settings()  # unknown keys are forbidden: a typo fails here, not in a container
-    secrets = _env_values(GENERATED_ENV)
+    secrets = _env_values(_generated_env())
     assert cfg.database.url.get_secret_value() == (
         f"postgresql://pulse:{secrets['PULSE_DB_PASSWORD']}@postgres:5432/pulse")
     redis_url = cfg.redis.url
@@ -416,7 +422,7 @@ def test_no_secret_has_a_default_in_the_file(raw_config):
 
 
 def test_the_file_is_refused_while_any_secret_is_unset(tmp_path):
-    generated = _env_values(GENERATED_ENV)
+    generated = _env_values(_generated_env())
     for missing in generated:
         env_file = tmp_path / f"without-{missing}.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in generated.items() if k != missing))
@@ -487,7 +493,7 @@ def test_redis_requires_the_password_and_never_has_it_on_a_command_line(svcs):
     assert redis_svc["entrypoint"] == ["/bin/sh", "/pulse/redis-start.sh"]
     assert "./docker/redis/start.sh:/pulse/redis-start.sh:ro" in [
         v.replace(str(ROOT), ".") for v in redis_svc["volumes"]]
-    assert redis_svc["environment"]["REDIS_PASSWORD"] == _env_values(GENERATED_ENV)["PULSE_REDIS_PASSWORD"]
+    assert redis_svc["environment"]["REDIS_PASSWORD"] == _env_values(_generated_env())["PULSE_REDIS_PASSWORD"]
     command = [str(c) for c in redis_svc["command"]]
     assert "--requirepass" not in command and "noeviction" in command and "--appendonly" in command
     health = redis_svc["healthcheck"]["test"]
@@ -704,3 +710,53 @@ def test_healthcheck_db_progress_mode_needs_new_events(scratch_db, tmp_path):
     assert _health(*args, "--within", "1", env=env).returncode == 0
     proc = _health(*args, env={"PULSE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
     assert proc.returncode == 1 and "database" in proc.stderr
+
+
+# -- Kafka over SASL/TLS, as docs/deploy.md tells it ------------------------------------
+
+
+def _deploy_sasl_snippet() -> str:
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    section = doc[doc.index("## Kafka over SASL/TLS: the settings and where the password goes"):]
+    return re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "PLAIN"])
+def test_the_documented_kafka_sasl_snippet_reaches_librdkafka(tmp_path, monkeypatch, mechanism):
+    """deploy.md's snippet, pasted into x-pulse-env: compose interpolates it, Pulse loads it, librdkafka takes it."""
+    from confluent_kafka import Producer
+
+    from pulse.config import load_settings
+    from pulse.sinks.kafka import client_config
+
+    snippet = _deploy_sasl_snippet().replace("SCRAM-SHA-512", mechanism)
+    text = COMPOSE_FILE.read_text()
+    anchor = "x-pulse-env: &pulse-env\n"
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(text.replace(anchor, anchor + snippet))
+    password = 'pw-' + os.urandom(8).hex()
+    exe = shutil.which("docker-compose")
+    need(exe is not None, "docker-compose (apt-get install docker-compose)")
+
+    def config(extra: str) -> subprocess.CompletedProcess:
+        (tmp_path / "run.env").write_text(_generated_env().read_text() + extra)
+        return subprocess.run([exe, "--project-directory", str(ROOT), "-f", str(compose), "--env-file",
+                               str(tmp_path / "run.env"), "config"], cwd=ROOT, env=_compose_env(),
+                              capture_output=True, text=True, timeout=120)
+
+    refused = config("KAFKA_USERNAME=alice\n")  # no password: refused, like every other secret
+    assert refused.returncode != 0 and refused.stderr.rstrip().endswith("KAFKA_PASSWORD is not set")
+    proc = config(f"KAFKA_USERNAME=alice\nKAFKA_PASSWORD={password}\n")
+    assert proc.returncode == 0, proc.stderr
+    env = _pulse_env(_yaml_to_obj(proc.stdout)["services"]["consumer-redis"])
+    for key in list(os.environ):
+        if key.startswith("PULSE_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    conf = client_config(load_settings().kafka)
+    assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.mechanisms"] == mechanism
+    assert (conf["sasl.username"], conf["sasl.password"]) == ("alice", password)
+    producer = Producer({**conf, "socket.timeout.ms": 1000})  # raises if this librdkafka lacks SSL or SASL
+    producer.flush(0)
+    del producer

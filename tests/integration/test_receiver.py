@@ -166,3 +166,19 @@ def test_the_cli_takes_the_token_from_a_file_or_the_environment(tmp_path, source
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert TOKEN not in err
+
+
+@pytest.mark.parametrize("host,loopback", [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
+                                           ("localhost", True), ("0.0.0.0", False), ("", False), ("::", False),
+                                           ("10.0.0.5", False), ("receiver", False)])
+def test_what_counts_as_loopback(host, loopback):
+    from pulse.receiver import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_a_bad_content_length_is_answered_400():
+    with Receiver() as rec, socket.create_connection(("127.0.0.1", rec.port), timeout=5) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: lots\r\n\r\n[]")
+        assert s.recv(4096).startswith(b"HTTP/1.1 400")
+        assert rec.stats()["received"] == 0
