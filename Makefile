@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv services services-down status demo test test-unit test-integration bench clean compose-check
+.PHONY: venv services services-down status demo test test-unit test-integration bench clean compose-check compose-env
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ test-integration: services
 
 bench: services         ## benchmarks (not part of the test suite); see docs/benchmarks.md
 	PULSE_BIN=$(BIN) bash bench/run_all.sh
+
+compose-env:           ## write random demo secrets into a git-ignored .env for docker-compose.yml (keeps existing ones)
+	$(PYTHON) docker/compose-env.py
 
 clean: services-down
 	rm -rf .pulse $(VENV) bigquery_batches

@@ -36,28 +36,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ScratchDatabase, insert_events_sql, seed_content  # noqa: E402
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+CONTROL_TOKEN = os.urandom(24).hex()  # the receiver's /stats and /_reset want it (passed in the environment)
+AUTH = {"authorization": f"Bearer {CONTROL_TOKEN}"}
 
 RECEIVER = """
-import sys, threading
+import os, threading
 from pulse.receiver import Receiver
-rec = Receiver(port=0, secret=sys.argv[1]).start()
+rec = Receiver(port=0, secret=os.environ["BENCH_RECEIVER_SECRET"], control_token=os.environ["BENCH_RECEIVER_TOKEN"]).start()
 print(rec.port, flush=True)
 threading.Event().wait()
 """
 
 
 def start_receiver() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", RECEIVER, SECRET], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True,  # secrets not in argv
+                            env={**os.environ, "BENCH_RECEIVER_SECRET": SECRET, "BENCH_RECEIVER_TOKEN": CONTROL_TOKEN})
     port = int(proc.stdout.readline())
     return proc, f"http://127.0.0.1:{port}/"
 
 
 def stats(url: str) -> dict:
-    return httpx.get(url + "stats", timeout=30).json()
+    r = httpx.get(url + "stats", headers=AUTH, timeout=30)
+    r.raise_for_status()
+    return r.json()
 
 
 def reset(url: str) -> None:
-    httpx.post(url + "_reset", timeout=30)
+    httpx.post(url + "_reset", headers=AUTH, timeout=30).raise_for_status()
 
 
 def wait_unique(url: str, n: int, timeout: float) -> float:

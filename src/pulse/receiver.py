@@ -16,6 +16,18 @@ It does what a careful receiver does, and can be told to misbehave:
   duplicates); or refuses everything with one status (`reject_status`, e.g.
   422 to exercise the dead-letter store).
 
+It is a test stand-in, not a production endpoint: it keeps everything it
+receives in memory. Two guards keep it from being a hazard on a network:
+
+- the control and inspection endpoints (`/_control`, `/_reset`, `/stats`,
+  `/events`) want `Authorization: Bearer <control_token>` when a token is set,
+  and a token is required to bind anything but a loopback address (`start()`
+  raises `ConfigError` otherwise); `/healthz` and the ingest POST are open
+  (the ingest POST is authenticated by the webhook signature when the secret
+  is set);
+- a request body larger than `max_body_bytes` is answered 413 without being
+  read into memory, a chunked body (no Content-Length) 411.
+
 `Receiver(...).start()` runs it in-process on a background thread (tests
 and benchmarks, on 127.0.0.1 and an ephemeral port by default); `stop()` and
 `start()` again keep the recorded state and the port (an endpoint that goes
@@ -25,6 +37,8 @@ down and comes back).
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 import random
 import socket
 import struct
@@ -37,10 +51,27 @@ from typing import Any
 
 import orjson
 
+from pulse.errors import ConfigError
 from pulse.log import get_logger
 from pulse.sinks.external_signing import VerificationError, verify
 
 log = get_logger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024  # 16 MiB: sixteen of the external sink's default 1 MB batches
+_DRAIN_MAX_BYTES = 64 * 1024 * 1024  # an oversized body up to this is read and discarded, so the 413 arrives
+_DRAIN_TIMEOUT_S = 10.0
+_PROTECTED = {("GET", "/stats"), ("GET", "/events"), ("GET", "/_control"), ("POST", "/_control"),
+              ("POST", "/_reset")}
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, `localhost`)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or "" (every interface): treat as reachable from elsewhere
 
 
 @dataclass
@@ -95,6 +126,8 @@ class ReceiverState:
         self.signature_failures = 0
         self.unsigned = 0
         self.faults_served: dict[str, int] = {}
+        self.too_large = 0  # requests answered 413 (body over max_body_bytes)
+        self.control_unauthorized = 0  # control / inspection requests without the right token
         self.latencies: list[float] = []  # seconds from commit_ts to first arrival
 
     def record(self, items: list[tuple[str, dict[str, Any]]]) -> None:
@@ -149,6 +182,8 @@ class ReceiverState:
                 "signature_failures": self.signature_failures,
                 "unsigned": self.unsigned,
                 "faults_served": dict(self.faults_served),
+                "too_large": self.too_large,
+                "control_unauthorized": self.control_unauthorized,
                 "latency_p50_s": _percentile(lat, 0.50),
                 "latency_p99_s": _percentile(lat, 0.99),
                 "latency_max_s": max(lat) if lat else None,
@@ -198,9 +233,32 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _authorized(self, method: str, path: str) -> bool:
+        """Control and inspection need the bearer token (when one is set); 401 sent otherwise."""
+        token = self.server.receiver.control_token
+        if token is None or (method, path) not in _PROTECTED:
+            return True
+        given = self.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode()):
+            return True
+        with self.server.receiver.state.lock:
+            self.server.receiver.state.control_unauthorized += 1
+        self._refuse(401, f"{method} {path} needs 'Authorization: Bearer <control token>'", self._content_length(),
+                     {"www-authenticate": "Bearer"})
+        return False
+
+    def _content_length(self) -> int:
+        try:
+            return int(self.headers.get("content-length") or 0)
+        except ValueError:
+            return -1
+
     def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
         rec = self.server.receiver
         path = self.path.split("?")[0]
+        if not self._authorized("GET", path):
+            return
         if path == "/stats":
             self._send(200, rec.state.stats())
         elif path == "/events":
@@ -212,14 +270,48 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": "GET /stats, /events, /healthz or /_control"})
 
-    def _read_body(self) -> bytes:
-        n = int(self.headers.get("content-length") or 0)
+    def _read_body(self) -> bytes | None:
+        """The body, or None after answering 411 / 413 / 400 (bounded: never more than max_body_bytes read)."""
+        rec = self.server.receiver
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            self._refuse(411, "send a Content-Length (chunked bodies are not accepted)", 0)
+            return None
+        n = self._content_length()
+        if n < 0:
+            self._refuse(400, "bad Content-Length", 0)
+            return None
+        if n > rec.max_body_bytes:
+            with rec.state.lock:
+                rec.state.too_large += 1
+            self._refuse(413, f"body of {n} bytes is over max_body_bytes={rec.max_body_bytes}", n)
+            return None
         return self.rfile.read(n) if n else b""
+
+    def _refuse(self, status: int, message: str, pending: int, headers: dict[str, str] | None = None) -> None:
+        """Answer, then discard what the client is still sending (bounded) so it reads the answer, not a reset."""
+        self.close_connection = True
+        self._send(status, {"error": message}, {**(headers or {}), "connection": "close"})
+        if not 0 < pending <= _DRAIN_MAX_BYTES:
+            return
+        try:
+            self.connection.settimeout(_DRAIN_TIMEOUT_S)
+            deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+            while pending > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read(min(pending, 65536))
+                if not chunk:
+                    break
+                pending -= len(chunk)
+        except OSError:
+            pass
 
     def do_POST(self) -> None:  # noqa: N802
         rec = self.server.receiver
-        body = self._read_body()
         path = self.path.split("?")[0]
+        if not self._authorized("POST", path):
+            return
+        body = self._read_body()
+        if body is None:
+            return
         if path == "/_control":
             try:
                 with rec.lock:
@@ -310,14 +402,27 @@ class _Server(ThreadingHTTPServer):
 
 
 class Receiver:
-    """The receiver as an object: `start()` (returns self), `url`, `stats()`, `events()`, `stop()`."""
+    """The receiver as an object: `start()` (returns self), `url`, `stats()`, `events()`, `stop()`.
+
+    `control_token`: the bearer token of the control and inspection endpoints (required to bind a
+    non-loopback address). `max_body_bytes`: larger request bodies are answered 413.
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, secret: str | None = None,
-                 faults: Faults | None = None, seed: int | None = None, tolerance_s: float = 300.0) -> None:
+                 faults: Faults | None = None, seed: int | None = None, tolerance_s: float = 300.0,
+                 control_token: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        if control_token is not None and not control_token.strip():
+            raise ConfigError("the receiver's control token is empty",
+                              hint="set a non-empty token (e.g. `openssl rand -hex 32`) or none on a loopback bind")
+        if max_body_bytes < 1:
+            raise ConfigError(f"max_body_bytes must be positive, got {max_body_bytes}",
+                              hint="set --max-body-bytes to a byte count (default 16 MiB)")
         self.host = host
         self.port = port
         self.secret = secret
         self.tolerance_s = tolerance_s
+        self.control_token = control_token.strip() if control_token else None
+        self.max_body_bytes = max_body_bytes
         self.faults = faults or Faults()
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -333,6 +438,11 @@ class Receiver:
     def start(self) -> "Receiver":
         if self._server is not None:
             return self
+        if self.control_token is None and not is_loopback(self.host):
+            raise ConfigError(
+                f"the receiver would bind {self.host or 'every interface'} with its control endpoints open",
+                hint="set PULSE_RECEIVER__CONTROL_TOKEN or --control-token-file, or bind 127.0.0.1",
+            )
         self.stopping.clear()
         server = _Server((self.host, self.port), _Handler)
         server.receiver = self
@@ -341,7 +451,8 @@ class Receiver:
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="pulse-receiver", daemon=True)
         self._thread.start()
-        log.info("receiver.listening", url=self.url, signed=self.secret is not None)
+        log.info("receiver.listening", url=self.url, signed=self.secret is not None,
+                 control_token=self.control_token is not None, max_body_bytes=self.max_body_bytes)
         return self
 
     def stop(self) -> None:

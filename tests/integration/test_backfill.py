@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 import threading
+import time
 
 import psycopg2
 
@@ -12,7 +14,7 @@ from pulse.runtime.backfill import BackfillSpec, get_run, submit
 from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.memory import MemorySink
 
-from .pipeline_helpers import Running, insert_content, insert_events_bulk, kill_at_random, settings_for, wait_for
+from .pipeline_helpers import Running, insert_content, insert_events_bulk, settings_for, wait_for
 from .test_source import _streaming, pulse_cmd, pulse_env
 
 
@@ -134,16 +136,54 @@ def _sink_lww(sink_url: str) -> dict[int, float | None]:
         conn.close()
 
 
+def _sink_rows(sink_url: str) -> int:
+    conn = psycopg2.connect(sink_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('pulse_sink_events') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return 0
+            cur.execute("SELECT count(*) FROM pulse_sink_events")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
 def test_backfill_killed_at_random_moments_and_rerun_finishes_exact(scratch_db, sink_db):
+    """Three SIGKILLs, each while the backfill is writing (asserted, not hoped for), then a rerun."""
     conn = scratch_db.connect()
     cur = conn.cursor()
     content = insert_content(cur, 8)
     for i in range(20):
         insert_events_bulk(cur, content, i * 1000, 1000)
     env = pulse_env(scratch_db, PULSE_TESTSINKS__PGTABLE_URL=sink_db)
+    # 8000 rows/s: a whole run takes ~2.5 s; a kill lands within ~0.2 s + 0.3 s of a chunk.
     args = pulse_cmd("backfill", "--min-id", "1", "--sinks", "pgtable", "--chunk-size", "700",
                      "--rate-limit", "8000")
-    kill_at_random(args, env, random.Random(), 3, 1.0, 2.5, may_exit=True)  # it may finish before a kill
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    written_at_kill = []
+    for _ in range(3):
+        before = _sink_rows(sink_db)
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            # Killed at a random moment after it has written at least one more chunk: mid-work, for sure.
+            wait_for(lambda: _sink_rows(sink_db) >= before + 700 or proc.poll() is not None, 60,
+                     f"the backfill to write a chunk (seed {seed})", interval=0.02)
+            deadline = time.monotonic() + rng.uniform(0, 0.3)
+            while time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.01)
+            assert proc.poll() is None, (f"the backfill ended (exit {proc.returncode}) before the kill "
+                                         f"(seed {seed}): {proc.stderr.read()[-2000:]}")
+            proc.kill()
+        finally:
+            proc.kill()
+            proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL
+        written_at_kill.append(_sink_rows(sink_db))
+    assert written_at_kill == sorted(written_at_kill) and written_at_kill[0] > 0
+    cur.execute("SELECT count(*) FROM engagement_events")
+    assert written_at_kill[-1] < cur.fetchone()[0]  # the last kill still left work for the rerun
     wait_for(lambda: not _streaming(cur, scratch_db.slot), 30, "the killed walsender to go")
     final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]

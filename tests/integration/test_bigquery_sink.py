@@ -2,8 +2,10 @@
 
 Each test gets its own dataset (deleted after) and spool folder. The check
 is always the same: the table holds exactly the source's event ids, each
-once, and every row's values are what `pulse.transform` computes from the
-source row and its content (MISSION.md's enrichment rules).
+once, and every row's values are what MISSION.md's enrichment rules give
+for the source row and its content, computed independently of Pulse: by
+PostgreSQL, in SQL (`round(numeric, 2)` rounds half away from zero, the
+rule), never by `pulse.transform`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from pulse.model import Batch, EnrichedEvent, Position
 from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.bigquery import BigQuerySink
 from pulse.source.slot import ensure_slot
-from pulse.transform.enrich import engagement
 
 from ..conftest import need, unique
 from .pipeline_helpers import Running, insert_content, insert_events_bulk, wait_for
@@ -81,14 +82,54 @@ def _table_rows(client, dataset) -> list | None:
         return None
 
 
+# The oracle: MISSION.md's rules in SQL, evaluated by PostgreSQL on the exact numeric values.
+# engagement_seconds = duration_ms / 1000 (NULL when NULL or negative); engagement_pct = that over
+# length_seconds rounded to 2 decimals half away from zero (NULL when either is NULL, length <= 0).
+EXPECTED_SQL = """
+SELECT e.id, c.content_type, c.length_seconds, e.duration_ms, e.device,
+       CASE WHEN e.duration_ms >= 0 THEN e.duration_ms::numeric / 1000 END,
+       CASE WHEN e.duration_ms >= 0 AND c.length_seconds > 0
+            THEN round(e.duration_ms::numeric / (1000 * c.length_seconds), 2) END
+FROM engagement_events e LEFT JOIN content c ON c.id = e.content_id
+"""
+
+
 def _source(cur) -> dict[int, tuple]:
-    cur.execute("SELECT e.id, c.content_type, c.length_seconds, e.duration_ms, e.device "
-                "FROM engagement_events e LEFT JOIN content c ON c.id = e.content_id")
+    cur.execute(EXPECTED_SQL)
     return {r[0]: r[1:] for r in cur.fetchall()}
 
 
-def _dec(x):
-    return None if x is None else Decimal(repr(x))
+def test_the_sql_oracle_applies_the_rules(scratch_db):
+    """The oracle itself, on hand-computed cases (the edges of MISSION.md's rules)."""
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    # (duration_ms, length_seconds) -> (engagement_seconds, engagement_pct), by hand.
+    cases = {
+        (1140, 2): (Decimal("1.14"), Decimal("0.57")),
+        (1005, 2): (Decimal("1.005"), Decimal("0.50")),  # 0.5025
+        (1010, 2): (Decimal("1.01"), Decimal("0.51")),  # exactly 0.505: half away from zero
+        (1015, 1): (Decimal("1.015"), Decimal("1.02")),  # float rounding would give 1.01
+        (3000, 2): (Decimal("3"), Decimal("1.50")),  # beyond the length: ratio kept
+        (-250, 2): (None, None),  # negative duration: no metrics
+        (None, 2): (None, None),
+        (1500, 0): (Decimal("1.5"), None),  # zero length: no ratio
+        (1500, -10): (Decimal("1.5"), None),
+        (1500, None): (Decimal("1.5"), None),  # content unknown
+    }
+    cur.execute("DELETE FROM engagement_events")
+    for i, (duration, length) in enumerate(cases, start=1):
+        content = None
+        if length is not None:
+            cur.execute("INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
+                        "VALUES (gen_random_uuid(), %s, 't', 'video', %s, now()) RETURNING id", (f"o{i}", length))
+            content = cur.fetchone()[0]
+        cur.execute("INSERT INTO engagement_events (id, content_id, event_type, event_ts, duration_ms) "
+                    "VALUES (%s, %s, 'play', now(), %s)", (i, content, duration))
+    got = _source(cur)
+    for i, ((duration, length), want) in enumerate(cases.items(), start=1):
+        assert got[i][2] == duration and got[i][1] == length
+        assert got[i][4:] == want, ((duration, length), got[i][4:], want)
+    conn.rollback()
 
 
 def _converged(client, dataset, cur):
@@ -110,13 +151,11 @@ def _assert_exact(client, dataset, cur) -> int:
                                      f"extra {sorted(set(ids) - set(source))[:10]}")
     bad = []
     for r in rows:
-        ctype, length, duration, device = source[r[0]]
-        seconds, pct, _ = engagement(duration, length)
-        want = (ctype, length, duration, device, _dec(seconds), _dec(pct))
+        want = source[r[0]]
         got = (r[1], r[2], r[3], r[4], r[5], r[6])
-        if want != got:
+        if want != got:  # Decimal == Decimal compares values: 1.140 == 1.14
             bad.append((r[0], want, got))
-    assert not bad, f"{len(bad)} rows differ from the enrichment rules, e.g. {bad[:3]}"
+    assert not bad, f"{len(bad)} rows differ from the enrichment rules (SQL oracle), e.g. {bad[:3]}"
     return len(rows)
 
 
@@ -152,9 +191,23 @@ def test_generator_run_with_anomalies_lands_exactly_once(scratch_db, services, b
     # The table is partitioned by day of event_ts and clustered for the common filters.
     table = client.get_table(f"{dataset}.engagement_events")
     assert table.time_partitioning.field == "event_ts" and table.clustering_fields == ["content_type", "content_id"]
-    types = {f.name: f.field_type for f in table.schema}
-    assert (types["event_id"], types["raw_payload"], types["event_ts"], types["engagement_pct"]) == (
-        "INTEGER", "JSON", "TIMESTAMP", "NUMERIC") or types["event_id"] == "INT64"
+    # The whole schema, by hand (not read from pulse.sinks.bigquery_schema). BigQuery reports the
+    # legacy names INTEGER / FLOAT / BOOLEAN for INT64 / FLOAT64 / BOOL: one type, two spellings.
+    alias = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
+    assert {f.name: (alias.get(f.field_type, f.field_type), f.mode) for f in table.schema} == EXPECTED_SCHEMA
+
+
+EXPECTED_SCHEMA = {
+    "event_id": ("INT64", "REQUIRED"), "content_id": ("STRING", "NULLABLE"), "user_id": ("STRING", "NULLABLE"),
+    "event_type": ("STRING", "NULLABLE"), "event_ts": ("TIMESTAMP", "NULLABLE"),
+    "duration_ms": ("INT64", "NULLABLE"), "device": ("STRING", "NULLABLE"), "raw_payload": ("JSON", "NULLABLE"),
+    "content_slug": ("STRING", "NULLABLE"), "content_title": ("STRING", "NULLABLE"),
+    "content_type": ("STRING", "NULLABLE"), "length_seconds": ("INT64", "NULLABLE"),
+    "engagement_seconds": ("NUMERIC", "NULLABLE"), "engagement_pct": ("NUMERIC", "NULLABLE"),
+    "op": ("STRING", "NULLABLE"), "source_lsn": ("INT64", "REQUIRED"), "source_seq": ("INT64", "REQUIRED"),
+    "commit_ts": ("TIMESTAMP", "NULLABLE"), "processed_ts": ("TIMESTAMP", "NULLABLE"),
+    "backfill": ("BOOL", "NULLABLE"), "problems": ("STRING", "REPEATED"),
+}
 
 
 def _event(i: int, pos: Position, payload: str | None, op: str = "insert") -> EnrichedEvent:

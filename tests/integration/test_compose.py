@@ -15,7 +15,12 @@ resolved configuration must hold what docs/deploy.md promises:
 - Kafka runs in KRaft mode, kafka-init makes the topics Pulse is configured
   for (partitions, a compacted content topic), PostgreSQL has wal_level=logical,
   the BigQuery spool is one volume shared by its writer and the uploader;
-- secrets are never literal in the file: they come from `${VAR:-demo}`.
+- no secret has a default in the file: each is `${VAR:?message}`, the file is
+  rejected without it, and `docker/compose-env.py` (`make compose-env`)
+  generates every one of them into a git-ignored `.env`;
+- Redis requires a password that never appears on a command line
+  (docker/redis/start.sh, run here with the real redis-server), and only the
+  receiver gets the receiver's control token.
 
 The health-check script the images run (docker/healthcheck.py) is exercised
 here too. Without docker-compose this skips locally and fails under CI=true
@@ -24,12 +29,14 @@ here too. Without docker-compose this skips locally and fails under CI=true
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +47,8 @@ from tests.conftest import need
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
+COMPOSE_ENV = ROOT / "docker" / "compose-env.py"
+REDIS_START = ROOT / "docker" / "redis" / "start.sh"
 
 PULSE_IMAGE = "pulse-cdc:local"
 
@@ -65,11 +74,48 @@ def _compose_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not INTERPOLATED.match(k)}
 
 
-def _compose(*args: str) -> subprocess.CompletedProcess:
+def _load_compose_env_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compose_env", COMPOSE_ENV)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_ENV_DIR = Path(tempfile.mkdtemp(prefix="pulse-compose-env-"))
+atexit.register(shutil.rmtree, _ENV_DIR, True)
+GENERATED_ENV = _ENV_DIR / ".env"  # what `make compose-env` writes, generated once for this module
+
+
+def _generated_env() -> Path:
+    if not GENERATED_ENV.exists():
+        subprocess.run([sys.executable, str(COMPOSE_ENV), "--path", str(GENERATED_ENV)], check=True,
+                       capture_output=True, timeout=60)
+    return GENERATED_ENV
+
+
+def _env_values(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value
+    return out
+
+
+def _compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedProcess:
+    """`docker-compose config`, reading the secrets from `env_file` (default: a freshly generated .env).
+
+    `--env-file` also keeps a developer's own `.env` in the checkout out of the test.
+    """
     exe = shutil.which("docker-compose")
     need(exe is not None, "docker-compose (apt-get install docker-compose)")
+    if env_file is None:
+        env_file = _generated_env()
     return subprocess.run(
-        [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config", *args],
+        [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--env-file", str(env_file),
+         "config", *args],
         cwd=ROOT, env=_compose_env(), capture_output=True, text=True, timeout=120,
     )
 
@@ -291,6 +337,10 @@ def test_every_published_port_binds_loopback_only(svcs):
 # -- one environment ---------------------------------------------------------------
 
 
+# Keys one container has on top of the shared environment (least privilege: no worker gets them).
+ONLY_IN = {"receiver": {"PULSE_RECEIVER__CONTROL_TOKEN"}}
+
+
 def _pulse_env(svc: dict) -> dict[str, str]:
     return {k: str(v) for k, v in (svc.get("environment") or {}).items() if k.startswith("PULSE_")}
 
@@ -299,8 +349,14 @@ def test_all_pulse_containers_share_the_same_pulse_environment(svcs):
     pulse = {name: _pulse_env(svc) for name, svc in svcs.items() if _is_pulse(svc)}
     reference = pulse["producer"]
     for name, env in pulse.items():
-        assert set(env) == set(reference), f"{name}: PULSE_ keys differ: {set(env) ^ set(reference)}"
-        assert env == reference, f"{name}: PULSE_ values differ from the producer's"
+        own = ONLY_IN.get(name, set())
+        assert own <= set(env), f"{name}: misses {own - set(env)}"
+        shared = {k: v for k, v in env.items() if k not in own}
+        assert set(shared) == set(reference), f"{name}: PULSE_ keys differ: {set(shared) ^ set(reference)}"
+        assert shared == reference, f"{name}: PULSE_ values differ from the producer's"
+    assert not set(reference) & set().union(*ONLY_IN.values())
+    token = _env_values(_generated_env())["PULSE_RECEIVER__CONTROL_TOKEN"]
+    assert pulse["receiver"]["PULSE_RECEIVER__CONTROL_TOKEN"] == token
     for key in ("PULSE_DATABASE_URL", "PULSE_REDIS_URL", "PULSE_KAFKA_BOOTSTRAP", "PULSE_BIGQUERY_PROJECT",
                 "PULSE_BIGQUERY_DATASET", "PULSE_BIGQUERY_ENDPOINT", "PULSE_EXTERNAL_URL",
                 "PULSE_EXTERNAL_SECRET", "PULSE_SLOT", "PULSE_PUBLICATION", "PULSE_BIGQUERY__SPOOL_DIR"):
@@ -318,10 +374,13 @@ def test_the_pulse_environment_loads_into_pulse_settings(svcs, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     cfg = load_settings()  # unknown keys are forbidden: a typo fails here, not in a container
-    assert cfg.database.url.get_secret_value().startswith("postgresql://pulse:")
-    assert "@postgres:5432/pulse" in cfg.database.url.get_secret_value()
+    secrets = _env_values(_generated_env())
+    assert cfg.database.url.get_secret_value() == (
+        f"postgresql://pulse:{secrets['PULSE_DB_PASSWORD']}@postgres:5432/pulse")
     redis_url = cfg.redis.url
-    assert getattr(redis_url, "get_secret_value", lambda: redis_url)() == "redis://redis:6379/0"
+    assert getattr(redis_url, "get_secret_value", lambda: redis_url)() == (
+        f"redis://:{secrets['PULSE_REDIS_PASSWORD']}@redis:6379/0")
+    assert cfg.external.secret.get_secret_value() == secrets["PULSE_EXTERNAL_SECRET"]
     assert cfg.kafka.bootstrap == "kafka:9092"
     assert cfg.bigquery.endpoint == "http://bigquery:9050"
     assert str(cfg.bigquery.spool_dir) == "/var/lib/pulse/bigquery_batches"
@@ -331,20 +390,164 @@ def test_the_pulse_environment_loads_into_pulse_settings(svcs, monkeypatch):
     assert cfg.runtime.metrics_port == 9464
 
 
-def test_secrets_are_never_literal_in_the_file(raw_config):
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY")
+
+
+def test_no_secret_has_a_default_in_the_file(raw_config):
+    """Every secret is `${VAR:?message}`: no default, no literal, and the message says how to set it."""
+    text = COMPOSE_FILE.read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    refs = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}", body)
+    secret_refs = [(name, op, msg) for name, op, msg in refs if SECRET_NAME.search(name)]
+    for name, op, msg in secret_refs:
+        assert op == ":?", f"${{{name}}} must be ${{{name}:?message}} (no default, not even an empty one)"
+        assert msg.startswith(f"{name} is not set; ") and "make compose-env" in msg, (name, msg)
+    required = {name for name, _, _ in secret_refs}
+    assert required == {"POSTGRES_PASSWORD", "PULSE_DB_PASSWORD", "PULSE_REDIS_PASSWORD", "PULSE_EXTERNAL_SECRET",
+                        "PULSE_RECEIVER__CONTROL_TOKEN"}
+    # Whatever the file requires, the generator writes (and nothing it does not need).
+    assert set(_load_compose_env_script().SECRETS) == required
+    assert "whsec_" not in body and "demo-password" not in body
+    # A secret-named key is never given a literal value, in any service.
     raw = raw_config["services"]
-    secret_keys = ("PULSE_EXTERNAL_SECRET", "POSTGRES_PASSWORD", "PULSE_DB_PASSWORD")
     seen = 0
     for name, svc in raw.items():
         for key, value in (svc.get("environment") or {}).items():
-            if key in secret_keys:
-                assert re.fullmatch(r"\$\{%s:-[^}]+\}" % re.escape(key), str(value)), (name, key, value)
+            if SECRET_NAME.search(key) or key in ("PULSE_DATABASE_URL", "PULSE_REDIS_URL"):
+                assert "${" in str(value) and ":?" in str(value), (name, key, value)
                 seen += 1
-            if key == "PULSE_DATABASE_URL":
-                assert "${PULSE_DB_PASSWORD:-" in str(value), (name, value)
-    assert seen >= 8
-    text = COMPOSE_FILE.read_text()
-    assert "DEMO" in text  # the defaults are labelled as demo values, next to where they are used
+    assert seen >= 10
+    assert "${PULSE_DB_PASSWORD:?" in raw["producer"]["environment"]["PULSE_DATABASE_URL"]
+    assert "${PULSE_REDIS_PASSWORD:?" in raw["producer"]["environment"]["PULSE_REDIS_URL"]
+
+
+def test_the_file_is_refused_while_any_secret_is_unset(tmp_path):
+    generated = _env_values(_generated_env())
+    for missing in generated:
+        env_file = tmp_path / f"without-{missing}.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in generated.items() if k != missing))
+        proc = _compose("-q", env_file=env_file)
+        assert proc.returncode != 0, f"accepted without {missing}"
+        # The message of the variable that is missing (docker-compose ends its error with it).
+        assert proc.stderr.rstrip().endswith(f"{missing} is not set; run make compose-env (writes .env with "
+                                             "random secrets) or export it"), proc.stderr
+    empty = tmp_path / "empty.env"
+    empty.write_text("POSTGRES_PASSWORD=\n")  # `:?` refuses an empty value too
+    proc = _compose("-q", env_file=empty)
+    assert proc.returncode != 0 and "POSTGRES_PASSWORD" in proc.stderr
+
+
+def test_compose_env_writes_private_random_secrets_and_keeps_existing_ones(tmp_path):
+    path = tmp_path / ".env"
+    first = subprocess.run([sys.executable, str(COMPOSE_ENV), "--path", str(path)], capture_output=True,
+                           text=True, timeout=60, check=True)
+    assert path.stat().st_mode & 0o777 == 0o600
+    values = _env_values(path)
+    assert len(set(values.values())) == len(values) == 5  # all set, all different
+    for key, value in values.items():
+        assert value not in first.stdout + first.stderr, f"{key} printed"  # names only, never values
+        if key == "PULSE_EXTERNAL_SECRET":
+            from pulse.sinks.external_signing import decode_secret
+
+            assert len(decode_secret(value)) == 32
+        else:
+            assert re.fullmatch(r"[0-9a-f]{48}", value), key  # URL-, shell- and redis.conf-safe
+    # A second run changes nothing; a run on a file missing one secret adds that one only.
+    subprocess.run([sys.executable, str(COMPOSE_ENV), "--path", str(path)], check=True, capture_output=True)
+    assert _env_values(path) == values
+    kept = {k: v for k, v in values.items() if k != "PULSE_REDIS_PASSWORD"}
+    path.write_text("".join(f"{k}={v}\n" for k, v in kept.items()))
+    subprocess.run([sys.executable, str(COMPOSE_ENV), "--path", str(path)], check=True, capture_output=True)
+    again = _env_values(path)
+    assert {k: again[k] for k in kept} == kept and again["PULSE_REDIS_PASSWORD"] not in values.values()
+    # Another run of the generator draws other values: nothing is fixed in the script.
+    other = tmp_path / "other.env"
+    subprocess.run([sys.executable, str(COMPOSE_ENV), "--path", str(other)], check=True, capture_output=True)
+    assert not set(_env_values(other).values()) & set(values.values())
+
+
+def test_the_generated_env_file_is_ignored_by_git_and_docker():
+    assert subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", ".env"]).returncode == 0
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()
+
+
+def _start_redis(tmp: Path, password: str | None, extra_env: dict[str, str] | None = None):
+    """docker/redis/start.sh with the real redis-server; the image's entrypoint is a pass-through here."""
+    server = shutil.which("redis-server")
+    need(server is not None, "redis-server (apt-get install redis-server)")
+    (tmp / "docker-entrypoint.sh").write_text('#!/bin/sh\nexec "$@"\n')
+    (tmp / "docker-entrypoint.sh").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp}:{os.environ['PATH']}", **(extra_env or {})}
+    env.pop("REDIS_PASSWORD", None)
+    if password is not None:
+        env["REDIS_PASSWORD"] = password
+    sock = tmp / "r.sock"
+    proc = subprocess.Popen(["sh", str(REDIS_START), "--port", "0", "--unixsocket", str(sock), "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, sock
+
+
+def test_redis_requires_the_password_and_never_has_it_on_a_command_line(svcs):
+    redis_svc = svcs["redis"]
+    assert redis_svc["entrypoint"] == ["/bin/sh", "/pulse/redis-start.sh"]
+    assert "./docker/redis/start.sh:/pulse/redis-start.sh:ro" in [
+        v.replace(str(ROOT), ".") for v in redis_svc["volumes"]]
+    assert redis_svc["environment"]["REDIS_PASSWORD"] == _env_values(_generated_env())["PULSE_REDIS_PASSWORD"]
+    command = [str(c) for c in redis_svc["command"]]
+    assert "--requirepass" not in command and "noeviction" in command and "--appendonly" in command
+    health = redis_svc["healthcheck"]["test"]
+    assert health[0] == "CMD-SHELL" and "$REDIS_PASSWORD" in health[1] and "requirepass" not in health[1]
+
+    password = "p" + os.urandom(12).hex()
+    tmp = Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp"))  # short: a unix socket path has ~100 bytes
+    proc, sock = _start_redis(tmp, password)
+    try:
+        deadline = time.monotonic() + 15
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        import redis
+
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(unix_socket_path=str(sock)).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(unix_socket_path=str(sock), password="wrong").ping()
+        assert redis.Redis(unix_socket_path=str(sock), password=password).ping()
+        # The password is in no process's argv: not redis-server's, not the shell's that started it.
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                assert password.encode() not in argv, pid
+        # The compose health check, run as compose runs it: a sh -c line, redis-cli on the service socket.
+        (tmp / "redis-cli").write_text(f'#!/bin/sh\nexec {shutil.which("redis-cli")} -s {sock} "$@"\n')
+        (tmp / "redis-cli").chmod(0o755)
+        line = health[1].replace("$$", "$")
+        check_env = {**os.environ, "PATH": f"{tmp}:{os.environ['PATH']}"}
+        ok = subprocess.run(["sh", "-c", line], env={**check_env, "REDIS_PASSWORD": password}, timeout=30)
+        bad = subprocess.run(["sh", "-c", line], env={**check_env, "REDIS_PASSWORD": "wrong"}, timeout=30)
+        assert (ok.returncode, bad.returncode != 0) == (0, True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_redis_start_script_refuses_to_run_without_a_password():
+    tmp = Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp"))
+    try:
+        for password in (None, ""):
+            proc, _ = _start_redis(tmp, password)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode != 0 and "make compose-env" in err
+        proc, _ = _start_redis(tmp, 'a"b')
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode != 0 and "double quote" in err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- the services themselves ------------------------------------------------------------
@@ -507,3 +710,53 @@ def test_healthcheck_db_progress_mode_needs_new_events(scratch_db, tmp_path):
     assert _health(*args, "--within", "1", env=env).returncode == 0
     proc = _health(*args, env={"PULSE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
     assert proc.returncode == 1 and "database" in proc.stderr
+
+
+# -- Kafka over SASL/TLS, as docs/deploy.md tells it ------------------------------------
+
+
+def _deploy_sasl_snippet() -> str:
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    section = doc[doc.index("## Kafka over SASL/TLS: the settings and where the password goes"):]
+    return re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "PLAIN"])
+def test_the_documented_kafka_sasl_snippet_reaches_librdkafka(tmp_path, monkeypatch, mechanism):
+    """deploy.md's snippet, pasted into x-pulse-env: compose interpolates it, Pulse loads it, librdkafka takes it."""
+    from confluent_kafka import Producer
+
+    from pulse.config import load_settings
+    from pulse.sinks.kafka import client_config
+
+    snippet = _deploy_sasl_snippet().replace("SCRAM-SHA-512", mechanism)
+    text = COMPOSE_FILE.read_text()
+    anchor = "x-pulse-env: &pulse-env\n"
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(text.replace(anchor, anchor + snippet))
+    password = 'pw-' + os.urandom(8).hex()
+    exe = shutil.which("docker-compose")
+    need(exe is not None, "docker-compose (apt-get install docker-compose)")
+
+    def config(extra: str) -> subprocess.CompletedProcess:
+        (tmp_path / "run.env").write_text(_generated_env().read_text() + extra)
+        return subprocess.run([exe, "--project-directory", str(ROOT), "-f", str(compose), "--env-file",
+                               str(tmp_path / "run.env"), "config"], cwd=ROOT, env=_compose_env(),
+                              capture_output=True, text=True, timeout=120)
+
+    refused = config("KAFKA_USERNAME=alice\n")  # no password: refused, like every other secret
+    assert refused.returncode != 0 and refused.stderr.rstrip().endswith("KAFKA_PASSWORD is not set")
+    proc = config(f"KAFKA_USERNAME=alice\nKAFKA_PASSWORD={password}\n")
+    assert proc.returncode == 0, proc.stderr
+    env = _pulse_env(_yaml_to_obj(proc.stdout)["services"]["consumer-redis"])
+    for key in list(os.environ):
+        if key.startswith("PULSE_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    conf = client_config(load_settings().kafka)
+    assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.mechanisms"] == mechanism
+    assert (conf["sasl.username"], conf["sasl.password"]) == ("alice", password)
+    producer = Producer({**conf, "socket.timeout.ms": 1000})  # raises if this librdkafka lacks SSL or SASL
+    producer.flush(0)
+    del producer

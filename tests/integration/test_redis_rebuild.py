@@ -155,6 +155,26 @@ def _rebuild_during(writer: _Writer, settings: Settings, clock, times: int, ever
     return summaries
 
 
+def _every_pause_reaches(monkeypatch, live) -> None:
+    """Make each rebuild's pause one that every live sink waits in, so the pause counts are exact.
+
+    Without this, whether a live sink flushes inside a short pause is timing: a fast rebuild may
+    swap before any sink tried, and the test would not exercise writing during a rebuild at all.
+    Each rebuild's `pause()` first waits until every live sink has left the previous pause, and
+    returns only once every live sink answered PAUSED (the writer keeps them flushing).
+    """
+    real_pause = RedisSink.pause
+
+    def pause(self, token: str, timeout_s: float) -> int:
+        wait_for(lambda: not any(s.status()["paused"] for s in live()), 30,
+                 "the live sinks to leave the previous pause")
+        until = real_pause(self, token, timeout_s)
+        wait_for(lambda: all(s.status()["paused"] for s in live()), 30, "every live sink to see the pause")
+        return until
+
+    monkeypatch.setattr(RedisSink, "pause", pause)
+
+
 def _settle_and_compare(client, prefix: str, cur, at: datetime) -> None:
     try:
         wait_for(lambda: _board_total(client, prefix) == _sql_total(cur), 60, "the board to catch up")
@@ -162,13 +182,14 @@ def _settle_and_compare(client, prefix: str, cur, at: datetime) -> None:
         _assert_board_equals_sql(client, prefix, cur, at)
 
 
-def test_rebuilds_while_the_pipeline_writes_leave_the_board_exact(scratch_db, services, rprefix):
+def test_rebuilds_while_the_pipeline_writes_leave_the_board_exact(scratch_db, services, rprefix, monkeypatch):
     prefix, client = rprefix
     cur = scratch_db.connect().cursor()
     now = Clock(datetime.now(timezone.utc))
     content = insert_content(cur, 12, length=600, ctype="video")
     settings = _settings(scratch_db, services, prefix)
     sink = _RecordingRedisSink(settings.redis, clock=now)
+    _every_pause_reaches(monkeypatch, lambda: [sink])
     with Running(Pipeline(settings_for(scratch_db), [sink])) as running:
         _write(cur, content, 3000, now.at)  # a window worth rebuilding
         wait_for(lambda: _board_total(client, prefix) == 3000, 30, "3000 events on the board")
@@ -182,17 +203,20 @@ def test_rebuilds_while_the_pipeline_writes_leave_the_board_exact(scratch_db, se
     assert sink.reported == sorted(sink.reported)
     meta = _meta(client, prefix)
     assert "pause_token" not in meta and meta["rebuilt_epoch"] == meta["epoch"] == sink.epoch
-    print(f"pauses seen by the live sink: {sink.status()['rebuild pauses']} of 3")
+    # The live sink waited in each of the three pauses (so it did write while a rebuild ran) and left it.
+    assert sink.status()["rebuild pauses"] == 3 and not sink.status()["paused"]
 
 
-def test_rebuilds_while_kafka_workers_write_cover_every_partition(scratch_db, services, kafka_env, rprefix):
+def test_rebuilds_while_kafka_workers_write_cover_every_partition(scratch_db, services, kafka_env, rprefix,
+                                                                  monkeypatch):
     """`pulse consume --sink redis`: one sink instance and position field per partition, all paused and moved."""
     from pulse.bus.consumer import SinkConsumer
 
     prefix, client = rprefix
     cur = scratch_db.connect().cursor()
     now = Clock(datetime.now(timezone.utc))
-    content = insert_content(cur, 16, length=600, ctype="podcast")
+    # 64 content ids (the message key) over 4 partitions: every partition gets events (P(one empty) ~ 1e-7).
+    content = insert_content(cur, 64, length=600, ctype="podcast")
     kafka = KafkaConfig(bootstrap=kafka_env["PULSE_KAFKA_BOOTSTRAP"], topic=kafka_env["PULSE_KAFKA__TOPIC"],
                         content_topic=kafka_env["PULSE_KAFKA__CONTENT_TOPIC"], partitions=4,
                         group_prefix=kafka_env["PULSE_KAFKA__GROUP_PREFIX"])
@@ -203,6 +227,7 @@ def test_rebuilds_while_kafka_workers_write_cover_every_partition(scratch_db, se
         instances.append(RedisSink(settings.redis, clock=now, name=name))
         return instances[-1]
 
+    _every_pause_reaches(monkeypatch, lambda: list({i.name: i for i in instances}.values()))  # newest per partition
     ensure_slot(scratch_db.config())
     producer = _spawn(kafka_env, "produce")
     consumer = SinkConsumer(settings, "redis", factory)
@@ -233,8 +258,12 @@ def test_rebuilds_while_kafka_workers_write_cover_every_partition(scratch_db, se
     assert _stats(client, prefix)["rebuilds"] == 3
     fields = {k: v for k, v in _meta(client, prefix).items() if k.startswith("position:redis@")}
     assert len(fields) >= 2, fields  # several instances wrote the board, each in its own field
-    assert len({i.name for i in instances}) == 4
-    print(f"pauses seen per instance: {[i.status()['rebuild pauses'] for i in instances]}")
+    assert len({i.name for i in instances}) == 4 == len(instances)  # one instance per partition, no rebalance
+    # Every partition's sink waited in each of the three pauses, and none is still paused.
+    assert [(i.status()["rebuild pauses"], i.status()["paused"]) for i in instances] == [(3, False)] * 4
+
+
+PAUSE_S = 4
 
 
 def test_a_rebuild_killed_after_its_pause_frees_the_board_at_the_deadline(scratch_db, services, rprefix):
@@ -249,18 +278,22 @@ def test_a_rebuild_killed_after_its_pause_frees_the_board_at_the_deadline(scratc
     with Running(Pipeline(settings_for(scratch_db), [sink])) as running:
         _write(cur, content, 200, now.at)
         wait_for(lambda: _board_total(client, prefix) == 200, 30, "200 events on the board")
-        # A rebuild takes the pause and dies (kill -9): no swap, no release.
-        until_ms = RedisSink(settings.redis, clock=now).pause("killed-rebuild", 1.0)
+        # A rebuild takes the pause and dies (kill -9): no swap, no release. The pause is long enough
+        # (PAUSE_S) for the check below to run inside it on a slow machine too; if it did not, the test
+        # fails saying so instead of skipping the check.
+        until_ms = RedisSink(settings.redis, clock=now).pause("killed-rebuild", PAUSE_S)
         redis_now = client.time()
-        assert 500 <= until_ms - (redis_now[0] * 1000 + redis_now[1] // 1000) <= 1000  # Redis' clock
+        assert PAUSE_S * 1000 - 500 <= until_ms - (redis_now[0] * 1000 + redis_now[1] // 1000) <= PAUSE_S * 1000
         _write(cur, content, 300, now.at, start=1000)
-        wait_for(lambda: sink.status()["paused"] or running.error, 10, "the live sink to see the pause")
+        wait_for(lambda: (sink._pending.events == 300 and sink.status()["paused"]) or running.error, 10,
+                 "the live sink to hold the 300 events, paused")
+        assert running.error is None
         pipe = client.pipeline(transaction=True)
         pipe.time()
         pipe.zrange(prefix + "events:10m", 0, -1, withscores=True)
         (sec, usec), held = pipe.execute()
-        if sec * 1000 + usec // 1000 < until_ms:  # still paused: nothing of the 300 is applied
-            assert round(sum(s for _m, s in held)) == 200
+        assert sec * 1000 + usec // 1000 < until_ms, f"the check ran after the {PAUSE_S} s pause; raise PAUSE_S"
+        assert round(sum(s for _m, s in held)) == 200  # still paused: nothing of the 300 is applied
         # The deadline frees the board; the held events are applied, each once.
         wait_for(lambda: _board_total(client, prefix) == 500, 30, "the sink to resume after the deadline")
         wait_for(lambda: not sink.status()["paused"], 10, "the sink to leave the pause")

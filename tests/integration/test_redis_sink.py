@@ -9,6 +9,7 @@ last write (`meta.updated_ms`), at which the window was last moved.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -458,10 +459,19 @@ def test_pulse_top_once_shows_the_board(scratch_db, services, rprefix):
                               "events": 3}
     assert snap["by_type"]["video"][0]["content_id"] == "c0"
     assert snap["devices"] == [("ios", 9)] and 0.9 < snap["freshness_s"] < 1.1
+    # The command itself, as an operator runs it: it must succeed and print the same board.
     proc = subprocess.run(pulse_cmd("top", "--once", "--json", "--prefix", prefix),
-                          env={**os.environ, "PULSE_REDIS_URL": _redis_url(services)}, capture_output=True, text=True)
-    if proc.returncode == 0:  # `pulse top` is registered in cli/main.py
-        assert '"c0"' in proc.stdout
+                          env={**os.environ, "PULSE_REDIS_URL": _redis_url(services)}, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = json.loads(proc.stdout)
+    # By hand: c0 = events 3, 6, 9 (18 s), c2 = 2, 5, 8 (15 s), c1 = 1, 4, 7 (12 s).
+    assert shown["top"] == [
+        {"content_id": "c0", "title": "T", "content_type": "video", "seconds": 18.0, "events": 3},
+        {"content_id": "c2", "title": "T", "content_type": "video", "seconds": 15.0, "events": 3},
+        {"content_id": "c1", "title": "T", "content_type": "video", "seconds": 12.0, "events": 3},
+    ]
+    assert shown["devices"] == [["ios", 9]]
 
 
 def test_a_bucket_created_between_ttl_refreshes_gets_its_ttl(services, rprefix):

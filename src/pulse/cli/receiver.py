@@ -1,12 +1,19 @@
-"""`pulse receiver`: the stand-in external endpoint (verifies, records, misbehaves on request)."""
+"""`pulse receiver`: the stand-in external endpoint (verifies, records, misbehaves on request).
+
+A test stand-in, not a production endpoint (docs/sinks/external.md, "`pulse receiver`").
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+from pathlib import Path
 from typing import Optional
 
 import typer
+
+from pulse.receiver import DEFAULT_MAX_BODY_BYTES
 
 
 def receiver(
@@ -29,6 +36,13 @@ def receiver(
                                                 help="Answer every POST with this status (e.g. 422)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the fault draws (reproducible runs)."),
     stats_every: float = typer.Option(10.0, "--stats-every", min=0, help="Log the counts every N seconds (0: off)."),
+    control_token_file: Optional[Path] = typer.Option(
+        None, "--control-token-file", envvar="PULSE_RECEIVER__CONTROL_TOKEN_FILE", show_default=False,
+        help="File holding the bearer token of /_control, /_reset, /stats, /events (else read from "
+        "PULSE_RECEIVER__CONTROL_TOKEN; required unless --host is a loopback address)."),
+    max_body_bytes: int = typer.Option(
+        DEFAULT_MAX_BODY_BYTES, "--max-body-bytes", envvar="PULSE_RECEIVER__MAX_BODY_BYTES", min=1,
+        help="Request bodies larger than this are answered 413 (never read into memory)."),
 ) -> None:
     """Listen for the external sink's POSTs; GET /stats and /events show what arrived (Ctrl-C stops)."""
     from pulse.cli import common
@@ -40,13 +54,16 @@ def receiver(
     log = get_logger("pulse.receiver")
     if secret:
         decode_secret(secret)  # a bad secret fails here, with its fix
+    token = _control_token(control_token_file)
     faults = Faults(latency_ms=latency_ms, latency_rate=latency_rate, error_500=fail_500, error_429=fail_429,
                     error_503=fail_503, retry_after_s=retry_after, timeout=timeout_rate, timeout_s=timeout_s,
                     reset=reset_rate, reject_status=reject_status)
-    rec = Receiver(host, port, secret=secret, faults=faults, seed=seed).start()
+    rec = Receiver(host, port, secret=secret, faults=faults, seed=seed, control_token=token,
+                   max_body_bytes=max_body_bytes).start()
     del cfg
-    typer.echo(f"pulse receiver listening on {rec.url} (GET {rec.url}stats, {rec.url}events; "
-               f"POST {rec.url}_control to change faults)")
+    auth = "with 'Authorization: Bearer <token>'" if token else "no token: loopback only"
+    typer.echo(f"pulse receiver (a test stand-in) listening on {rec.url} (GET {rec.url}stats, {rec.url}events; "
+               f"POST {rec.url}_control to change faults; {auth})")
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -60,6 +77,22 @@ def receiver(
                          faults=s["faults_served"])
     finally:
         rec.stop()
+
+
+def _control_token(path: Optional[Path]) -> Optional[str]:
+    """The token from the file (first line), else from PULSE_RECEIVER__CONTROL_TOKEN; never from argv (`ps`)."""
+    from pulse.errors import ConfigError
+
+    if path is not None:
+        try:
+            text = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the control token file {path}: {exc.strerror}",
+                              hint="fix --control-token-file / PULSE_RECEIVER__CONTROL_TOKEN_FILE") from exc
+        if not text:
+            raise ConfigError(f"the control token file {path} is empty", hint="write a token into it")
+        return text.splitlines()[0].strip()
+    return os.environ.get("PULSE_RECEIVER__CONTROL_TOKEN") or None
 
 
 def register(app: typer.Typer) -> None:

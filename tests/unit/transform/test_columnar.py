@@ -1,9 +1,15 @@
-"""The columnar enrichment equals the row enrichment, value for value, odd rows included."""
+"""The columnar enrichment equals the row enrichment, value for value, odd rows included.
+
+Two implementations agreeing is not proof that either is right, so the metrics
+are also checked against MISSION.md's rules computed here with `Decimal`
+(`_expected_metrics`), independently of `pulse.transform`.
+"""
 
 from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
 
 import pyarrow as pa
 import pytest
@@ -55,6 +61,21 @@ def _random_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+LENGTHS = {"c-ok": 2, "c-zero": 0, "c-neg": -5, "c-null": None, "c-long": 3600}  # as in _cache()
+
+
+def _expected_metrics(duration_ms: int | None, content_id: str | None) -> tuple[Decimal | None, Decimal | None]:
+    """(engagement_seconds, engagement_pct) by MISSION.md's rules, on exact decimals."""
+    length = LENGTHS.get(content_id)  # unknown content: no length
+    if duration_ms is None or duration_ms < 0:
+        return None, None
+    seconds = Decimal(duration_ms) / 1000
+    if length is None or length <= 0:
+        return seconds, None
+    # Half away from zero; ROUND_HALF_UP is that for the non-negative values here.
+    return seconds, (seconds / length).quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+
 def _by_rows(raw: pa.Table, cache: ContentCache, lsn: int, seq: int) -> pa.Table:
     events = [enrich_row(r, op="insert", position=Position(lsn, seq + i), commit_ts=COMMIT, cache=cache, now=NOW,
                          backfill=True) for i, r in enumerate(raw_rows(raw))]
@@ -70,6 +91,13 @@ def test_columns_equal_rows(seed):
     assert by_columns.schema == by_rows.schema
     for name in by_rows.column_names:
         assert by_columns.column(name).to_pylist() == by_rows.column(name).to_pylist(), name
+    # And both equal the rules, computed independently (Decimal == Decimal compares values).
+    want = [_expected_metrics(d, c) for d, c in zip(raw.column("duration_ms").to_pylist(),
+                                                    raw.column("content_id").to_pylist())]
+    got = list(zip(by_columns.column("engagement_seconds").to_pylist(),
+                   by_columns.column("engagement_pct").to_pylist()))
+    bad = [(i, w, g) for i, (w, g) in enumerate(zip(want, got)) if w != g]
+    assert not bad, f"{len(bad)} rows break the rules, e.g. {bad[:3]}"
 
 
 def test_the_rounding_cases_of_the_brief():
