@@ -344,3 +344,22 @@ def test_initial_snapshot_over_kafka_killed_twice_ends_exact_everywhere(scratch_
         rx.stop()
     assert HISTORY <= run["rows_read"] <= HISTORY + 2 * 4 * 2000, run
     assert seen[0] < seen[1] < run["rows_read"]
+
+
+def test_an_empty_table_needs_no_copy_and_no_rebuild(scratch_db, services, rprefix):
+    from pulse.sinks.redis import RedisSink
+
+    from .test_redis_sink import _config
+
+    prefix, client = rprefix
+    cur = scratch_db.connect().cursor()
+    sink = RedisSink(_config(services["PULSE_REDIS_URL"], prefix))
+    with Running(Pipeline_(settings_for(scratch_db), [sink])) as running:
+        row = _run_row(cur, scratch_db.slot)
+        assert row["state"] == "done" and row["max_id"] == 0 and row["window_rebuilt_at"] is not None
+        wait_for(running.pipeline.rebuilder.settled.is_set, 30, "the rebuilder to settle")
+        assert running.pipeline.rebuilder.rebuilt == 0
+        [c1] = insert_content(cur, 1)
+        cur.execute("INSERT INTO engagement_events (content_id, event_type, event_ts, duration_ms) "
+                    "SELECT %s, 'play', now(), 1000 FROM generate_series(1, 5)", (c1,))
+        wait_for(lambda: _stats(client, prefix).get("events", 0) >= 5, 30, "the live events on the board")

@@ -156,6 +156,14 @@ def bound(cur, db: DatabaseConfig) -> None:
         cur.execute(sql.SQL("SELECT count(*) FROM {}.engagement_events WHERE id <= %s").format(src), (max_id,))
         estimate = cur.fetchone()[0]
     for run_id in pending:
+        if max_id == 0:
+            # The table was empty when the slot was made: every row is in the
+            # stream, so there is nothing to copy and no window to rebuild.
+            cur.execute(sql.SQL("UPDATE {}.backfill_runs SET max_id = 0, total_estimate = 0, state = 'done', "
+                                "started_at = now(), finished_at = now(), window_rebuilt_at = now(), "
+                                "updated_at = now() WHERE run_id = %s AND max_id IS NULL").format(st), (run_id,))
+            log.info("snapshot.empty", run=run_id, note="no rows before the slot: nothing to copy")
+            continue
         cur.execute(sql.SQL("UPDATE {}.backfill_runs SET max_id = %s, total_estimate = %s, updated_at = now() "
                             "WHERE run_id = %s AND max_id IS NULL").format(st), (max_id, estimate, run_id))
         log.info("snapshot.bounded", run=run_id, max_id=max_id, rows=estimate)
