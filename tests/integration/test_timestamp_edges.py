@@ -128,6 +128,7 @@ def test_edge_timestamps_are_flagged_everywhere_and_the_stream_goes_on(scratch_d
 
             wait_for(arrived, 90, "every row at the receiver, in Redis and in BigQuery", interval=0.25)
             streamed = _bq_rows(client, dataset)
+            counted = {p: _problem_count(p) - before[p] for p in (OUT, LIMIT)}  # before the backfill counts again
 
             # The backfill path (binary COPY chunks, enriched on columns) with the same rows.
             run = submit(settings.database, BackfillSpec(min_id=1, sinks=("bigquery",), chunk_size=4))
@@ -153,9 +154,13 @@ def test_edge_timestamps_are_flagged_everywhere_and_the_stream_goes_on(scratch_d
         assert received[normal]["problems"] == [] and streamed[normal][1] == backfilled[normal][1] == ()
         # The normal row is on the Redis board; the odd ones are not (no time, or far outside the window).
         assert rclient.zscore(prefix + "top:10m", content) == 2.0  # 2000 ms -> 2 s for the one row in the window
-        outs = sum(1 for v, p in EDGES.values() if p == OUT)
-        assert _problem_count(OUT) - before[OUT] >= outs  # each sink's worker counts its own rows at least once
-        assert _problem_count(LIMIT) - before[LIMIT] >= len(EDGES) - outs
+        stats = {k.decode(): int(v) for k, v in rclient.hgetall(prefix + "stats").items()}
+        assert stats["events"] == len(want)
+        assert stats["future"] == 1  # 9999-12-31: beyond the allowed skew, not on the board
+        assert stats.get("late", 0) == 1  # 0001-01-01: older than the window (the NULL ones have no bucket at all)
+        outs = sum(1 for _v, p in EDGES.values() if p == OUT)
+        assert counted == {OUT: outs, LIMIT: len(EDGES) - outs}  # each row once, whatever the number of sinks
+        assert _problem_count(OUT) - before[OUT] == 2 * outs  # and once more for the backfill
     finally:
         receiver.stop()
         for key in rclient.scan_iter(match=prefix + "*", count=1000):
