@@ -17,7 +17,8 @@
  *   every value parses, are decoded here; every other message (and any
  *   Insert with a value this code does not accept: a timestamp outside
  *   0001..9999, an integer that does not fit, invalid UTF-8, a binary
- *   value, a column count that does not match) is handed on untouched as
+ *   value, a column count that does not match, text that would take a
+ *   column of the run past int32 offsets) is handed on untouched as
  *   raw payload bytes for the Python decoder, in stream order;
  * - a read returns right after a Relation or Stream Commit message, so the
  *   caller can re-derive the fast relation's layout before any later Insert
