@@ -57,7 +57,8 @@ def _problem_count(problem: str) -> float:
 
 def _bq_rows(client, dataset: str) -> dict[int, tuple]:
     try:
-        rows = client.query(f"SELECT event_id, event_ts, problems, backfill FROM `{dataset}.engagement_events`").result()
+        query = f"SELECT event_id, event_ts, problems, backfill FROM `{dataset}.engagement_events`"
+        rows = client.query(query).result()
         return {r["event_id"]: (r["event_ts"], tuple(r["problems"]), r["backfill"]) for r in rows}
     except Exception:  # table not there yet
         return {}
