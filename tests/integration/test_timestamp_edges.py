@@ -34,7 +34,6 @@ from pulse.source import native
 
 from ..conftest import need, unique
 from .pipeline_helpers import Running, insert_content, wait_for
-from .test_bigquery_sink import _ensure_emulator_running
 from .test_external_sink import FAST, SECRET
 
 OUT = "event_ts_out_of_range"  # the value is not representable: NULL and flagged
@@ -167,6 +166,5 @@ def test_edge_timestamps_are_flagged_everywhere_and_the_stream_goes_on(scratch_d
         for key in rclient.scan_iter(match=prefix + "*", count=1000):
             rclient.delete(key)
         rclient.close()
-        _ensure_emulator_running()
         client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
         client.close()
