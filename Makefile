@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv services services-down status demo test test-unit test-integration bench clean compose-check compose-env
+.PHONY: venv services services-down status demo test test-unit test-integration sanitize bench clean compose-check compose-env
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ test-unit: venv
 test-integration: services
 	$(BIN)/pytest -q tests/integration
 
+sanitize: venv          ## _wire built with ASAN + UBSan (build/sanitize), the decoder tests run on it; not in `make test`
+	PY=$(BIN)/python bash dev/sanitize.sh
+
 bench: services         ## benchmarks (not part of the test suite); see docs/benchmarks.md
 	PULSE_BIN=$(BIN) bash bench/run_all.sh
 
@@ -43,4 +46,4 @@ compose-env:           ## write random demo secrets into a git-ignored .env for 
 	$(PYTHON) docker/compose-env.py
 
 clean: services-down
-	rm -rf .pulse $(VENV) bigquery_batches
+	rm -rf .pulse $(VENV) bigquery_batches build/sanitize

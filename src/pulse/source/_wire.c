@@ -17,7 +17,8 @@
  *   every value parses, are decoded here; every other message (and any
  *   Insert with a value this code does not accept: a timestamp outside
  *   0001..9999, an integer that does not fit, invalid UTF-8, a binary
- *   value, a column count that does not match) is handed on untouched as
+ *   value, a column count that does not match, text that would take a
+ *   column of the run past int32 offsets) is handed on untouched as
  *   raw payload bytes for the Python decoder, in stream order;
  * - a read returns right after a Relation or Stream Commit message, so the
  *   caller can re-derive the fast relation's layout before any later Insert
@@ -69,6 +70,8 @@ static int buf_reserve(Buf *b, size_t more)
 {
     if (b->len + more <= b->cap)
         return 0;
+    if (more > SIZE_MAX / 4 - b->len)
+        return -1;
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + more)
         cap *= 2;
@@ -82,6 +85,8 @@ static int buf_reserve(Buf *b, size_t more)
 
 static int buf_append(Buf *b, const void *src, size_t n)
 {
+    if (n == 0)
+        return 0; /* b->data may still be NULL: memcpy(NULL, ..., 0) is undefined */
     if (buf_reserve(b, n) < 0)
         return -1;
     memcpy(b->data + b->len, src, n);
@@ -321,7 +326,11 @@ static void run_free(Run *r)
     r->n = 0;
 }
 
-/* Parse an Insert of the fast relation into `tmp`; 0 when every value is accepted. */
+/* Parse an Insert of the fast relation into `tmp`; 0 when every value is accepted.
+ * A text column's offsets are int32 (Arrow's string layout): a row whose text
+ * would take a column of the run past INT32_MAX bytes is not accepted either
+ * (the run is closed and the row goes to the Python decoder). With runs capped
+ * at 1 GiB (Reader_init) this takes one value near PostgreSQL's 1 GB limit. */
 static int parse_insert(const Run *r, const unsigned char *p, size_t len, Parsed *tmp)
 {
     if (r->oid == 0 || len < 8 || p[0] != 'I' || be32(p + 1) != r->oid || p[5] != 'N')
@@ -359,7 +368,7 @@ static int parse_insert(const Run *r, const unsigned char *p, size_t len, Parsed
                 return -1;
             break;
         case 's':
-            if (!valid_utf8(v->p, vlen))
+            if ((size_t)vlen > (size_t)INT32_MAX - r->cols[j].data.len || !valid_utf8(v->p, vlen))
                 return -1;
             break;
         default:
@@ -411,6 +420,8 @@ static int run_append(Run *r, const unsigned char *p, size_t len, const Parsed *
         if (c->kind == 's') {
             if (!v->null && buf_append(&c->data, v->p, v->len) < 0)
                 return -1;
+            if (c->data.len > INT32_MAX)
+                return -1; /* parse_insert keeps this from happening */
             int32_t off = (int32_t)c->data.len;
             if (buf_append(&c->values, &off, 4) < 0)
                 return -1;
@@ -662,6 +673,10 @@ static PyObject *Reader_read(Reader *self, PyObject *args)
     long long max_messages, max_bytes;
     if (!PyArg_ParseTuple(args, "iLL", &timeout_ms, &max_messages, &max_bytes))
         return NULL;
+    if (self->conn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader.read before Reader.__init__");
+        return NULL;
+    }
     State *st = &self->st;
     Slots slots = {0};
     PyObject **runs = NULL;
@@ -691,6 +706,7 @@ static PyObject *Reader_read(Reader *self, PyObject *args)
                     if (took < 0) {
                         flags |= FLAG_NOMEM;
                         pq_freemem(buf);
+                        buf = NULL; /* freed: the code after this loop must not free it again */
                         break;
                     }
                     if (took == 1) {
@@ -704,6 +720,7 @@ static PyObject *Reader_read(Reader *self, PyObject *args)
                         if (slots_push(&slots, (const char *)p, len, buf) < 0) {
                             flags |= FLAG_NOMEM;
                             pq_freemem(buf);
+                            buf = NULL;
                             break;
                         }
                     }
@@ -783,9 +800,14 @@ static PyObject *Reader_read(Reader *self, PyObject *args)
             buf = NULL;
         } else if (buf != NULL) {
             pq_freemem(buf);
+            buf = NULL;
         }
-        if (flags & FLAG_NOMEM)
+        if (flags & FLAG_NOMEM) {
+            /* A failed run_append may have left the run half-written: drop it
+             * (the read raises MemoryError; nothing of it was acknowledged). */
+            run_reset(&st->run);
             break;
+        }
         if (stop || (flags & (FLAG_REPLY | FLAG_ENDED)) || count >= max_messages || bytes >= max_bytes ||
             r == 0)
             break;
@@ -1132,12 +1154,11 @@ static PyObject *parse_copy_binary(PyObject *mod, PyObject *args)
                 break;
             if (kinds[j] == 'i' || kinds[j] == 't') {
                 ok = buf_append(&c->values, &iv, 8) == 0;
+            } else if (c->data.len > INT32_MAX) {
+                err = "chunk too large for 32-bit offsets";
             } else {
                 int32_t off = (int32_t)c->data.len;
-                if (c->data.len > INT32_MAX)
-                    err = "chunk too large for 32-bit offsets";
-                else
-                    ok = buf_append(&c->values, &off, 4) == 0;
+                ok = buf_append(&c->values, &off, 4) == 0;
             }
         }
         if (err || !ok)

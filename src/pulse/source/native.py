@@ -54,8 +54,10 @@ WANTED: dict[str, tuple[str, frozenset[int]]] = {
     "raw_payload": ("s", frozenset({3802, 114}) | _TEXT),  # jsonb, json: their text, as the Python decoder
 }
 
-# Server settings that make the text of values what `_wire` parses (ISO
-# timestamps in UTC); the Python decoder reads either way.
+# Server settings of the replication connection, whichever the reader: the
+# text of values is what `_wire` and the Python decoder parse (ISO timestamps,
+# in UTC, so that no value leaves Python's range on its way to UTC), whatever
+# the database's or role's own DateStyle and TimeZone.
 SERVER_SETTINGS = {"DateStyle": "ISO", "TimeZone": "UTC"}
 
 

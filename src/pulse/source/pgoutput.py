@@ -23,8 +23,10 @@ unknown message types.
 Text column values are converted by type OID through a lookup table
 (``DEFAULT_CONVERTERS``); binary (``binary=on``) values stay ``bytes``; a
 TOASTed value the server did not resend is the sentinel ``UNCHANGED_TOAST``.
-Text conversion assumes the server's defaults for output: UTF-8 encoding and
-``DateStyle=ISO``.
+Text conversion assumes UTF-8 and ``DateStyle=ISO``, which Pulse's replication
+connection sets itself (with ``TimeZone=UTC``). A timestamp Python's datetime
+cannot hold (``infinity``, BC, a year beyond 9999, or one that leaves the
+range once converted to UTC) stays its text; enrichment flags it.
 
 ``PgOutputDecoder`` is stateful: it caches Relation messages by OID and
 tracks stream segments, so callers just feed payloads in order. Relation
@@ -149,11 +151,20 @@ def _datetime(raw: bytes) -> datetime | str:
     # timestamp text has none and stays naive: one parser serves both.
     text = raw.decode("ascii")
     try:
-        return datetime.fromisoformat(text)
+        value = datetime.fromisoformat(text)
     except ValueError:
         if _unrepresentable(text):
             return text
         raise
+    if (value.year == 1 or value.year == 9999) and value.utcoffset():
+        # '9999-12-31 23:59:59-01' is 10000-01-01 in UTC: a datetime until the
+        # first conversion to UTC raises OverflowError. Pulse's replication
+        # connection asks for UTC, so only another session time zone sends it.
+        try:
+            value.astimezone(timezone.utc)
+        except OverflowError:
+            return text
+    return value
 
 
 def _date(raw: bytes) -> date | str:

@@ -163,7 +163,7 @@ class ReplicationReader(threading.Thread):
         self._put(ReaderFailed(exc), None)
 
     def _connect(self):
-        settings = dict(native.SERVER_SETTINGS) if self.wire is not None else {}
+        settings = dict(native.SERVER_SETTINGS)  # both readers: ISO text, in UTC (not the database's defaults)
         settings.update(self.server_settings)
         options = " ".join(f"-c {k}={v}" for k, v in settings.items())
         conn = psycopg2.connect(

@@ -55,6 +55,7 @@ RAW_SCHEMA = pa.schema([
 _TS_OK = ("(isfinite(event_ts) AND event_ts >= '0001-01-01 00:00:00+00' "
           "AND event_ts < '10000-01-01 00:00:00+00')")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_TS_MIN_US, _TS_END_US = -62135596800000000, 253402300800000000  # 0001-01-01, 10000-01-01 UTC (as _TS_OK)
 _TS = pa.timestamp("us", tz="UTC")
 _DEC = pa.decimal128(38, 9)
 _BAD_TS_TEXT = "out of range"  # what `raw_rows` puts in event_ts so enrich_row flags it
@@ -161,8 +162,9 @@ class ContentColumns:
 
 
 # The order enrich_row lists problems in (none of the others occur in a backfill read).
-_PROBLEMS = (E.NULL_CONTENT_ID, E.CONTENT_MISSING, E.BAD_EVENT_TS, E.NEGATIVE_DURATION, E.ZERO_LENGTH,
-             E.NEGATIVE_LENGTH, E.EXCEEDS_LENGTH)
+_PROBLEMS = (E.NULL_CONTENT_ID, E.CONTENT_MISSING, E.BAD_EVENT_TS, E.EVENT_TS_AT_LIMIT, E.NEGATIVE_DURATION,
+             E.ZERO_LENGTH, E.NEGATIVE_LENGTH, E.EXCEEDS_LENGTH)
+_DAY_US = 86_400_000_000  # enrich.EVENT_TS_AT_LIMIT: the first or last day of 0001..9999 (UTC)
 
 
 def _values(arr: pa.Array | pa.ChunkedArray, fill: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,6 +190,8 @@ def enrich_table(raw: pa.Table, content: ContentColumns, *, lsn: int, first_seq:
     length, len_valid = _values(length_arr, 0)
     bad_ts_arr = pc.fill_null(raw.column("event_ts_bad").combine_chunks(), False)
     bad_ts = bad_ts_arr.to_numpy(zero_copy_only=False)
+    us, us_valid = _values(raw.column("event_us"), 0)
+    at_limit = us_valid & ~bad_ts & ((us < _TS_MIN_US + _DAY_US) | (us >= _TS_END_US - _DAY_US))
 
     seconds_ok = dur_valid & (dur >= 0)
     pct_ok = seconds_ok & len_valid & (length > 0)
@@ -199,6 +203,7 @@ def enrich_table(raw: pa.Table, content: ContentColumns, *, lsn: int, first_seq:
         ~cid_valid,                                   # null_content_id
         cid_valid & ~found,                           # content_missing
         bad_ts,                                       # event_ts_out_of_range
+        at_limit,                                     # event_ts_at_limit
         dur_valid & (dur < 0),                        # negative_duration
         len_valid & (length == 0),                    # zero_length
         len_valid & (length < 0),                     # negative_length

@@ -21,15 +21,18 @@ tuple naming what is odd. Decisions where the brief is silent:
   FULL sent it, else NULL and flagged `raw_payload_not_resent`;
 - a negative `length_seconds` (the column has no CHECK) gives no ratio and
   is flagged `negative_length`;
-- an `event_ts` Python cannot hold ('infinity', year > 9999) is NULL and
-  flagged `event_ts_out_of_range`.
+- an `event_ts` Python cannot hold ('infinity', BC, year > 9999, or beyond
+  the range once in UTC) is NULL and flagged `event_ts_out_of_range`;
+- an `event_ts` on the first or last day of that range (0001-01-01 or
+  9999-12-31 UTC: a sentinel more often than a moment) is kept as sent and
+  flagged `event_ts_at_limit`.
 
 No I/O here: the caller passes the cache and the clock.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timezone
 from typing import Any
 
 from pulse.source.pgoutput import UNCHANGED_TOAST
@@ -45,6 +48,8 @@ MISSING_VALUES = "old_values_unknown"
 PAYLOAD_NOT_SENT = "raw_payload_not_resent"
 NEGATIVE_LENGTH = "negative_length"
 BAD_EVENT_TS = "event_ts_out_of_range"
+EVENT_TS_AT_LIMIT = "event_ts_at_limit"
+_LIMIT_DAYS = (date(1, 1, 1), date(9999, 12, 31))
 
 
 def round_half_away(numerator: int, denominator: int) -> int:
@@ -130,10 +135,18 @@ def enrich_values(event_id: int, content_id: str | None, user_id: str | None, ev
         # it; without REPLICA IDENTITY FULL its value is unknown here.
         payload = None
         problems.append(PAYLOAD_NOT_SENT)
-    if event_ts is not None and not isinstance(event_ts, datetime):
-        # 'infinity' or a year beyond 9999: no sink can place it in time.
-        event_ts = None
-        problems.append(BAD_EVENT_TS)
+    if event_ts is not None:
+        if isinstance(event_ts, datetime) and (event_ts.year == 1 or event_ts.year == 9999):
+            try:  # naive: UTC (the time zone Pulse reads in)
+                at = event_ts.astimezone(timezone.utc) if event_ts.tzinfo else event_ts
+                if at.date() in _LIMIT_DAYS:
+                    problems.append(EVENT_TS_AT_LIMIT)
+            except OverflowError:  # beyond the range once in UTC
+                event_ts = "out of range"
+        if not isinstance(event_ts, datetime):
+            # 'infinity' or a year beyond 9999: no sink can place it in time.
+            event_ts = None
+            problems.append(BAD_EVENT_TS)
     seconds, pct, metric_problems = engagement(duration, length)
     if metric_problems:
         problems.extend(metric_problems)

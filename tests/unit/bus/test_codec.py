@@ -49,3 +49,11 @@ def test_backfill_targets_travel_in_a_header_and_select_the_consumers():
     assert not is_for(headers, "redis@pulse.events/0")
     live = encode(event(), ("external",))[2]
     assert all(name != TARGETS_HEADER for name, _ in live) and is_for(live, "redis")
+
+
+def test_timestamps_at_the_edges_of_the_range_round_trip() -> None:
+    for ts, problems in ((datetime(1, 1, 1, tzinfo=timezone.utc), ("event_ts_at_limit",)),
+                         (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc), ("event_ts_at_limit",)),
+                         (None, ("event_ts_out_of_range",))):
+        e = event(event_ts=ts, problems=problems)
+        assert decode(encode(e)[1]) == e

@@ -388,6 +388,18 @@ def test_dates_python_cannot_represent_stay_text():
     assert ins.new == ("0044-03-15 BC", "10000-01-01 00:00:00+00", "infinity", "-infinity")
 
 
+def test_timestamps_that_leave_the_range_in_utc_stay_text():
+    d = PgOutputDecoder()
+    d.decode(enc_relation(1, "public", "d", "d", [(0, "a", 1184, -1), (0, "b", 1184, -1), (0, "c", 1184, -1),
+                                                   (0, "e", 1184, -1)]))
+    late, early, last, first = "9999-12-31 23:59:59-01", "0001-01-01 00:00:00+01", "9999-12-31 23:59:59+14", \
+        "0001-01-01 00:00:00-01"
+    ins = d.decode(enc_insert(1, [late, early, last, first]))
+    assert ins.new[:2] == (late, early)  # 10000-01-01 and 1 BC in UTC: not a datetime that overflows later
+    assert ins.new[2] == datetime(9999, 12, 31, 9, 59, 59, tzinfo=timezone.utc)
+    assert ins.new[3] == datetime(1, 1, 1, 1, tzinfo=timezone.utc)
+
+
 def test_non_iso_datestyle_is_an_error_not_a_silent_string():
     d = PgOutputDecoder()
     d.decode(enc_relation(1, "public", "d", "d", [(0, "b", 1184, -1)]))

@@ -23,6 +23,12 @@ from pulse.transform.enrich import enrich_row
 NOW = datetime(2024, 8, 2, 12, 0, tzinfo=timezone.utc)
 COMMIT = datetime(2024, 8, 2, 11, 59, 59, 123456, tzinfo=timezone.utc)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_UTC = timezone.utc
+EDGE_TS = [  # the first and last days of the range (event_ts_at_limit) and the days next to them (not flagged)
+    datetime(1, 1, 1, tzinfo=_UTC), datetime(1, 1, 1, 23, 59, 59, 999999, tzinfo=_UTC), datetime(1, 1, 2, tzinfo=_UTC),
+    datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=_UTC), datetime(9999, 12, 31, tzinfo=_UTC),
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=_UTC),
+]
 
 
 def _cache() -> ContentCache:
@@ -54,7 +60,7 @@ def _random_rows(n: int, seed: int) -> list[dict]:
         rows.append({
             "id": 1000 + i, "content_id": rng.choice(cids), "user_id": rng.choice([None, f"u-{i}"]),
             "event_type": rng.choice(["play", "pause", "finish", "click", ""]),
-            "event_ts": rng.choice([NOW - timedelta(microseconds=rng.randrange(10**12)), "infinity"]),
+            "event_ts": rng.choice([NOW - timedelta(microseconds=rng.randrange(10**12)), "infinity", *EDGE_TS]),
             "duration_ms": rng.choice(durations + [rng.randrange(-10, 10**7)]),
             "device": rng.choice(["ios", None, ""]), "raw_payload": rng.choice(['{"a": 1}', None, "{}"]),
         })
@@ -98,6 +104,14 @@ def test_columns_equal_rows(seed):
                    by_columns.column("engagement_pct").to_pylist()))
     bad = [(i, w, g) for i, (w, g) in enumerate(zip(want, got)) if w != g]
     assert not bad, f"{len(bad)} rows break the rules, e.g. {bad[:3]}"
+
+
+def test_timestamps_on_the_first_and_last_day_are_kept_and_flagged():
+    rows = [{"id": i, "content_id": "c-ok", "user_id": None, "event_type": "play", "event_ts": ts, "duration_ms": 1,
+             "device": None, "raw_payload": None} for i, ts in enumerate(EDGE_TS)]
+    table = enrich_table(_raw(rows), ContentColumns(_cache()), lsn=1, first_seq=0, commit_ts=COMMIT, now=NOW)
+    assert table.column("event_ts").to_pylist() == EDGE_TS
+    assert table.column("problems").to_pylist() == [["event_ts_at_limit"]] * 2 + [[]] * 2 + [["event_ts_at_limit"]] * 2
 
 
 def test_the_rounding_cases_of_the_brief():

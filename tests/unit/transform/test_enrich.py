@@ -9,7 +9,7 @@ ROUND_HALF_UP, which is half away from zero for non-negative values).
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
@@ -272,6 +272,30 @@ def test_missing_content_is_delivered_and_flagged(cache: ContentCache) -> None:
     assert ev.engagement_seconds == 1.5  # what can be known is still computed
     assert ev.engagement_pct is None
     assert ev.problems == (CONTENT_MISSING,)
+
+
+@pytest.mark.parametrize("ts, kept, problem", [
+    ("infinity", None, "event_ts_out_of_range"),
+    ("10000-01-01 00:00:00+00", None, "event_ts_out_of_range"),
+    # a datetime that leaves the range on its way to UTC (10000-01-01 00:59:59 UTC): no OverflowError
+    (datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-1))), None, "event_ts_out_of_range"),
+    (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))), None, "event_ts_out_of_range"),
+    (datetime(1, 1, 1, tzinfo=timezone.utc), datetime(1, 1, 1, tzinfo=timezone.utc), "event_ts_at_limit"),
+    (datetime(1, 1, 1, 12), datetime(1, 1, 1, 12), "event_ts_at_limit"),  # naive: read as UTC
+    (datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc), datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc),
+     "event_ts_at_limit"),
+    # 9999-12-31 09:59:59 UTC: the last day, kept with its offset
+    (datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=14))),
+     datetime(9999, 12, 31, 9, 59, 59, tzinfo=timezone.utc), "event_ts_at_limit"),
+    (datetime(1, 1, 2, tzinfo=timezone.utc), datetime(1, 1, 2, tzinfo=timezone.utc), None),
+    (datetime(9999, 12, 30, 23, 59, 59, tzinfo=timezone.utc), datetime(9999, 12, 30, 23, 59, 59, tzinfo=timezone.utc),
+     None),
+])
+def test_event_ts_at_the_edges_is_delivered_and_flagged(cache: ContentCache, ts, kept, problem) -> None:
+    ev = enrich(cache, event_ts=ts, duration_ms=1000)
+    assert ev.event_ts == kept
+    assert ev.problems == ((problem,) if problem else ())
+    assert ev.engagement_seconds == 1.0  # the rest of the row is enriched as usual
 
 
 def test_null_content_id_is_delivered_and_flagged(cache: ContentCache) -> None:
