@@ -139,7 +139,7 @@ def _cli_env(**extra: str) -> dict[str, str]:
 def test_the_cli_refuses_a_non_loopback_bind_without_a_token():
     proc = subprocess.run(pulse_cmd("receiver", "--host", "0.0.0.0", "--port", "0"), env=_cli_env(),
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2  # a configuration error (pulse.cli.main)
+    assert proc.returncode == 3  # a configuration error (pulse.cli.main)
     assert "PULSE_RECEIVER__CONTROL_TOKEN" in proc.stdout + proc.stderr
 
 

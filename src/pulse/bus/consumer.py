@@ -67,6 +67,7 @@ class SinkConsumer:
         self.written = 0
         self.skipped = 0
         self.ready = threading.Event()
+        self._rebuilder = None  # runtime.snapshot.WindowRebuilder, for a sink that keeps a window
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -79,6 +80,7 @@ class SinkConsumer:
             sink = self.factory(name)
             position = self._retrying()(sink.open)
             self.parts[tp.partition] = _Partition(sink, position)
+            self._start_window_rebuilder(sink)
             log.info("consume.assigned", sink=name, position=str(position))
         self.ready.set()
 
@@ -129,7 +131,6 @@ class SinkConsumer:
         })
         if self.instance:
             conf["group.instance.id"] = self.instance
-        rebuilder = self._start_window_rebuilder()
         self.consumer = consumer = Consumer(conf)
         consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
@@ -161,21 +162,23 @@ class SinkConsumer:
             for part in list(self.parts.values()):
                 part.sink.close()
             self.parts.clear()
-            if rebuilder is not None:
-                rebuilder.join(30)
+            if self._rebuilder is not None:
+                self._rebuilder.join(30)
             log.info("consume.stopped", sink=self.sink_name, consumed=self.consumed, written=self.written,
                      skipped=self.skipped)
 
-    def _start_window_rebuilder(self):
-        """A sink that keeps a window (Redis) rebuilds it for an initial snapshot of the producer's slot."""
+    def _start_window_rebuilder(self, sink: Sink) -> None:
+        """A sink that keeps a window (Redis) rebuilds it for an initial snapshot of the producer's slot.
+
+        Started once, with the first partition's sink (rebuild_window uses its
+        configuration only, so a later revocation of that partition is harmless).
+        """
         from pulse.runtime.snapshot import WindowRebuilder
 
-        probe = self.factory(self.sink_name)
-        if probe.snapshot_mode != "window":
-            return None
-        rebuilder = WindowRebuilder(self.settings.database, {self.sink_name: probe}, self.stop_event)
-        rebuilder.start()
-        return rebuilder
+        if self._rebuilder is not None or sink.snapshot_mode != "window":
+            return
+        self._rebuilder = WindowRebuilder(self.settings.database, {self.sink_name: sink}, self.stop_event)
+        self._rebuilder.start()
 
     def _handle(self, msgs) -> None:
         by_partition: dict[int, list] = {}
