@@ -133,6 +133,12 @@ def test_a_file_variable_gives_the_files_content_without_the_trailing_newline(
     assert s.configured("redis", "url")
 
 
+def test_a_file_of_a_table_valued_key_holds_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "kafka.json").write_text('{"security.protocol": "SASL_SSL", "sasl.password": "pw"}\n')
+    monkeypatch.setenv("PULSE_KAFKA__CLIENT_CONFIG_FILE", str(tmp_path / "kafka.json"))
+    assert load_settings().kafka.client_config == {"security.protocol": "SASL_SSL", "sasl.password": "pw"}
+
+
 def test_a_file_key_in_toml(tmp_path: Path) -> None:
     (tmp_path / "whsec").write_text(WHSEC + "\n")
     s = load_settings(config_file=toml(tmp_path, f'[external]\nsecret_file = "{tmp_path / "whsec"}"\n'))
