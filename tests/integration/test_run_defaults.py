@@ -95,3 +95,24 @@ def test_a_sink_that_keeps_nothing_runs_only_when_named(scratch_db, services):
     err = proc.stderr.read()
     assert proc.returncode == 0, err[-3000:]
     assert "sinks=memory" in err and "sinks.default" not in err
+
+
+def test_run_reads_its_database_url_from_a_file(scratch_db, services, tmp_path):
+    """PULSE_DATABASE_URL_FILE (a Docker / Kubernetes secret): the URL, password included, comes from the file."""
+    secret = tmp_path / "db_url"
+    secret.write_text(scratch_db.url + "\n")
+    env = pulse_env(scratch_db, PULSE_DATABASE_URL_FILE=str(secret))
+    del env["PULSE_DATABASE_URL"]
+    proc = subprocess.Popen(pulse_cmd("run", "--sink", "memory"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    conn = scratch_db.connect()
+    try:
+        cur = conn.cursor()
+        wait_for(lambda: _slot_active(cur, scratch_db.slot) or proc.poll() is not None, 60, "pulse run to stream")
+        assert proc.poll() is None  # it connected with the URL read from the file (no other URL is set)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        conn.close()
+    err = proc.stderr.read()
+    assert proc.returncode == 0, err[-3000:]
