@@ -7,11 +7,27 @@ Nested keys use `__` in the environment (`PULSE_RUNTIME__QUEUE_MAX_BYTES`).
 The endpoint variables that are part of Pulse's contract keep their flat
 names (`PULSE_DATABASE_URL`, `PULSE_REDIS_URL`, ...): `CONTRACT_ENV` maps them
 onto the nested keys. Secrets are `SecretStr` and never printed.
+
+Every variable also has a `_FILE` form (`PULSE_DATABASE_URL_FILE`,
+`PULSE_EXTERNAL__SECRET_FILE`, ...), Docker / Kubernetes secrets style: the
+value is the named file's content, trailing newline stripped, so a secret
+never sits in the environment of every child process or on a command line.
+Setting both a variable and its `_FILE` form is an error.
+
+Unknown names are reported at start with the closest valid one: an unknown
+TOML section or key is an error (a typo there would silently keep a default);
+an unknown key under a known section in the environment
+(`PULSE_REDIS__URLL`) is an error for the same reason; any other unknown
+`PULSE_...` variable is a warning only, because the prefix is shared with
+other software (PulseAudio reads `PULSE_SERVER`, `PULSE_SINK`, ...).
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -43,6 +60,23 @@ CONTRACT_ENV: dict[str, tuple[str, str]] = {
     "PULSE_EXTERNAL_URL": ("external", "url"),
     "PULSE_EXTERNAL_SECRET": ("external", "secret"),
 }
+
+
+# PULSE_ names that Pulse reads outside the settings.
+OTHER_ENV: dict[str, str] = {
+    "PULSE_CONFIG": "the TOML file (same as --config)",
+    "PULSE_PROJECT_ROOT": "the checkout `pulse dev` manages",
+}
+
+FILE_SUFFIX = "_FILE"
+
+
+def url_has_password(url: str) -> bool:
+    """True when `url` carries a password: in its authority (even unencoded) or as a (ssl)password= parameter."""
+    m = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^@/?#]*(?::[^@]*)?)@", url)
+    if m and ":" in m.group(1):
+        return True
+    return re.search(r"(?:^|[?&\s])(?:ssl)?password=", url, flags=re.IGNORECASE) is not None
 
 
 def redact_url(url: str) -> str:
@@ -203,6 +237,11 @@ class KafkaConfig(_Section):
     partitions: int = Field(default=6, ge=1, description="Partitions of the topics Pulse creates (its unit of scale-out).")
     replication_factor: int = Field(default=1, ge=1, description="Replication factor of the topics Pulse creates.")
     group_prefix: str = Field(default="pulse", description="Consumer groups are <prefix>-<sink>.")
+    group: str | None = Field(
+        default=None,
+        description="Consumer group of one `pulse consume` worker (its --group); unset: <group_prefix>-<sink>. "
+        "Set it per worker, never for all of them: each sink needs its own group.",
+    )
     client_config: dict[str, str] = Field(
         default_factory=dict,
         description="Extra librdkafka settings for every client, e.g. security.protocol=SASL_SSL, "
@@ -210,6 +249,10 @@ class KafkaConfig(_Section):
         "PULSE_KAFKA__CLIENT_CONFIG='{\"sasl.password\": \"...\"}').",
     )
     batch_max_messages: int = Field(default=5000, ge=1, description="Most messages a consumer hands a sink at once.")
+
+    def group_for(self, sink: str) -> str:
+        """The consumer group of `pulse consume --sink sink`: `group` (--group), else <group_prefix>-<sink>."""
+        return self.group or f"{self.group_prefix}-{sink}"
 
 
 class BigQueryConfig(_Section):
@@ -229,7 +272,13 @@ class BigQueryConfig(_Section):
         default=None, description="Service-account JSON file; unset: application default credentials."
     )
     mode: Literal["batch", "stream"] = Field(default="batch", description="Load jobs (batch) or Storage Write API.")
-    spool_dir: Path = Field(default=Path("bigquery_batches"), description="Folder of Parquet files awaiting load.")
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Folder of Parquet files awaiting load. Unset: bigquery_batches/<project>.<dataset>.<table>/"
+        "<slot> under the working directory for `pulse run`, .../<consumer group>/<topic>_<partition> for "
+        "`pulse consume`, so two pipelines never share one. The folder records its owner (owner.json) and "
+        "refuses to open for another table, slot, topic or group.",
+    )
     load_interval_s: float = Field(
         default=60.0, ge=0.2, description="Seconds between load jobs (BigQuery allows 1,500 per table per day)."
     )
@@ -344,7 +393,12 @@ class ExternalConfig(_Section):
 class RuntimeConfig(_Section):
     """The in-process pipeline (`pulse run`)."""
 
-    sinks: list[str] = Field(default_factory=lambda: ["memory"], description="Sinks to run, by name.")
+    sinks: list[str] = Field(
+        default_factory=list,
+        description="Sinks to run, by name. Unset: every destination whose endpoint you configured "
+        "(redis.url, bigquery.project, external.url; a default value does not count); none configured is "
+        "an error. Test doubles that keep nothing (memory) run only when named here or with --sink.",
+    )
     queue_max_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024 * 1024, description="Bytes each sink's queue may hold before backpressure."
     )
@@ -378,7 +432,23 @@ class TestSinksConfig(_Section):
     pgtable_table: str = Field(default="pulse_sink_events", description="Table of the `pgtable` sink.")
 
 
+class BackfillConfig(_Section):
+    """`pulse backfill`: how the source range is read."""
+
+    chunk_size: int = Field(default=10_000, ge=1, description="Rows per chunk (the memory bound of a backfill).")
+    rate_limit: float = Field(default=0.0, ge=0, description="Rows per second read from the source; 0 = unlimited.")
+
+
+class ReceiverConfig(_Section):
+    """`pulse receiver`: the stand-in external endpoint (tests and the demo)."""
+
+    host: str = Field(default="127.0.0.1", description="Address the receiver binds.")
+    port: int = Field(default=8787, ge=0, le=65535, description="Port of the receiver (0: any free port).")
+
+
 class LogConfig(_Section):
+    """Logging."""
+
     level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
     format: Literal["console", "json"] = Field(default="console", description="console (key=value) or json lines.")
 
@@ -398,6 +468,178 @@ class _ContractEnvSource(PydanticBaseSettingsSource):
         return out
 
 
+def _sections() -> dict[str, type[BaseModel]]:
+    """Section name -> model class, in the order of `Settings`."""
+    out = {}
+    for name, field in Settings.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out[name] = field.annotation
+    return out
+
+
+def _is_mapping(model: type[BaseModel], key: str) -> bool:
+    """A field whose value is a table of free-form keys (kafka.client_config)."""
+    ann = model.model_fields[key].annotation
+    return getattr(ann, "__origin__", None) is dict
+
+
+def _closest(name: str, candidates: list[str]) -> str | None:
+    found = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _did_you_mean(name: str, candidates: list[str], shape: str = "{}") -> str:
+    close = _closest(name, candidates)
+    return f"; did you mean {shape.format(close)}?" if close else ""
+
+
+def _did_you_mean_env(name: str, known: list[str]) -> str:
+    # Compared without the shared PULSE_ prefix, which would make every name look alike.
+    close = _closest(name.removeprefix("PULSE_"), [k.removeprefix("PULSE_") for k in known])
+    return f"; did you mean PULSE_{close}?" if close else ""
+
+
+def _read_secret_file(var: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{var} names {path!r}, which cannot be read: {exc.strerror or exc}",
+                          hint=f"point {var} at a readable file holding the value") from exc
+    return text.rstrip("\r\n")
+
+
+def _file_value(model: type[BaseModel], key: str, var: str, path: str) -> Any:
+    text = _read_secret_file(var, path)
+    if _is_mapping(model, key) or getattr(model.model_fields[key].annotation, "__origin__", None) is list:
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"the file {var} names does not hold JSON: {exc}", hint="write the value as JSON") from exc
+    return text
+
+
+def env_key(name: str) -> tuple[str, str] | None:
+    """The (section, key) an environment name sets (flat contract or nested form), or None."""
+    name = name.upper()
+    if name in CONTRACT_ENV:
+        return CONTRACT_ENV[name]
+    m = re.fullmatch(r"PULSE_([A-Z0-9_]+?)__([A-Z0-9_]+)", name)
+    if not m:
+        return None
+    sections = _sections()
+    section, key = m.group(1).lower(), m.group(2).lower()
+    if section in sections and key in sections[section].model_fields:
+        return section, key
+    return None
+
+
+def env_names() -> list[str]:
+    """Every environment name Pulse reads (without the `_FILE` forms)."""
+    names = list(CONTRACT_ENV) + list(OTHER_ENV)
+    for section, model in _sections().items():
+        names += [f"PULSE_{section.upper()}__{key.upper()}" for key in model.model_fields]
+    return names
+
+
+def check_environment(environ: dict[str, str] | None = None) -> list[str]:
+    """Warnings for unknown `PULSE_...` variables, each with the closest valid name.
+
+    Raises ConfigError for an unknown key under a known section (`PULSE_REDIS__URLL`):
+    that name can only be meant for Pulse.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    known = env_names()
+    valid = set(known) | {n + FILE_SUFFIX for n in known if n not in OTHER_ENV}
+    sections = _sections()
+    warnings, errors = [], []
+    for raw in sorted(environ):
+        name = raw.upper()
+        if not name.startswith("PULSE_") or name in valid:
+            continue
+        m = re.fullmatch(r"PULSE_([A-Z0-9_]+?)(?:__(.*))?", name)
+        section = m.group(1).lower() if m else ""
+        if m and section in sections and m.group(2) is None:
+            continue  # a whole section as JSON (pydantic-settings' complex value)
+        if m and section in sections:
+            key = m.group(2).lower()
+            if "__" in key and key.split("__", 1)[0] in sections[section].model_fields \
+                    and _is_mapping(sections[section], key.split("__", 1)[0]):
+                continue  # a key inside a free-form table (PULSE_KAFKA__CLIENT_CONFIG__...)
+            errors.append(f"{raw} is not a setting of [{section}]" + _did_you_mean_env(name, sorted(valid)))
+            continue
+        warnings.append(f"{raw} is not a Pulse setting" + _did_you_mean_env(name, sorted(valid)) + " (ignored)")
+    if errors:
+        raise ConfigError("unknown configuration: " + "; ".join(errors),
+                          hint="fix the variable's name (docs/configuration.md lists every one)")
+    return warnings
+
+
+def check_toml(data: dict[str, Any], path: Path) -> None:
+    """Raise ConfigError, with the closest valid name, for an unknown section or key in a TOML file."""
+    sections = _sections()
+    dotted = [f"{s}.{k}" for s, m in sections.items() for k in m.model_fields]
+    problems = []
+    for section, body in data.items():
+        if section not in sections:
+            if isinstance(body, dict):
+                problems.append(f"unknown section [{section}]" + _did_you_mean(section, list(sections), "[{}]"))
+            else:
+                close = _closest(section, [d.split(".", 1)[1] for d in dotted])
+                where = next((d for d in dotted if d.endswith("." + close)), None) if close else None
+                problems.append(f"unknown top-level key {section!r} (keys belong in a [section])"
+                                + (f"; did you mean {where.split('.')[1]!r} in [{where.split('.')[0]}]?"
+                                   if where else ""))
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"[{section}] must be a table, e.g. [{section}] on its own line")
+            continue
+        model = sections[section]
+        for key in body:
+            base = key[: -len(FILE_SUFFIX)] if key.lower().endswith(FILE_SUFFIX.lower()) else key
+            if key in model.model_fields or base in model.model_fields:
+                continue
+            problems.append(f"unknown key {key!r} in [{section}]"
+                            + _did_you_mean(key, list(model.model_fields), "{!r}"))
+    if problems:
+        raise ConfigError(f"config file {path}: " + "; ".join(problems),
+                          hint="fix the file (docs/configuration.md lists every section and key)")
+
+
+class _FileEnvSource(PydanticBaseSettingsSource):
+    """`<NAME>_FILE` variables: the value is the named file's content (Docker / Kubernetes secrets)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, Any]] = {}
+        sections = _sections()
+        for raw, path in os.environ.items():
+            name = raw.upper()
+            if not name.endswith(FILE_SUFFIX) or not name.startswith("PULSE_") or not path:
+                continue
+            base = name[: -len(FILE_SUFFIX)]
+            target = env_key(base)
+            if target is None:
+                continue  # not one of ours: check_environment reports it
+            if os.environ.get(base):
+                raise ConfigError(f"both {base} and {raw} are set",
+                                  hint=f"keep one: {raw} (the value in a file) or {base}")
+            section, key = target
+            out.setdefault(section, {}).setdefault(key, _file_value(sections[section], key, raw, path))
+        return out
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, minus the `_FILE` forms (`_FileEnvSource` reads those)."""
+
+    def _load_env_vars(self):  # type: ignore[override]
+        env = super()._load_env_vars()
+        return {k: v for k, v in env.items()
+                if not (k.upper().endswith(FILE_SUFFIX) and env_key(k[: -len(FILE_SUFFIX)]) is not None)}
+
+
 class _TomlSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
         super().__init__(settings_cls)
@@ -411,11 +653,22 @@ class _TomlSource(PydanticBaseSettingsSource):
             return {}
         try:
             with open(self.path, "rb") as fh:
-                return tomllib.load(fh)
+                data = tomllib.load(fh)
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {self.path} does not exist", hint="fix --config / PULSE_CONFIG") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {self.path} is not valid TOML: {exc}", hint="fix the file") from exc
+        check_toml(data, self.path)
+        sections = _sections()
+        for section, body in data.items():
+            for key in [k for k in body if k not in sections[section].model_fields]:
+                # `url_file = "/run/secrets/db"`: the value is that file's content.
+                base = key[: -len(FILE_SUFFIX)]
+                if base in body:
+                    raise ConfigError(f"config file {self.path}: both {base!r} and {key!r} in [{section}]",
+                                      hint="keep one")
+                body[base] = _file_value(sections[section], base, f"[{section}] {key}", body.pop(key))
+        return data
 
 
 class Settings(BaseSettings):
@@ -431,7 +684,13 @@ class Settings(BaseSettings):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     testsinks: TestSinksConfig = Field(default_factory=TestSinksConfig)
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
+    receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    def configured(self, section: str, key: str) -> bool:
+        """True when the user set `section.key` (flag, environment, file), even to its default value."""
+        return key in getattr(self, section).model_fields_set
 
     @classmethod
     def settings_customise_sources(
@@ -446,7 +705,8 @@ class Settings(BaseSettings):
         return (
             init_settings,
             _ContractEnvSource(settings_cls),
-            env_settings,
+            _FileEnvSource(settings_cls),
+            _EnvSource(settings_cls),
             _TomlSource(settings_cls, Path(path) if path else None),
         )
 
@@ -461,13 +721,14 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
     if config_file is not None:
         os.environ["PULSE_CONFIG"] = str(config_file)
     try:
+        check_environment()
         # pydantic-settings merges nested dicts from each source; init kwargs win.
         return Settings(**(overrides or {}))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            env = _env_name_for(key)
+            env = env_name_for(key)
             problems.append(f"{key} ({env}): {err['msg']}")
         raise ConfigError(
             "invalid configuration: " + "; ".join(problems),
@@ -481,7 +742,8 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
                 os.environ["PULSE_CONFIG"] = previous
 
 
-def _env_name_for(dotted: str) -> str:
+def env_name_for(dotted: str) -> str:
+    """The environment name of a dotted key (the flat contract name when there is one)."""
     parts = tuple(dotted.split(".")[:2])
     for env, path in CONTRACT_ENV.items():
         if path == parts:
@@ -490,8 +752,16 @@ def _env_name_for(dotted: str) -> str:
 
 
 __all__ = [
+    "BackfillConfig",
     "BigQueryConfig",
     "CONTRACT_ENV",
+    "OTHER_ENV",
+    "ReceiverConfig",
+    "check_environment",
+    "env_key",
+    "env_name_for",
+    "env_names",
+    "url_has_password",
     "DatabaseConfig",
     "ExternalConfig",
     "KafkaConfig",

@@ -40,6 +40,16 @@ def render() -> str:
         "`PULSE_CONFIG`) > default. In the TOML file each section is a table (`[database]`,",
         "`[redis]`, ...). Secrets are never printed or logged.",
         "",
+        "Every variable has a `_FILE` form (`PULSE_DATABASE_URL_FILE`, `PULSE_EXTERNAL__SECRET_FILE`, ...)",
+        "naming a file that holds the value (Docker / Kubernetes secrets; the trailing newline is",
+        "stripped); in the TOML file, `<key>_file`. Setting both forms is an error. A secret given as a",
+        "command-line flag (`--secret`, a URL with a password) is refused: `ps` shows it to every user.",
+        "",
+        "Unknown names are reported at start with the closest valid one: an unknown TOML section or",
+        "key is an error, and so is an unknown key under a known section in the environment",
+        "(`PULSE_REDIS__URLL`); any other unknown `PULSE_...` variable is a warning only, because",
+        "other software shares the prefix (PulseAudio's `PULSE_SERVER`, `PULSE_SINK`).",
+        "",
     ]
     for section, field in Settings.model_fields.items():
         model = field.default_factory() if field.default_factory else field.default  # type: ignore[misc]

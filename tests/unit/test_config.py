@@ -44,7 +44,7 @@ def test_defaults() -> None:
     assert s.bigquery.endpoint is None
     assert s.external.url is None and s.external.secret is None
     assert s.kafka.bootstrap == "127.0.0.1:9092"
-    assert s.runtime.sinks == ["memory"]
+    assert s.runtime.sinks == []  # none named: `pulse run` picks the configured destinations
 
 
 def test_file_overrides_defaults(tmp_path: Path) -> None:

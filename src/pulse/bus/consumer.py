@@ -58,7 +58,7 @@ class SinkConsumer:
         self.cfg = settings.kafka
         self.sink_name = sink_name
         self.factory = factory
-        self.group = group or f"{self.cfg.group_prefix}-{sink_name}"
+        self.group = group or self.cfg.group_for(sink_name)
         self.instance = instance
         self.stop_event = threading.Event()
         self.parts: dict[int, _Partition] = {}

@@ -36,14 +36,14 @@ def backfill(
     min_id: Optional[int] = typer.Option(None, "--min-id", help="Lowest event id (instead of / as well as a time range)."),
     max_id: Optional[int] = typer.Option(None, "--max-id", help="Highest event id."),
     sinks: Optional[str] = typer.Option(None, "--sinks", help="Comma-separated targets (default: bigquery,external)."),
-    chunk_size: int = typer.Option(10_000, "--chunk-size", min=1, envvar="PULSE_BACKFILL__CHUNK_SIZE",
-                                   help="Rows per chunk (memory bound)."),
-    rate_limit: float = typer.Option(0.0, "--rate-limit", min=0, envvar="PULSE_BACKFILL__RATE_LIMIT",
-                                     help="Rows per second read from the source; 0 = unlimited."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, envvar="PULSE_BACKFILL__CHUNK_SIZE",
+                                             help="Rows per chunk (memory bound); default backfill.chunk_size."),
+    rate_limit: Optional[float] = typer.Option(None, "--rate-limit", min=0, envvar="PULSE_BACKFILL__RATE_LIMIT",
+                                               help="Rows per second read from the source; 0 = unlimited."),
     database_url: Optional[str] = typer.Option(None, "--database-url", envvar="PULSE_DATABASE_URL", show_default=False),
     slot: Optional[str] = typer.Option(None, "--slot", envvar="PULSE_SLOT"),
     sink: Optional[list[str]] = typer.Option(None, "--sink", help="Sinks of the pipeline when this command runs it "
-                                             "(default: runtime.sinks plus the targets)."),
+                                             "(default: runtime.sinks, else the configured destinations, plus the targets)."),
     kafka: bool = typer.Option(False, "--kafka", help="Publish to Kafka (pulse produce --backfill)."),
 ) -> None:
     """Re-process historical events (by event_ts or id range) into the chosen destinations."""
@@ -52,7 +52,8 @@ def backfill(
     targets = tuple(s.strip() for s in sinks.split(",") if s.strip()) if sinks else DEFAULT_SINKS
     if since is None and until is None and min_id is None and max_id is None and targets != ("redis",):
         raise typer.BadParameter("give a range: --since/--until and/or --min-id/--max-id")
-    cfg = common.settings(database={"url": database_url, "slot": slot})
+    cfg = common.settings(database={"url": database_url, "slot": slot},
+                          backfill={"chunk_size": chunk_size, "rate_limit": rate_limit})
     from pulse.schema import require_database
 
     require_database(cfg.database)  # read-only; `pulse db init` applies the schema
@@ -67,7 +68,8 @@ def backfill(
         targets = tuple(t for t in targets if t != "redis")
         if not targets:
             return
-    spec = BackfillSpec(parse_ts(since), parse_ts(until), min_id, max_id, targets, chunk_size, rate_limit)
+    spec = BackfillSpec(parse_ts(since), parse_ts(until), min_id, max_id, targets, cfg.backfill.chunk_size,
+                        cfg.backfill.rate_limit)
     run = submit(cfg.database, spec)
     if run["state"] == "done":
         typer.echo(f"backfill {run['run_id']} already done ({run['rows_emitted']:,} rows); "
@@ -80,9 +82,10 @@ def backfill(
     from pulse.runtime.pipeline import Pipeline
     from pulse.sinks import build_sink
 
-    names = list(dict.fromkeys([*(sink or cfg.runtime.sinks), *targets])) if not kafka else ["kafka"]
-    if "memory" in names and len(names) > 1 and not sink:
-        names.remove("memory")  # the default placeholder sink is not a destination
+    from pulse.sinks import pipeline_sinks
+
+    named = list(sink) if sink else pipeline_sinks(cfg, required=False)
+    names = list(dict.fromkeys([*named, *targets])) if not kafka else ["kafka"]
     pipeline = Pipeline(cfg, [build_sink(n, cfg) for n in names])
     from pulse.cli.produce import install_stop
 

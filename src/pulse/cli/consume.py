@@ -22,7 +22,8 @@ def consume(
     from pulse.cli.produce import install_stop
     from pulse.sinks import build_sink
 
-    cfg = common.settings(kafka={"bootstrap": bootstrap, "topic": topic}, runtime={"metrics_port": metrics_port})
+    cfg = common.settings(kafka={"bootstrap": bootstrap, "topic": topic, "group": group},
+                          runtime={"metrics_port": metrics_port})
     build_sink(sink, cfg)  # fail at start on bad config, before joining the group
 
     def factory(name: str):

@@ -17,10 +17,14 @@ from pulse.receiver import DEFAULT_MAX_BODY_BYTES
 
 
 def receiver(
-    host: str = typer.Option("127.0.0.1", "--host", envvar="PULSE_RECEIVER__HOST", help="Address to bind."),
-    port: int = typer.Option(8787, "--port", envvar="PULSE_RECEIVER__PORT", help="Port (0: any free port)."),
+    host: Optional[str] = typer.Option(None, "--host", envvar="PULSE_RECEIVER__HOST",
+                                       help="Address to bind (default receiver.host, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", envvar="PULSE_RECEIVER__PORT",
+                                       help="Port (0: any free port; default receiver.port, 8787)."),
     secret: Optional[str] = typer.Option(None, "--secret", envvar="PULSE_EXTERNAL_SECRET", show_default=False,
-                                         help="Standard Webhooks secret (whsec_...): verify signatures."),
+                                         help="Standard Webhooks secret (whsec_...): verify signatures. Only "
+                                         "from the environment (or PULSE_EXTERNAL_SECRET_FILE): on the command "
+                                         "line it is refused."),
     latency_ms: float = typer.Option(0.0, "--latency-ms", help="Delay added before answering."),
     latency_rate: float = typer.Option(1.0, "--latency-rate", min=0, max=1, help="Fraction of requests delayed."),
     fail_500: float = typer.Option(0.0, "--fail-500", min=0, max=1, help="Fraction answered 500."),
@@ -50,8 +54,11 @@ def receiver(
     from pulse.receiver import Faults, Receiver
     from pulse.sinks.external_signing import decode_secret
 
-    cfg = common.settings()
+    cfg = common.settings(receiver={"host": host, "port": port})
     log = get_logger("pulse.receiver")
+    host, port = cfg.receiver.host, cfg.receiver.port
+    if not secret and cfg.external.secret is not None:
+        secret = cfg.external.secret.get_secret_value()  # PULSE_EXTERNAL_SECRET_FILE or the TOML file
     if secret:
         decode_secret(secret)  # a bad secret fails here, with its fix
     token = _control_token(control_token_file)

@@ -12,7 +12,10 @@ from pulse.cli import common
 
 
 def run(
-    sink: Optional[list[str]] = typer.Option(None, "--sink", "-s", help="Sink to run (repeatable); default: runtime.sinks."),
+    sink: Optional[list[str]] = typer.Option(
+        None, "--sink", "-s",
+        help="Sink to run (repeatable); default: runtime.sinks, else every destination whose endpoint is "
+        "configured (PULSE_REDIS_URL, PULSE_BIGQUERY_PROJECT, PULSE_EXTERNAL_URL); none: an error."),
     database_url: Optional[str] = typer.Option(None, "--database-url", envvar="PULSE_DATABASE_URL", show_default=False),
     slot: Optional[str] = typer.Option(None, "--slot", envvar="PULSE_SLOT"),
     publication: Optional[str] = typer.Option(None, "--publication", envvar="PULSE_PUBLICATION"),
@@ -23,14 +26,15 @@ def run(
     from pulse import metrics
     from pulse.log import get_logger
     from pulse.runtime.pipeline import Pipeline
-    from pulse.sinks import build_sink
+    from pulse.sinks import build_sink, pipeline_sinks
 
     cfg = common.settings(
         database={"url": database_url, "slot": slot, "publication": publication},
         runtime={"sinks": sink or None, "metrics_port": metrics_port},
     )
     log = get_logger("pulse.run")
-    sinks = [build_sink(name, cfg) for name in cfg.runtime.sinks]
+    names = pipeline_sinks(cfg)
+    sinks = [build_sink(name, cfg) for name in names]
     pipeline = Pipeline(cfg, sinks)
     if cfg.runtime.metrics_port:
         metrics.serve(cfg.runtime.metrics_host, cfg.runtime.metrics_port)
@@ -44,7 +48,7 @@ def run(
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
     log.info("run.starting", database=cfg.database.safe_url(), slot=cfg.database.slot,
-             sinks=",".join(cfg.runtime.sinks))
+             sinks=",".join(names))
     pipeline.run()
 
 

@@ -22,7 +22,9 @@ from pulse.cli import common
 
 def upload(
     spool_dir: Optional[Path] = typer.Option(None, "--spool-dir", envvar="PULSE_BIGQUERY__SPOOL_DIR",
-                                             help="Folder of Parquet files to load (default: bigquery.spool_dir)."),
+                                             help="Folder of Parquet files to load (and its sub-folders); default: "
+                                             "bigquery.spool_dir, else the folders `pulse run` (this slot) and "
+                                             "`pulse consume --sink bigquery` write with this configuration."),
     once: bool = typer.Option(False, "--once", help="Load everything spooled, then exit."),
     project: Optional[str] = typer.Option(None, "--project", envvar="PULSE_BIGQUERY_PROJECT"),
     dataset: Optional[str] = typer.Option(None, "--dataset", envvar="PULSE_BIGQUERY_DATASET"),
@@ -35,7 +37,7 @@ def upload(
     from pulse.errors import TransientError
     from pulse.log import get_logger
     from pulse.sinks.bigquery_load import Loader, Tables, make_client
-    from pulse.sinks.bigquery_spool import Spool
+    from pulse.sinks.bigquery_spool import Spool, SpoolOwner, holds_batches, upload_folders
 
     cfg = common.settings(bigquery={"spool_dir": spool_dir, "project": project, "dataset": dataset,
                                     "endpoint": endpoint, "load_interval_s": load_interval_s})
@@ -50,20 +52,27 @@ def upload(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-    if not bq.spool_dir.exists():
+    if bq.spool_dir is not None and not bq.spool_dir.exists():
         # A worker started next to its sink may come first: wait on an empty folder.
         log.warning("upload.spool_missing", spool=str(bq.spool_dir), action="created; waiting for files")
         bq.spool_dir.mkdir(parents=True, exist_ok=True)
     tables = Tables(make_client(bq), bq)
-    # The root spool (pulse run) and one sub-folder per Kafka partition
-    # (pulse consume --sink bigquery keeps one spool and position per partition).
+    # The run spool (pulse run) and one folder per Kafka partition (pulse
+    # consume --sink bigquery keeps one spool and position per partition);
+    # each must belong to this table (its owner.json).
+    owner = SpoolOwner(bq.project, bq.dataset, bq.table, slot=cfg.database.slot,
+                       group=cfg.kafka.group_for("bigquery"))
     loaders: dict[Path, Loader] = {}
 
     def refresh() -> list[Loader]:
-        dirs = [bq.spool_dir, *sorted(p for p in bq.spool_dir.iterdir() if p.is_dir() and not p.name.startswith("."))]
+        dirs = upload_folders(bq.spool_dir, owner)
         for d in dirs:
             if d not in loaders:
-                loaders[d] = Loader(tables, Spool(d), bq)
+                spool = Spool(d, owner=owner, table_only=True)
+                if spool.owner is None and holds_batches(d):
+                    log.warning("upload.spool_without_owner", spool=str(d), table=owner.table_id,
+                                action="loading it into this table (written by an earlier Pulse)")
+                loaders[d] = Loader(tables, spool, bq)
         if len(dirs) > 1:
             # Partition spools: an event id can move between partitions, so no
             # loader is the table's single writer; always MERGE.
@@ -72,7 +81,8 @@ def upload(
         return list(loaders.values())
 
     refresh()
-    log.info("upload.starting", spool=str(bq.spool_dir), folders=len(loaders), once=once,
+    log.info("upload.starting", spool=str(bq.spool_dir or "bigquery_batches/" + owner.table_id),
+             folders=len(loaders), once=once,
              table=tables.id(tables.table))
     backoff = 0.5
     ensured = False

@@ -20,7 +20,6 @@ mode the changelog's. docs/sinks/bigquery.md has the exactness argument.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pulse.config import BigQueryConfig, Settings
@@ -30,7 +29,7 @@ from pulse.model import ZERO, Batch, Position
 from pulse.sinks import bigquery_schema as S
 from pulse.sinks.base import Sink
 from pulse.sinks.bigquery_load import Loader, LoaderThread, Tables, make_client
-from pulse.sinks.bigquery_spool import Spool
+from pulse.sinks.bigquery_spool import DEFAULT_ROOT, Spool, SpoolOwner, holds_batches, spool_folder
 
 log = get_logger(__name__)
 
@@ -39,9 +38,12 @@ class BigQuerySink(Sink):
     name = "bigquery"
     accepts_columns = True  # backfill chunks arrive enriched column-wise, already in the row shape
 
-    def __init__(self, cfg: BigQueryConfig, *, name: str = "bigquery", client=None, write_client=None) -> None:
+    def __init__(self, cfg: BigQueryConfig, *, name: str = "bigquery", client=None, write_client=None,
+                 slot: str | None = None, group: str | None = None) -> None:
         self.cfg = cfg
         self.name = name
+        # Whose spool this is: the table, and the slot (or Kafka topic, partition, group) it spools.
+        self.owner = SpoolOwner.of(cfg.project, cfg.dataset, cfg.table, name, slot=slot, group=group)
         self._client = client
         self._write_client = write_client
         self.tables: Tables | None = None
@@ -53,7 +55,8 @@ class BigQuerySink(Sink):
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "bigquery") -> "BigQuerySink":
-        return cls(settings.bigquery, name=name)
+        return cls(settings.bigquery, name=name, slot=settings.database.slot,
+                   group=settings.kafka.group_for(name.split("@", 1)[0]))
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -72,15 +75,17 @@ class BigQuerySink(Sink):
         return "@" in self.name
 
     def _spool_dir(self) -> Path:
-        if not self.partitioned:
-            return Path(self.cfg.spool_dir)
         # Each partition keeps its own spool and position file: positions only
         # increase within a partition, so they cannot share one.
-        return Path(self.cfg.spool_dir) / re.sub(r"[^A-Za-z0-9_.-]", "_", self.name.split("@", 1)[1])
+        return spool_folder(self.cfg.spool_dir, self.owner)
 
     def _open_batch(self) -> Position:
         assert self.tables is not None
-        self.spool = Spool(self._spool_dir(), memory_bytes=self.cfg.load_max_bytes)
+        if self.cfg.spool_dir is None and holds_batches(DEFAULT_ROOT):
+            log.warning("bigquery.old_spool", spool=str(DEFAULT_ROOT),
+                        fix=f"an earlier Pulse spooled into {DEFAULT_ROOT}/ itself, which nothing loads now: "
+                            f"pulse upload --once --spool-dir {DEFAULT_ROOT}")
+        self.spool = Spool(self._spool_dir(), memory_bytes=self.cfg.load_max_bytes, owner=self.owner)
         removed = self.spool.clean_partial()
         if removed:
             log.info("bigquery.spool_partial_removed", files=removed)

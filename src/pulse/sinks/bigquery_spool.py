@@ -20,11 +20,23 @@ the durable copy; `pulse upload` and a restarted sink read them from disk.
 Loaders (the sink's thread, `pulse upload`) take an exclusive `flock` on
 `.lock` while they apply files, so two of them never load the same file; the
 OS drops the lock when a process dies, even by `kill -9`.
+
+A spool knows its owner. `owner.json` records the table it loads (project,
+dataset, table) and the stream it spools: the replication slot (`pulse run`)
+or the Kafka topic, partition and consumer group (`pulse consume`). The sink
+claims an empty folder and refuses, with the fix, a folder of another owner,
+or one that holds batches but no record (an earlier Pulse's): its `position`
+file would make this pipeline skip events, its files would load into the
+wrong table. `pulse upload` checks the table only (it loads files; the
+position they carry is the writer's business). The default folder is
+namespaced (`spool_folder`), so pipelines started from one directory never
+meet in one.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import threading
@@ -32,7 +44,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pyarrow as pa
@@ -42,6 +54,89 @@ from pulse.errors import TerminalError, TransientError
 from pulse.model import ZERO, Position
 
 _NAME = re.compile(r"^([0-9a-f]{16})-(\d{10})-([0-9a-f]{16})-(\d{10})\.parquet$")
+
+#: Root of the default spool folders, relative to the working directory.
+DEFAULT_ROOT = Path("bigquery_batches")
+OWNER_FILE = "owner.json"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+@dataclass(frozen=True)
+class SpoolOwner:
+    """The pipeline a spool folder belongs to: the table it loads and the stream it spools."""
+
+    project: str
+    dataset: str
+    table: str
+    slot: str | None = None  # pulse run
+    topic: str | None = None  # pulse consume: one folder per partition
+    partition: int | None = None
+    group: str | None = None
+
+    @classmethod
+    def of(cls, project: str, dataset: str, table: str, instance: str, *, slot: str | None,
+           group: str | None) -> "SpoolOwner":
+        """The owner of a sink instance: `bigquery` (a slot) or `bigquery@<topic>/<partition>` (Kafka)."""
+        if "@" not in instance:
+            return cls(project, dataset, table, slot=slot)
+        topic, _, partition = instance.split("@", 1)[1].rpartition("/")
+        return cls(project, dataset, table, topic=topic, partition=int(partition), group=group)
+
+    @property
+    def table_id(self) -> str:
+        return f"{self.project}.{self.dataset}.{self.table}"
+
+    def describe(self) -> str:
+        stream = (f"slot {self.slot}" if self.topic is None
+                  else f"topic {self.topic} partition {self.partition} of consumer group {self.group}")
+        return f"table {self.table_id}, {stream}"
+
+
+def spool_folder(spool_dir: Path | None, owner: SpoolOwner) -> Path:
+    """The folder a sink instance spools into.
+
+    `spool_dir` set: that folder (`pulse run`) or its `<topic>_<partition>`
+    sub-folder (`pulse consume`). Unset: `bigquery_batches/<project>.<dataset>.<table>/`
+    then `<slot>` or `<group>/<topic>_<partition>` (slot names have no '-', group names
+    `<prefix>-<sink>` do, so the two never collide).
+    """
+    if spool_dir is not None:
+        root = Path(spool_dir)
+    else:
+        root = DEFAULT_ROOT / _safe(owner.table_id) / _safe((owner.group if owner.topic is not None
+                                                             else owner.slot) or "default")
+    if owner.topic is not None:
+        root = root / _safe(f"{owner.topic}/{owner.partition}")
+    return root
+
+
+def upload_folders(spool_dir: Path | None, owner: SpoolOwner) -> list[Path]:
+    """The spool folders `pulse upload` loads: those that `run` / `consume` write with the same config.
+
+    `owner` carries the configured slot and the bigquery sink's consumer group.
+    """
+    def subdirs(root: Path) -> list[Path]:
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    if spool_dir is not None:
+        return [Path(spool_dir), *subdirs(Path(spool_dir))]
+    run = spool_folder(None, SpoolOwner(owner.project, owner.dataset, owner.table, slot=owner.slot))
+    # The Kafka partitions' folders sit one level below their group's folder.
+    kafka = DEFAULT_ROOT / _safe(owner.table_id) / _safe(owner.group or "default")
+    return ([run] if run.is_dir() else []) + subdirs(kafka)
+
+
+def holds_batches(directory: Path) -> bool:
+    """True when `directory` holds spooled files or an applied position."""
+    try:
+        return any(_NAME.match(e.name) or e.name == "position" for e in os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 # Columns with few distinct values: dictionary-encoded. The others (ids,
@@ -80,7 +175,8 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """A folder of Parquet files, each one batch, named by position."""
 
-    def __init__(self, directory: Path, compression: str = "snappy", memory_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, directory: Path, compression: str = "snappy", memory_bytes: int = 256 * 1024 * 1024,
+                 owner: SpoolOwner | None = None, *, table_only: bool = False) -> None:
         self.dir = Path(directory)
         self.compression = compression
         self.memory_bytes = memory_bytes
@@ -92,6 +188,50 @@ class Spool:
         except OSError as exc:
             raise TerminalError(f"cannot create the spool folder {self.dir}: {exc}",
                                 hint="set bigquery.spool_dir to a writable folder") from exc
+        self.owner = self.bind(owner, table_only=table_only) if owner is not None else None
+
+    # -- the owner -------------------------------------------------------------------
+
+    def read_owner(self) -> SpoolOwner | None:
+        path = self.dir / OWNER_FILE
+        try:
+            data = json.loads(path.read_text())
+            return SpoolOwner(**{f.name: data.get(f.name) for f in fields(SpoolOwner)})
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise TerminalError(f"{path} is not a spool owner record: {exc}",
+                                hint=f"restore it, or move the folder {self.dir} away") from exc
+
+    def bind(self, owner: SpoolOwner, *, table_only: bool = False) -> SpoolOwner | None:
+        """Check that this folder belongs to `owner` (claiming it when new); return the recorded owner.
+
+        `table_only` (the uploader): only the table must match, and a folder
+        without a record is not claimed (None is returned; the caller warns).
+        """
+        recorded = self.read_owner()
+        if recorded is None:
+            if table_only:
+                return None
+            if holds_batches(self.dir):
+                raise TerminalError(
+                    f"the spool folder {self.dir} holds spooled batches but records no owner "
+                    f"(written by an earlier Pulse, or by hand); this pipeline is {owner.describe()}",
+                    hint=f"load it into the table it was written for with `pulse upload --once --spool-dir "
+                         f"{self.dir}` and that pipeline's configuration, then remove the folder; or set "
+                         f"bigquery.spool_dir (PULSE_BIGQUERY__SPOOL_DIR) to another folder")
+            tmp = self.dir / f".tmp-owner-{uuid.uuid4().hex}"
+            tmp.write_text(json.dumps(asdict(owner), indent=1) + "\n")
+            os.replace(tmp, self.dir / OWNER_FILE)
+            _fsync_dir(self.dir)
+            return owner
+        if recorded.table_id != owner.table_id or (not table_only and recorded != owner):
+            raise TerminalError(
+                f"the spool folder {self.dir} belongs to {recorded.describe()}, not to {owner.describe()}",
+                hint="unset bigquery.spool_dir (PULSE_BIGQUERY__SPOOL_DIR) to get this pipeline's own folder, or "
+                     "point it at an empty one; to load what the folder holds, run `pulse upload --once "
+                     f"--spool-dir {self.dir}` with the configuration of {recorded.table_id}")
+        return recorded
 
     # -- writing -------------------------------------------------------------------
 

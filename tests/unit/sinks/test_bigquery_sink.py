@@ -241,14 +241,14 @@ def test_batch_write_touches_only_the_spool(tmp_path):
 
 
 def test_open_without_bigquery_uses_the_spool_position(tmp_path, monkeypatch):
-    _spool_with(tmp_path, 2)
-
     def down(self, changelog=False):
         raise TransientError("emulator down")
 
     monkeypatch.setattr(L.Tables, "ensure", down)
     sink = BigQuerySink(BigQueryConfig(spool_dir=tmp_path, upload_in_process=False),
-                        client=SimpleNamespace(project="p", close=lambda: None))
+                        client=SimpleNamespace(project="p", close=lambda: None), slot="s1")
+    Spool(tmp_path, owner=sink.owner)  # the folder is this sink's (it spooled before the restart)
+    _spool_with(tmp_path, 2)
     assert sink.open() == Position(2, 0)
     sink.close()
 
