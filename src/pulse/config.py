@@ -444,6 +444,13 @@ class ReceiverConfig(_Section):
 
     host: str = Field(default="127.0.0.1", description="Address the receiver binds.")
     port: int = Field(default=8787, ge=0, le=65535, description="Port of the receiver (0: any free port).")
+    control_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the receiver's control endpoints (/_control, /_reset, /stats, /events); "
+                    "required unless it binds a loopback address.")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1,
+                                description="Request bodies larger than this are answered 413 (never read into "
+                                            "memory).")
 
 
 class LogConfig(_Section):

@@ -120,14 +120,14 @@ def test_an_unknown_key_under_a_known_section_is_an_error(monkeypatch: pytest.Mo
 
 def test_a_file_variable_gives_the_files_content_without_the_trailing_newline(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "db").write_text("postgresql://pulse:pw/with#odd@db:5432/src\n")
+    (tmp_path / "db").write_text("postgresql://pulse:pw%2Fwith#odd@db:5432/src\n")
     (tmp_path / "whsec").write_text(WHSEC + "\r\n")
     (tmp_path / "redis").write_text("redis://:pw@cache:6379/0")
     monkeypatch.setenv("PULSE_DATABASE_URL_FILE", str(tmp_path / "db"))
     monkeypatch.setenv("PULSE_EXTERNAL__SECRET_FILE", str(tmp_path / "whsec"))
     monkeypatch.setenv("PULSE_REDIS_URL_FILE", str(tmp_path / "redis"))
     s = load_settings()
-    assert s.database.dsn() == "postgresql://pulse:pw/with#odd@db:5432/src"
+    assert s.database.dsn() == "postgresql://pulse:pw%2Fwith#odd@db:5432/src"
     assert s.external.secret.get_secret_value() == WHSEC
     assert s.redis.url.get_secret_value() == "redis://:pw@cache:6379/0"
     assert s.configured("redis", "url")

@@ -5,7 +5,6 @@ A test stand-in, not a production endpoint (docs/sinks/external.md, "`pulse rece
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from pathlib import Path
@@ -41,12 +40,14 @@ def receiver(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the fault draws (reproducible runs)."),
     stats_every: float = typer.Option(10.0, "--stats-every", min=0, help="Log the counts every N seconds (0: off)."),
     control_token_file: Optional[Path] = typer.Option(
-        None, "--control-token-file", envvar="PULSE_RECEIVER__CONTROL_TOKEN_FILE", show_default=False,
+        None, "--control-token-file", show_default=False,
         help="File holding the bearer token of /_control, /_reset, /stats, /events (else read from "
-        "PULSE_RECEIVER__CONTROL_TOKEN; required unless --host is a loopback address)."),
-    max_body_bytes: int = typer.Option(
-        DEFAULT_MAX_BODY_BYTES, "--max-body-bytes", envvar="PULSE_RECEIVER__MAX_BODY_BYTES", min=1,
-        help="Request bodies larger than this are answered 413 (never read into memory)."),
+        "PULSE_RECEIVER__CONTROL_TOKEN or PULSE_RECEIVER__CONTROL_TOKEN_FILE; required unless --host is a "
+        "loopback address)."),
+    max_body_bytes: Optional[int] = typer.Option(
+        None, "--max-body-bytes", envvar="PULSE_RECEIVER__MAX_BODY_BYTES", min=1, show_default=False,
+        help=f"Request bodies larger than this are answered 413 (never read into memory; default "
+        f"{DEFAULT_MAX_BODY_BYTES})."),
 ) -> None:
     """Listen for the external sink's POSTs; GET /stats and /events show what arrived (Ctrl-C stops)."""
     from pulse.cli import common
@@ -54,14 +55,16 @@ def receiver(
     from pulse.receiver import Faults, Receiver
     from pulse.sinks.external_signing import decode_secret
 
-    cfg = common.settings(receiver={"host": host, "port": port})
+    cfg = common.settings(receiver={"host": host, "port": port, "max_body_bytes": max_body_bytes})
     log = get_logger("pulse.receiver")
     host, port = cfg.receiver.host, cfg.receiver.port
     if not secret and cfg.external.secret is not None:
         secret = cfg.external.secret.get_secret_value()  # PULSE_EXTERNAL_SECRET_FILE or the TOML file
     if secret:
         decode_secret(secret)  # a bad secret fails here, with its fix
-    token = _control_token(control_token_file)
+    token = _control_token(control_token_file) or (
+        cfg.receiver.control_token.get_secret_value() if cfg.receiver.control_token else None)
+    max_body_bytes = cfg.receiver.max_body_bytes
     faults = Faults(latency_ms=latency_ms, latency_rate=latency_rate, error_500=fail_500, error_429=fail_429,
                     error_503=fail_503, retry_after_s=retry_after, timeout=timeout_rate, timeout_s=timeout_s,
                     reset=reset_rate, reject_status=reject_status)
@@ -99,7 +102,7 @@ def _control_token(path: Optional[Path]) -> Optional[str]:
         if not text:
             raise ConfigError(f"the control token file {path} is empty", hint="write a token into it")
         return text.splitlines()[0].strip()
-    return os.environ.get("PULSE_RECEIVER__CONTROL_TOKEN") or None
+    return None  # then receiver.control_token (PULSE_RECEIVER__CONTROL_TOKEN or its _FILE form, or TOML)
 
 
 def register(app: typer.Typer) -> None:

@@ -88,10 +88,9 @@ def run(rate: float = 200.0, seconds: float = 15.0, history: int = 20_000) -> No
                   "them to BigQuery and the external system, and rebuilds the Redis board's window[/dim]")
 
     sinks = ["redis", "bigquery", "external"]
-    _section(f"3. pulse run --sink {' --sink '.join(sinks)}")
+    # No --sink: `pulse run` runs every destination whose endpoint is configured (all three here).
+    _section(f"3. pulse run (every configured destination: {', '.join(sinks)})")
     run_args = [_pulse(), "run", "--metrics-port", str(metrics_port)]
-    for s in sinks:
-        run_args += ["--sink", s]
     proc = subprocess.Popen(run_args, env=env)
     conn = psycopg2.connect(url)
     conn.autocommit = True

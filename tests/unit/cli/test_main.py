@@ -107,7 +107,7 @@ def test_configuration_and_unreachable_codes_from_the_command_line() -> None:
     assert bad.returncode == 3, bad.stderr
     assert "PULSE_SLOT" in bad.stderr and "Traceback" not in bad.stderr
     # Port 1 on the loopback: refused at once, no server needed.
-    down = _run("status", "--database-url", f"postgresql://pulse:ab%23{PW}@127.0.0.1:1/src")
+    down = _run("status", PULSE_DATABASE_URL=f"postgresql://pulse:ab%23{PW}@127.0.0.1:1/src")
     assert down.returncode == 4, down.stderr
     assert "unreachable" in down.stderr and "Traceback" not in down.stderr
     assert PW not in down.stderr + down.stdout
