@@ -1,0 +1,192 @@
+"""Schema changes of the source and unchanged TOAST, through every destination (issue 13, items 3 and 4).
+
+One pipeline runs BigQuery (batch mode, the emulator through the official
+client), the external HTTP sink (a real receiver) and Kafka (a real broker)
+while the source table gains, renames, drops and retypes columns, and an
+UPDATE leaves a TOASTed `raw_payload` untouched. The oracle is the source
+database itself, read back with SQL after the fact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+import uuid
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+
+from pulse.config import Settings
+from pulse.runtime.pipeline import Pipeline
+from pulse.sinks.bigquery import BigQuerySink
+from pulse.sinks.external import ExternalSink
+from pulse.sinks.kafka import KafkaSink
+
+from ..conftest import unique
+from .pipeline_helpers import Running, insert_content, wait_for
+from .test_bigquery_sink import bq  # noqa: F401  (fixture)
+from .test_external_sink import FAST, SECRET, receiver  # noqa: F401  (fixture)
+from .test_kafka_bus import drop_topics
+
+
+def _insert(cur, content_id: str, **extra) -> int:
+    cols = ["content_id", "user_id", "event_type", "event_ts", "duration_ms", "device", "raw_payload", *extra]
+    values = [content_id, str(uuid.uuid4()), "play", datetime.now(timezone.utc), 4000, "ios", '{"k": 1}',
+              *extra.values()]
+    from psycopg2 import sql
+
+    cur.execute(sql.SQL("INSERT INTO engagement_events ({}) VALUES ({}) RETURNING id").format(
+        sql.SQL(", ").join(map(sql.Identifier, cols)), sql.SQL(", ").join(sql.Placeholder() * len(cols))), values)
+    return cur.fetchone()[0]
+
+
+def _kafka_values(bootstrap: str, topic: str) -> list[dict]:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("grp"), "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    out = []
+    try:
+        while True:
+            msgs = consumer.consume(500, timeout=2.0)
+            if not msgs:
+                return out
+            out.extend(orjson.loads(m.value()) for m in msgs if m.error() is None)
+    finally:
+        consumer.close()
+
+
+def _bq_has(client, dataset: str, event_id: int) -> bool:
+    try:
+        return bool(list(client.query(f"SELECT 1 FROM `{dataset}.engagement_events` WHERE event_id = {int(event_id)}")
+                         .result()))
+    except Exception:  # the table is not there yet
+        return False
+
+
+@pytest.fixture
+def topic(services):
+    name = unique("pulse_schema")
+    yield name
+    drop_topics(services["PULSE_KAFKA_BOOTSTRAP"], [name, name + "_content"])
+
+
+def test_columns_added_renamed_dropped_retyped_and_unchanged_toast_reach_every_destination(
+        scratch_db, services, bq, receiver, topic, tmp_path):  # noqa: F811
+    client, dataset = bq
+    settings = Settings(
+        database=scratch_db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
+        runtime={"sinks": ["bigquery", "external", "kafka"]},
+        bigquery={"project": services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), "dataset": dataset,
+                  "endpoint": services["PULSE_BIGQUERY_ENDPOINT"], "spool_dir": str(tmp_path / "spool"),
+                  "load_interval_s": 0.3, "request_timeout_s": 20},
+        external={"url": receiver.url, "secret": SECRET, **FAST},
+        kafka={"bootstrap": services["PULSE_KAFKA_BOOTSTRAP"], "topic": topic, "content_topic": topic + "_content",
+               "partitions": 1},
+    )
+    sinks = [BigQuerySink(settings.bigquery), ExternalSink.from_settings(settings), KafkaSink.from_settings(settings)]
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    [content] = insert_content(cur, 1)
+    # A payload PostgreSQL must TOAST out of line: 10 kB of incompressible text.
+    rng = random.Random(13)
+    big = json.dumps({"blob": "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(10_000))})
+    ids: dict[str, int] = {}
+    with Running(Pipeline(settings, sinks)) as run:
+        ids["before"] = _insert(cur, content)
+        cur.execute("UPDATE engagement_events SET raw_payload = %s WHERE id = %s", (big, ids["before"]))
+        cur.execute("ALTER TABLE engagement_events ADD COLUMN session_id text, ADD COLUMN note text, "
+                    "ADD COLUMN score int, ADD COLUMN seen_at timestamptz, ADD COLUMN attrs jsonb")
+        ids["added"] = _insert(cur, content, session_id="s-1", note="n-1", score=5,
+                               seen_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc),
+                               attrs='{"a": [1, 2]}')
+        # Unchanged TOAST: only duration_ms changes; pgoutput sends raw_payload as 'u'.
+        cur.execute("UPDATE engagement_events SET duration_ms = 9000 WHERE id = %s", (ids["before"],))
+        cur.execute("ALTER TABLE engagement_events RENAME COLUMN note TO memo")
+        ids["renamed"] = _insert(cur, content, session_id="s-2", memo="m-2", score=6)
+        cur.execute("ALTER TABLE engagement_events DROP COLUMN session_id")
+        ids["dropped"] = _insert(cur, content, memo="m-3", score=7)
+        # The type change comes after BigQuery has the column (as INT64).
+        wait_for(lambda: _bq_has(client, dataset, ids["dropped"]), 60, "the rows before the type change in BigQuery",
+                 interval=0.3)
+        cur.execute("ALTER TABLE engagement_events ALTER COLUMN score TYPE text")
+        ids["fits"] = _insert(cur, content, score="8")
+        ids["misfit"] = _insert(cur, content, score="eight")
+        ids["after"] = _insert(cur, content, score="9")  # the sink keeps running
+
+        state = {}
+
+        def landed():
+            if run.error is not None:
+                raise run.error
+            try:
+                got = {r[0] for r in client.query(f"SELECT event_id FROM `{dataset}.engagement_events`").result()}
+                dead = {r[0] for r in client.query(
+                    f"SELECT event_id FROM `{dataset}.engagement_events_dead_letter`").result()}
+                done = got == set(ids.values()) - {ids["misfit"]} and dead == {ids["misfit"]}
+                state.update(got=sorted(got), dead=sorted(dead))
+                rows = list(client.query(f"SELECT duration_ms FROM `{dataset}.engagement_events` "
+                                         f"WHERE event_id = {ids['before']}").result())
+                return done and rows and rows[0][0] == 9000
+            except Exception:  # a table not there yet
+                return False
+
+        try:
+            wait_for(landed, 60, "BigQuery to hold every row and dead-letter the misfit", interval=0.5)
+        except AssertionError:
+            raise AssertionError(f"{state} vs {ids}") from None
+        want_http = set(ids.values())
+        wait_for(lambda: want_http <= {i["event"]["data"]["event_id"] for i in receiver.events()}, 60,
+                 "the receiver to get every event")
+
+    # -- BigQuery: the columns, typed from the relation message, NULLABLE --------------------
+    table = client.get_table(f"{dataset}.engagement_events")
+    types = {f.name: (f.field_type, f.mode) for f in table.schema}
+    assert types["session_id"] == ("STRING", "NULLABLE") and types["note"] == ("STRING", "NULLABLE")
+    assert types["memo"] == ("STRING", "NULLABLE")
+    assert types["score"][0] in ("INT64", "INTEGER") and types["seen_at"][0] == "TIMESTAMP"
+    assert types["attrs"][0] == "JSON"
+    rows = {r["event_id"]: r for r in client.query(
+        f"SELECT event_id, session_id, note, memo, score, seen_at, TO_JSON_STRING(attrs) AS attrs, "
+        f"TO_JSON_STRING(raw_payload) AS payload FROM `{dataset}.engagement_events`").result()}
+    b, a, r, d = (rows[ids[k]] for k in ("before", "added", "renamed", "dropped"))
+    assert (b["session_id"], b["note"], b["score"]) == (None, None, None)  # before the ADD: NULL
+    assert (a["session_id"], a["note"], a["score"]) == ("s-1", "n-1", 5)
+    assert a["seen_at"] == datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    assert json.loads(a["attrs"]) == {"a": [1, 2]}
+    assert (r["session_id"], r["note"], r["memo"]) == ("s-2", None, "m-2")  # renamed: the old name NULL
+    assert (d["session_id"], d["memo"], d["score"]) == (None, "m-3", 7)  # dropped: kept, NULL
+    assert rows[ids["fits"]]["score"] == 8 and rows[ids["after"]]["score"] == 9
+    dead = list(client.query(f"SELECT event_id, score, reason FROM `{dataset}.engagement_events_dead_letter`")
+                .result())
+    assert [(x[0], x[1]) for x in dead] == [(ids["misfit"], "eight")]
+    assert "score" in dead[0][2] and "INT64" in dead[0][2]
+    # Unchanged TOAST: the payload BigQuery holds is the source's.
+    cur.execute("SELECT raw_payload::text, duration_ms FROM engagement_events WHERE id = %s", (ids["before"],))
+    src_payload, src_duration = cur.fetchone()
+    assert json.loads(rows[ids["before"]]["payload"]) == json.loads(src_payload) == json.loads(big)
+    assert src_duration == 9000
+
+    # -- the receiver's body: the columns as fields, `unchanged` for the TOAST update --------
+    by_id: dict[int, list[dict]] = {}
+    for item in receiver.events():
+        by_id.setdefault(item["event"]["data"]["event_id"], []).append(item["event"]["data"])
+    added = by_id[ids["added"]][0]
+    assert (added["session_id"], added["note"], added["score"]) == ("s-1", "n-1", 5)
+    assert added["extra_types"]["session_id"] == "text" and added["extra_types"]["score"] == "int4"
+    assert by_id[ids["misfit"]][0]["score"] == "eight"  # text now, as the source sends it
+    toast = [d for d in by_id[ids["before"]] if d["op"] == "update" and d["duration_ms"] == 9000]
+    assert toast and toast[0]["unchanged"] == ["raw_payload"] and "raw_payload" not in toast[0]
+
+    # -- the Kafka value: the same ------------------------------------------------------------
+    values = _kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)
+    kv = {}
+    for v in values:
+        kv.setdefault(v["event_id"], []).append(v)
+    assert kv[ids["added"]][0]["session_id"] == "s-1" and kv[ids["renamed"]][0]["memo"] == "m-2"
+    assert "session_id" not in kv[ids["dropped"]][0]
+    ktoast = [v for v in kv[ids["before"]] if v["op"] == "update" and v["duration_ms"] == 9000]
+    assert ktoast and ktoast[0]["unchanged"] == ["raw_payload"] and "raw_payload" not in ktoast[0]
