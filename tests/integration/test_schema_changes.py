@@ -74,37 +74,36 @@ def topic(services):
     drop_topics(services["PULSE_KAFKA_BOOTSTRAP"], [name, name + "_content"])
 
 
-def test_columns_added_renamed_dropped_retyped_and_unchanged_toast_reach_every_destination(
-        scratch_db, services, bq, receiver, topic, tmp_path):  # noqa: F811
-    client, dataset = bq
-    settings = Settings(
+def _settings(scratch_db, services, dataset, receiver, topic, spool, **extra) -> Settings:  # noqa: F811
+    return Settings(
         database=scratch_db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
         runtime={"sinks": ["bigquery", "external", "kafka"]},
         bigquery={"project": services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), "dataset": dataset,
-                  "endpoint": services["PULSE_BIGQUERY_ENDPOINT"], "spool_dir": str(tmp_path / "spool"),
+                  "endpoint": services["PULSE_BIGQUERY_ENDPOINT"], "spool_dir": str(spool),
                   "load_interval_s": 0.3, "request_timeout_s": 20},
         external={"url": receiver.url, "secret": SECRET, **FAST},
         kafka={"bootstrap": services["PULSE_KAFKA_BOOTSTRAP"], "topic": topic, "content_topic": topic + "_content",
                "partitions": 1},
+        **extra,
     )
+
+
+def test_columns_added_renamed_dropped_retyped_reach_every_destination(
+        scratch_db, services, bq, receiver, topic, tmp_path):  # noqa: F811
+    client, dataset = bq
+    settings = _settings(scratch_db, services, dataset, receiver, topic, tmp_path / "spool")
     sinks = [BigQuerySink(settings.bigquery), ExternalSink.from_settings(settings), KafkaSink.from_settings(settings)]
     conn = scratch_db.connect()
     cur = conn.cursor()
     [content] = insert_content(cur, 1)
-    # A payload PostgreSQL must TOAST out of line: 10 kB of incompressible text.
-    rng = random.Random(13)
-    big = json.dumps({"blob": "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(10_000))})
     ids: dict[str, int] = {}
     with Running(Pipeline(settings, sinks)) as run:
         ids["before"] = _insert(cur, content)
-        cur.execute("UPDATE engagement_events SET raw_payload = %s WHERE id = %s", (big, ids["before"]))
         cur.execute("ALTER TABLE engagement_events ADD COLUMN session_id text, ADD COLUMN note text, "
                     "ADD COLUMN score int, ADD COLUMN seen_at timestamptz, ADD COLUMN attrs jsonb")
         ids["added"] = _insert(cur, content, session_id="s-1", note="n-1", score=5,
                                seen_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc),
                                attrs='{"a": [1, 2]}')
-        # Unchanged TOAST: only duration_ms changes; pgoutput sends raw_payload as 'u'.
-        cur.execute("UPDATE engagement_events SET duration_ms = 9000 WHERE id = %s", (ids["before"],))
         cur.execute("ALTER TABLE engagement_events RENAME COLUMN note TO memo")
         ids["renamed"] = _insert(cur, content, session_id="s-2", memo="m-2", score=6)
         cur.execute("ALTER TABLE engagement_events DROP COLUMN session_id")
@@ -126,11 +125,8 @@ def test_columns_added_renamed_dropped_retyped_and_unchanged_toast_reach_every_d
                 got = {r[0] for r in client.query(f"SELECT event_id FROM `{dataset}.engagement_events`").result()}
                 dead = {r[0] for r in client.query(
                     f"SELECT event_id FROM `{dataset}.engagement_events_dead_letter`").result()}
-                done = got == set(ids.values()) - {ids["misfit"]} and dead == {ids["misfit"]}
                 state.update(got=sorted(got), dead=sorted(dead))
-                rows = list(client.query(f"SELECT duration_ms FROM `{dataset}.engagement_events` "
-                                         f"WHERE event_id = {ids['before']}").result())
-                return done and rows and rows[0][0] == 9000
+                return got == set(ids.values()) - {ids["misfit"]} and dead == {ids["misfit"]}
             except Exception:  # a table not there yet
                 return False
 
@@ -150,8 +146,8 @@ def test_columns_added_renamed_dropped_retyped_and_unchanged_toast_reach_every_d
     assert types["score"][0] in ("INT64", "INTEGER") and types["seen_at"][0] == "TIMESTAMP"
     assert types["attrs"][0] == "JSON"
     rows = {r["event_id"]: r for r in client.query(
-        f"SELECT event_id, session_id, note, memo, score, seen_at, TO_JSON_STRING(attrs) AS attrs, "
-        f"TO_JSON_STRING(raw_payload) AS payload FROM `{dataset}.engagement_events`").result()}
+        f"SELECT event_id, session_id, note, memo, score, seen_at, TO_JSON_STRING(attrs) AS attrs "
+        f"FROM `{dataset}.engagement_events`").result()}
     b, a, r, d = (rows[ids[k]] for k in ("before", "added", "renamed", "dropped"))
     assert (b["session_id"], b["note"], b["score"]) == (None, None, None)  # before the ADD: NULL
     assert (a["session_id"], a["note"], a["score"]) == ("s-1", "n-1", 5)
@@ -164,13 +160,7 @@ def test_columns_added_renamed_dropped_retyped_and_unchanged_toast_reach_every_d
                 .result())
     assert [(x[0], x[1]) for x in dead] == [(ids["misfit"], "eight")]
     assert "score" in dead[0][2] and "INT64" in dead[0][2]
-    # Unchanged TOAST: the payload BigQuery holds is the source's.
-    cur.execute("SELECT raw_payload::text, duration_ms FROM engagement_events WHERE id = %s", (ids["before"],))
-    src_payload, src_duration = cur.fetchone()
-    assert json.loads(rows[ids["before"]]["payload"]) == json.loads(src_payload) == json.loads(big)
-    assert src_duration == 9000
-
-    # -- the receiver's body: the columns as fields, `unchanged` for the TOAST update --------
+    # -- the receiver's body: the columns as fields ------------------------------------------
     by_id: dict[int, list[dict]] = {}
     for item in receiver.events():
         by_id.setdefault(item["event"]["data"]["event_id"], []).append(item["event"]["data"])
@@ -178,8 +168,7 @@ def test_columns_added_renamed_dropped_retyped_and_unchanged_toast_reach_every_d
     assert (added["session_id"], added["note"], added["score"]) == ("s-1", "n-1", 5)
     assert added["extra_types"]["session_id"] == "text" and added["extra_types"]["score"] == "int4"
     assert by_id[ids["misfit"]][0]["score"] == "eight"  # text now, as the source sends it
-    toast = [d for d in by_id[ids["before"]] if d["op"] == "update" and d["duration_ms"] == 9000]
-    assert toast and toast[0]["unchanged"] == ["raw_payload"] and "raw_payload" not in toast[0]
+    assert "session_id" not in by_id[ids["dropped"]][0] and by_id[ids["renamed"]][0]["memo"] == "m-2"
 
     # -- the Kafka value: the same ------------------------------------------------------------
     values = _kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)
@@ -188,5 +177,84 @@ def test_columns_added_renamed_dropped_retyped_and_unchanged_toast_reach_every_d
         kv.setdefault(v["event_id"], []).append(v)
     assert kv[ids["added"]][0]["session_id"] == "s-1" and kv[ids["renamed"]][0]["memo"] == "m-2"
     assert "session_id" not in kv[ids["dropped"]][0]
-    ktoast = [v for v in kv[ids["before"]] if v["op"] == "update" and v["duration_ms"] == 9000]
-    assert ktoast and ktoast[0]["unchanged"] == ["raw_payload"] and "raw_payload" not in ktoast[0]
+    assert kv[ids["added"]][0]["extra_types"]["attrs"] == "jsonb" and kv[ids["misfit"]][0]["score"] == "eight"
+
+
+@pytest.mark.parametrize("same_load", [False, True], ids=["insert-loaded-first", "insert-and-update-in-one-load"])
+def test_an_update_that_leaves_a_toasted_payload_keeps_it_everywhere(
+        scratch_db, services, bq, receiver, topic, tmp_path, same_load):  # noqa: F811
+    """Default replica identity: pgoutput sends the untouched payload as 'u'; no destination may lose it."""
+    import redis
+
+    from pulse.config import RedisConfig
+    from pulse.sinks.redis import RedisSink
+    from pulse.sinks.redis_board import Keys
+
+    client, dataset = bq
+    prefix = unique("pulse_t") + ":"
+    rclient = redis.Redis.from_url(services["PULSE_REDIS_URL"])
+    settings = _settings(scratch_db, services, dataset, receiver, topic, tmp_path / "spool")
+    if same_load:  # both changes in one MERGE: the update must take the insert's payload, not NULL
+        settings.bigquery.load_interval_s = 30.0
+    rcfg = RedisConfig(url=services["PULSE_REDIS_URL"], prefix=prefix)
+    sinks = [BigQuerySink(settings.bigquery), ExternalSink.from_settings(settings), KafkaSink.from_settings(settings),
+             RedisSink(rcfg)]
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    [content] = insert_content(cur, 1)
+    # A payload PostgreSQL must TOAST out of line: 10 kB of incompressible text in JSON.
+    rng = random.Random(13)
+    big = json.dumps({"blob": "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(10_000))})
+    try:
+        with Running(Pipeline(settings, sinks)) as run:
+            eid = _insert(cur, content)
+            cur.execute("UPDATE engagement_events SET raw_payload = %s WHERE id = %s", (big, eid))
+            if not same_load:
+                wait_for(lambda: _bq_payload(client, dataset, eid) == json.loads(big), 60,
+                         "the payload in BigQuery", interval=0.3)
+            board = Keys(prefix, rcfg.window_s).top
+            wait_for(lambda: rclient.zscore(board, content) is not None, 30, "the event on the board")
+            score_before = rclient.zscore(board, content)
+            # Only the device changes: raw_payload is sent as unchanged TOAST.
+            cur.execute("UPDATE engagement_events SET device = 'web' WHERE id = %s", (eid,))
+            if same_load:
+                spool = sinks[0].spool
+                wait_for(lambda: sum(spool.read(f).num_rows for f in spool.files()) == 3, 30,
+                         "the insert and both updates in the spool, none loaded")
+                sinks[0].loader.hurry()  # load now, all three in one MERGE
+
+            def bq_updated():
+                if run.error is not None:
+                    raise run.error
+                try:
+                    return list(client.query(f"SELECT device FROM `{dataset}.engagement_events` "
+                                             f"WHERE event_id = {eid}").result())[0][0] == "web"
+                except Exception:  # the table is not there yet
+                    return False
+
+            wait_for(bq_updated, 60, "the update in BigQuery", interval=0.3)
+            wait_for(lambda: any(i["event"]["data"].get("device") == "web" for i in receiver.events()), 30,
+                     "the update at the receiver")
+            cur.execute("SELECT raw_payload::text FROM engagement_events WHERE id = %s", (eid,))
+            src_payload = json.loads(cur.fetchone()[0])
+            assert _bq_payload(client, dataset, eid) == src_payload == json.loads(big)
+            assert rclient.zscore(board, content) == score_before == 4.0  # nothing zeroed, nothing added
+        update = [i["event"]["data"] for i in receiver.events() if i["event"]["data"]["op"] == "update"
+                  and i["event"]["data"]["device"] == "web"][0]
+        assert update["unchanged"] == ["raw_payload"] and "raw_payload" not in update
+        kafka = [v for v in _kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)
+                 if v["op"] == "update" and v["device"] == "web"]
+        assert kafka and kafka[0]["unchanged"] == ["raw_payload"] and "raw_payload" not in kafka[0]
+    finally:
+        for key in rclient.scan_iter(match=prefix + "*", count=1000):
+            rclient.delete(key)
+        rclient.close()
+
+
+def _bq_payload(client, dataset: str, event_id: int):
+    try:
+        rows = list(client.query(f"SELECT TO_JSON_STRING(raw_payload) FROM `{dataset}.engagement_events` "
+                                 f"WHERE event_id = {int(event_id)}").result())
+    except Exception:  # the table is not there yet
+        return None
+    return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
