@@ -133,13 +133,6 @@ class BigQuerySink(Sink):
         self._check_background()
         if self.cfg.mode == "stream":
             assert self.writer is not None
-            if table.num_columns != len(S.NAMES):
-                # Not silently dropped: extra source columns and unchanged fields need the batch mode's loader.
-                raise TerminalError(
-                    "the source sent columns beyond Pulse's (ALTER TABLE ... ADD COLUMN) or an UPDATE that left a "
-                    "TOASTed value unchanged; bigquery.mode=stream does not carry them yet",
-                    hint="set bigquery.mode=batch (the default) and restart: nothing is lost, the slot was not "
-                         "acknowledged past these rows")
             self.writer.append(table, last)
         else:
             assert self.spool is not None

@@ -138,6 +138,7 @@ class Tables:
 
         self.retry = DEFAULT_RETRY.with_deadline(cfg.request_timeout_s)
         self._final_types: dict[str, str] = {}  # lower-cased column -> type, once extra columns appear
+        self._side_columns: dict[str, set[str]] = {}  # dead-letter / changelog table -> its columns (lower)
         self._warned: set[str] = set()
 
     def id(self, table: str) -> str:
@@ -224,19 +225,19 @@ class Tables:
         from google.api_core import exceptions as g
 
         bigquery = import_bigquery()
-        known = self._final_types
         try:
-            if any(e.name.lower() not in known for e in extras) or not known:
+            if not self._final_types or any(e.name.lower() not in self._final_types for e in extras):
                 wanted = [bigquery.SchemaField(e.name, e.bq_type, mode="NULLABLE",
                                                description=f"source column ({e.pg_type})") for e in extras]
-                known = self._add_columns(self.table, wanted)
-                self._final_types = known
-                side = S.staging_extra_schema(extras, unchanged)
-                self._add_columns(self.dead_letter, side)
-                if changelog:
-                    self._add_columns(self.changelog, side)
+                self._final_types = self._add_columns(self.table, wanted)
+            side = S.staging_extra_schema(extras, unchanged)
+            for name in (self.dead_letter,) + ((self.changelog,) if changelog else ()):
+                have = self._side_columns.setdefault(name, set())
+                if any(f.name.lower() not in have for f in side):
+                    have.update(self._add_columns(name, side))
         except g.GoogleAPICallError as exc:
             raise classify(exc, "adding columns") from exc
+        known = self._final_types
         out = []
         for e in extras:
             table_type = known[e.name.lower()]
@@ -247,6 +248,27 @@ class Tables:
                             "not fit sends its row to the dead-letter table")
             out.append(e._replace(table_type=table_type))
         return out
+
+    def changelog_extras(self) -> tuple[list[S.Extra], bool]:
+        """The extra columns of the changelog (with their type in the table) and whether it has `unchanged`."""
+        from google.api_core import exceptions as g
+
+        try:
+            cl = self.client.get_table(self.id(self.changelog), retry=self.retry, timeout=self.timeout)
+            base = {f.name for f in S.staging_schema()}
+            names = [f.name for f in cl.schema if f.name not in base and f.name != S.UNCHANGED]
+            unchanged = any(f.name == S.UNCHANGED for f in cl.schema)
+            if any(n.lower() not in self._final_types for n in names):
+                final = self.client.get_table(self.id(self.table), retry=self.retry, timeout=self.timeout)
+                self._final_types = {f.name.lower(): S._norm(f.field_type) for f in final.schema}
+        except g.GoogleAPICallError as exc:
+            raise classify(exc, "changelog schema") from exc
+        extras = []
+        for n in names:
+            table_type = self._final_types.get(n.lower(), "STRING")
+            # The source's type of each row is not kept in the changelog: the reason names the table's.
+            extras.append(S.Extra(S.check_identifier("column", n), table_type, "", table_type))
+        return extras, unchanged
 
     def _add_columns(self, table_name: str, wanted: list) -> dict[str, str]:
         """Add the `wanted` fields the table lacks (never retyping one); returns name -> type of the table."""
@@ -263,7 +285,8 @@ class Tables:
                 self.query(f"ALTER TABLE {self.ref(table_name)} ADD COLUMN IF NOT EXISTS "
                            f"`{S.check_identifier('column', f.name)}` {col_type}", "adding a column")
             log.warning("bigquery.columns_added", table=table_name, columns=",".join(f.name for f in add))
-        return {f.name.lower(): S._norm(f.field_type) for f in current.schema}
+        return {f.name.lower(): S._norm(f.field_type) for f in current.schema} | {
+            f.name.lower(): S._norm(f.field_type) for f in add}
 
     def state_position(self) -> Position:
         rows = self.query(

@@ -383,9 +383,9 @@ def apply_script(*, final: str, source: str, dead_letter: str, state: str, table
     for e in ex:
         if e.table_type != "STRING":
             source_type = re.sub(r"[^A-Za-z0-9_(),:]", "", e.pg_type)
+            why = f"column {e.name}: value does not fit the column type {e.table_type}"
             bad.append((f"(S.`{e.name}` IS NOT NULL AND {conv[e.name]} IS NULL)",
-                        f"column {e.name}: value does not fit the column type {e.table_type} "
-                        f"(the source sends {source_type})"))
+                        why + (f" (the source sends {source_type})" if source_type else "")))
     any_bad = "(" + " OR ".join(cond for cond, _ in bad) + ")"
     reason = "CASE " + " ".join(f"WHEN {cond} THEN '{why}'" for cond, why in bad) + " END"
     newest = "QUALIFY ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY source_lsn DESC, source_seq DESC) = 1"

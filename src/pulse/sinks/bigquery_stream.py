@@ -111,6 +111,12 @@ class StreamWriter:
                 self._uncertain = None
                 return
         self._uncertain = None
+        schema_bytes = self._schema_bytes
+        if table.num_columns != len(S.NAMES):
+            # Extra source columns / unchanged fields: the changelog (and the table) gain them first.
+            self.tables.extra_columns(S.extra_fields(table.schema), S.UNCHANGED in table.schema.names,
+                                      changelog=True)
+            schema_bytes = table.schema.remove_metadata().serialize().to_pybytes()
         try:
             stream = self.client.create_write_stream(
                 parent=self.parent, write_stream=types.WriteStream(type_=types.WriteStream.Type.PENDING),
@@ -120,7 +126,7 @@ class StreamWriter:
             for rb in _chunks(table):
                 req = types.AppendRowsRequest(write_stream=stream.name, offset=offset)
                 data = types.AppendRowsRequest.ArrowData()
-                data.writer_schema = types.ArrowSchema(serialized_schema=self._schema_bytes)
+                data.writer_schema = types.ArrowSchema(serialized_schema=schema_bytes)
                 data.rows = types.ArrowRecordBatch(serialized_record_batch=rb.serialize().to_pybytes(),
                                                    row_count=rb.num_rows)
                 req.arrow_rows = data
@@ -183,7 +189,8 @@ class MergerThread(threading.Thread):
             return False
         source = S.changelog_window(self.tables.ref(self.tables.changelog), (low.lsn, low.seq),
                                     (high.lsn, high.seq))
-        self.tables.apply(source, high)
+        extras, unchanged = self.tables.changelog_extras()
+        self.tables.apply(source, high, extras, unchanged)
         self.merged = high
         log.info("bigquery.merged", position=str(high))
         return True
