@@ -261,3 +261,32 @@ def _bq_payload(client, dataset: str, event_id: int):
     except Exception:  # the table is not there yet
         return None
     return json.loads(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def test_string_and_json_extra_columns_take_the_direct_path(services, bq, tmp_path):  # noqa: F811
+    """Fresh ids whose extra columns need no cast are loaded straight into the table, columns included."""
+    from pulse.config import BigQueryConfig
+    from pulse.model import Batch, EnrichedEvent, Position
+
+    client, dataset = bq
+    now = datetime.now(timezone.utc)
+
+    def ev(i, pos, extra=None, types=None):
+        return EnrichedEvent(i, None, None, "play", now, 1000, "web", '{"a": 1}', None, None, None, None, 1.0, None,
+                             "insert", pos, now, now, extra=extra, extra_types=types)
+
+    cfg = BigQueryConfig(project=services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), dataset=dataset,
+                         endpoint=services["PULSE_BIGQUERY_ENDPOINT"], spool_dir=tmp_path, upload_in_process=False)
+    sink = BigQuerySink(cfg)
+    sink.open()
+    try:
+        sink.write(Batch((ev(1, Position(10, 1)),)))
+        sink.loader.drain()
+        sink.write(Batch((ev(2, Position(11, 1), {"sid": "x", "j": '{"b": 2}'}, {"sid": "text", "j": "jsonb"}),)))
+        sink.loader.drain()
+        assert (sink.loader.direct_loads, sink.loader.merge_loads) == (2, 0)
+    finally:
+        sink.close()
+    rows = [tuple(r) for r in client.query(
+        f"SELECT event_id, sid, TO_JSON_STRING(j) FROM `{dataset}.engagement_events` ORDER BY 1").result()]
+    assert [(r[0], r[1]) for r in rows] == [(1, None), (2, "x")] and json.loads(rows[1][2]) == {"b": 2}

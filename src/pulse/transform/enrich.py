@@ -50,6 +50,7 @@ EXCEEDS_LENGTH = "duration_exceeds_length"
 MISSING_VALUES = "old_values_unknown"
 PAYLOAD_NOT_SENT = "raw_payload_not_resent"  # no longer flagged: see `EnrichedEvent.unchanged`
 _EVENT_FIELDS = {c: ("event_id" if c == "id" else c) for c in EVENT_COLUMNS}
+_KNOWN = len(EVENT_COLUMNS)
 NEGATIVE_LENGTH = "negative_length"
 BAD_EVENT_TS = "event_ts_out_of_range"
 
@@ -129,7 +130,7 @@ def enrich_row(
     event = enrich_values(row["id"], get("content_id"), get("user_id"), get("event_type"), get("event_ts"),
                           get("duration_ms"), get("device"), get("raw_payload"), op, position, commit_ts, cache,
                           now, backfill, before, extra_problems)
-    if len(row) > len(EVENT_COLUMNS) or (types is not None and len(types) > len(EVENT_COLUMNS)):
+    if len(row) > _KNOWN or (types is not None and len(types) > _KNOWN):
         event = _with_extra(event, row, types, unchanged)
     elif unchanged:
         event = event._replace(unchanged=tuple(unchanged) + event.unchanged)
