@@ -181,6 +181,41 @@ def test_columns_added_renamed_dropped_retyped_reach_every_destination(
     assert kv[ids["added"]][0]["session_id"] == "s-1" and kv[ids["renamed"]][0]["memo"] == "m-2"
     assert "session_id" not in kv[ids["dropped"]][0]
     assert kv[ids["added"]][0]["extra_types"]["attrs"] == "jsonb" and kv[ids["misfit"]][0]["score"] == "eight"
+    if mode == "batch":
+        _consume_into_bigquery(settings, client, dataset + "_k", tmp_path / "kspool", ids)
+
+
+def _consume_into_bigquery(settings, client, dataset: str, spool, ids: dict[str, int]) -> None:
+    """Kafka mode (`pulse consume --sink bigquery`): the types travel in the Kafka value to the uploader."""
+    import threading
+
+    from pulse.bus.consumer import SinkConsumer
+
+    cfg = settings.bigquery.model_copy(update={"dataset": dataset, "spool_dir": spool, "load_interval_s": 0.3})
+    consumer = SinkConsumer(settings, "bigquery", lambda name: BigQuerySink(cfg, name=name), group=unique("grp"))
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        def landed():
+            try:
+                got = {r[0] for r in client.query(f"SELECT event_id FROM `{dataset}.engagement_events`").result()}
+                dead = {r[0] for r in client.query(
+                    f"SELECT event_id FROM `{dataset}.engagement_events_dead_letter`").result()}
+            except Exception:  # not there yet
+                return False
+            return got == set(ids.values()) - {ids["misfit"]} and dead == {ids["misfit"]}
+
+        wait_for(landed, 60, "the Kafka consumer's BigQuery table", interval=0.5)
+        rows = {r[0]: tuple(r)[1:] for r in client.query(
+            f"SELECT event_id, session_id, memo, score FROM `{dataset}.engagement_events`").result()}
+        assert rows[ids["added"]] == ("s-1", None, 5) and rows[ids["renamed"]] == ("s-2", "m-2", 6)
+        assert rows[ids["dropped"]] == (None, "m-3", 7) and rows[ids["after"]][2] == 9
+        types = {f.name: f.field_type for f in client.get_table(f"{dataset}.engagement_events").schema}
+        assert types["seen_at"] == "TIMESTAMP" and types["attrs"] == "JSON"
+    finally:
+        consumer.stop()
+        thread.join(30)
+        client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
 
 
 @pytest.mark.parametrize("same_load", [False, True], ids=["insert-loaded-first", "insert-and-update-in-one-load"])
