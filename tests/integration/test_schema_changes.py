@@ -111,6 +111,8 @@ def test_columns_added_renamed_dropped_retyped_reach_every_destination(
         ids["renamed"] = _insert(cur, content, session_id="s-2", memo="m-2", score=6)
         cur.execute("ALTER TABLE engagement_events DROP COLUMN session_id")
         ids["dropped"] = _insert(cur, content, memo="m-3", score=7)
+        # An update after the drop does not carry the column: the stored value stays.
+        cur.execute("UPDATE engagement_events SET duration_ms = 4321 WHERE id = %s", (ids["added"],))
         # The type change comes after BigQuery has the column (as INT64).
         wait_for(lambda: _bq_has(client, dataset, ids["dropped"]), 60, "the rows before the type change in BigQuery",
                  interval=0.3)
@@ -129,7 +131,10 @@ def test_columns_added_renamed_dropped_retyped_reach_every_destination(
                 dead = {r[0] for r in client.query(
                     f"SELECT event_id FROM `{dataset}.engagement_events_dead_letter`").result()}
                 state.update(got=sorted(got), dead=sorted(dead))
-                return got == set(ids.values()) - {ids["misfit"]} and dead == {ids["misfit"]}
+                updated = list(client.query(f"SELECT duration_ms FROM `{dataset}.engagement_events` "
+                                            f"WHERE event_id = {ids['added']}").result())
+                return (got == set(ids.values()) - {ids["misfit"]} and dead == {ids["misfit"]}
+                        and updated[0][0] == 4321)
             except Exception:  # a table not there yet
                 return False
 
@@ -153,7 +158,8 @@ def test_columns_added_renamed_dropped_retyped_reach_every_destination(
         f"FROM `{dataset}.engagement_events`").result()}
     b, a, r, d = (rows[ids[k]] for k in ("before", "added", "renamed", "dropped"))
     assert (b["session_id"], b["note"], b["score"]) == (None, None, None)  # before the ADD: NULL
-    assert (a["session_id"], a["note"], a["score"]) == ("s-1", "n-1", 5)
+    assert (a["session_id"], a["note"], a["score"]) == ("s-1", "n-1", 5)  # updated after the DROP: kept
+    assert a["memo"] == "n-1"  # ...and after the RENAME: its update carries the value under the new name
     assert a["seen_at"] == datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
     assert json.loads(a["attrs"]) == {"a": [1, 2]}
     assert (r["session_id"], r["note"], r["memo"]) == ("s-2", None, "m-2")  # renamed: the old name NULL
@@ -208,7 +214,7 @@ def _consume_into_bigquery(settings, client, dataset: str, spool, ids: dict[str,
         wait_for(landed, 60, "the Kafka consumer's BigQuery table", interval=0.5)
         rows = {r[0]: tuple(r)[1:] for r in client.query(
             f"SELECT event_id, session_id, memo, score FROM `{dataset}.engagement_events`").result()}
-        assert rows[ids["added"]] == ("s-1", None, 5) and rows[ids["renamed"]] == ("s-2", "m-2", 6)
+        assert rows[ids["added"]] == ("s-1", "n-1", 5) and rows[ids["renamed"]] == ("s-2", "m-2", 6)
         assert rows[ids["dropped"]] == (None, "m-3", 7) and rows[ids["after"]][2] == 9
         types = {f.name: f.field_type for f in client.get_table(f"{dataset}.engagement_events").schema}
         assert types["seen_at"] == "TIMESTAMP" and types["attrs"] == "JSON"

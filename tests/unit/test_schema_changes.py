@@ -95,3 +95,21 @@ def test_the_merge_keeps_unchanged_fields_and_dead_letters_misfits():
     assert "column score: value does not fit the column type INT64 (the source sends text)" in script
     plain = S.apply_script(final="F", source="X", dead_letter="D", state="ST", table_name="t", position=(1, 2))
     assert "_keep_" not in plain and "`score`" not in plain
+
+
+def test_a_change_without_a_column_lists_it_as_unchanged_in_the_rows():
+    """Rows of a relation without the column (before the ADD, after the DROP, a backfill read) never write it."""
+    import pyarrow as pa
+
+    from pulse.sinks.bigquery_load import _conform, _group_schema
+
+    with_col = enrich_change(_change("insert", {**BASE, "sid": "s"}, {**TYPES, "sid": "text"}), ContentCache(), NOW)
+    without = enrich_change(_change("update", dict(BASE, id=8), TYPES), ContentCache(), NOW)
+    t = S.to_arrow([with_col, without])
+    assert t.column(S.UNCHANGED).to_pylist() == [[], ["sid"]]
+    assert t.column("sid").to_pylist() == ["s", None]
+    # Files of one load with and without the column: the same rule when they are combined.
+    plain = S.to_arrow([without])
+    schema = _group_schema([S.to_arrow([with_col]).schema, plain.schema])
+    combined = pa.concat_tables([_conform(S.to_arrow([with_col]), schema), _conform(plain, schema)])
+    assert combined.column(S.UNCHANGED).to_pylist() == [[], ["sid"]]

@@ -531,12 +531,13 @@ def _group_schema(schemas: list[pa.Schema]) -> pa.Schema:
     column any file has (in order of appearance; the first file's type tags win: a column is created
     with the type the source first gave it, as it would have been had the files been loaded one by one)."""
     base = [schemas[0].field(n) for n in S.NAMES]
-    unchanged = any(S.UNCHANGED in s.names for s in schemas)
     extras: dict[str, pa.Field] = {}
     for s in schemas:
         for f in s:
             if f.name not in S.NAMES and f.name != S.UNCHANGED:
                 extras.setdefault(f.name, f)
+    # A file without one of the columns: its rows list it as unchanged (see `_conform`).
+    unchanged = any(S.UNCHANGED in s.names or any(n not in s.names for n in extras) for s in schemas)
     return pa.schema(base + ([S.UNCHANGED_FIELD] if unchanged else []) + list(extras.values()))
 
 
@@ -545,11 +546,20 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     if table.schema.equals(schema, check_metadata=False) and table.schema.names == schema.names:
         return table.cast(schema) if table.schema != schema else table
     cols = []
+    absent = [f.name for f in schema if f.name not in table.schema.names and f.name not in S.NAMES
+              and f.name != S.UNCHANGED]
     for f in schema:
         if f.name in table.schema.names:
             cols.append(table.column(f.name).cast(f.type))
+        elif f.name == S.UNCHANGED:
+            # The changes of this file do not carry `absent`: the MERGE keeps what the table has.
+            cols.append(pa.array([absent] * table.num_rows, f.type))
         else:
             cols.append(pa.nulls(table.num_rows, f.type))
+    if absent and S.UNCHANGED in table.schema.names:
+        listed = table.column(S.UNCHANGED).to_pylist()
+        cols[schema.get_field_index(S.UNCHANGED)] = pa.array([(u or []) + absent for u in listed],
+                                                             S.UNCHANGED_FIELD.type)
     return pa.Table.from_arrays(cols, schema=schema)
 
 

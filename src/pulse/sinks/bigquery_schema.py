@@ -305,14 +305,16 @@ def to_arrow(events: Sequence[EnrichedEvent]) -> pa.Table:
 
 
 def _with_extras(table: pa.Table, events: Sequence[EnrichedEvent]) -> pa.Table:
-    if any(e.unchanged for e in events):
-        table = table.append_column(UNCHANGED_FIELD, pa.array([list(e.unchanged) for e in events],
-                                                              UNCHANGED_FIELD.type))
     types: dict[str, str] = {}  # in order of first appearance, with the type first given
     for e in events:
         if e.extra_types:
             for name, pg_type in e.extra_types.items():
                 types.setdefault(name, pg_type)
+    # A field a change does not carry (not resent, or a column its relation
+    # does not have) is listed per row: the MERGE keeps the stored value.
+    unchanged = [list(e.unchanged) + [n for n in types if not e.extra or n not in e.extra] for e in events]
+    if any(unchanged):
+        table = table.append_column(UNCHANGED_FIELD, pa.array(unchanged, UNCHANGED_FIELD.type))
     for name, pg_type in types.items():
         meta = {EXTRA_PG_TYPE: pg_type.encode(), EXTRA_BQ_TYPE: bq_type(pg_type).encode()}
         values = [_text(e.extra.get(name)) if e.extra else None for e in events]
@@ -348,6 +350,7 @@ def _cast(expr: str, table_type: str) -> str:
     return f"SAFE_CAST({expr} AS {table_type})"
 
 
+_SENT_NULL = "'\\x00null'"  # a NUL character: never in a PostgreSQL text value
 # Known fields that an UPDATE can leave unresent (TOASTable types): the MERGE keeps their stored value.
 KEEPABLE = ("event_type", "device", "raw_payload")
 
@@ -400,10 +403,10 @@ def apply_script(*, final: str, source: str, dead_letter: str, state: str, table
                 select.append(f"S.{q[n]}")
                 continue
             flag = f"'{n}' IN UNNEST(S.{UNCHANGED})"
-            # An unchanged value is never NULL in the source (only a stored,
-            # TOASTed value is left out), so the newest non-NULL value sent is it.
-            sent = f"LAST_VALUE(IF({flag}, NULL, S.{q[n]}) IGNORE NULLS) {window}"
-            select.append(f"IF({flag}, {sent}, S.{q[n]}) AS {q[n]}")
+            # The newest value an earlier change of the event in `source` sent
+            # (a NULL sent stands in as _SENT_NULL, a text PostgreSQL cannot hold).
+            sent = f"LAST_VALUE(IF({flag}, NULL, IFNULL(S.{q[n]}, {_SENT_NULL})) IGNORE NULLS) {window}"
+            select.append(f"IF({flag}, NULLIF({sent}, {_SENT_NULL}), S.{q[n]}) AS {q[n]}")
             select.append(f"({flag} AND {sent} IS NULL) AS `_keep_{n}`")
         using = f"SELECT {', '.join(select)} FROM {source} S WHERE NOT {any_bad}\n  {newest}"
     else:
