@@ -101,6 +101,7 @@ class StreamWriter:
         # (stream name, batch last position) of a commit whose outcome we did not see.
         self._uncertain: tuple[str, Position] | None = None
         self._schema_bytes = S.ARROW_SCHEMA.serialize().to_pybytes()
+        self._changelog_extras: set[str] | None = None  # extra columns the changelog has (read once)
 
     def append(self, table: pa.Table, last: Position) -> None:
         from google.cloud.bigquery_storage_v1 import types
@@ -112,10 +113,20 @@ class StreamWriter:
                 return
         self._uncertain = None
         schema_bytes = self._schema_bytes
+        if self._changelog_extras is None:
+            self._changelog_extras = {e.name for e in self.tables.changelog_extras()[0]}
+        absent = self._changelog_extras - set(table.schema.names)
+        if absent:
+            # Rows without a column the changelog has: listed as unchanged, so the MERGE keeps the stored value.
+            from pulse.sinks.bigquery_load import _conform
+
+            fields = list(table.schema) + ([S.UNCHANGED_FIELD] if S.UNCHANGED not in table.schema.names else [])
+            table = _conform(table, pa.schema(fields + [pa.field(n, pa.string()) for n in sorted(absent)]))
         if table.num_columns != len(S.NAMES):
             # Extra source columns / unchanged fields: the changelog (and the table) gain them first.
-            self.tables.extra_columns(S.extra_fields(table.schema), S.UNCHANGED in table.schema.names,
-                                      changelog=True)
+            extras = S.extra_fields(table.schema)
+            self.tables.extra_columns(extras, S.UNCHANGED in table.schema.names, changelog=True)
+            self._changelog_extras.update(e.name for e in extras)
             schema_bytes = table.schema.remove_metadata().serialize().to_pybytes()
         try:
             stream = self.client.create_write_stream(
