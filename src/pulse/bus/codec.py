@@ -1,7 +1,9 @@
 """The Kafka wire format of an enriched event: JSON, the contract's field names.
 
 The value is `EnrichedEvent.to_dict()` plus `before` (the old values, when the
-replica identity sent them), encoded with orjson; the key is the content id
+replica identity sent them), encoded with orjson (extra source columns as
+fields of their own, named in `extra_types`; fields not resent named in
+`unchanged` and left out: see `EnrichedEvent.to_dict`); the key is the content id
 (events of one content stay in one partition, in order); headers carry the
 source position so a consumer can skip what its sink already holds without
 decoding the value.
@@ -39,15 +41,17 @@ def to_dict(event: EnrichedEvent) -> dict[str, Any]:
 
 def from_dict(doc: dict[str, Any]) -> EnrichedEvent:
     before = doc.get("before")
+    extra_types = doc.get("extra_types") or None
+    extra = {k: doc.get(k) for k in extra_types} if extra_types else None
     return EnrichedEvent(
         event_id=doc["event_id"],
-        content_id=doc["content_id"],
-        user_id=doc["user_id"],
-        event_type=doc["event_type"],
-        event_ts=_ts(doc["event_ts"]),
-        duration_ms=doc["duration_ms"],
-        device=doc["device"],
-        raw_payload=doc["raw_payload"],
+        content_id=doc.get("content_id"),
+        user_id=doc.get("user_id"),
+        event_type=doc.get("event_type"),
+        event_ts=_ts(doc.get("event_ts")),
+        duration_ms=doc.get("duration_ms"),
+        device=doc.get("device"),
+        raw_payload=doc.get("raw_payload"),  # absent when unchanged
         content_slug=doc["content_slug"],
         content_title=doc["content_title"],
         content_type=doc["content_type"],
@@ -61,6 +65,9 @@ def from_dict(doc: dict[str, Any]) -> EnrichedEvent:
         backfill=doc["backfill"],
         problems=tuple(doc["problems"]),
         before=from_dict(before) if before else None,
+        extra=extra,
+        extra_types=extra_types,
+        unchanged=tuple(doc.get("unchanged") or ()),
     )
 
 

@@ -313,9 +313,11 @@ class Pipeline:
                     handle(out)
                 continue
             n = item[0]
-            if n < COLUMNS_MIN_ROWS or (self.backfill is not None and self.backfill.windows):
-                # Short runs, and any run while a backfill window is open (it
-                # must see each live id): the row path, on the same payloads.
+            if n < COLUMNS_MIN_ROWS or (self.backfill is not None and self.backfill.windows) or b"x" in batch.kinds:
+                # Short runs, any run while a backfill window is open (it must
+                # see each live id), and runs of a relation with columns the
+                # native reader skips (a column the source gained: its values
+                # ride in EnrichedEvent.extra): the row path, on the same payloads.
                 self._feed(native.run_payloads(item), decoder, assembler)
                 continue
             lsn, first_seq, commit_ts = assembler.claim(n)

@@ -21,7 +21,16 @@ which changes nothing (same positions) and stores the state. A load the
 table refuses (a value it rejects) falls back to the MERGE path too, so bad
 rows still reach the dead-letter table. Only for a sink that is the table's
 single writer (`direct`: not a Kafka partition instance, where one event id
-can move between partitions when its content id changes).
+can move between partitions when its content id changes), and never for a
+group with fields an UPDATE did not resend (only the MERGE can keep the
+stored value) or with extra columns the table types other than STRING/JSON
+(only the MERGE casts and dead-letters what does not fit).
+
+Extra source columns (a column added to the source table): before a group
+is loaded, the columns its files carry are added to the table (NULLABLE, the
+type of `bigquery_schema.bq_type`, with the client's `update_table`) and to
+the dead-letter table (as text); a column the table already has keeps its
+type, and the MERGE casts to it.
 """
 
 from __future__ import annotations
@@ -128,6 +137,9 @@ class Tables:
         from google.cloud.bigquery import DEFAULT_RETRY
 
         self.retry = DEFAULT_RETRY.with_deadline(cfg.request_timeout_s)
+        self._final_types: dict[str, str] = {}  # lower-cased column -> type, once extra columns appear
+        self._side_columns: dict[str, set[str]] = {}  # dead-letter / changelog table -> its columns (lower)
+        self._warned: set[str] = set()
 
     def id(self, table: str) -> str:
         return f"{self.project}.{self.dataset}.{table}"
@@ -200,6 +212,82 @@ class Tables:
 
     # -- state -----------------------------------------------------------------------------
 
+    def extra_columns(self, extras: list[S.Extra], unchanged: bool = False,
+                      changelog: bool = False) -> list[S.Extra]:
+        """Make sure the table (and the dead-letter table, and the changelog) have these columns.
+
+        Returns `extras` with the type each has in the table: a column the
+        table already has keeps its type (a type change in the source is
+        cast by the MERGE, and what does not fit is dead-lettered).
+        """
+        if not extras and not unchanged:
+            return []
+        from google.api_core import exceptions as g
+
+        bigquery = import_bigquery()
+        try:
+            if not self._final_types or any(e.name.lower() not in self._final_types for e in extras):
+                wanted = [bigquery.SchemaField(e.name, e.bq_type, mode="NULLABLE",
+                                               description=f"source column ({e.pg_type})") for e in extras]
+                self._final_types = self._add_columns(self.table, wanted)
+            side = S.staging_extra_schema(extras, unchanged)
+            for name in (self.dead_letter,) + ((self.changelog,) if changelog else ()):
+                have = self._side_columns.setdefault(name, set())
+                if any(f.name.lower() not in have for f in side):
+                    have.update(self._add_columns(name, side))
+        except g.GoogleAPICallError as exc:
+            raise classify(exc, "adding columns") from exc
+        known = self._final_types
+        out = []
+        for e in extras:
+            table_type = known[e.name.lower()]
+            if table_type != e.bq_type and e.name not in self._warned:
+                self._warned.add(e.name)
+                log.warning("bigquery.column_type_differs", column=e.name, table_type=table_type,
+                            source_type=e.pg_type, note="values are cast to the table's type; a value that does "
+                            "not fit sends its row to the dead-letter table")
+            out.append(e._replace(table_type=table_type))
+        return out
+
+    def changelog_extras(self) -> tuple[list[S.Extra], bool]:
+        """The extra columns of the changelog (with their type in the table) and whether it has `unchanged`."""
+        from google.api_core import exceptions as g
+
+        try:
+            cl = self.client.get_table(self.id(self.changelog), retry=self.retry, timeout=self.timeout)
+            base = {f.name for f in S.staging_schema()}
+            names = [f.name for f in cl.schema if f.name not in base and f.name != S.UNCHANGED]
+            unchanged = any(f.name == S.UNCHANGED for f in cl.schema)
+            if any(n.lower() not in self._final_types for n in names):
+                final = self.client.get_table(self.id(self.table), retry=self.retry, timeout=self.timeout)
+                self._final_types = {f.name.lower(): S._norm(f.field_type) for f in final.schema}
+        except g.GoogleAPICallError as exc:
+            raise classify(exc, "changelog schema") from exc
+        extras = []
+        for n in names:
+            table_type = self._final_types.get(n.lower(), "STRING")
+            # The source's type of each row is not kept in the changelog: the reason names the table's.
+            extras.append(S.Extra(S.check_identifier("column", n), table_type, "", table_type))
+        return extras, unchanged
+
+    def _add_columns(self, table_name: str, wanted: list) -> dict[str, str]:
+        """Add the `wanted` fields the table lacks (never retyping one); returns name -> type of the table."""
+        current = self.client.get_table(self.id(table_name), retry=self.retry, timeout=self.timeout)
+        have = {f.name.lower() for f in current.schema}
+        add = [f for f in wanted if f.name.lower() not in have]
+        if add:
+            current.schema = list(current.schema) + add
+            current = self.client.update_table(current, ["schema"], retry=self.retry, timeout=self.timeout)
+            for f in add:
+                # The same as DDL: a no-op on BigQuery (the column is there now); the
+                # emulator's query engine only sees columns added this way.
+                col_type = f"ARRAY<{f.field_type}>" if f.mode == "REPEATED" else f.field_type
+                self.query(f"ALTER TABLE {self.ref(table_name)} ADD COLUMN IF NOT EXISTS "
+                           f"`{S.check_identifier('column', f.name)}` {col_type}", "adding a column")
+            log.warning("bigquery.columns_added", table=table_name, columns=",".join(f.name for f in add))
+        return {f.name.lower(): S._norm(f.field_type) for f in current.schema} | {
+            f.name.lower(): S._norm(f.field_type) for f in add}
+
     def state_position(self) -> Position:
         rows = self.query(
             f"SELECT source_lsn, source_seq FROM {self.ref(S.STATE_TABLE)} WHERE table_name = '{self.table}'",
@@ -220,10 +308,11 @@ class Tables:
         except Exception as exc:
             raise classify(exc, what) from exc
 
-    def apply(self, source: str, position: Position) -> None:
+    def apply(self, source: str, position: Position, extras: list[S.Extra] = (),  # type: ignore[assignment]
+              unchanged: bool = False) -> None:
         script = S.apply_script(final=self.ref(self.table), source=source, dead_letter=self.ref(self.dead_letter),
                                 state=self.ref(S.STATE_TABLE), table_name=self.table,
-                                position=(position.lsn, position.seq))
+                                position=(position.lsn, position.seq), extras=extras, unchanged=unchanged)
         self.query(script, "apply (MERGE)")
 
     def rows_in_id_ranges(self, ranges: list[tuple[int, int]]) -> int:
@@ -257,9 +346,11 @@ class Tables:
             raise classify(exc, what) from exc
         return int(job.output_rows or 0)
 
-    def load_direct(self, path) -> int:
+    def load_direct(self, path, extras: list[S.Extra] = ()) -> int:  # type: ignore[assignment]
         """Append a Parquet file's rows to the table itself (one atomic load job); returns the rows loaded."""
-        return self.load_parquet(path, self.id(self.table), S.final_schema(), "WRITE_APPEND", "pulse_direct_",
+        bigquery = import_bigquery()
+        schema = S.final_schema() + [bigquery.SchemaField(e.name, e.table_type) for e in extras]
+        return self.load_parquet(path, self.id(self.table), schema, "WRITE_APPEND", "pulse_direct_",
                                  "direct load")
 
 # How long a backfill's hurry lasts after its last spooled chunk.
@@ -341,14 +432,17 @@ class Loader:
         t_upload = time.monotonic() - t0
         timings: dict[str, float] = {}  # of the direct path's steps, for the log line
         try:
+            schema = pq.read_schema(upload)
+            unchanged = S.UNCHANGED in schema.names
+            extras = self.tables.extra_columns(S.extra_fields(schema), unchanged)
             rows = None
-            if self.direct:
+            if self.direct and not unchanged and all(e.table_type in ("STRING", "JSON") for e in extras):
                 bounds = _direct_bounds(self.spool, group)
                 if bounds is not None:
-                    rows = self._try_direct(upload, bounds, last, timings)
+                    rows = self._try_direct(upload, bounds, last, timings, extras)
             path = "direct" if rows is not None else "merge"
             if rows is None:
-                rows = self._apply_merge(group, upload, last)
+                rows = self._apply_merge(group, upload, last, extras, unchanged)
         finally:
             if upload != group[0].path:
                 upload.unlink(missing_ok=True)
@@ -361,8 +455,8 @@ class Loader:
         log.info("bigquery.loaded", files=len(group), rows=rows, path=path, position=str(last),
                  seconds=round(time.monotonic() - t0, 3), combine_s=round(t_upload, 3), **timings)
 
-    def _try_direct(self, upload, bounds: list[tuple[int, int]], last: Position,
-                    timings: dict[str, float]) -> int | None:
+    def _try_direct(self, upload, bounds: list[tuple[int, int]], last: Position, timings: dict[str, float],
+                    extras: list[S.Extra]) -> int | None:
         """Load the group into the table when none of its ids are there; None when the MERGE path must run."""
         t0 = time.monotonic()
         if self.tables.rows_in_id_ranges(bounds) != 0:
@@ -370,7 +464,7 @@ class Loader:
             return None
         t1 = time.monotonic()
         try:
-            rows = self.tables.load_direct(upload)
+            rows = self.tables.load_direct(upload, extras)
         except TransientError:
             raise
         except PulseError as exc:
@@ -386,11 +480,12 @@ class Loader:
                        state_s=round(time.monotonic() - t2, 3))
         return rows
 
-    def _apply_merge(self, group: list[SpoolFile], upload, last: Position) -> int:
+    def _apply_merge(self, group: list[SpoolFile], upload, last: Position, extras: list[S.Extra],
+                     unchanged: bool) -> int:
         key = group[0].path.stem.replace("-", "_")  # deterministic: the same group reuses its staging table
         staging = self.tables.staging(key)
-        rows = self._load_staging(staging, upload)
-        self.tables.apply(self.tables.ref(staging), last)
+        rows = self._load_staging(staging, upload, S.staging_schema() + S.staging_extra_schema(extras, unchanged))
+        self.tables.apply(self.tables.ref(staging), last, extras, unchanged)
         try:
             self.tables.client.delete_table(self.tables.id(staging), not_found_ok=True, retry=self.tables.retry,
                                             timeout=self.tables.timeout)
@@ -404,30 +499,28 @@ class Loader:
             return group[0].path
         out = self.spool.dir / f".tmp-upload-{uuid.uuid4().hex}.parquet"
         writer = None
+        schema = _group_schema([self.spool.read_schema(f) for f in group])
         try:
             for f in group:
-                t = self.spool.read(f)
+                t = _conform(self.spool.read(f), schema)
                 if writer is None:
                     # A short-lived local copy: cheap compression beats small size here.
-                    writer = pq.ParquetWriter(out, t.schema, compression="snappy", **parquet_options(t.schema))
-                elif t.schema != writer.schema:
-                    t = t.cast(writer.schema)  # a table from memory beside one read back from disk
+                    writer = pq.ParquetWriter(out, schema, compression="snappy", **parquet_options(schema))
                 writer.write_table(t)
         finally:
             if writer is not None:
                 writer.close()
         return out
 
-    def _load_staging(self, staging: str, path) -> int:
+    def _load_staging(self, staging: str, path, schema: list) -> int:
         bigquery = import_bigquery()
         t = self.tables
         try:
-            table = bigquery.Table(t.id(staging), schema=S.staging_schema())
+            table = bigquery.Table(t.id(staging), schema=schema)
             table.expires = datetime.now(timezone.utc) + timedelta(days=1)
             t.client.delete_table(table.reference, not_found_ok=True, retry=t.retry, timeout=t.timeout)
             t.client.create_table(table, exists_ok=True, retry=t.retry, timeout=t.timeout)
-            return t.load_parquet(path, table.reference, S.staging_schema(), "WRITE_TRUNCATE", "pulse_load_",
-                                  "load job")
+            return t.load_parquet(path, table.reference, schema, "WRITE_TRUNCATE", "pulse_load_", "load job")
         except PulseError:
             raise
         except Exception as exc:
@@ -461,6 +554,43 @@ def id_ranges(ids: "pa.Array | pa.ChunkedArray", max_ranges: int = MAX_ID_RANGES
         start = i + 1
     out.append((values[start].as_py(), values[n - 1].as_py()))
     return out
+
+
+def _group_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for files of a group: the first's base columns, then `unchanged` and every extra
+    column any file has (in order of appearance; the first file's type tags win: a column is created
+    with the type the source first gave it, as it would have been had the files been loaded one by one)."""
+    base = [schemas[0].field(n) for n in S.NAMES]
+    extras: dict[str, pa.Field] = {}
+    for s in schemas:
+        for f in s:
+            if f.name not in S.NAMES and f.name != S.UNCHANGED:
+                extras.setdefault(f.name, f)
+    # A file without one of the columns: its rows list it as unchanged (see `_conform`).
+    unchanged = any(S.UNCHANGED in s.names or any(n not in s.names for n in extras) for s in schemas)
+    return pa.schema(base + ([S.UNCHANGED_FIELD] if unchanged else []) + list(extras.values()))
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns in its order: missing ones NULL, types cast (memory vs disk)."""
+    if table.schema.equals(schema, check_metadata=False) and table.schema.names == schema.names:
+        return table.cast(schema) if table.schema != schema else table
+    cols = []
+    absent = [f.name for f in schema if f.name not in table.schema.names and f.name not in S.NAMES
+              and f.name != S.UNCHANGED]
+    for f in schema:
+        if f.name in table.schema.names:
+            cols.append(table.column(f.name).cast(f.type))
+        elif f.name == S.UNCHANGED:
+            # The changes of this file do not carry `absent`: the MERGE keeps what the table has.
+            cols.append(pa.array([absent] * table.num_rows, f.type))
+        else:
+            cols.append(pa.nulls(table.num_rows, f.type))
+    if absent and S.UNCHANGED in table.schema.names:
+        listed = table.column(S.UNCHANGED).to_pylist()
+        cols[schema.get_field_index(S.UNCHANGED)] = pa.array([(u or []) + absent for u in listed],
+                                                             S.UNCHANGED_FIELD.type)
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def _direct_bounds(spool: Spool, group: list[SpoolFile]) -> list[tuple[int, int]] | None:

@@ -14,6 +14,15 @@ Types (docs/sinks/bigquery.md explains why):
 The MERGE is idempotent: a change is applied only when its source position
 (source_lsn, source_seq) is above the row's, so applying the same staging
 rows twice, or an older change after a newer one, changes nothing.
+
+Schema changes of the source (docs/sinks/bigquery.md, "Schema changes"):
+an event's extra columns (`EnrichedEvent.extra`) travel in the Arrow rows
+as text, each field tagged with its PostgreSQL and BigQuery types
+(`EXTRA_PG_TYPE` / `EXTRA_BQ_TYPE` metadata, type from `bq_type`), and
+become NULLABLE columns of the table; the MERGE casts the text to the
+table's type, and a value that does not fit sends its row to the
+dead-letter table. Fields an UPDATE did not resend are listed per row in
+the `unchanged` column (staging only) and the MERGE keeps their stored value.
 """
 
 from __future__ import annotations
@@ -81,9 +90,82 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
 _PROJECT = re.compile(r"^[a-z][a-z0-9.:-]{1,62}$")
 
 
+# -- extra (source) columns -------------------------------------------------------
+
+UNCHANGED = "unchanged"  # staging / changelog / dead letters only: fields not resent, per row
+UNCHANGED_FIELD = pa.field(UNCHANGED, pa.list_(pa.string()))
+EXTRA_PG_TYPE = b"pulse.pg_type"
+EXTRA_BQ_TYPE = b"pulse.bq_type"
+# PostgreSQL type name (`pgoutput.type_name`) -> BigQuery type of the column
+# Pulse adds. numeric is STRING: PostgreSQL's numeric holds what NUMERIC
+# cannot (NaN, infinity, more than 9 decimals, 38 digits), and text is exact.
+PG_TO_BQ = {
+    "text": "STRING", "varchar": "STRING", "bpchar": "STRING", "name": "STRING", "uuid": "STRING",
+    "int2": "INT64", "int4": "INT64", "int8": "INT64", "oid": "INT64",
+    "numeric": "STRING",
+    "bool": "BOOL",
+    "timestamptz": "TIMESTAMP",
+    "json": "JSON", "jsonb": "JSON",
+    "float4": "FLOAT64", "float8": "FLOAT64",
+}
+# Types a MERGE can produce from the staging text (anything else a table
+# has is kept as it is, and the value is cast to it the same way).
+_CASTABLE = frozenset({"STRING", "INT64", "BOOL", "TIMESTAMP", "JSON", "FLOAT64", "NUMERIC", "BIGNUMERIC",
+                       "DATE", "DATETIME", "TIME", "BYTES"})
+
+
+def bq_type(pg_type: str) -> str:
+    """The BigQuery type of a new column for a source column of PostgreSQL type `pg_type`."""
+    base = pg_type.split("(", 1)[0]
+    return PG_TO_BQ.get(base, "STRING")
+
+
+class Extra(NamedTuple):
+    """An extra column as the loader sees it: name, its type in the table, the source's types."""
+
+    name: str
+    table_type: str  # in the final table (what the MERGE casts to)
+    pg_type: str = "text"  # as the source last described it
+    bq_type: str = "STRING"  # what Pulse would create for it
+
+
+def extra_fields(schema: pa.Schema) -> list[Extra]:
+    """The extra columns of a spool / changelog Arrow schema (their BigQuery type as Pulse maps it)."""
+    out = []
+    for f in schema:
+        if f.name in NAMES or f.name == UNCHANGED:
+            continue
+        meta = f.metadata or {}
+        bq = meta.get(EXTRA_BQ_TYPE, b"STRING").decode()
+        out.append(Extra(check_identifier("column", f.name), bq, meta.get(EXTRA_PG_TYPE, b"text").decode(), bq))
+    return out
+
+
+def _text(value: object) -> str | None:
+    """An extra value as the text the MERGE casts (ISO 8601 times, 'true' / 'false', exact numbers)."""
+    if value is None or type(value) is str:
+        return value  # type: ignore[return-value]
+    if type(value) is bool:
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        import orjson
+
+        return orjson.dumps(value).decode()
+    if type(value) is float:
+        return repr(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()  # type: ignore[union-attr]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "\\x" + bytes(value).hex()
+    return str(value)
+
+
 def check_identifier(kind: str, value: str) -> str:
     """Dataset / table names go into SQL as quoted identifiers: allow only safe ones."""
     ok = _PROJECT.match(value) if kind == "project" else _IDENT.match(value)
+    if kind == "column" and not ok:
+        raise TerminalError(f"extra column {value!r} is not a valid BigQuery column name",
+                            hint="the spool file was not written by this Pulse version: remove it from the spool")
     if not ok:
         raise ConfigError(f"bigquery {kind} {value!r} is not a valid name",
                           hint=f"use letters, digits and '_' for bigquery.{kind}")
@@ -111,6 +193,14 @@ def dead_letter_schema() -> list["bigquery.SchemaField"]:
     from google.cloud import bigquery
 
     return staging_schema() + [bigquery.SchemaField(n, t) for n, t in DEAD_LETTER_EXTRA]
+
+
+def staging_extra_schema(extras: Sequence[Extra], unchanged: bool) -> list["bigquery.SchemaField"]:
+    """The staging / changelog / dead-letter columns beyond `staging_schema()`: all text."""
+    from google.cloud import bigquery
+
+    out = [bigquery.SchemaField(UNCHANGED, "STRING", mode="REPEATED")] if unchanged else []
+    return out + [bigquery.SchemaField(e.name, "STRING") for e in extras]
 
 
 def state_schema() -> list["bigquery.SchemaField"]:
@@ -173,7 +263,11 @@ def _ts(value):
 
 
 def to_arrow(events: Sequence[EnrichedEvent]) -> pa.Table:
-    """Arrow rows in `ARROW_SCHEMA` order (the spool files and Storage Write appends)."""
+    """Arrow rows in `ARROW_SCHEMA` order (the spool files and Storage Write appends).
+
+    When some events carry extra columns or unchanged fields, the table has
+    `unchanged` and the extra columns (text, typed by metadata) after them.
+    """
     cols: dict[str, Any] = {
         "event_id": [e.event_id for e in events],
         "content_id": [e.content_id for e in events],
@@ -204,7 +298,28 @@ def to_arrow(events: Sequence[EnrichedEvent]) -> pa.Table:
             arrays.append(pa.array(src, pa.float64()).cast(_DEC))
         else:
             arrays.append(pa.array(cols[c.name], c.arrow))
-    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+    table = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+    if any(e.extra or e.unchanged for e in events):
+        table = _with_extras(table, events)
+    return table
+
+
+def _with_extras(table: pa.Table, events: Sequence[EnrichedEvent]) -> pa.Table:
+    types: dict[str, str] = {}  # in order of first appearance, with the type first given
+    for e in events:
+        if e.extra_types:
+            for name, pg_type in e.extra_types.items():
+                types.setdefault(name, pg_type)
+    # A field a change does not carry (not resent, or a column its relation
+    # does not have) is listed per row: the MERGE keeps the stored value.
+    unchanged = [list(e.unchanged) + [n for n in types if not e.extra or n not in e.extra] for e in events]
+    if any(unchanged):
+        table = table.append_column(UNCHANGED_FIELD, pa.array(unchanged, UNCHANGED_FIELD.type))
+    for name, pg_type in types.items():
+        meta = {EXTRA_PG_TYPE: pg_type.encode(), EXTRA_BQ_TYPE: bq_type(pg_type).encode()}
+        values = [_text(e.extra.get(name)) if e.extra else None for e in events]
+        table = table.append_column(pa.field(name, pa.string(), metadata=meta), pa.array(values, pa.string()))
+    return table
 
 
 # -- SQL -----------------------------------------------------------------------
@@ -223,34 +338,96 @@ def _select_value(name: str) -> str:
     return f"SAFE.PARSE_JSON(S.{name})" if name == "raw_payload" else f"S.{name}"
 
 
+def _cast(expr: str, table_type: str) -> str:
+    """The staging text `expr` as a value of the table's column type (NULL when it does not fit)."""
+    if table_type == "JSON":
+        return f"SAFE.PARSE_JSON({expr})"
+    if table_type == "STRING":
+        return expr
+    if table_type not in _CASTABLE:
+        raise TerminalError(f"the table has a column of type {table_type}, which Pulse cannot fill",
+                            hint="change that column to one of " + ", ".join(sorted(_CASTABLE)))
+    return f"SAFE_CAST({expr} AS {table_type})"
+
+
+_SENT_NULL = "'\\x00null'"  # a NUL character: never in a PostgreSQL text value
+# Known fields that an UPDATE can leave unresent (TOASTable types): the MERGE keeps their stored value.
+KEEPABLE = ("event_type", "device", "raw_payload")
+
+
 def apply_script(*, final: str, source: str, dead_letter: str, state: str, table_name: str,
-                 position: tuple[int, int]) -> str:
+                 position: tuple[int, int], extras: Sequence[Extra] = (), unchanged: bool = False) -> str:
     """One script that applies the changes in `source` (a table or a subquery) to `final`.
 
-    1. rows whose value BigQuery would reject (raw_payload not JSON) go to the
+    1. rows whose value BigQuery would reject (raw_payload not JSON, an extra
+       column's text that does not fit the table's type) go to the
        dead-letter table with the reason, once (keyed by event id and position);
     2. the newest valid change of each event is MERGEd: delete removes the
        row, insert / update replace it, and only when newer than the row's
-       position (so replays and re-runs are no-ops);
+       position (so replays and re-runs are no-ops); with `unchanged` a field
+       the change did not resend takes the newest value the source's earlier
+       changes in `source` sent, else keeps the table's;
     3. the state row records `position`, in the same transaction.
+
+    `extras`: the source's extra columns in `source` (text) with their type
+    in `final`; columns of `final` not named are left as they are.
     """
     lsn, seq = int(position[0]), int(position[1])
-    cols = ", ".join(NAMES)
-    s_cols = ", ".join(f"S.{n}" for n in NAMES)
-    values = ", ".join(_select_value(n) for n in NAMES)
-    updates = ", ".join(f"{n} = {_select_value(n)}" for n in NAMES if n != "event_id")
+    ex = [e._replace(name=check_identifier("column", e.name)) for e in extras]
+    conv = {n: _select_value(n) for n in NAMES}
+    for e in ex:
+        conv[e.name] = _cast(f"S.`{e.name}`", e.table_type)
+    names = list(NAMES) + [e.name for e in ex]
+    q = {n: (f"`{n}`" if n not in NAMES else n) for n in names}
+    cols = ", ".join(q[n] for n in names)
+    dl_cols = ", ".join([q[n] for n in names] + ([UNCHANGED] if unchanged else []))
+    s_dl_cols = ", ".join([f"S.{q[n]}" for n in names] + ([f"S.{UNCHANGED}"] if unchanged else []))
+    bad = [(_BAD_JSON, "raw_payload is not valid JSON")]
+    for e in ex:
+        if e.table_type != "STRING":
+            source_type = re.sub(r"[^A-Za-z0-9_(),:]", "", e.pg_type)
+            why = f"column {e.name}: value does not fit the column type {e.table_type}"
+            bad.append((f"(S.`{e.name}` IS NOT NULL AND {conv[e.name]} IS NULL)",
+                        why + (f" (the source sends {source_type})" if source_type else "")))
+    any_bad = "(" + " OR ".join(cond for cond, _ in bad) + ")"
+    reason = "CASE " + " ".join(f"WHEN {cond} THEN '{why}'" for cond, why in bad) + " END"
+    newest = "QUALIFY ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY source_lsn DESC, source_seq DESC) = 1"
+    keep: set[str] = set()
+    if unchanged:
+        keep = {n for n in KEEPABLE} | {e.name for e in ex}
+        window = ("OVER (PARTITION BY event_id ORDER BY source_lsn, source_seq "
+                  "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)")
+        select = []
+        for n in names:
+            if n not in keep:
+                select.append(f"S.{q[n]}")
+                continue
+            flag = f"'{n}' IN UNNEST(S.{UNCHANGED})"
+            # The newest value an earlier change of the event in `source` sent
+            # (a NULL sent stands in as _SENT_NULL, a text PostgreSQL cannot hold).
+            sent = f"LAST_VALUE(IF({flag}, NULL, IFNULL(S.{q[n]}, {_SENT_NULL})) IGNORE NULLS) {window}"
+            select.append(f"IF({flag}, NULLIF({sent}, {_SENT_NULL}), S.{q[n]}) AS {q[n]}")
+            select.append(f"({flag} AND {sent} IS NULL) AS `_keep_{n}`")
+        using = f"SELECT {', '.join(select)} FROM {source} S WHERE NOT {any_bad}\n  {newest}"
+    else:
+        using = f"SELECT * FROM {source} S WHERE NOT {any_bad}\n  {newest}"
+
+    def value(n: str) -> str:
+        return f"IF(S.`_keep_{n}`, T.{q[n]}, {conv[n]})" if n in keep else conv[n]
+
+    values = ", ".join(conv[n] for n in names)
+    updates = ", ".join(f"{q[n]} = {value(n)}" for n in names if n != "event_id")
     name = table_name.replace("'", "")
     return f"""BEGIN TRANSACTION;
-INSERT INTO {dead_letter} ({cols}, reason, failed_ts)
-SELECT {s_cols}, 'raw_payload is not valid JSON', CURRENT_TIMESTAMP()
+INSERT INTO {dead_letter} ({dl_cols}, reason, failed_ts)
+SELECT {s_dl_cols}, {reason}, CURRENT_TIMESTAMP()
 FROM {source} S
-WHERE {_BAD_JSON} AND NOT EXISTS (
+WHERE {any_bad} AND NOT EXISTS (
   SELECT 1 FROM {dead_letter} D
   WHERE D.event_id = S.event_id AND D.source_lsn = S.source_lsn AND D.source_seq = S.source_seq);
 MERGE {final} T
 USING (
-  SELECT * FROM {source} S WHERE NOT {_BAD_JSON}
-  QUALIFY ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY source_lsn DESC, source_seq DESC) = 1
+  {using}
 ) S
 ON T.event_id = S.event_id
 WHEN MATCHED AND S.op = 'delete' AND {_NEWER} THEN DELETE

@@ -281,6 +281,12 @@ class Spool:
             return pq.read_table(f.path, columns=columns)
         return table.select(columns) if columns else table
 
+    def read_schema(self, f: "SpoolFile") -> pa.Schema:
+        """A spool file's schema (its columns vary when the source gained columns)."""
+        with self._recent_lock:
+            table = self._recent.get(f.path.name)
+        return table.schema if table is not None else pq.read_schema(f.path)
+
     # -- reading ---------------------------------------------------------------------
 
     def files(self) -> list[SpoolFile]:

@@ -101,6 +101,7 @@ class StreamWriter:
         # (stream name, batch last position) of a commit whose outcome we did not see.
         self._uncertain: tuple[str, Position] | None = None
         self._schema_bytes = S.ARROW_SCHEMA.serialize().to_pybytes()
+        self._changelog_extras: set[str] | None = None  # extra columns the changelog has (read once)
 
     def append(self, table: pa.Table, last: Position) -> None:
         from google.cloud.bigquery_storage_v1 import types
@@ -111,6 +112,22 @@ class StreamWriter:
                 self._uncertain = None
                 return
         self._uncertain = None
+        schema_bytes = self._schema_bytes
+        if self._changelog_extras is None:
+            self._changelog_extras = {e.name for e in self.tables.changelog_extras()[0]}
+        absent = self._changelog_extras - set(table.schema.names)
+        if absent:
+            # Rows without a column the changelog has: listed as unchanged, so the MERGE keeps the stored value.
+            from pulse.sinks.bigquery_load import _conform
+
+            fields = list(table.schema) + ([S.UNCHANGED_FIELD] if S.UNCHANGED not in table.schema.names else [])
+            table = _conform(table, pa.schema(fields + [pa.field(n, pa.string()) for n in sorted(absent)]))
+        if table.num_columns != len(S.NAMES):
+            # Extra source columns / unchanged fields: the changelog (and the table) gain them first.
+            extras = S.extra_fields(table.schema)
+            self.tables.extra_columns(extras, S.UNCHANGED in table.schema.names, changelog=True)
+            self._changelog_extras.update(e.name for e in extras)
+            schema_bytes = table.schema.remove_metadata().serialize().to_pybytes()
         try:
             stream = self.client.create_write_stream(
                 parent=self.parent, write_stream=types.WriteStream(type_=types.WriteStream.Type.PENDING),
@@ -120,7 +137,7 @@ class StreamWriter:
             for rb in _chunks(table):
                 req = types.AppendRowsRequest(write_stream=stream.name, offset=offset)
                 data = types.AppendRowsRequest.ArrowData()
-                data.writer_schema = types.ArrowSchema(serialized_schema=self._schema_bytes)
+                data.writer_schema = types.ArrowSchema(serialized_schema=schema_bytes)
                 data.rows = types.ArrowRecordBatch(serialized_record_batch=rb.serialize().to_pybytes(),
                                                    row_count=rb.num_rows)
                 req.arrow_rows = data
@@ -183,7 +200,8 @@ class MergerThread(threading.Thread):
             return False
         source = S.changelog_window(self.tables.ref(self.tables.changelog), (low.lsn, low.seq),
                                     (high.lsn, high.seq))
-        self.tables.apply(source, high)
+        extras, unchanged = self.tables.changelog_extras()
+        self.tables.apply(source, high, extras, unchanged)
         self.merged = high
         log.info("bigquery.merged", position=str(high))
         return True

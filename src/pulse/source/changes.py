@@ -147,7 +147,7 @@ class ChangeAssembler:
                 if rel.name in CAPTURED and rel.namespace == self.schema:
                     if rec.xid is not None:  # type: ignore[attr-defined]
                         # Inside a stream: only reported if the transaction commits.
-                        self._spill(rec.xid, (rel.name, _TRUNCATE, None, None))  # type: ignore[attr-defined]
+                        self._spill(rec.xid, (rel.name, _TRUNCATE, None, None, None))  # type: ignore[attr-defined]
                         continue
                     pos = Position(self._txn.final_lsn if self._txn else 0, self._seq)
                     yield Truncated(rel.name, pos)
@@ -177,14 +177,14 @@ class ChangeAssembler:
             try:
                 spill.fh.close()
                 aborted = spill.aborted or set()
-                for xid, (table, op, new, old) in _read_spill(spill.path):
+                for xid, (table, op, new, old, types) in _read_spill(spill.path):
                     if xid in aborted:
                         continue
                     if op == _TRUNCATE:
                         yield Truncated(table, Position(rec.commit_lsn, seq))
                         continue
                     seq += 1
-                    yield Change(table, op, new, old, Position(rec.commit_lsn, seq), rec.commit_ts)
+                    yield Change(table, op, new, old, Position(rec.commit_lsn, seq), rec.commit_ts, types)
             finally:
                 self._discard(spill)
             log.debug("stream.replayed", xid=rec.xid, changes=seq)
@@ -238,16 +238,31 @@ def _read_spill(path: Path) -> Iterator[tuple]:
             yield pickle.loads(buf[start:pos])
 
 
+_TYPES: dict[int, tuple[pg.Relation, dict[str, str]]] = {}
+
+
+def column_types(rel: pg.Relation) -> dict[str, str]:
+    """Column name -> PostgreSQL type name of `rel`, one shared mapping per Relation message."""
+    hit = _TYPES.get(id(rel))
+    if hit is not None and hit[0] is rel:
+        return hit[1]
+    types = {c.name: pg.type_name(c.type_oid, c.type_modifier) for c in rel.columns}
+    if len(_TYPES) > 256:
+        _TYPES.clear()
+    _TYPES[id(rel)] = (rel, types)
+    return types
+
+
 def _rows(rec: pg.Insert | pg.Update | pg.Delete) -> tuple:
     rel = rec.relation
     t = type(rec)
     if t is pg.Insert:
-        return rel.name, "insert", rel.as_dict(rec.new), None
+        return rel.name, "insert", rel.as_dict(rec.new), None, column_types(rel)
     if t is pg.Update:
         old = rec.old if rec.old is not None else rec.key  # type: ignore[union-attr]
-        return rel.name, "update", rel.as_dict(rec.new), _partial(rel, old)  # type: ignore[union-attr]
+        return rel.name, "update", rel.as_dict(rec.new), _partial(rel, old), column_types(rel)  # type: ignore[union-attr]
     old = rec.old if rec.old is not None else rec.key  # type: ignore[union-attr]
-    return rel.name, "delete", None, _partial(rel, old)
+    return rel.name, "delete", None, _partial(rel, old), column_types(rel)
 
 
 def _partial(rel: pg.Relation, values: tuple | None) -> dict | None:
@@ -265,5 +280,5 @@ def _partial(rel: pg.Relation, values: tuple | None) -> dict | None:
 
 
 def _to_change(rec, position: Position, commit_ts: datetime) -> Change:
-    table, op, new, old = _rows(rec)
-    return Change(table, op, new, old, position, commit_ts)
+    table, op, new, old, types = _rows(rec)
+    return Change(table, op, new, old, position, commit_ts, types)

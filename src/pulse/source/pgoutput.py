@@ -71,6 +71,7 @@ __all__ = [
     "lsn_to_str",
     "pg_timestamp_to_datetime",
     "str_to_lsn",
+    "type_name",
 ]
 
 
@@ -209,6 +210,30 @@ _BUILTIN_TYPE_NAMES: Final[Mapping[str, int]] = {
     "varchar": 1043, "date": 1082, "timestamp": 1114, "timestamptz": 1184,
     "numeric": 1700, "uuid": 2950, "jsonb": 3802,
 }
+
+
+_TYPE_NAMES: Final[Mapping[int, str]] = MappingProxyType({
+    **{oid: name for name, oid in _BUILTIN_TYPE_NAMES.items()},
+    17: "bytea", 18: "char", 142: "xml", 650: "cidr", 790: "money", 869: "inet", 1083: "time",
+    1186: "interval", 1266: "timetz", 1560: "bit", 1562: "varbit",
+})
+
+
+def type_name(type_oid: int, type_modifier: int = -1) -> str:
+    """A column's PostgreSQL type as a name: ``'text'``, ``'int4'``, ``'numeric(10,2)'``.
+
+    The name travels with an extra column to the sinks (who map it to their
+    own types); an OID that is not a builtin (an enum, a domain, an array)
+    is ``'oid:<n>'``. The modifier only matters for ``numeric`` (precision
+    and scale packed as PostgreSQL does: ``((p << 16) | s) + 4``).
+    """
+    name = _TYPE_NAMES.get(type_oid)
+    if name is None:
+        return f"oid:{type_oid}"
+    if type_oid == 1700 and type_modifier >= 4:
+        mod = type_modifier - 4
+        return f"numeric({(mod >> 16) & 0xFFFF},{mod & 0xFFFF})"
+    return name
 
 
 # --- records ------------------------------------------------------------------

@@ -16,9 +16,14 @@ tuple naming what is odd. Decisions where the brief is silent:
   board) and the problem is `negative_duration`;
 - a duration beyond the content's length keeps its ratio (> 1) and is
   flagged `duration_exceeds_length`;
-- a large `raw_payload` that an UPDATE did not change is not resent by
-  PostgreSQL (unchanged TOAST): taken from the old row when REPLICA IDENTITY
-  FULL sent it, else NULL and flagged `raw_payload_not_resent`;
+- a large `raw_payload` (or any column) that an UPDATE did not change is
+  not resent by PostgreSQL (unchanged TOAST): taken from the old row when
+  REPLICA IDENTITY FULL sent it, else its value is None and its name is in
+  the event's `unchanged` (sinks keep what they have: it is not a NULL);
+- source columns beyond the known ones (an `ALTER TABLE ... ADD COLUMN`)
+  go to the event's `extra`, named by `model.extra_columns`, with their
+  PostgreSQL types in `extra_types`; a known column the relation no longer
+  has is None;
 - a negative `length_seconds` (the column has no CHECK) gives no ratio and
   is flagged `negative_length`;
 - an `event_ts` Python cannot hold ('infinity', BC, year > 9999, or beyond
@@ -32,11 +37,12 @@ No I/O here: the caller passes the cache and the clock.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
 from pulse.source.pgoutput import UNCHANGED_TOAST
-from pulse.model import Change, EnrichedEvent, Position
+from pulse.model import EVENT_COLUMNS, Change, EnrichedEvent, Position, extra_columns
 from pulse.transform.content_cache import ContentCache, ContentInfo
 
 NULL_CONTENT_ID = "null_content_id"
@@ -45,7 +51,9 @@ NEGATIVE_DURATION = "negative_duration"
 ZERO_LENGTH = "zero_length"
 EXCEEDS_LENGTH = "duration_exceeds_length"
 MISSING_VALUES = "old_values_unknown"
-PAYLOAD_NOT_SENT = "raw_payload_not_resent"
+PAYLOAD_NOT_SENT = "raw_payload_not_resent"  # no longer flagged: see `EnrichedEvent.unchanged`
+_EVENT_FIELDS = {c: ("event_id" if c == "id" else c) for c in EVENT_COLUMNS}
+_KNOWN = len(EVENT_COLUMNS)
 NEGATIVE_LENGTH = "negative_length"
 BAD_EVENT_TS = "event_ts_out_of_range"
 EVENT_TS_AT_LIMIT = "event_ts_at_limit"
@@ -107,12 +115,52 @@ def enrich_row(
     backfill: bool = False,
     before: EnrichedEvent | None = None,
     extra_problems: tuple[str, ...] = (),
+    types: Mapping[str, str] | None = None,
 ) -> EnrichedEvent:
-    """Enrich one `engagement_events` row (as a column-name dict)."""
+    """Enrich one `engagement_events` row (as a column-name dict).
+
+    `types` (column -> PostgreSQL type name, `Change.types`) names the
+    row's extra columns; without it a column beyond the known ones is typed
+    `text`.
+    """
     get = row.get
-    return enrich_values(row["id"], get("content_id"), get("user_id"), get("event_type"), get("event_ts"),
-                         get("duration_ms"), get("device"), get("raw_payload"), op, position, commit_ts, cache,
-                         now, backfill, before, extra_problems)
+    unchanged: list[str] = []
+    if op == "update" and UNCHANGED_TOAST in row.values():
+        unchanged = [_EVENT_FIELDS[k] for k, v in row.items() if v is UNCHANGED_TOAST and k in _EVENT_FIELDS
+                     and k != "raw_payload"]
+        if unchanged:
+            row = {k: (None if v is UNCHANGED_TOAST and k in _EVENT_FIELDS and k != "raw_payload" else v)
+                   for k, v in row.items()}
+            get = row.get
+    event = enrich_values(row["id"], get("content_id"), get("user_id"), get("event_type"), get("event_ts"),
+                          get("duration_ms"), get("device"), get("raw_payload"), op, position, commit_ts, cache,
+                          now, backfill, before, extra_problems)
+    if len(row) > _KNOWN or (types is not None and len(types) > _KNOWN):
+        event = _with_extra(event, row, types, unchanged)
+    elif unchanged:
+        event = event._replace(unchanged=tuple(unchanged) + event.unchanged)
+    return event
+
+
+def _with_extra(event: EnrichedEvent, row: dict[str, Any], types: Mapping[str, str] | None,
+                unchanged: list[str]) -> EnrichedEvent:
+    """`event` with the row's columns beyond EVENT_COLUMNS in `extra` (and any not resent in `unchanged`)."""
+    if types is None:
+        types = {k: "text" for k in row}
+    extra: dict[str, Any] = {}
+    extra_types: dict[str, str] = {}
+    for col in extra_columns(types):
+        if col.source not in row:
+            continue  # an old row (FULL identity) of a relation without it
+        value = row[col.source]
+        if value is UNCHANGED_TOAST:
+            unchanged.append(col.name)
+            value = None
+        extra[col.name] = value
+        extra_types[col.name] = col.pg_type
+    if not extra:
+        return event._replace(unchanged=tuple(unchanged) + event.unchanged) if unchanged else event
+    return event._replace(extra=extra, extra_types=extra_types, unchanged=tuple(unchanged) + event.unchanged)
 
 
 def enrich_values(event_id: int, content_id: str | None, user_id: str | None, event_type: str | None,
@@ -130,11 +178,13 @@ def enrich_values(event_id: int, content_id: str | None, user_id: str | None, ev
         if info is None:
             problems.append(CONTENT_MISSING)
     length = info.length_seconds if info is not None else None
+    unchanged: tuple[str, ...] = ()
     if payload is UNCHANGED_TOAST:
         # An UPDATE that left a large (TOASTed) payload untouched does not resend
-        # it; without REPLICA IDENTITY FULL its value is unknown here.
+        # it; without REPLICA IDENTITY FULL its value is unknown here, and the
+        # sinks keep the one they have.
         payload = None
-        problems.append(PAYLOAD_NOT_SENT)
+        unchanged = ("raw_payload",)
     if event_ts is not None:
         if isinstance(event_ts, datetime) and (event_ts.year == 1 or event_ts.year == 9999):
             try:  # naive: UTC (the time zone Pulse reads in)
@@ -155,6 +205,7 @@ def enrich_values(event_id: int, content_id: str | None, user_id: str | None, ev
         event_id, content_id, user_id, event_type, event_ts, duration, device, payload,  # type: ignore[arg-type]
         info.slug if info else None, info.title if info else None, info.content_type if info else None,
         length, seconds, pct, op, position, commit_ts, now, backfill, tuple(problems), before,  # type: ignore[arg-type]
+        None, None, unchanged,
     )
 
 
@@ -167,9 +218,10 @@ def enrich_change(change: Change, cache: ContentCache, now: datetime, backfill: 
     """
     before = None
     old = change.old
+    types = change.types
     if old is not None and "event_ts" in old:
         before = enrich_row(old, op=change.op, position=change.position, commit_ts=change.commit_ts,
-                            cache=cache, now=now, backfill=backfill)
+                            cache=cache, now=now, backfill=backfill, types=types)
     if change.op == "delete":
         row = old if old is not None else {}
         if "id" not in row:
@@ -184,7 +236,7 @@ def enrich_change(change: Change, cache: ContentCache, now: datetime, backfill: 
                 backfill=backfill, problems=(MISSING_VALUES,),
             )
         return enrich_row(row, op="delete", position=change.position, commit_ts=change.commit_ts,
-                          cache=cache, now=now, backfill=backfill, before=before)
+                          cache=cache, now=now, backfill=backfill, before=before, types=types)
     assert change.new is not None
     new = change.new
     if old is not None and before is not None and UNCHANGED_TOAST in new.values():
@@ -192,4 +244,4 @@ def enrich_change(change: Change, cache: ContentCache, now: datetime, backfill: 
         # unchanged one is known after all.
         new = {k: (old.get(k, v) if v is UNCHANGED_TOAST else v) for k, v in new.items()}
     return enrich_row(new, op=change.op, position=change.position, commit_ts=change.commit_ts,
-                      cache=cache, now=now, backfill=backfill, before=before)
+                      cache=cache, now=now, backfill=backfill, before=before, types=types)

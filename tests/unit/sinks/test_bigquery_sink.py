@@ -41,6 +41,7 @@ class FakeTables:
         self.client = SimpleNamespace(delete_table=lambda *a, **k: None)
         self.retry = None
         self.timeout = 1
+        self.types = {}  # extra column -> its type in the fake table
 
     def staging(self, key):
         return "stage_" + key
@@ -55,7 +56,11 @@ class FakeTables:
         self.calls.append(("range", ranges))
         return self.present
 
-    def load_direct(self, path):
+    def extra_columns(self, extras, unchanged=False):
+        self.calls.append(("extras", tuple(e.name for e in extras), unchanged)) if extras or unchanged else None
+        return [e._replace(table_type=self.types.get(e.name, e.bq_type)) for e in extras]
+
+    def load_direct(self, path, extras=()):
         self.calls.append(("direct", path.name))
         if self.direct_fail:
             raise self.direct_fail
@@ -64,12 +69,12 @@ class FakeTables:
     def store_position(self, pos):
         self.calls.append(("state", pos))
 
-    def apply(self, src, pos):
+    def apply(self, src, pos, extras=(), unchanged=False):
         self.calls.append(("merge", pos))
 
 
 class FakeLoader(L.Loader):
-    def _load_staging(self, staging, path):
+    def _load_staging(self, staging, path, schema=None):
         if self.tables.fail:
             raise self.tables.fail
         return 1

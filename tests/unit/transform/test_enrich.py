@@ -324,8 +324,8 @@ def test_duration_beyond_length_event(cache: ContentCache) -> None:
 
 
 def test_problems_accumulate_in_rule_order(cache: ContentCache) -> None:
-    ev = enrich(cache, content_id=None, duration_ms=-5, raw_payload=UNCHANGED_TOAST)
-    assert ev.problems == (NULL_CONTENT_ID, PAYLOAD_NOT_SENT, NEGATIVE_DURATION)
+    ev = enrich(cache, content_id=None, duration_ms=-5, device=None)
+    assert ev.problems == (NULL_CONTENT_ID, NEGATIVE_DURATION)
 
 
 def test_extra_problems_come_first(cache: ContentCache) -> None:
@@ -342,12 +342,14 @@ def test_event_pct_rounding(cache: ContentCache, duration_ms: int, content_id: s
     assert enrich(cache, duration_ms=duration_ms, content_id=content_id).engagement_pct == pct
 
 
-def test_unchanged_toast_payload_is_null_and_flagged(cache: ContentCache) -> None:
+def test_unchanged_toast_payload_is_marked_unchanged_not_null(cache: ContentCache) -> None:
     ev = enrich(cache, op="update", raw_payload=UNCHANGED_TOAST)
     assert ev.raw_payload is None
-    assert ev.problems == (PAYLOAD_NOT_SENT,)
+    assert ev.unchanged == ("raw_payload",)
+    assert ev.problems == ()  # not a problem any more: every sink keeps the stored value
     assert ev.engagement_pct == 0.75  # the rest of the row is enriched as usual
-    ev.to_dict()  # the sentinel never reaches serialisation
+    doc = ev.to_dict()  # the sentinel never reaches serialisation
+    assert "raw_payload" not in doc and doc["unchanged"] == ["raw_payload"]
 
 
 def test_null_payload_is_not_flagged(cache: ContentCache) -> None:

@@ -1,0 +1,115 @@
+"""Extra source columns and unchanged fields: type names, BigQuery types, the event's shape (pure)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from pulse.bus import codec
+from pulse.model import Change, Position, extra_columns
+from pulse.sinks import bigquery_schema as S
+from pulse.source.pgoutput import UNCHANGED_TOAST, type_name
+from pulse.transform.content_cache import ContentCache
+from pulse.transform.enrich import enrich_change
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(("oid", "typmod", "pg", "bq"), [
+    (25, -1, "text", "STRING"), (1043, 68, "varchar", "STRING"), (21, -1, "int2", "INT64"),
+    (23, -1, "int4", "INT64"), (20, -1, "int8", "INT64"), (1700, -1, "numeric", "STRING"),
+    (1700, ((10 << 16) | 2) + 4, "numeric(10,2)", "STRING"), (16, -1, "bool", "BOOL"),
+    (1184, -1, "timestamptz", "TIMESTAMP"), (3802, -1, "jsonb", "JSON"), (114, -1, "json", "JSON"),
+    (700, -1, "float4", "FLOAT64"), (701, -1, "float8", "FLOAT64"), (2950, -1, "uuid", "STRING"),
+    (1082, -1, "date", "STRING"), (17, -1, "bytea", "STRING"), (98765, -1, "oid:98765", "STRING"),
+])
+def test_a_relation_column_type_maps_to_a_bigquery_type(oid, typmod, pg, bq):
+    assert type_name(oid, typmod) == pg
+    assert S.bq_type(pg) == bq
+
+
+def test_extra_names_keep_the_source_name_unless_it_collides():
+    cols = extra_columns({"id": "int8", "session_id": "text", "op": "text", "Problems": "text", "a b": "int4",
+                          "_PARTITIONTIME": "text"})
+    assert [(c.source, c.name) for c in cols] == [
+        ("session_id", "session_id"), ("op", "col_op"), ("Problems", "col_Problems"), ("a b", "a_b"),
+        ("_PARTITIONTIME", "col__PARTITIONTIME")]
+
+
+def _change(op, new, types, old=None):
+    return Change("engagement_events", op, new, old, Position(5, 1), NOW, types)
+
+
+BASE = {"id": 7, "content_id": None, "user_id": None, "event_type": "play", "event_ts": NOW, "duration_ms": 1000,
+        "device": "ios", "raw_payload": '{"k": 1}'}
+TYPES = {"id": "int8", "content_id": "uuid", "user_id": "uuid", "event_type": "text", "event_ts": "timestamptz",
+         "duration_ms": "int4", "device": "text", "raw_payload": "jsonb"}
+
+
+def test_extra_columns_ride_in_the_event_and_its_json_form():
+    types = {**TYPES, "session_id": "text", "price": "numeric", "op": "int4", "seen": "timestamptz"}
+    row = {**BASE, "session_id": "s", "price": Decimal("1.50"), "op": 3, "seen": NOW}
+    ev = enrich_change(_change("insert", row, types), ContentCache(), NOW)
+    assert ev.extra == {"session_id": "s", "price": Decimal("1.50"), "col_op": 3, "seen": NOW}
+    assert ev.extra_types == {"session_id": "text", "price": "numeric", "col_op": "int4", "seen": "timestamptz"}
+    doc = ev.to_dict()
+    assert doc["op"] == "insert" and doc["col_op"] == 3  # a collision never overwrites a Pulse field
+    assert doc["price"] == "1.50" and doc["seen"] == NOW.isoformat() and doc["session_id"] == "s"
+    back = codec.decode(codec.encode(ev)[1])
+    assert back.extra == {"session_id": "s", "price": "1.50", "col_op": 3, "seen": NOW.isoformat()}
+    assert back.extra_types == ev.extra_types
+    # The BigQuery rows carry them as text, tagged with both types.
+    t = S.to_arrow([ev, back])
+    assert t.column("price").to_pylist() == ["1.50", "1.50"]
+    assert t.column("seen").to_pylist() == [NOW.isoformat()] * 2
+    assert t.schema.field("seen").metadata[S.EXTRA_BQ_TYPE] == b"TIMESTAMP"
+    assert [e.name for e in S.extra_fields(t.schema)] == ["session_id", "price", "col_op", "seen"]
+
+
+def test_a_row_of_a_relation_without_extra_columns_has_none():
+    ev = enrich_change(_change("insert", dict(BASE), TYPES), ContentCache(), NOW)
+    assert ev.extra is None and "extra_types" not in ev.to_dict()
+    assert S.to_arrow([ev]).schema == S.ARROW_SCHEMA
+
+
+def test_unchanged_extra_and_payload_are_named_not_null():
+    types = {**TYPES, "notes": "text"}
+    row = {**BASE, "raw_payload": UNCHANGED_TOAST, "notes": UNCHANGED_TOAST}
+    ev = enrich_change(_change("update", row, types), ContentCache(), NOW)
+    assert set(ev.unchanged) == {"raw_payload", "notes"} and ev.raw_payload is None
+    doc = ev.to_dict()
+    assert "raw_payload" not in doc and "notes" not in doc and set(doc["unchanged"]) == {"raw_payload", "notes"}
+    back = codec.decode(codec.encode(ev)[1])
+    assert set(back.unchanged) == {"raw_payload", "notes"}
+    t = S.to_arrow([back])
+    assert set(t.column(S.UNCHANGED).to_pylist()[0]) == {"raw_payload", "notes"}
+
+
+def test_the_merge_keeps_unchanged_fields_and_dead_letters_misfits():
+    script = S.apply_script(final="F", source="X", dead_letter="D", state="ST", table_name="t", position=(1, 2),
+                            extras=[S.Extra("score", "INT64", "text")], unchanged=True)
+    assert "raw_payload = IF(S.`_keep_raw_payload`, T.raw_payload" in script
+    assert "SAFE_CAST(S.`score` AS INT64) IS NULL" in script
+    assert "column score: value does not fit the column type INT64 (the source sends text)" in script
+    plain = S.apply_script(final="F", source="X", dead_letter="D", state="ST", table_name="t", position=(1, 2))
+    assert "_keep_" not in plain and "`score`" not in plain
+
+
+def test_a_change_without_a_column_lists_it_as_unchanged_in_the_rows():
+    """Rows of a relation without the column (before the ADD, after the DROP, a backfill read) never write it."""
+    import pyarrow as pa
+
+    from pulse.sinks.bigquery_load import _conform, _group_schema
+
+    with_col = enrich_change(_change("insert", {**BASE, "sid": "s"}, {**TYPES, "sid": "text"}), ContentCache(), NOW)
+    without = enrich_change(_change("update", dict(BASE, id=8), TYPES), ContentCache(), NOW)
+    t = S.to_arrow([with_col, without])
+    assert t.column(S.UNCHANGED).to_pylist() == [[], ["sid"]]
+    assert t.column("sid").to_pylist() == ["s", None]
+    # Files of one load with and without the column: the same rule when they are combined.
+    plain = S.to_arrow([without])
+    schema = _group_schema([S.to_arrow([with_col]).schema, plain.schema])
+    combined = pa.concat_tables([_conform(S.to_arrow([with_col]), schema), _conform(plain, schema)])
+    assert combined.column(S.UNCHANGED).to_pylist() == [[], ["sid"]]
