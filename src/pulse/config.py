@@ -208,6 +208,13 @@ class KafkaConfig(_Section):
         "PULSE_KAFKA__CLIENT_CONFIG='{\"sasl.password\": \"...\"}').",
     )
     batch_max_messages: int = Field(default=5000, ge=1, description="Most messages a consumer hands a sink at once.")
+    message_max_bytes: int = Field(
+        default=1_000_000, ge=10_000, le=1_000_000_000,
+        description="Largest message the producer sends (librdkafka's message.max.bytes); the topic's "
+        "max.message.bytes, read at start, lowers it. An event above it, less 4 KiB for key and headers, is "
+        "published with its raw_payload replaced by a marker and the problem payload_too_large, and kept in "
+        "full in the dead-letter store (`pulse dlq --sink kafka`). Raise it (and the topic's limit) to replay.",
+    )
 
 
 class BigQueryConfig(_Section):

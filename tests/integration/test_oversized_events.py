@@ -1,0 +1,120 @@
+"""Oversized events (2 MB and 20 MB payloads) never wedge a stream, in both modes.
+
+Each test checks the whole policy of docs/failure-and-bad-input.md against
+the real services: the stream goes on (a normal row written after the big
+ones arrives), the big events arrive with the marker and the problem
+`payload_too_large`, the full rows are in the dead-letter store, and
+`pulse dlq show` / `replay` work on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from pulse.receiver import Receiver
+from pulse.runtime.pipeline import Pipeline
+from pulse.sinks.external import ExternalSink
+from pulse.source.slot import ensure_slot
+from tests.conftest import unique
+
+from .pipeline_helpers import Running, insert_content, wait_for
+from .test_external_sink import FAST, SECRET, outbox_for, received_by_event, settings
+from .test_kafka_bus import _spawn, _stop, drop_topics
+from .test_source import pulse_cmd, pulse_env
+
+MB = 1024 * 1024
+
+
+def insert_sized(cur, content_id: str, blob_bytes: int) -> tuple[int, str]:
+    """One event whose raw_payload holds `blob_bytes` bytes of text; returns (id, raw_payload as stored)."""
+    cur.execute(
+        "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device, raw_payload) "
+        "VALUES (%s, gen_random_uuid(), 'play', now(), 5000, 'ios', jsonb_build_object('blob', repeat('x', %s))) "
+        "RETURNING id, raw_payload::text", (content_id, blob_bytes))
+    return cur.fetchone()
+
+
+def assert_marker(data: dict, raw: str) -> None:
+    """`data` (an enriched event as delivered) carries the marker of `raw` and the flag, nothing of `raw`."""
+    marker = orjson.loads(data["raw_payload"])
+    assert marker == {"_pulse_truncated": True, "bytes": len(raw.encode()),
+                      "sha256": hashlib.sha256(raw.encode()).hexdigest()}
+    assert "payload_too_large" in data["problems"]
+
+
+def dlq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(pulse_cmd("dlq", *args), env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them_in_full(scratch_db, services):
+    """`pulse produce` + `pulse consume --sink external` on the real broker; then `pulse dlq ... --sink kafka`."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    topic = unique("pulse_big")
+    bootstrap = services["PULSE_KAFKA_BOOTSTRAP"]
+    rec = Receiver(seed=3).start()
+    env = pulse_env(scratch_db, PULSE_KAFKA_BOOTSTRAP=bootstrap, PULSE_KAFKA__TOPIC=topic,
+                    PULSE_KAFKA__CONTENT_TOPIC=topic + "_content", PULSE_KAFKA__PARTITIONS="2",
+                    PULSE_KAFKA__GROUP_PREFIX=unique("grp"), PULSE_EXTERNAL_URL=rec.url,
+                    **{f"PULSE_EXTERNAL__{k.upper()}": str(v) for k, v in FAST.items()})
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    content = insert_content(cur, 2)
+    ensure_slot(scratch_db.config())
+    producer = _spawn(env, "produce")
+    consumer = _spawn(env, "consume", "--sink", "external")
+    procs = [producer, consumer]
+    try:
+        big2, raw2 = insert_sized(cur, content[0], 2 * MB)
+        big20, raw20 = insert_sized(cur, content[1], 20 * MB)
+        normal, _ = insert_sized(cur, content[0], 10)
+        wait_for(lambda: normal in received_by_event(rec) or any(p.poll() is not None for p in procs), 90,
+                 "the normal row after the big ones")
+        assert all(p.poll() is None for p in procs), [p.stderr.read()[-3000:] for p in procs if p.poll() is not None]
+        got = {e["event"]["data"]["event_id"]: e["event"]["data"] for e in rec.events()}
+        assert set(got) == {big2, big20, normal}
+        assert_marker(got[big2], raw2)
+        assert_marker(got[big20], raw20)
+        assert "payload_too_large" not in got[normal]["problems"]
+
+        listed = dlq("list", "--sink", "kafka", "--json", env=env)
+        assert listed.returncode == 0, listed.stderr
+        rows = [orjson.loads(line) for line in listed.stdout.splitlines()]
+        assert {r["event_id"]: r["reason"] for r in rows} == {big2: "payload_too_large", big20: "payload_too_large"}
+        shown = dlq("show", "--sink", "kafka", "--id", str(rows[1]["id"]), env=env)
+        assert shown.returncode == 0, shown.stderr
+        doc = orjson.loads(shown.stdout)
+        assert doc["event"]["event_id"] == big20 and doc["event"]["raw_payload"] == raw20
+        assert "payload_too_large" not in doc["event"]["problems"]
+
+        # The limit still refuses them: the replay fails, they stay, with the error and a replay count.
+        refused = dlq("replay", "--sink", "kafka", "--all", env=env)
+        assert refused.returncode == 1 and "2 still failing" in refused.stdout, refused.stdout + refused.stderr
+        again = [orjson.loads(line) for line in dlq("list", "--sink", "kafka", "--json", env=env).stdout.splitlines()]
+        assert [(r["replays"], "too large" in (r["last_error"] or "").lower()) for r in again] == [(1, True)] * 2
+
+        # The operator raises the topic's and the producer's limits: the replay publishes them in full,
+        # and the external consumer sends the full events under the ids their markers arrived with.
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+            ConfigEntry("max.message.bytes", str(32 * MB), incremental_operation=AlterConfigOpType.SET)])
+        for future in admin.incremental_alter_configs([res]).values():
+            future.result(30)
+        raised = dict(env, PULSE_KAFKA__MESSAGE_MAX_BYTES=str(32 * MB))
+        replayed = dlq("replay", "--sink", "kafka", "--all", env=raised)
+        assert replayed.returncode == 0 and "replayed 2 event(s)" in replayed.stdout, replayed.stdout + replayed.stderr
+        assert dlq("list", "--sink", "kafka", "--json", env=env).stdout == ""
+        ids = {e["event"]["data"]["event_id"]: e["id"] for e in rec.events()}
+        wait_for(lambda: rec.stats()["conflicts"] >= 2, 60, "the full events under their original ids")
+        assert sorted(rec.stats()["conflicting_ids"]) == sorted([ids[big2], ids[big20]])
+        assert all(p.poll() is None for p in procs)
+    finally:
+        for p in procs:
+            _stop(p)
+        rec.stop()
+        drop_topics(bootstrap, [topic, topic + "_content"])
