@@ -24,6 +24,7 @@ from tests.conftest import unique
 
 from .pipeline_helpers import Running, insert_content, wait_for
 from .test_external_sink import FAST, SECRET, outbox_for, received_by_event, settings
+from .test_bigquery_sink import bq  # noqa: F401 (fixture)
 from .test_kafka_bus import _spawn, _stop, drop_topics
 from .test_source import pulse_cmd, pulse_env
 
@@ -118,3 +119,106 @@ def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them
             _stop(p)
         rec.stop()
         drop_topics(bootstrap, [topic, topic + "_content"])
+
+
+def _bq_payload_sizes(client, dataset) -> dict[int, int] | None:
+    try:
+        return {r[0]: r[1] for r in client.query(
+            f"SELECT event_id, LENGTH(TO_JSON_STRING(raw_payload)) FROM `{dataset}.engagement_events`").result()}
+    except Exception:  # the table is not there yet
+        return None
+
+
+def test_in_process_run_delivers_2mb_and_20mb_events_past_a_413_and_to_bigquery_in_full(
+        scratch_db, services, bq, tmp_path):
+    """`pulse run` (in-process) to the receiver, which refuses bodies over 1 MB, and the BigQuery emulator."""
+    from pulse.config import Settings
+    from pulse.sinks.bigquery import BigQuerySink
+
+    client, dataset = bq
+    rec = Receiver(secret=SECRET, seed=5).start()
+    rec.set_faults(max_body_bytes=MB)
+    cfg = Settings(
+        database=scratch_db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
+        runtime={"sinks": ["external", "bigquery"]},
+        external={"url": rec.url, "secret": SECRET, **FAST},
+        bigquery={"project": services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), "dataset": dataset,
+                  "endpoint": services["PULSE_BIGQUERY_ENDPOINT"], "spool_dir": str(tmp_path / "spool"),
+                  "load_interval_s": 0.5, "request_timeout_s": 60},
+    )
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    outbox = outbox_for(scratch_db)
+    oconn = outbox.connect()
+    try:
+        with Running(Pipeline(cfg, [ExternalSink.from_settings(cfg), BigQuerySink.from_settings(cfg)])):
+            content = insert_content(cur, 2)
+            big2, raw2 = insert_sized(cur, content[0], 2 * MB)
+            big20, raw20 = insert_sized(cur, content[1], 20 * MB)
+            normal, _ = insert_sized(cur, content[0], 10)
+            wait_for(lambda: normal in received_by_event(rec), 60, "the normal row after the big ones")
+            wait_for(lambda: outbox.dead_count(oconn) == 2, 30, "the two big events in the dead-letter store")
+            got = {e["event"]["data"]["event_id"]: e["event"]["data"] for e in rec.events()}
+            assert set(got) == {big2, big20, normal}
+            assert_marker(got[big2], raw2)
+            assert_marker(got[big20], raw20)
+            # BigQuery takes rows up to 100 MB in a load job: it holds both in full.
+            sizes = wait_for(lambda: (s := _bq_payload_sizes(client, dataset)) and len(s) == 3 and s, 120,
+                             "three rows in BigQuery")
+            assert sizes[big20] >= 20 * MB and sizes[big2] >= 2 * MB
+    finally:
+        rec.stop()
+    dead = outbox.dead_letters(oconn, 10)
+    oconn.close()
+    assert {d["event_id"]: d["last_status"] for d in dead} == {big2: 413, big20: 413}
+    assert all(d["last_error"].startswith("payload_too_large") for d in dead)
+
+    env = {"PULSE_DATABASE_URL": scratch_db.url, "PULSE_SLOT": scratch_db.slot, "PULSE_EXTERNAL_SECRET": SECRET}
+    app = __import__("typer").Typer()
+    from pulse.cli import dlq as dlq_cli
+
+    dlq_cli.register(app)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["dlq", "show", "--id", str(dead[0]["id"])], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert orjson.loads(shown.output)["cloudevent"]["data"]["raw_payload"] == raw2
+    rec.start()  # the endpoint is back, its limit unchanged: the replay still fails, the rows stay
+    refused = runner.invoke(app, ["dlq", "replay", "--all"], env={**env, "PULSE_EXTERNAL_URL": rec.url})
+    assert refused.exit_code == 1 and "413" in refused.output, refused.output
+    rec.stop()
+    roomy = Receiver(secret=SECRET, seed=6).start()  # an endpoint that takes large bodies
+    try:
+        replayed = runner.invoke(app, ["dlq", "replay", "--all"], env={**env, "PULSE_EXTERNAL_URL": roomy.url})
+        assert replayed.exit_code == 0 and "replayed 2 event(s)" in replayed.output, replayed.output
+        full = {e["event"]["data"]["event_id"]: e for e in roomy.events()}
+    finally:
+        roomy.stop()
+    assert {k: v["event"]["data"]["raw_payload"] for k, v in full.items()} == {big2: raw2, big20: raw20}
+    assert {k: v["id"] for k, v in full.items()} == {big2: next(iter(received_by_event(rec)[big2])),
+                                                      big20: next(iter(received_by_event(rec)[big20]))}
+
+
+def test_a_413_for_a_batch_splits_it_and_every_event_arrives_whole(scratch_db):
+    """A batch over the endpoint's body limit, of events each under it: split, nothing truncated or dead."""
+    rec = Receiver(secret=SECRET, seed=7).start()
+    rec.set_faults(max_body_bytes=300_000)
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    outbox = outbox_for(scratch_db)
+    oconn = outbox.connect()
+    cfg = settings(scratch_db, rec, concurrency=1, batch_max_age_s=0.5)
+    try:
+        with Running(Pipeline(cfg, [ExternalSink.from_settings(cfg)])):
+            content = insert_content(cur, 1)
+            with scratch_db.connect() as txn_conn:  # one transaction: one batch of 12 x 100 KB
+                txn_conn.autocommit = False
+                tcur = txn_conn.cursor()
+                ids = [insert_sized(tcur, content[0], 100_000)[0] for _ in range(12)]
+                txn_conn.commit()
+            wait_for(lambda: set(ids) <= set(received_by_event(rec)), 30, "all 12 events")
+        assert rec.stats()["faults_served"].get("413", 0) >= 1  # the first, full batch was refused
+        assert all("payload_too_large" not in e["event"]["data"]["problems"] for e in rec.events())
+        assert outbox.dead_count(oconn) == 0
+    finally:
+        oconn.close()
+        rec.stop()
