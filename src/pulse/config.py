@@ -270,6 +270,13 @@ class BigQueryConfig(_Section):
     request_timeout_s: float = Field(
         default=60.0, gt=0, description="Deadline of one BigQuery request or job wait, retries included."
     )
+    max_row_bytes: int | None = Field(
+        default=None, ge=1024,
+        description="Largest raw_payload written as is; a larger event is written with its raw_payload replaced "
+        "by a marker and the problem payload_too_large, its full form kept in the dead-letter store "
+        "(`pulse dlq --sink bigquery`). Unset: 9 MiB in stream mode (a Storage Write request carries at most "
+        "10 MB), 99 MiB in batch mode (a load job's row is at most 100 MB).",
+    )
 
 
 class ExternalConfig(_Section):

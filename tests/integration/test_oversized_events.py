@@ -222,3 +222,60 @@ def test_a_413_for_a_batch_splits_it_and_every_event_arrives_whole(scratch_db):
     finally:
         oconn.close()
         rec.stop()
+
+
+def test_bigquery_stream_mode_writes_a_20mb_event_with_the_marker_and_keeps_it_in_full(
+        scratch_db, services, bq, tmp_path):
+    """The Storage Write API takes 10 MB per request: the 20 MB row goes in with the marker, the 2 MB one whole."""
+    from pulse.config import Settings
+    from pulse.sinks.bigquery import BigQuerySink
+
+    client, dataset = bq
+    cfg = Settings(
+        database=scratch_db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
+        runtime={"sinks": ["bigquery"]},
+        bigquery={"project": services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), "dataset": dataset,
+                  "endpoint": services["PULSE_BIGQUERY_ENDPOINT"],
+                  "grpc_endpoint": services.get("PULSE_BIGQUERY__GRPC_ENDPOINT"), "mode": "stream",
+                  "spool_dir": str(tmp_path / "spool"), "merge_interval_s": 0.5, "request_timeout_s": 60},
+    )
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    pipeline = Pipeline(cfg, [BigQuerySink.from_settings(cfg)])
+    with Running(pipeline):
+        content = insert_content(cur, 2)
+        big2, raw2 = insert_sized(cur, content[0], 2 * MB)
+        big20, raw20 = insert_sized(cur, content[1], 20 * MB)
+        normal, _ = insert_sized(cur, content[0], 10)
+        rows = wait_for(lambda: _bq_rows(client, dataset, 3), 90, "three rows in BigQuery")
+    assert len(rows[big2][0]) >= 2 * MB and "payload_too_large" not in rows[big2][1]
+    assert_marker({"raw_payload": rows[big20][0], "problems": rows[big20][1]}, raw20)
+    assert rows[normal][1] == []
+
+    env = {"PULSE_DATABASE_URL": scratch_db.url, "PULSE_SLOT": scratch_db.slot}
+    listed = dlq("list", "--sink", "bigquery", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    dead = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    assert [(d["event_id"], d["reason"]) for d in dead] == [(big20, "payload_too_large")]
+    shown = dlq("show", "--sink", "bigquery", "--id", str(dead[0]["id"]), env=env)
+    assert shown.returncode == 0 and orjson.loads(shown.stdout)["event"]["raw_payload"] == raw20
+
+    # Replay: a load job takes rows up to 100 MB, so the full payload replaces the marker in the row.
+    bq_env = {**env, "PULSE_BIGQUERY_ENDPOINT": services["PULSE_BIGQUERY_ENDPOINT"],
+              "PULSE_BIGQUERY_PROJECT": services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"),
+              "PULSE_BIGQUERY_DATASET": dataset}
+    replayed = dlq("replay", "--sink", "bigquery", "--all", env=bq_env)
+    assert replayed.returncode == 0 and "replayed 1 event(s)" in replayed.stdout, replayed.stdout + replayed.stderr
+    after = _bq_rows(client, dataset, 3)
+    assert orjson.loads(after[big20][0]) == orjson.loads(raw20) and after[big20][1] == []
+    assert after[big2] == rows[big2] and after[normal] == rows[normal]
+    assert dlq("list", "--sink", "bigquery", "--json", env=env).stdout == ""
+
+
+def _bq_rows(client, dataset, n: int) -> dict[int, tuple[str, list[str]]] | None:
+    try:
+        rows = {r[0]: (r[1], list(r[2])) for r in client.query(
+            f"SELECT event_id, TO_JSON_STRING(raw_payload), problems FROM `{dataset}.engagement_events`").result()}
+    except Exception:  # the table is not there yet
+        return None
+    return rows if len(rows) == n else None

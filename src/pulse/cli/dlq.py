@@ -8,10 +8,12 @@ Rows belong to one deployment (`PULSE_SLOT`) and sink name. Two stores:
   again, oldest first, with their original CloudEvent ids, to
   `PULSE_EXTERNAL_URL` (signed with `PULSE_EXTERNAL_SECRET`), and deletes
   what the endpoint acknowledged.
-- any other sink (`--sink kafka`): Pulse's general `dead_letter` table, the
-  full form of events published with a marker because they exceeded the
-  sink's size limit. Replay publishes them again in full (after the limit
-  was raised); those the limit still refuses stay, with the error.
+- any other sink (`--sink kafka`, `--sink bigquery`): Pulse's general
+  `dead_letter` table, the full form of events delivered with a marker
+  because they exceeded the sink's size limit. Replay publishes them again
+  in full to Kafka (after `kafka.message_max_bytes` and the topic's limit
+  were raised), or puts the full payload into the BigQuery row by a load job
+  and a MERGE; those still refused stay, with the error.
 """
 
 from __future__ import annotations
@@ -161,13 +163,19 @@ def replay(
     if not ids and not all_:
         raise TerminalError("nothing selected to replay", hint="pass --all, or --id N (see `pulse dlq list`)")
     if not _is_external(sink_name):
-        if sink_name.split("@", 1)[0] != "kafka":
+        kind = sink_name.split("@", 1)[0]
+        if kind not in ("kafka", "bigquery"):
             raise TerminalError(f"dead letters of sink {sink_name} cannot be replayed",
                                 hint="inspect them with `pulse dlq show`; purge them when handled")
-        from pulse.sinks.kafka import replay_dead_letters as replay_kafka
+        store_cfg, store = _store(database_url, slot, sink_name)
+        if kind == "kafka":
+            from pulse.sinks.kafka import replay_dead_letters as replay_kafka
 
-        kafka_cfg, store = _store(database_url, slot, sink_name)
-        published, failed, error = replay_kafka(kafka_cfg.kafka, store, ids=ids or None)
+            published, failed, error = replay_kafka(store_cfg.kafka, store, ids=ids or None)
+        else:
+            from pulse.sinks.bigquery import replay_dead_letters as replay_bigquery
+
+            published, failed, error = replay_bigquery(store_cfg.bigquery, store, ids=ids or None)
         typer.echo(f"replayed {published} event(s)" + (f"; {failed} still failing: {error}" if failed else ""))
         if failed:
             raise typer.Exit(1)

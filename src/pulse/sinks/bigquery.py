@@ -13,6 +13,13 @@ Two modes (`bigquery.mode`), one table, one apply step:
   `<table>_changelog` (visible atomically, position stored with the rows),
   MERGEd into the table every `merge_interval_s`. See `bigquery_stream`.
 
+An event whose `raw_payload` exceeds what BigQuery takes in one row
+(`bigquery.max_row_bytes`; by default the Storage Write API's 10 MB request
+in stream mode, a load job's 100 MB row in batch mode) is written with the
+payload marker and the problem `payload_too_large`, its full form first kept
+in Pulse's dead-letter store (sinks/dead_letter.py). Backfill chunks taken
+column-wise are not checked (batch mode's 100 MB).
+
 `open()` returns the highest position held: in batch mode the spool's
 (its file names and its `position` file) or the state table's; in stream
 mode the changelog's. docs/sinks/bigquery.md has the exactness argument.
@@ -23,25 +30,34 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pulse.config import BigQueryConfig, Settings
+from pulse.config import BigQueryConfig, DatabaseConfig, Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks import bigquery_schema as S
+from pulse.sinks import dead_letter as dl
 from pulse.sinks.base import Sink
 from pulse.sinks.bigquery_load import Loader, LoaderThread, Tables, make_client
 from pulse.sinks.bigquery_spool import Spool
 
 log = get_logger(__name__)
 
+#: Default `max_row_bytes` per mode: under the 10 MB AppendRows request, under a load job's 100 MB row.
+MAX_ROW_BYTES = {"stream": 9 * 1024 * 1024, "batch": 99 * 1024 * 1024}
+
 
 class BigQuerySink(Sink):
     name = "bigquery"
     accepts_columns = True  # backfill chunks arrive enriched column-wise, already in the row shape
 
-    def __init__(self, cfg: BigQueryConfig, *, name: str = "bigquery", client=None, write_client=None) -> None:
+    def __init__(self, cfg: BigQueryConfig, *, name: str = "bigquery", client=None, write_client=None,
+                 db: DatabaseConfig | None = None) -> None:
         self.cfg = cfg
         self.name = name
+        self.max_row_bytes = cfg.max_row_bytes or MAX_ROW_BYTES[cfg.mode]
+        self.dead_letters = (dl.DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{name}")
+                             if db is not None else None)
+        self.truncated = 0
         self._client = client
         self._write_client = write_client
         self.tables: Tables | None = None
@@ -53,7 +69,7 @@ class BigQuerySink(Sink):
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "bigquery") -> "BigQuerySink":
-        return cls(settings.bigquery, name=name)
+        return cls(settings.bigquery, name=name, db=settings.database)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -125,7 +141,33 @@ class BigQuerySink(Sink):
     def write(self, batch: Batch) -> Position:
         if not batch.events:
             return ZERO
-        return self.write_columns(S.to_arrow(batch.events), batch.first, batch.last)
+        return self.write_columns(S.to_arrow(self._fit(batch.events)), batch.first, batch.last)
+
+    def _payload_bytes(self, raw: str | None) -> int:
+        if raw is None or len(raw) * 4 <= self.max_row_bytes:  # cheap: at most 4 bytes per character
+            return 0
+        return len(raw.encode())
+
+    def _fit(self, events: tuple) -> tuple:
+        """The events, those too large for one row truncated after their full form is dead-lettered."""
+        limit = self.max_row_bytes
+        oversized = [e for e in events if self._payload_bytes(e.raw_payload) > limit]
+        if not oversized:
+            return events
+        if self.dead_letters is None:
+            raise TerminalError(f"event {oversized[0].event_id} exceeds bigquery.max_row_bytes ({limit}) and this "
+                                "sink has no dead-letter store",
+                                hint="build the sink with the database config (BigQuerySink.from_settings)")
+        added = self.dead_letters.add([(e, dl.full_json(e)) for e in oversized], dl.PAYLOAD_TOO_LARGE,
+                                      f"bigquery.max_row_bytes {limit} ({self.cfg.mode} mode)")
+        if added:
+            dl.count(self.name, dl.PAYLOAD_TOO_LARGE, added)
+            self.truncated += added
+        for e in oversized:
+            log.warning("bigquery.event_too_large", event_id=e.event_id, position=str(e.position), limit=limit,
+                        hint="written with a marker; the full event is in `pulse dlq list --sink bigquery`")
+        big = {e.position for e in oversized}
+        return tuple(dl.truncate(e) if e.position in big else e for e in events)
 
     def write_columns(self, table, first: Position, last: Position) -> Position:
         if table.num_rows == 0:
@@ -168,3 +210,66 @@ class BigQuerySink(Sink):
 
 
 __all__ = ["BigQuerySink"]
+
+
+def replay_dead_letters(cfg: BigQueryConfig, store: "dl.DeadLetters", ids: list[int] | None = None,
+                        client=None) -> tuple[int, int, str | None]:
+    """Put the full payloads of dead-lettered events into the rows that carry their markers.
+
+    One load job (rows up to 100 MB, whatever the sink's mode) brings the full
+    events into a scratch table; one MERGE sets `raw_payload` and `problems`
+    of the rows still at the same event id and source position (a row a newer
+    change replaced since is left alone); the scratch table is dropped.
+    Returns (replayed, failed, last error); failures stay in the store with
+    their error and replay count.
+    """
+    import tempfile
+    import uuid
+
+    import orjson
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pulse.sinks.bigquery_load import import_bigquery
+
+    bigquery = import_bigquery()
+    tables = Tables(client or make_client(cfg), cfg)
+    scratch = f"_pulse_replay_{tables.table}_{uuid.uuid4().hex[:12]}"
+    conn = store.connect(name="pulse-dlq-replay")
+    try:
+        with conn, conn.cursor() as cur:
+            rows = store.lock_for_replay(cur, 1000, ids)
+            if not rows:
+                return 0, 0, None
+            docs = [orjson.loads(r["event"]) for r in rows]
+            table = pa.table({
+                "event_id": pa.array([d["event_id"] for d in docs], pa.int64()),
+                "source_lsn": pa.array([d["source_lsn"] for d in docs], pa.int64()),
+                "source_seq": pa.array([d["source_seq"] for d in docs], pa.int64()),
+                "raw_payload": pa.array([d["raw_payload"] for d in docs], pa.string()),
+                "problems": pa.array([[p for p in d["problems"] if p != dl.PAYLOAD_TOO_LARGE] for d in docs],
+                                     pa.list_(pa.string())),
+            })
+            schema = [bigquery.SchemaField("event_id", "INT64"), bigquery.SchemaField("source_lsn", "INT64"),
+                      bigquery.SchemaField("source_seq", "INT64"), bigquery.SchemaField("raw_payload", "STRING"),
+                      bigquery.SchemaField("problems", "STRING", mode="REPEATED")]
+            try:
+                with tempfile.NamedTemporaryFile(suffix=".parquet") as fh:
+                    pq.write_table(table, fh.name)
+                    tables.load_parquet(fh.name, tables.id(scratch), schema, "WRITE_TRUNCATE", "pulse_replay_",
+                                        "dead-letter replay load")
+                tables.query(
+                    f"MERGE {tables.ref(tables.table)} T USING {tables.ref(scratch)} S "
+                    "ON T.event_id = S.event_id AND T.source_lsn = S.source_lsn AND T.source_seq = S.source_seq "
+                    "WHEN MATCHED THEN UPDATE SET raw_payload = SAFE.PARSE_JSON(S.raw_payload), "
+                    "problems = S.problems", "dead-letter replay")
+            except Exception as exc:  # the load or the MERGE refused: the rows stay, with the error
+                error = str(exc)[:2000]
+                store.note_replay_failure(cur, [r["id"] for r in rows], error)
+                return 0, len(rows), error
+            finally:
+                tables.client.delete_table(tables.id(scratch), not_found_ok=True)
+            store.remove(cur, [r["id"] for r in rows])
+            return len(rows), 0, None
+    finally:
+        conn.close()
