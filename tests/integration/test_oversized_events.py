@@ -52,16 +52,21 @@ def dlq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(pulse_cmd("dlq", *args), env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them_in_full(scratch_db, services):
-    """`pulse produce` + `pulse consume --sink external` on the real broker; then `pulse dlq ... --sink kafka`."""
+def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them_in_full(
+        scratch_db, services, bq, tmp_path):
+    """`pulse produce` + `pulse consume --sink external / bigquery` on the real broker; then `pulse dlq --sink kafka`."""
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
+    client, dataset = bq
     topic = unique("pulse_big")
     bootstrap = services["PULSE_KAFKA_BOOTSTRAP"]
     rec = Receiver(seed=3).start()
     env = pulse_env(scratch_db, PULSE_KAFKA_BOOTSTRAP=bootstrap, PULSE_KAFKA__TOPIC=topic,
                     PULSE_KAFKA__CONTENT_TOPIC=topic + "_content", PULSE_KAFKA__PARTITIONS="2",
                     PULSE_KAFKA__GROUP_PREFIX=unique("grp"), PULSE_EXTERNAL_URL=rec.url,
+                    PULSE_BIGQUERY_ENDPOINT=services["PULSE_BIGQUERY_ENDPOINT"], PULSE_BIGQUERY_DATASET=dataset,
+                    PULSE_BIGQUERY_PROJECT=services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"),
+                    PULSE_BIGQUERY__SPOOL_DIR=str(tmp_path / "spool"), PULSE_BIGQUERY__LOAD_INTERVAL_S="0.5",
                     **{f"PULSE_EXTERNAL__{k.upper()}": str(v) for k, v in FAST.items()})
     conn = scratch_db.connect()
     cur = conn.cursor()
@@ -69,7 +74,8 @@ def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them
     ensure_slot(scratch_db.config())
     producer = _spawn(env, "produce")
     consumer = _spawn(env, "consume", "--sink", "external")
-    procs = [producer, consumer]
+    warehouse = _spawn(env, "consume", "--sink", "bigquery")
+    procs = [producer, consumer, warehouse]
     try:
         big2, raw2 = insert_sized(cur, content[0], 2 * MB)
         big20, raw20 = insert_sized(cur, content[1], 20 * MB)
@@ -82,6 +88,9 @@ def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them
         assert_marker(got[big2], raw2)
         assert_marker(got[big20], raw20)
         assert "payload_too_large" not in got[normal]["problems"]
+        rows = wait_for(lambda: _bq_rows(client, dataset, 3), 90, "three rows in BigQuery")
+        assert_marker({"raw_payload": rows[big20][0], "problems": rows[big20][1]}, raw20)
+        assert_marker({"raw_payload": rows[big2][0], "problems": rows[big2][1]}, raw2)
 
         listed = dlq("list", "--sink", "kafka", "--json", env=env)
         assert listed.returncode == 0, listed.stderr
@@ -113,7 +122,12 @@ def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them
         ids = {e["event"]["data"]["event_id"]: e["id"] for e in rec.events()}
         wait_for(lambda: rec.stats()["conflicts"] >= 2, 60, "the full events under their original ids")
         assert sorted(rec.stats()["conflicting_ids"]) == sorted([ids[big2], ids[big20]])
-        assert all(p.poll() is None for p in procs)
+        # ... and the BigQuery consumer MERGEs the full payloads into the rows that held the markers.
+        full = wait_for(lambda: (r := _bq_rows(client, dataset, 3)) and r[big20][1] == [] and r[big2][1] == [] and r,
+                        90, "the full payloads in BigQuery")
+        assert orjson.loads(full[big2][0]) == orjson.loads(raw2)
+        assert orjson.loads(full[big20][0]) == orjson.loads(raw20)
+        assert all(p.poll() is None for p in procs), [p.stderr.read()[-3000:] for p in procs if p.poll() is not None]
     finally:
         for p in procs:
             _stop(p)

@@ -49,6 +49,7 @@ MAX_ROW_BYTES = {"stream": 9 * 1024 * 1024, "batch": 99 * 1024 * 1024}
 class BigQuerySink(Sink):
     name = "bigquery"
     accepts_columns = True  # backfill chunks arrive enriched column-wise, already in the row shape
+    takes_replays = True  # a full payload replayed over Kafka is MERGEd into the row holding its marker
 
     def __init__(self, cfg: BigQueryConfig, *, name: str = "bigquery", client=None, write_client=None,
                  db: DatabaseConfig | None = None) -> None:
@@ -183,6 +184,25 @@ class BigQuerySink(Sink):
                 self.loader.hurry()  # a backfill: load it now, not at the next load_interval_s
         return last
 
+    def replay(self, batch: Batch) -> None:
+        """Full payloads of events held with a marker (Kafka mode): merged into their rows once loaded."""
+        from pulse.bus.codec import to_dict
+
+        assert self.tables is not None
+        docs = [to_dict(e) for e in batch.events]
+        waiting = not_loaded_yet(self.tables, docs)
+        if waiting:  # the consumer retries with backoff: the loader brings the rows meanwhile
+            raise TransientError(f"replay waits for events {waiting[:10]} to be loaded into the table")
+        try:
+            merge_full_payloads(self.tables, docs)
+        except TerminalError as exc:  # BigQuery refuses them still: keep them here, the stream goes on
+            if self.dead_letters is None:
+                raise
+            self.dead_letters.add([(e, dl.full_json(e)) for e in batch.events], "replay_refused", str(exc))
+            dl.count(self.name, "replay_refused", len(batch.events))
+            log.warning("bigquery.replay_refused", events=len(batch.events), error=str(exc),
+                        hint="`pulse dlq list --sink NAME` shows them")
+
     def flush(self) -> Position | None:
         self._check_background()
         return None
@@ -212,29 +232,87 @@ class BigQuerySink(Sink):
 __all__ = ["BigQuerySink"]
 
 
-def replay_dead_letters(cfg: BigQueryConfig, store: "dl.DeadLetters", ids: list[int] | None = None,
-                        client=None) -> tuple[int, int, str | None]:
-    """Put the full payloads of dead-lettered events into the rows that carry their markers.
 
-    One load job (rows up to 100 MB, whatever the sink's mode) brings the full
-    events into a scratch table; one MERGE sets `raw_payload` and `problems`
-    of the rows still at the same event id and source position (a row a newer
-    change replaced since is left alone); the scratch table is dropped.
-    Returns (replayed, failed, last error); failures stay in the store with
-    their error and replay count.
+def _full_payload_table(docs: list[dict]):
+    import pyarrow as pa
+
+    return pa.table({
+        "event_id": pa.array([d["event_id"] for d in docs], pa.int64()),
+        "source_lsn": pa.array([d["source_lsn"] for d in docs], pa.int64()),
+        "source_seq": pa.array([d["source_seq"] for d in docs], pa.int64()),
+        "raw_payload": pa.array([d["raw_payload"] for d in docs], pa.string()),
+        "problems": pa.array([[p for p in d["problems"] if p != dl.PAYLOAD_TOO_LARGE] for d in docs],
+                             pa.list_(pa.string())),
+    })
+
+
+def not_loaded_yet(tables: Tables, docs: list[dict]) -> list[int]:
+    """Event ids whose marker row is not in the table yet (still spooled or in the changelog).
+
+    A row already replaced by a newer change, or deleted (the state row is
+    past it), is not waited for: the replay has nothing to correct there.
+    """
+    ids = sorted({int(d["event_id"]) for d in docs})
+    found = {int(r[0]): Position(int(r[1]), int(r[2])) for r in tables.query(
+        f"SELECT event_id, source_lsn, source_seq FROM {tables.ref(tables.table)} "
+        f"WHERE event_id IN ({', '.join(str(i) for i in ids)})", "replay check")}
+    applied = tables.state_position()
+    waiting = []
+    for d in docs:
+        pos = Position(int(d["source_lsn"]), int(d["source_seq"]))
+        have = found.get(int(d["event_id"]))
+        if (have is None and applied < pos) or (have is not None and have < pos):
+            waiting.append(int(d["event_id"]))
+    return waiting
+
+
+def merge_full_payloads(tables: Tables, docs: list[dict]) -> None:
+    """Put the full payloads of events (their enriched JSON) into the rows carrying their markers.
+
+    One load job (rows up to 100 MB, whatever the sink's mode) brings them
+    into a scratch table; one MERGE sets `raw_payload` and `problems` of the
+    rows still at the same event id and source position (a row a newer change
+    replaced since is left alone); the scratch table is dropped.
     """
     import tempfile
     import uuid
 
-    import orjson
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pulse.sinks.bigquery_load import import_bigquery
 
     bigquery = import_bigquery()
-    tables = Tables(client or make_client(cfg), cfg)
     scratch = f"_pulse_replay_{tables.table}_{uuid.uuid4().hex[:12]}"
+    schema = [bigquery.SchemaField("event_id", "INT64"), bigquery.SchemaField("source_lsn", "INT64"),
+              bigquery.SchemaField("source_seq", "INT64"), bigquery.SchemaField("raw_payload", "STRING"),
+              bigquery.SchemaField("problems", "STRING", mode="REPEATED")]
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".parquet") as fh:
+            pq.write_table(_full_payload_table(docs), fh.name)
+            tables.load_parquet(fh.name, tables.id(scratch), schema, "WRITE_TRUNCATE", "pulse_replay_",
+                                "dead-letter replay load")
+        tables.query(
+            f"MERGE {tables.ref(tables.table)} T USING {tables.ref(scratch)} S "
+            "ON T.event_id = S.event_id AND T.source_lsn = S.source_lsn AND T.source_seq = S.source_seq "
+            "WHEN MATCHED THEN UPDATE SET raw_payload = SAFE.PARSE_JSON(S.raw_payload), problems = S.problems",
+            "dead-letter replay")
+    finally:
+        try:
+            tables.client.delete_table(tables.id(scratch), not_found_ok=True)
+        except Exception as exc:  # a leftover scratch table is harmless; say so
+            log.warning("bigquery.replay_scratch_left", table=scratch, error=str(exc))
+
+
+def replay_dead_letters(cfg: BigQueryConfig, store: "dl.DeadLetters", ids: list[int] | None = None,
+                        client=None) -> tuple[int, int, str | None]:
+    """`pulse dlq replay --sink bigquery`: full payloads into the rows; returns (replayed, failed, last error).
+
+    Rows whose marker row is not loaded yet, or that BigQuery still refuses
+    (a payload over a load job's 100 MB), stay in the store with the error.
+    """
+    import orjson
+
+    tables = Tables(client or make_client(cfg), cfg)
     conn = store.connect(name="pulse-dlq-replay")
     try:
         with conn, conn.cursor() as cur:
@@ -242,33 +320,18 @@ def replay_dead_letters(cfg: BigQueryConfig, store: "dl.DeadLetters", ids: list[
             if not rows:
                 return 0, 0, None
             docs = [orjson.loads(r["event"]) for r in rows]
-            table = pa.table({
-                "event_id": pa.array([d["event_id"] for d in docs], pa.int64()),
-                "source_lsn": pa.array([d["source_lsn"] for d in docs], pa.int64()),
-                "source_seq": pa.array([d["source_seq"] for d in docs], pa.int64()),
-                "raw_payload": pa.array([d["raw_payload"] for d in docs], pa.string()),
-                "problems": pa.array([[p for p in d["problems"] if p != dl.PAYLOAD_TOO_LARGE] for d in docs],
-                                     pa.list_(pa.string())),
-            })
-            schema = [bigquery.SchemaField("event_id", "INT64"), bigquery.SchemaField("source_lsn", "INT64"),
-                      bigquery.SchemaField("source_seq", "INT64"), bigquery.SchemaField("raw_payload", "STRING"),
-                      bigquery.SchemaField("problems", "STRING", mode="REPEATED")]
             try:
-                with tempfile.NamedTemporaryFile(suffix=".parquet") as fh:
-                    pq.write_table(table, fh.name)
-                    tables.load_parquet(fh.name, tables.id(scratch), schema, "WRITE_TRUNCATE", "pulse_replay_",
-                                        "dead-letter replay load")
-                tables.query(
-                    f"MERGE {tables.ref(tables.table)} T USING {tables.ref(scratch)} S "
-                    "ON T.event_id = S.event_id AND T.source_lsn = S.source_lsn AND T.source_seq = S.source_seq "
-                    "WHEN MATCHED THEN UPDATE SET raw_payload = SAFE.PARSE_JSON(S.raw_payload), "
-                    "problems = S.problems", "dead-letter replay")
+                waiting = not_loaded_yet(tables, docs)
+                if not waiting:
+                    merge_full_payloads(tables, docs)
             except Exception as exc:  # the load or the MERGE refused: the rows stay, with the error
                 error = str(exc)[:2000]
                 store.note_replay_failure(cur, [r["id"] for r in rows], error)
                 return 0, len(rows), error
-            finally:
-                tables.client.delete_table(tables.id(scratch), not_found_ok=True)
+            if waiting:
+                error = f"events {waiting[:10]} are not loaded into the table yet; replay again later"
+                store.note_replay_failure(cur, [r["id"] for r in rows], error)
+                return 0, len(rows), error
             store.remove(cur, [r["id"] for r in rows])
             return len(rows), 0, None
     finally:
