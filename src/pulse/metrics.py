@@ -5,7 +5,7 @@ Names are stable (dashboards depend on them): `pulse_events_in_total`,
 time in PostgreSQL to durable in the sink), `pulse_slot_lag_bytes`,
 `pulse_queue_bytes{sink}`, `pulse_queue_events{sink}`,
 `pulse_errors_total{sink,kind}`, `pulse_problems_total{problem}`,
-`pulse_acked_lsn`.
+`pulse_dead_letters_total{sink,reason}`, `pulse_acked_lsn`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ QUEUE_BYTES = Gauge("pulse_queue_bytes", "Bytes waiting in a sink's queue", ["si
 QUEUE_EVENTS = Gauge("pulse_queue_events", "Events waiting in a sink's queue", ["sink"])
 ERRORS = Counter("pulse_errors_total", "Errors by sink and kind", ["sink", "kind"])
 PROBLEMS = Counter("pulse_problems_total", "Odd rows delivered, by problem", ["problem"])
+DEAD_LETTERS = Counter("pulse_dead_letters_total", "Events kept in full in a dead-letter store (delivered "
+                       "truncated, e.g. payload_too_large)", ["sink", "reason"])
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
 
 

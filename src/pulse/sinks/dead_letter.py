@@ -25,7 +25,6 @@ from typing import Any
 
 import orjson
 import psycopg2
-from prometheus_client import Counter
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
@@ -35,8 +34,6 @@ from pulse.model import EnrichedEvent
 
 PAYLOAD_TOO_LARGE = "payload_too_large"
 MARKER_KEY = "_pulse_truncated"
-
-DEAD_LETTERS = Counter("pulse_dead_letters_total", "Events kept in full in a dead-letter store", ["sink", "reason"])
 
 
 def marker(raw: str) -> str:
@@ -63,7 +60,7 @@ def full_json(event: EnrichedEvent) -> bytes:
 
 
 def count(sink: str, reason: str, n: int = 1) -> None:
-    DEAD_LETTERS.labels(sink.split("@", 1)[0], reason).inc(n)
+    metrics.DEAD_LETTERS.labels(sink.split("@", 1)[0], reason).inc(n)
     if reason == PAYLOAD_TOO_LARGE:
         metrics.PROBLEMS.labels(PAYLOAD_TOO_LARGE).inc(n)
 

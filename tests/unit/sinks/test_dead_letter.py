@@ -71,6 +71,8 @@ def test_kafka_fit_truncates_an_update_whose_old_and_new_payloads_together_excee
     sink = KafkaSink(KafkaConfig())
     sink.dead_letters = FakeStore()
     sink.max_value_bytes = 10_000
+    before = (_metric("pulse_dead_letters_total", sink="kafka", reason="payload_too_large"),
+              _metric("pulse_problems_total", problem="payload_too_large"))
     half = '{"p": "' + "x" * 6_000 + '"}'  # each alone fits, old + new do not
     small = event('{"k": 1}', seq=1)
     upd = event(half, op="update", before=event(half, seq=0), seq=2)
@@ -83,6 +85,14 @@ def test_kafka_fit_truncates_an_update_whose_old_and_new_payloads_together_excee
     assert kept == upd and reason == "payload_too_large"
     assert doc == encode(upd)[1]  # the full value, `before` included
     assert sink.truncated == 1
+    assert (_metric("pulse_dead_letters_total", sink="kafka", reason="payload_too_large"),
+            _metric("pulse_problems_total", problem="payload_too_large")) == (before[0] + 1, before[1] + 1)
+
+
+def _metric(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_kafka_fit_truncates_an_event_the_broker_refused_as_too_large_on_the_retry():
