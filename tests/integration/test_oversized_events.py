@@ -54,7 +54,7 @@ def dlq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them_in_full(
         scratch_db, services, bq, tmp_path):
-    """`pulse produce` + `pulse consume --sink external / bigquery` on the real broker; then `pulse dlq --sink kafka`."""
+    """`pulse produce` + `pulse consume --sink external / bigquery` on the real broker, then `pulse dlq`."""
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
     client, dataset = bq

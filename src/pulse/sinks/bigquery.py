@@ -309,30 +309,33 @@ def replay_dead_letters(cfg: BigQueryConfig, store: "dl.DeadLetters", ids: list[
 
     Rows whose marker row is not loaded yet, or that BigQuery still refuses
     (a payload over a load job's 100 MB), stay in the store with the error.
+    One load job and one MERGE per chunk (bounded in bytes); stops after the
+    first chunk that fails.
     """
     import orjson
 
     tables = Tables(client or make_client(cfg), cfg)
+    replayed = 0
     conn = store.connect(name="pulse-dlq-replay")
     try:
-        with conn, conn.cursor() as cur:
-            rows = store.lock_for_replay(cur, 1000, ids)
-            if not rows:
-                return 0, 0, None
-            docs = [orjson.loads(r["event"]) for r in rows]
-            try:
-                waiting = not_loaded_yet(tables, docs)
-                if not waiting:
-                    merge_full_payloads(tables, docs)
-            except Exception as exc:  # the load or the MERGE refused: the rows stay, with the error
-                error = str(exc)[:2000]
-                store.note_replay_failure(cur, [r["id"] for r in rows], error)
-                return 0, len(rows), error
-            if waiting:
-                error = f"events {waiting[:10]} are not loaded into the table yet; replay again later"
-                store.note_replay_failure(cur, [r["id"] for r in rows], error)
-                return 0, len(rows), error
-            store.remove(cur, [r["id"] for r in rows])
-            return len(rows), 0, None
+        while True:
+            with conn, conn.cursor() as cur:
+                rows = store.lock_for_replay(cur, 1000, ids)
+                if not rows:
+                    return replayed, 0, None
+                docs = [orjson.loads(r["event"]) for r in rows]
+                try:
+                    waiting = not_loaded_yet(tables, docs)
+                    error = (f"events {waiting[:10]} are not loaded into the table yet; replay again later"
+                             if waiting else None)
+                    if not waiting:
+                        merge_full_payloads(tables, docs)
+                except Exception as exc:  # the load or the MERGE refused: the rows stay, with the error
+                    error = str(exc)[:2000]
+                if error is not None:
+                    store.note_replay_failure(cur, [r["id"] for r in rows], error)
+                    return replayed, len(rows), error
+                store.remove(cur, [r["id"] for r in rows])
+                replayed += len(rows)
     finally:
         conn.close()

@@ -143,12 +143,26 @@ class DeadLetters:
         conn.rollback()
         return int(n)
 
-    def lock_for_replay(self, cur, limit: int, ids: Sequence[int] | None) -> list[dict]:
-        """Lock (SKIP LOCKED) the oldest rows; the caller's transaction stays open while it re-sends them."""
+    def lock_for_replay(self, cur, limit: int, ids: Sequence[int] | None, max_bytes: int = 256 * 1024 * 1024,
+                        ) -> list[dict]:
+        """Lock (SKIP LOCKED) the oldest rows, at most `limit` and about `max_bytes` of events (at least one).
+
+        The caller's transaction stays open while it re-sends them; only the
+        rows returned are read into memory.
+        """
         where, params = self._where(ids)
-        cur.execute(sql.SQL("SELECT id, lsn, seq, event_id, content_id, event FROM {} WHERE {} "
-                            "ORDER BY lsn, seq, id LIMIT %s FOR UPDATE SKIP LOCKED").format(self.table, where),
-                    (*params, limit))
+        cur.execute(sql.SQL("SELECT id, bytes FROM {} WHERE {} ORDER BY lsn, seq, id LIMIT %s "
+                            "FOR UPDATE SKIP LOCKED").format(self.table, where), (*params, limit))
+        chosen, total = [], 0
+        for row_id, size in cur.fetchall():
+            if chosen and total + size > max_bytes:
+                break
+            chosen.append(row_id)
+            total += size
+        if not chosen:
+            return []
+        cur.execute(sql.SQL("SELECT id, lsn, seq, event_id, content_id, event FROM {} WHERE id = ANY(%s) "
+                            "ORDER BY lsn, seq, id").format(self.table), (chosen,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
 

@@ -254,16 +254,44 @@ def replay_dead_letters(cfg: KafkaConfig, store: "dl.DeadLetters", ids: list[int
     the header `pulse-replay`; what the broker acknowledged leaves the store.
     An event the limits still refuse (MSG_SIZE_TOO_LARGE) stays, with the
     error and its replay count, until `kafka.message_max_bytes` and the
-    topic's `max.message.bytes` are raised (or it is purged).
+    topic's `max.message.bytes` are raised (or it is purged). Works in chunks
+    (bounded memory) and stops after the first chunk with a failure.
     """
-    from confluent_kafka import KafkaException, Producer
-
-    from pulse.bus.codec import BACKFILL_HEADER, NULL_KEY, POSITION_HEADER
+    from confluent_kafka import Producer
 
     ensure_topics(cfg)
     producer = Producer(client_config(cfg, **{"enable.idempotence": True, "acks": "all",
                                               "client.id": "pulse-dlq-replay",
                                               "message.max.bytes": cfg.message_max_bytes}))
+    published = failed = 0
+    error: str | None = None
+    conn = store.connect(name="pulse-dlq-replay")
+    try:
+        while not failed:
+            with conn, conn.cursor() as cur:
+                rows = store.lock_for_replay(cur, 1000, ids)
+                if not rows:
+                    break
+                failures = _publish_full(producer, cfg, rows, timeout_s)
+                done = [r["id"] for r in rows if r["id"] not in failures]
+                if done:
+                    store.remove(cur, done)
+                for row_id, err in failures.items():
+                    store.note_replay_failure(cur, [row_id], err)
+                published += len(done)
+                failed += len(failures)
+                error = next(iter(failures.values()), error)
+    finally:
+        conn.close()
+    return published, failed, error
+
+
+def _publish_full(producer, cfg: KafkaConfig, rows: list[dict], timeout_s: float) -> dict[int, str]:
+    """Produce the stored events and wait for the broker; returns {dead letter id: error} of those refused."""
+    from confluent_kafka import KafkaException
+
+    from pulse.bus.codec import BACKFILL_HEADER, NULL_KEY, POSITION_HEADER
+
     failures: dict[int, str] = {}
 
     def delivered(row_id: int):
@@ -272,34 +300,19 @@ def replay_dead_letters(cfg: KafkaConfig, store: "dl.DeadLetters", ids: list[int
                 failures[row_id] = str(err)
         return cb
 
-    published = failed = 0
-    error: str | None = None
-    conn = store.connect(name="pulse-dlq-replay")
-    try:
-        with conn, conn.cursor() as cur:
-            rows = store.lock_for_replay(cur, 100_000, ids)
-            for row in rows:
-                doc = orjson.loads(row["event"])
-                headers = [(POSITION_HEADER, str(Position(row["lsn"], row["seq"])).encode()), (REPLAY_HEADER, b"1")]
-                if doc.get("backfill"):
-                    headers.append((BACKFILL_HEADER, b"1"))
-                key = row["content_id"].encode() if row["content_id"] else NULL_KEY
-                extra = {} if row["content_id"] else {"partition": NULL_PARTITION}
-                try:
-                    producer.produce(cfg.topic, value=row["event"].encode(), key=key, headers=headers,
-                                     on_delivery=delivered(row["id"]), **extra)
-                except (KafkaException, BufferError) as exc:
-                    failures[row["id"]] = str(exc)
-            if producer.flush(timeout_s):
-                for row in rows:
-                    failures.setdefault(row["id"], "not acknowledged by Kafka in time")
-            done = [r["id"] for r in rows if r["id"] not in failures]
-            if done:
-                store.remove(cur, done)
-            for row_id, err in failures.items():
-                store.note_replay_failure(cur, [row_id], err)
-            published, failed = len(done), len(failures)
-            error = next(iter(failures.values()), None)
-    finally:
-        conn.close()
-    return published, failed, error
+    for row in rows:
+        doc = orjson.loads(row["event"])
+        headers = [(POSITION_HEADER, str(Position(row["lsn"], row["seq"])).encode()), (REPLAY_HEADER, b"1")]
+        if doc.get("backfill"):
+            headers.append((BACKFILL_HEADER, b"1"))
+        key = row["content_id"].encode() if row["content_id"] else NULL_KEY
+        extra = {} if row["content_id"] else {"partition": NULL_PARTITION}
+        try:
+            producer.produce(cfg.topic, value=row["event"].encode(), key=key, headers=headers,
+                             on_delivery=delivered(row["id"]), **extra)
+        except (KafkaException, BufferError) as exc:
+            failures[row["id"]] = str(exc)
+    if producer.flush(timeout_s):
+        for row in rows:
+            failures.setdefault(row["id"], "not acknowledged by Kafka in time")
+    return failures
