@@ -124,13 +124,11 @@ def show(
         try:
             outbox.check_schema(conn)
             rows = outbox.dead_letters(conn, 1, ids=[id_])
-            with conn.cursor() as cur:
-                locked = outbox.lock_dead_for_replay(cur, 1, [id_]) if rows else []
-            conn.rollback()
+            full = outbox.dead_letter_row(conn, id_) if rows else None
         finally:
             conn.close()
-        if rows and locked:
-            rows[0]["cloudevent"] = orjson.loads(locked[0][1].cloudevent())
+        if rows and full is not None:
+            rows[0]["cloudevent"] = orjson.loads(full.cloudevent())
     else:
         _cfg, store = _store(database_url, slot, sink_name)
         conn = store.connect(name="pulse-dlq")
@@ -156,7 +154,11 @@ def replay(
                                       help="Endpoint (default: the sink's)."),
     attempts: int = typer.Option(5, "--attempts", min=1, help="Attempts per batch before the replay stops."),
 ) -> None:
-    """Send dead letters again, oldest first, with their original ids; delivered ones are removed."""
+    """Send dead letters again in full, oldest first; what arrived is removed.
+
+    external: to the endpoint under their original ids; kafka: published to
+    the topic again; bigquery: MERGEd into the rows that hold their markers.
+    """
     from pulse.errors import TerminalError
     from pulse.sinks.external_delivery import HttpClient, replay_dead_letters
 

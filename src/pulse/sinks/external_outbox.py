@@ -301,6 +301,16 @@ class Outbox:
         conn.rollback()
         return out
 
+    def dead_letter_row(self, conn, dead_id: int) -> OutboxRow | None:
+        """One dead letter as the row a replay would send (read only: no lock)."""
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, attempts, "
+                                "extract(epoch FROM enqueued_at)::float8 FROM {} WHERE sink = %s AND id = %s")
+                        .format(self.t_dead), (self.sink_key, dead_id))
+            row = cur.fetchone()
+        conn.rollback()
+        return OutboxRow(*row) if row else None
+
     def dead_count(self, conn) -> int:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE sink = %s").format(self.t_dead), (self.sink_key,))
