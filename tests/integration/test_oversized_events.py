@@ -40,6 +40,16 @@ def insert_sized(cur, content_id: str, blob_bytes: int) -> tuple[int, str]:
     return cur.fetchone()
 
 
+def insert_incompressible(cur, content_id: str, blob_bytes: int) -> tuple[int, str]:
+    """Like `insert_sized`, with random hex (lz4 cannot shrink it below the broker's limit)."""
+    cur.execute(
+        "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device, raw_payload) "
+        "SELECT %s, gen_random_uuid(), 'play', now(), 5000, 'ios', jsonb_build_object('blob', string_agg(md5("
+        "random()::text), '')) FROM generate_series(1, %s) RETURNING id, raw_payload::text",
+        (content_id, blob_bytes // 32))
+    return cur.fetchone()
+
+
 def assert_marker(data: dict, raw: str) -> None:
     """`data` (an enriched event as delivered) carries the marker of `raw` and the flag, nothing of `raw`."""
     marker = orjson.loads(data["raw_payload"])
@@ -293,3 +303,50 @@ def _bq_rows(client, dataset, n: int) -> dict[int, tuple[str, list[str]]] | None
     except Exception:  # the table is not there yet
         return None
     return rows if len(rows) == n else None
+
+
+def test_kafka_a_message_the_broker_refuses_as_too_large_is_published_with_the_marker_on_the_retry(
+        scratch_db, services):
+    """The topic's limit drops below the producer's after it started: the broker's refusal is handled too."""
+    from confluent_kafka import Consumer
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    topic = unique("pulse_lim")
+    bootstrap = services["PULSE_KAFKA_BOOTSTRAP"]
+    env = pulse_env(scratch_db, PULSE_KAFKA_BOOTSTRAP=bootstrap, PULSE_KAFKA__TOPIC=topic,
+                    PULSE_KAFKA__CONTENT_TOPIC=topic + "_content", PULSE_KAFKA__PARTITIONS="1")
+    cur = scratch_db.connect().cursor()
+    content = insert_content(cur, 1)
+    ensure_slot(scratch_db.config())
+    producer = _spawn(env, "produce")
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("grp"), "auto.offset.reset": "earliest"})
+    try:
+        first, _ = insert_sized(cur, content[0], 10)
+        consumer.subscribe([topic])
+        seen: dict[int, dict] = {}
+
+        def poll_for(event_id: int) -> bool:
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                doc = orjson.loads(msg.value())
+                seen[doc["event_id"]] = doc
+            return event_id in seen or producer.poll() is not None
+
+        wait_for(lambda: poll_for(first), 60, "the first event on the topic")
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+            ConfigEntry("max.message.bytes", "100000", incremental_operation=AlterConfigOpType.SET)])
+        for future in admin.incremental_alter_configs([res]).values():
+            future.result(30)
+        # Under the producer's 1 MB, over the topic's 100 KB even after lz4.
+        big, raw = insert_incompressible(cur, content[0], 600_000)
+        after, _ = insert_sized(cur, content[0], 10)
+        wait_for(lambda: poll_for(after), 60, "the event after the refused one")
+        assert producer.poll() is None, producer.stderr.read()[-3000:]
+        assert_marker(seen[big], raw)
+        listed = dlq("list", "--sink", "kafka", "--json", env=env)
+        assert [orjson.loads(line)["event_id"] for line in listed.stdout.splitlines()] == [big]
+    finally:
+        consumer.close()
+        _stop(producer)
+        drop_topics(bootstrap, [topic, topic + "_content"])

@@ -15,9 +15,11 @@ consumer can rebuild a content cache from it.
 An event larger than a message may be (`kafka.message_max_bytes`, lowered
 by the topic's `max.message.bytes`) is published with its payload replaced
 by a marker and the problem `payload_too_large`, and kept in full in the
-dead-letter store first (sinks/dead_letter.py); a message the broker still
-refuses as too large is treated the same on the batch's retry. One large
-row never stops the producer. `pulse dlq replay --sink kafka` publishes the
+dead-letter store first (sinks/dead_letter.py). When the broker refuses a
+message as too large all the same (its topic's limit was lowered, or a
+compressed batch of several messages is too large), the batch's retry reads
+the topic's limit again, and an event refused twice is truncated whatever
+its size. One large row never stops the producer. `pulse dlq replay --sink kafka` publishes the
 full events again once the limits were raised (`replay_dead_letters`).
 """
 
@@ -27,7 +29,7 @@ import threading
 
 import orjson
 
-from pulse.bus.codec import BROADCAST_HEADER, NULL_PARTITION, REPLAY_HEADER, encode, header_position
+from pulse.bus.codec import BROADCAST_HEADER, NULL_PARTITION, REPLAY_HEADER, encode
 from pulse.config import DatabaseConfig, KafkaConfig, Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
@@ -104,8 +106,9 @@ class KafkaSink(Sink):
         self._partition_count: int | None = None
         # Largest value published as is; set at open from the config and the topic.
         self.max_value_bytes = cfg.message_max_bytes - HEADROOM_BYTES
-        # Positions of messages the broker refused as too large: truncated on the retry.
-        self._too_large: set[Position] = set()
+        # Times the broker refused an event's message as too large (by position), since the last good batch.
+        self._refused: dict[Position, int] = {}
+        self._limit_stale = False  # a refusal: read the topic's limit again before the retry
         self.dead_letters = (dl.DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{name}")
                              if db is not None else None)
         self.truncated = 0
@@ -118,11 +121,7 @@ class KafkaSink(Sink):
         from confluent_kafka import Producer
 
         ensure_topics(self.cfg)
-        limit = self.cfg.message_max_bytes
-        topic_limit = topic_max_message_bytes(self.cfg)
-        if topic_limit is not None and topic_limit < limit:
-            limit = topic_limit
-        self.max_value_bytes = max(1024, limit - HEADROOM_BYTES)
+        self._read_limit()
         if self.dead_letters is not None:
             conn = self.dead_letters.connect()
             try:
@@ -137,6 +136,14 @@ class KafkaSink(Sink):
         log.info("kafka.opened", topic=self.cfg.topic, max_value_bytes=self.max_value_bytes)
         return ZERO
 
+    def _read_limit(self) -> None:
+        """The largest value published as is: the producer's limit, or the topic's when lower, less headroom."""
+        limit = self.cfg.message_max_bytes
+        topic_limit = topic_max_message_bytes(self.cfg)
+        if topic_limit is not None and topic_limit < limit:
+            limit = topic_limit
+        self.max_value_bytes = max(1024, limit - HEADROOM_BYTES)
+
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
             from confluent_kafka import KafkaError
@@ -144,9 +151,14 @@ class KafkaSink(Sink):
             with self._lock:
                 self._errors.append(str(err))
                 if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    pos = header_position(msg.headers())
-                    if pos is not None:
-                        self._too_large.add(pos)
+                    self._limit_stale = True
+                    # Delivery reports carry no headers; the value names its position (rare path).
+                    try:
+                        doc = orjson.loads(msg.value())
+                        pos = Position(doc["source_lsn"], doc["source_seq"])
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        return  # a content-topic message
+                    self._refused[pos] = self._refused.get(pos, 0) + 1
 
     def _partitions(self) -> int:
         if self._partition_count is None:
@@ -183,7 +195,7 @@ class KafkaSink(Sink):
         oversized: list[tuple[EnrichedEvent, bytes]] = []
         for event in events:
             key, value, headers = encode(event, targets)
-            if len(value) > self.max_value_bytes or event.position in self._too_large:
+            if len(value) > self.max_value_bytes or self._refused.get(event.position, 0) >= 2:
                 oversized.append((event, value))
                 event = dl.truncate(event)
                 key, value, headers = encode(event, targets)
@@ -209,6 +221,10 @@ class KafkaSink(Sink):
         assert self.producer is not None
         topic = self.cfg.topic
         targets = batch.targets
+        if self._limit_stale:
+            self._limit_stale = False
+            self._read_limit()
+            log.warning("kafka.limit_reread", max_value_bytes=self.max_value_bytes)
         for key, value, headers, event in self._fit(batch.events, targets):
             if event.content_id is None:
                 if event.op == "delete":
@@ -230,7 +246,7 @@ class KafkaSink(Sink):
         with self._lock:
             errors, self._errors = self._errors, []
             if not errors:
-                self._too_large.clear()
+                self._refused.clear()
         if remaining or errors:
             raise TransientError(
                 f"Kafka did not acknowledge the batch ({remaining} undelivered, errors: {errors[:3]})"

@@ -95,13 +95,27 @@ def _metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_kafka_fit_truncates_an_event_the_broker_refused_as_too_large_on_the_retry():
+def test_kafka_truncates_an_event_the_broker_refused_twice_whatever_its_size():
     from pulse.sinks.kafka import KafkaSink
+
+    class Refused:
+        def __init__(self, value: bytes) -> None:
+            self._value = value
+
+        def value(self) -> bytes:
+            return self._value
+
+    from confluent_kafka import KafkaError
 
     sink = KafkaSink(KafkaConfig())
     sink.dead_letters = FakeStore()
     e = event('{"k": 1}')
-    sink._too_large.add(e.position)
+    refusal = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    sink._on_delivery(refusal, Refused(encode(e)[1]))
+    assert sink._limit_stale
+    [(_k, value, _h, sent)] = sink._fit((e,), None)
+    assert sent == e  # refused once: maybe only its batch-mates were too large
+    sink._on_delivery(refusal, Refused(encode(e)[1]))
     [(_k, value, _h, sent)] = sink._fit((e,), None)
     assert "payload_too_large" in decode(value).problems and sent.problems == ("payload_too_large",)
 
