@@ -249,6 +249,13 @@ class KafkaConfig(_Section):
         "PULSE_KAFKA__CLIENT_CONFIG='{\"sasl.password\": \"...\"}').",
     )
     batch_max_messages: int = Field(default=5000, ge=1, description="Most messages a consumer hands a sink at once.")
+    message_max_bytes: int = Field(
+        default=1_000_000, ge=10_000, le=1_000_000_000,
+        description="Largest message the producer sends (librdkafka's message.max.bytes); the topic's "
+        "max.message.bytes, read at start, lowers it. An event above it, less 4 KiB for key and headers, is "
+        "published with its raw_payload replaced by a marker and the problem payload_too_large, and kept in "
+        "full in the dead-letter store (`pulse dlq --sink kafka`). Raise it (and the topic's limit) to replay.",
+    )
 
     def group_for(self, sink: str) -> str:
         """The consumer group of `pulse consume --sink sink`: `group` (--group), else <group_prefix>-<sink>."""
@@ -313,6 +320,13 @@ class BigQueryConfig(_Section):
     )
     request_timeout_s: float = Field(
         default=60.0, gt=0, description="Deadline of one BigQuery request or job wait, retries included."
+    )
+    max_row_bytes: int | None = Field(
+        default=None, ge=1024,
+        description="Largest raw_payload written as is; a larger event is written with its raw_payload replaced "
+        "by a marker and the problem payload_too_large, its full form kept in the dead-letter store "
+        "(`pulse dlq --sink bigquery`). Unset: 9 MiB in stream mode (a Storage Write request carries at most "
+        "10 MB), 99 MiB in batch mode (a load job's row is at most 100 MB).",
     )
 
 

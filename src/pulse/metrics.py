@@ -5,7 +5,7 @@ Names are stable (dashboards depend on them): `pulse_events_in_total`,
 time in PostgreSQL to durable in the sink), `pulse_slot_lag_bytes`,
 `pulse_queue_bytes{sink}`, `pulse_queue_events{sink}`,
 `pulse_errors_total{sink,kind}`, `pulse_problems_total{problem}`,
-`pulse_acked_lsn`.
+`pulse_dead_letters_total{sink,reason}`, `pulse_acked_lsn`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ BACKFILL_PROGRESS = Gauge("pulse_backfill_progress_ratio",
 WINDOW_REBUILDS = Counter("pulse_window_rebuilds_total",
                           "Windowed destinations (the Redis board) rebuilt from the source for an initial snapshot",
                           ["sink"])
+DEAD_LETTERS = Counter("pulse_dead_letters_total", "Events kept in full in a dead-letter store (delivered "
+                       "truncated, e.g. payload_too_large)", ["sink", "reason"])
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
 
 

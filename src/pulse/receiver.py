@@ -14,7 +14,8 @@ It does what a careful receiver does, and can be told to misbehave:
   accept-then-reset (reads and records the request, then resets the TCP
   connection: the sender cannot know it arrived, the nastiest case for
   duplicates); or refuses everything with one status (`reject_status`, e.g.
-  422 to exercise the dead-letter store).
+  422 to exercise the dead-letter store); or refuses bodies larger than
+  `max_body_bytes` with 413, as a real endpoint's size limit does.
 
 It is a test stand-in, not a production endpoint: it keeps everything it
 receives in memory. Two guards keep it from being a hazard on a network:
@@ -88,6 +89,7 @@ class Faults:
     timeout_s: float = 30.0
     reset: float = 0.0  # record, then reset the connection instead of answering
     reject_status: int | None = None  # answer every POST with this status (nothing recorded)
+    max_body_bytes: int | None = None  # answer 413 to a larger body (nothing recorded)
 
     def update(self, values: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -336,6 +338,10 @@ class _Handler(BaseHTTPRequestHandler):
             f = Faults(**asdict(rec.faults))
             draw = rec.rng.random()
             slow = f.latency_ms > 0 and rec.rng.random() < f.latency_rate
+        if f.max_body_bytes is not None and len(body) > f.max_body_bytes:
+            state.count_fault("413")
+            self._send(413, {"error": f"body of {len(body)} bytes exceeds {f.max_body_bytes}"})
+            return
         if rec.secret:
             try:
                 verify(rec.secret, dict(self.headers.items()), body, tolerance_s=rec.tolerance_s)

@@ -27,6 +27,9 @@ NULL_KEY = b"__null_content__"
 # every partition, its copies marked with BROADCAST_HEADER.
 NULL_PARTITION = 0
 BROADCAST_HEADER = "pulse-broadcast"
+# A dead-lettered event published again in full (`pulse dlq replay --sink kafka`):
+# it carries its original position, at or below what the consumers hold.
+REPLAY_HEADER = "pulse-replay"
 
 
 def _ts(value: Any) -> datetime | None:
@@ -104,3 +107,7 @@ def header_position(headers: list[tuple[str, bytes]] | None) -> Position | None:
         if name == POSITION_HEADER:
             return Position.parse(raw.decode())
     return None
+
+
+def is_replay(headers: list[tuple[str, bytes]] | None) -> bool:
+    return any(name == REPLAY_HEADER for name, _ in headers or ())

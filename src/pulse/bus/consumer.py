@@ -11,7 +11,11 @@ Kafka's offsets:
 - a message at or below that position is skipped: a redelivery after a
   rebalance, or a duplicate written by a producer that restarted, changes
   nothing;
-- offsets are committed only up to what the sink reported durable.
+- offsets are committed only up to what the sink reported durable;
+- a replayed dead letter (header `pulse-replay`: an event the producer had
+  to publish with a marker, published again in full) is at or below the
+  sink's position: a sink that can correct an event it holds
+  (`takes_replays`) gets it through `Sink.replay`, the others skip it.
 
 Scale-out: run more instances with the same group; Kafka splits the
 partitions (cooperative-sticky), and a partition that moves is re-opened on
@@ -27,7 +31,7 @@ from collections.abc import Callable
 
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
-from pulse.bus.codec import NULL_PARTITION, decode, header_position, is_broadcast_copy, is_for
+from pulse.bus.codec import NULL_PARTITION, decode, header_position, is_broadcast_copy, is_for, is_replay
 from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
@@ -196,12 +200,19 @@ class SinkConsumer:
                 continue  # revoked meanwhile; its new owner resumes from the stored position
             self.consumed += len(items)
             events = []
+            replays = []
             for m in items:
                 pos = header_position(m.headers())
                 if pos is None:
                     raise TerminalError(f"message at {m.topic()}/{p}@{m.offset()} has no position header",
                                         hint="only `pulse produce` may write to this topic")
                 headers = m.headers()
+                if is_replay(headers):
+                    if part.sink.takes_replays and is_for(headers, part.sink.name):
+                        replays.append(decode(m.value()))
+                    else:
+                        self.skipped += 1
+                    continue
                 if pos <= part.position or (
                         p != NULL_PARTITION and not part.sink.takes_broadcast_copies and is_broadcast_copy(headers)) or (
                         not is_for(headers, part.sink.name)):
@@ -210,6 +221,9 @@ class SinkConsumer:
                 events.append(decode(m.value()))
                 part.position = pos
             next_offset = items[-1].offset() + 1
+            if replays:
+                self._retrying()(part.sink.replay, Batch(tuple(replays)))
+                log.info("consume.replayed", sink=part.sink.name, events=len(replays))
             if events:
                 durable = self._retrying()(part.sink.write, Batch(tuple(events), backfill=events[0].backfill))
                 self.written += len(events)

@@ -1,9 +1,19 @@
-"""`pulse dlq list | replay | purge`: the external sink's dead-letter store.
+"""`pulse dlq list | show | replay | purge --sink NAME`: dead letters.
 
-Rows belong to one deployment (`PULSE_SLOT`) and sink name; replay sends
-them again, oldest first, with their original CloudEvent ids, to
-`PULSE_EXTERNAL_URL` (signed with `PULSE_EXTERNAL_SECRET`), and deletes
-what the endpoint acknowledged.
+Rows belong to one deployment (`PULSE_SLOT`) and sink name. Two stores:
+
+- `--sink external` (the default): the external sink's store, events the
+  endpoint refused (terminal 4xx, a lone event refused with 413 after it was
+  delivered with a marker) or that ran out of attempts. Replay sends them
+  again, oldest first, with their original CloudEvent ids, to
+  `PULSE_EXTERNAL_URL` (signed with `PULSE_EXTERNAL_SECRET`), and deletes
+  what the endpoint acknowledged.
+- any other sink (`--sink kafka`, `--sink bigquery`): Pulse's general
+  `dead_letter` table, the full form of events delivered with a marker
+  because they exceeded the sink's size limit. Replay publishes them again
+  in full to Kafka (after `kafka.message_max_bytes` and the topic's limit
+  were raised), or puts the full payload into the BigQuery row by a load job
+  and a MERGE; those still refused stay, with the error.
 """
 
 from __future__ import annotations
@@ -12,11 +22,30 @@ from typing import Optional
 
 import typer
 
-dlq_app = typer.Typer(help="The external sink's dead-letter store (list, replay, purge).", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters of a sink (list, show, replay, purge).", no_args_is_help=True)
 
 _DB = typer.Option(None, "--database-url", envvar="PULSE_DATABASE_URL", show_default=False)
 _SLOT = typer.Option(None, "--slot", envvar="PULSE_SLOT", help="Deployment whose dead letters to manage.")
-_SINK = typer.Option("external", "--sink-name", help="Sink name (default: external).")
+_SINK = typer.Option("external", "--sink", "--sink-name",
+                     help="Sink whose dead letters to manage: external (default), kafka, ...")
+
+
+def _is_external(sink_name: str) -> bool:
+    return sink_name.split("@", 1)[0] == "external"
+
+
+def _store(database_url: Optional[str], slot: Optional[str], sink_name: str):
+    from pulse.cli import common
+    from pulse.sinks.dead_letter import DeadLetters
+
+    cfg = common.settings(database={"url": database_url, "slot": slot})
+    store = DeadLetters(cfg.database.dsn(), cfg.database.state_schema, f"{cfg.database.slot}/{sink_name}")
+    conn = store.connect(name="pulse-dlq")
+    try:
+        store.check_schema(conn)
+    finally:
+        conn.close()
+    return cfg, store
 
 
 def _outbox(database_url: Optional[str], slot: Optional[str], sink_name: str, **external):
@@ -37,9 +66,27 @@ def list_(
     limit: int = typer.Option(50, "--limit", min=1, help="Most rows shown, oldest first."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """Show dead letters: position, event, CloudEvent id, attempts and the last error."""
+    """Show dead letters: position, event, reason or CloudEvent id and attempts, and the last error."""
     import orjson
 
+    if not _is_external(sink_name):
+        _cfg, store = _store(database_url, slot, sink_name)
+        conn = store.connect(name="pulse-dlq")
+        try:
+            total = store.count_rows(conn)
+            rows = store.list(conn, limit)
+        finally:
+            conn.close()
+        if as_json:
+            for r in rows:
+                typer.echo(orjson.dumps(r, default=str).decode())
+            return
+        typer.echo(f"{total} dead letter(s) for {store.sink_key}" + (f"; oldest {len(rows)} shown" if rows else ""))
+        for r in rows:
+            typer.echo(f"  #{r['id']} event {r['event_id']} reason={r['reason']} bytes={r['bytes']} "
+                       f"dead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z} replays={r['replays']} "
+                       f"detail={r['detail']}" + (f" error={r['last_error']}" if r['last_error'] else ""))
+        return
     _cfg, outbox = _outbox(database_url, slot, sink_name)
     conn = outbox.connect(name="pulse-dlq")
     try:
@@ -59,6 +106,43 @@ def list_(
                    f"replays={r['replays']} error={r['last_error']}")
 
 
+@dlq_app.command("show")
+def show(
+    id_: int = typer.Option(..., "--id", help="Dead letter id (see `pulse dlq list`)."),
+    database_url: Optional[str] = _DB,
+    slot: Optional[str] = _SLOT,
+    sink_name: str = _SINK,
+) -> None:
+    """Print one dead letter in full, as JSON: its row and the whole event it keeps."""
+    import orjson
+
+    from pulse.errors import TerminalError
+
+    if _is_external(sink_name):
+        _cfg, outbox = _outbox(database_url, slot, sink_name)
+        conn = outbox.connect(name="pulse-dlq")
+        try:
+            outbox.check_schema(conn)
+            rows = outbox.dead_letters(conn, 1, ids=[id_])
+            full = outbox.dead_letter_row(conn, id_) if rows else None
+        finally:
+            conn.close()
+        if rows and full is not None:
+            rows[0]["cloudevent"] = orjson.loads(full.cloudevent())
+    else:
+        _cfg, store = _store(database_url, slot, sink_name)
+        conn = store.connect(name="pulse-dlq")
+        try:
+            rows = store.list(conn, 1, ids=[id_], with_event=True)
+        finally:
+            conn.close()
+        if rows:
+            rows[0]["event"] = orjson.loads(rows[0]["event"])
+    if not rows:
+        raise TerminalError(f"no dead letter #{id_} for sink {sink_name}", hint="see `pulse dlq list --sink NAME`")
+    typer.echo(orjson.dumps(rows[0], default=str).decode())
+
+
 @dlq_app.command("replay")
 def replay(
     database_url: Optional[str] = _DB,
@@ -70,12 +154,34 @@ def replay(
                                       help="Endpoint (default: the sink's)."),
     attempts: int = typer.Option(5, "--attempts", min=1, help="Attempts per batch before the replay stops."),
 ) -> None:
-    """Send dead letters again, oldest first, with their original ids; delivered ones are removed."""
+    """Send dead letters again in full, oldest first; what arrived is removed.
+
+    external: to the endpoint under their original ids; kafka: published to
+    the topic again; bigquery: MERGEd into the rows that hold their markers.
+    """
     from pulse.errors import TerminalError
     from pulse.sinks.external_delivery import HttpClient, replay_dead_letters
 
     if not ids and not all_:
         raise TerminalError("nothing selected to replay", hint="pass --all, or --id N (see `pulse dlq list`)")
+    if not _is_external(sink_name):
+        kind = sink_name.split("@", 1)[0]
+        if kind not in ("kafka", "bigquery"):
+            raise TerminalError(f"dead letters of sink {sink_name} cannot be replayed",
+                                hint="inspect them with `pulse dlq show`; purge them when handled")
+        store_cfg, store = _store(database_url, slot, sink_name)
+        if kind == "kafka":
+            from pulse.sinks.kafka import replay_dead_letters as replay_kafka
+
+            published, failed, error = replay_kafka(store_cfg.kafka, store, ids=ids or None)
+        else:
+            from pulse.sinks.bigquery import replay_dead_letters as replay_bigquery
+
+            published, failed, error = replay_bigquery(store_cfg.bigquery, store, ids=ids or None)
+        typer.echo(f"replayed {published} event(s)" + (f"; {failed} still failing: {error}" if failed else ""))
+        if failed:
+            raise typer.Exit(1)
+        return
     cfg, outbox = _outbox(database_url, slot, sink_name, url=url)
     conn = outbox.connect(name="pulse-dlq")
     try:
@@ -109,6 +215,17 @@ def purge(
     if not ids and not all_ and not before:
         raise TerminalError("nothing selected to purge", hint="pass --all, --before TIME or --id N")
     _cfg, outbox = _outbox(database_url, slot, sink_name)
+    if not _is_external(sink_name):
+        _cfg, store = _store(database_url, slot, sink_name)
+        if not yes:
+            typer.confirm(f"Delete the selected dead letters of {store.sink_key} for good?", abort=True)
+        conn = store.connect(name="pulse-dlq")
+        try:
+            n = store.purge(conn, ids=ids or None, before=before)
+        finally:
+            conn.close()
+        typer.echo(f"purged {n} dead letter(s)")
+        return
     if not yes:
         typer.confirm(f"Delete the selected dead letters of {outbox.sink_key} for good?", abort=True)
     conn = outbox.connect(name="pulse-dlq")

@@ -48,6 +48,10 @@ class Sink(ABC):
     #: Takes backfill chunks as Arrow tables (`write_columns`) rather than events.
     accepts_columns: bool = False
 
+    #: Can correct an event it already holds (`replay`): over Kafka, a dead
+    #: letter published again in full after its size limit was raised.
+    takes_replays: bool = False
+
     #: What the initial snapshot does for this sink (`runtime/snapshot.py`):
     #: "rows" (it receives the existing rows, as backfill batches), "window"
     #: (it keeps only a recent window and is rebuilt from the source through
@@ -80,6 +84,13 @@ class Sink(ABC):
         Only called when `accepts_columns` is True; same durability contract as `write`.
         """
         raise NotImplementedError(f"sink {self.name} does not take columns")
+
+    def replay(self, batch: Batch) -> None:
+        """Deliver events again whose truncated form (`payload_too_large`) the sink already holds; durable on return.
+
+        Their positions are at or below the sink's; only called when `takes_replays` is True.
+        """
+        raise NotImplementedError(f"sink {self.name} does not take replays")
 
     def flush(self) -> Position | None:
         """Make everything written durable; return the durable position (None: unchanged)."""

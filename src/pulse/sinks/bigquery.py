@@ -13,6 +13,13 @@ Two modes (`bigquery.mode`), one table, one apply step:
   `<table>_changelog` (visible atomically, position stored with the rows),
   MERGEd into the table every `merge_interval_s`. See `bigquery_stream`.
 
+An event whose `raw_payload` exceeds what BigQuery takes in one row
+(`bigquery.max_row_bytes`; by default the Storage Write API's 10 MB request
+in stream mode, a load job's 100 MB row in batch mode) is written with the
+payload marker and the problem `payload_too_large`, its full form first kept
+in Pulse's dead-letter store (sinks/dead_letter.py). Backfill chunks taken
+column-wise are not checked (batch mode's 100 MB).
+
 `open()` returns the highest position held: in batch mode the spool's
 (its file names and its `position` file) or the state table's; in stream
 mode the changelog's. docs/sinks/bigquery.md has the exactness argument.
@@ -22,28 +29,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pulse.config import BigQueryConfig, Settings
+from pulse.config import BigQueryConfig, DatabaseConfig, Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks import bigquery_schema as S
+from pulse.sinks import dead_letter as dl
 from pulse.sinks.base import Sink
 from pulse.sinks.bigquery_load import Loader, LoaderThread, Tables, make_client
 from pulse.sinks.bigquery_spool import DEFAULT_ROOT, Spool, SpoolOwner, holds_batches, spool_folder
 
 log = get_logger(__name__)
 
+#: Default `max_row_bytes` per mode: under the 10 MB AppendRows request, under a load job's 100 MB row.
+MAX_ROW_BYTES = {"stream": 9 * 1024 * 1024, "batch": 99 * 1024 * 1024}
+
 
 class BigQuerySink(Sink):
     name = "bigquery"
     accepts_columns = True  # backfill chunks arrive enriched column-wise, already in the row shape
+    takes_replays = True  # a full payload replayed over Kafka is MERGEd into the row holding its marker
 
     def __init__(self, cfg: BigQueryConfig, *, name: str = "bigquery", client=None, write_client=None,
-                 slot: str | None = None, group: str | None = None) -> None:
+                 slot: str | None = None, group: str | None = None, db: DatabaseConfig | None = None) -> None:
         self.cfg = cfg
         self.name = name
         # Whose spool this is: the table, and the slot (or Kafka topic, partition, group) it spools.
         self.owner = SpoolOwner.of(cfg.project, cfg.dataset, cfg.table, name, slot=slot, group=group)
+        self.max_row_bytes = cfg.max_row_bytes or MAX_ROW_BYTES[cfg.mode]
+        self.dead_letters = (dl.DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{name}")
+                             if db is not None else None)
+        self.truncated = 0
         self._client = client
         self._write_client = write_client
         self.tables: Tables | None = None
@@ -56,7 +72,7 @@ class BigQuerySink(Sink):
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "bigquery") -> "BigQuerySink":
         return cls(settings.bigquery, name=name, slot=settings.database.slot,
-                   group=settings.kafka.group_for(name.split("@", 1)[0]))
+                   group=settings.kafka.group_for(name.split("@", 1)[0]), db=settings.database)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -130,7 +146,33 @@ class BigQuerySink(Sink):
     def write(self, batch: Batch) -> Position:
         if not batch.events:
             return ZERO
-        return self.write_columns(S.to_arrow(batch.events), batch.first, batch.last)
+        return self.write_columns(S.to_arrow(self._fit(batch.events)), batch.first, batch.last)
+
+    def _payload_bytes(self, raw: str | None) -> int:
+        if raw is None or len(raw) * 4 <= self.max_row_bytes:  # cheap: at most 4 bytes per character
+            return 0
+        return len(raw.encode())
+
+    def _fit(self, events: tuple) -> tuple:
+        """The events, those too large for one row truncated after their full form is dead-lettered."""
+        limit = self.max_row_bytes
+        oversized = [e for e in events if self._payload_bytes(e.raw_payload) > limit]
+        if not oversized:
+            return events
+        if self.dead_letters is None:
+            raise TerminalError(f"event {oversized[0].event_id} exceeds bigquery.max_row_bytes ({limit}) and this "
+                                "sink has no dead-letter store",
+                                hint="build the sink with the database config (BigQuerySink.from_settings)")
+        added = self.dead_letters.add([(e, dl.full_json(e)) for e in oversized], dl.PAYLOAD_TOO_LARGE,
+                                      f"bigquery.max_row_bytes {limit} ({self.cfg.mode} mode)")
+        if added:
+            dl.count(self.name, dl.PAYLOAD_TOO_LARGE, added)
+            self.truncated += added
+        for e in oversized:
+            log.warning("bigquery.event_too_large", event_id=e.event_id, position=str(e.position), limit=limit,
+                        hint="written with a marker; the full event is in `pulse dlq list --sink bigquery`")
+        big = {e.position for e in oversized}
+        return tuple(dl.truncate(e) if e.position in big else e for e in events)
 
     def write_columns(self, table, first: Position, last: Position) -> Position:
         if table.num_rows == 0:
@@ -145,6 +187,25 @@ class BigQuerySink(Sink):
             if self.loader is not None and table.column("backfill")[0].as_py():
                 self.loader.hurry()  # a backfill: load it now, not at the next load_interval_s
         return last
+
+    def replay(self, batch: Batch) -> None:
+        """Full payloads of events held with a marker (Kafka mode): merged into their rows once loaded."""
+        from pulse.bus.codec import to_dict
+
+        assert self.tables is not None
+        docs = [to_dict(e) for e in batch.events]
+        waiting = not_loaded_yet(self.tables, docs)
+        if waiting:  # the consumer retries with backoff: the loader brings the rows meanwhile
+            raise TransientError(f"replay waits for events {waiting[:10]} to be loaded into the table")
+        try:
+            merge_full_payloads(self.tables, docs)
+        except TerminalError as exc:  # BigQuery refuses them still: keep them here, the stream goes on
+            if self.dead_letters is None:
+                raise
+            self.dead_letters.add([(e, dl.full_json(e)) for e in batch.events], "replay_refused", str(exc))
+            dl.count(self.name, "replay_refused", len(batch.events))
+            log.warning("bigquery.replay_refused", events=len(batch.events), error=str(exc),
+                        hint="`pulse dlq list --sink NAME` shows them")
 
     def flush(self) -> Position | None:
         self._check_background()
@@ -173,3 +234,112 @@ class BigQuerySink(Sink):
 
 
 __all__ = ["BigQuerySink"]
+
+
+
+def _full_payload_table(docs: list[dict]):
+    import pyarrow as pa
+
+    return pa.table({
+        "event_id": pa.array([d["event_id"] for d in docs], pa.int64()),
+        "source_lsn": pa.array([d["source_lsn"] for d in docs], pa.int64()),
+        "source_seq": pa.array([d["source_seq"] for d in docs], pa.int64()),
+        "raw_payload": pa.array([d["raw_payload"] for d in docs], pa.string()),
+        "problems": pa.array([[p for p in d["problems"] if p != dl.PAYLOAD_TOO_LARGE] for d in docs],
+                             pa.list_(pa.string())),
+    })
+
+
+def not_loaded_yet(tables: Tables, docs: list[dict]) -> list[int]:
+    """Event ids whose marker row is not in the table yet (still spooled or in the changelog).
+
+    A row already replaced by a newer change, or deleted (the state row is
+    past it), is not waited for: the replay has nothing to correct there.
+    """
+    ids = sorted({int(d["event_id"]) for d in docs})
+    found = {int(r[0]): Position(int(r[1]), int(r[2])) for r in tables.query(
+        f"SELECT event_id, source_lsn, source_seq FROM {tables.ref(tables.table)} "
+        f"WHERE event_id IN ({', '.join(str(i) for i in ids)})", "replay check")}
+    applied = tables.state_position()
+    waiting = []
+    for d in docs:
+        pos = Position(int(d["source_lsn"]), int(d["source_seq"]))
+        have = found.get(int(d["event_id"]))
+        if (have is None and applied < pos) or (have is not None and have < pos):
+            waiting.append(int(d["event_id"]))
+    return waiting
+
+
+def merge_full_payloads(tables: Tables, docs: list[dict]) -> None:
+    """Put the full payloads of events (their enriched JSON) into the rows carrying their markers.
+
+    One load job (rows up to 100 MB, whatever the sink's mode) brings them
+    into a scratch table; one MERGE sets `raw_payload` and `problems` of the
+    rows still at the same event id and source position (a row a newer change
+    replaced since is left alone); the scratch table is dropped.
+    """
+    import tempfile
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    from pulse.sinks.bigquery_load import import_bigquery
+
+    bigquery = import_bigquery()
+    scratch = f"_pulse_replay_{tables.table}_{uuid.uuid4().hex[:12]}"
+    schema = [bigquery.SchemaField("event_id", "INT64"), bigquery.SchemaField("source_lsn", "INT64"),
+              bigquery.SchemaField("source_seq", "INT64"), bigquery.SchemaField("raw_payload", "STRING"),
+              bigquery.SchemaField("problems", "STRING", mode="REPEATED")]
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".parquet") as fh:
+            pq.write_table(_full_payload_table(docs), fh.name)
+            tables.load_parquet(fh.name, tables.id(scratch), schema, "WRITE_TRUNCATE", "pulse_replay_",
+                                "dead-letter replay load")
+        tables.query(
+            f"MERGE {tables.ref(tables.table)} T USING {tables.ref(scratch)} S "
+            "ON T.event_id = S.event_id AND T.source_lsn = S.source_lsn AND T.source_seq = S.source_seq "
+            "WHEN MATCHED THEN UPDATE SET raw_payload = SAFE.PARSE_JSON(S.raw_payload), problems = S.problems",
+            "dead-letter replay")
+    finally:
+        try:
+            tables.client.delete_table(tables.id(scratch), not_found_ok=True)
+        except Exception as exc:  # a leftover scratch table is harmless; say so
+            log.warning("bigquery.replay_scratch_left", table=scratch, error=str(exc))
+
+
+def replay_dead_letters(cfg: BigQueryConfig, store: "dl.DeadLetters", ids: list[int] | None = None,
+                        client=None) -> tuple[int, int, str | None]:
+    """`pulse dlq replay --sink bigquery`: full payloads into the rows; returns (replayed, failed, last error).
+
+    Rows whose marker row is not loaded yet, or that BigQuery still refuses
+    (a payload over a load job's 100 MB), stay in the store with the error.
+    One load job and one MERGE per chunk (bounded in bytes); stops after the
+    first chunk that fails.
+    """
+    import orjson
+
+    tables = Tables(client or make_client(cfg), cfg)
+    replayed = 0
+    conn = store.connect(name="pulse-dlq-replay")
+    try:
+        while True:
+            with conn, conn.cursor() as cur:
+                rows = store.lock_for_replay(cur, 1000, ids)
+                if not rows:
+                    return replayed, 0, None
+                docs = [orjson.loads(r["event"]) for r in rows]
+                try:
+                    waiting = not_loaded_yet(tables, docs)
+                    error = (f"events {waiting[:10]} are not loaded into the table yet; replay again later"
+                             if waiting else None)
+                    if not waiting:
+                        merge_full_payloads(tables, docs)
+                except Exception as exc:  # the load or the MERGE refused: the rows stay, with the error
+                    error = str(exc)[:2000]
+                if error is not None:
+                    store.note_replay_failure(cur, [r["id"] for r in rows], error)
+                    return replayed, len(rows), error
+                store.remove(cur, [r["id"] for r in rows])
+                replayed += len(rows)
+    finally:
+        conn.close()

@@ -48,6 +48,7 @@ class ExternalSink(Sink):
     name = "external"
 
     takes_broadcast_copies = False  # each event once, in order per content id
+    takes_replays = True  # a dead letter replayed over Kafka goes out again in full, under its id
 
     def __init__(self, cfg: ExternalConfig, db: DatabaseConfig, *, name: str = "external",
                  client: HttpClient | None = None) -> None:
@@ -106,6 +107,21 @@ class ExternalSink(Sink):
             for index in {r.lane_key % lanes for r in fresh}:
                 self._lanes[index].wake.set()
         return pos
+
+    def replay(self, batch: Batch) -> None:
+        """Queue full events whose truncated form was delivered, under that form's CloudEvent id."""
+        from pulse.sinks.dead_letter import truncate
+
+        rows = [encode(e, self.cfg.source, id_of=truncate(e)) for e in batch.events]
+        conn = self._connection()
+        try:
+            self.outbox.put_replays(conn, rows)
+        except psycopg2.Error as exc:
+            self._drop_connection()
+            raise TransientError(f"external sink: queuing replays failed: {str(exc).strip()}") from exc
+        for lane in self._lanes:
+            lane.rewind.set()
+            lane.wake.set()
 
     def close(self) -> None:
         self._stop.set()

@@ -11,6 +11,10 @@
 - `Lane`: one thread per lane; content ids are hashed onto lanes, and a lane
   sends one request at a time in source order, so events of one content id
   arrive in order while different lanes run in parallel.
+- 413 (payload too large): a batch is split in halves until it passes; one
+  event refused alone is delivered with its payload replaced by a marker
+  (`truncated_row`, problem `payload_too_large`) and kept in full in the
+  dead-letter store, whose replay re-sends the full event.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+import orjson
 import psycopg2
 from prometheus_client import Counter, Gauge, Histogram
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
@@ -47,6 +52,8 @@ DELIVERY_LAG = Histogram(
 
 #: 4xx answers that mean "try again later" rather than "this request is wrong".
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+#: The body is larger than the endpoint takes: split the batch, or truncate a lone event.
+TOO_LARGE = 413
 
 CONTENT_TYPES = {
     "cloudevents-batch": "application/cloudevents-batch+json",
@@ -88,6 +95,24 @@ def build_request(rows: Sequence[OutboxRow], mode: str, max_events: int, max_byt
     taken = tuple(rows[: len(parts)])
     body = parts[0] if mode == "single" else "[" + ",".join(parts) + "]"
     return Request(taken, body.encode(), CONTENT_TYPES[mode], message_id(taken))
+
+
+def truncated_row(row: OutboxRow) -> OutboxRow:
+    """The row with its `raw_payload` replaced by the marker and the problem `payload_too_large` added.
+
+    Same position and CloudEvent id: it is the same event, delivered in the
+    form the endpoint takes; the full row goes to the dead-letter store.
+    """
+    from pulse.sinks.dead_letter import PAYLOAD_TOO_LARGE, marker
+
+    doc = orjson.loads(row.data)
+    if isinstance(doc.get("raw_payload"), str):
+        doc["raw_payload"] = marker(doc["raw_payload"])
+    problems = list(doc.get("problems") or [])
+    if PAYLOAD_TOO_LARGE not in problems:
+        problems.append(PAYLOAD_TOO_LARGE)
+    doc["problems"] = problems
+    return row._replace(data=orjson.dumps(doc).decode())
 
 
 class Outcome(NamedTuple):
@@ -368,6 +393,8 @@ class Lane(threading.Thread):
         self.stop_event = stop
         self.stats = stats
         self.wake = threading.Event()
+        self.rewind = threading.Event()  # replays were queued behind the cursor: re-read the lane
+        self.cap: int | None = None  # most events per request after a 413 (halved per 413)
 
     def run(self) -> None:
         cfg = self.cfg
@@ -381,6 +408,9 @@ class Lane(threading.Thread):
                 if conn is None or conn.closed:
                     conn = self.outbox.connect(autocommit=True, name=f"pulse-external-lane-{self.index}")
                 self.wake.clear()
+                if self.rewind.is_set():
+                    self.rewind.clear()
+                    pending, cursor, first_seen = [], ZERO, None
                 room = cfg.batch_max_events - len(pending)
                 if room > 0:
                     after = pending[-1].position if pending else cursor
@@ -397,10 +427,16 @@ class Lane(threading.Thread):
                 if not full and now - first_seen < cfg.batch_max_age_s:
                     self.wake.wait(cfg.batch_max_age_s - (now - first_seen))
                     continue
-                req = build_request(pending, cfg.mode, cfg.batch_max_events, cfg.batch_max_bytes)
+                req = build_request(pending, cfg.mode, self.cap or cfg.batch_max_events, cfg.batch_max_bytes)
                 verdict = self._deliver(conn, req)
                 if verdict.kind == "stopped":
                     break
+                if verdict.kind == "split":  # 413 for several events: send the first half alone
+                    self.cap = max(1, len(req.rows) // 2)
+                    log.info("external.split", lane=self.index, events=len(req.rows), next=self.cap)
+                    continue
+                if self.cap is not None and verdict.kind == "delivered":
+                    self.cap = None if self.cap * 2 >= cfg.batch_max_events else self.cap * 2
                 done = len(req.rows)
                 pending = pending[done:]
                 cursor = req.rows[-1].position
@@ -447,6 +483,10 @@ class Lane(threading.Thread):
             for r in rows:
                 # commit_ts is in the data; the enqueue time is a close, cheaper stand-in.
                 DELIVERY_LAG.observe(max(0.0, now - r.enqueued_at))
+        elif verdict.kind == "dead" and verdict.status == TOO_LARGE and len(rows) > 1:
+            return verdict._replace(kind="split")
+        elif verdict.kind == "dead" and verdict.status == TOO_LARGE:
+            return self._deliver_truncated(conn, rows[0], verdict)
         elif verdict.kind == "dead":
             self.outbox.dead_letter(conn, rows, verdict.status, verdict.error or verdict.reason)
             self.stats.dead += len(rows)
@@ -454,6 +494,36 @@ class Lane(threading.Thread):
             log.warning("external.dead_letter", lane=self.index, events=len(rows), reason=verdict.reason,
                         status=verdict.status, error=verdict.error, first=str(rows[0].position),
                         hint="inspect with `pulse dlq list`, fix the receiver, then `pulse dlq replay`")
+        return verdict
+
+
+    def _deliver_truncated(self, conn, row: OutboxRow, refused: Verdict) -> Verdict:
+        """One event the endpoint refused with 413: send it with the marker, keep it in full as a dead letter."""
+        from pulse.sinks import dead_letter as dl
+
+        cfg = self.cfg
+        req = build_request([truncated_row(row)], cfg.mode, 1, cfg.batch_max_bytes)
+        verdict = deliver(lambda: self.client.send(req), self.policy, self.breaker, self.stop_event,
+                          oldest_enqueued=row.enqueued_at)
+        if verdict.kind == "stopped":
+            return verdict
+        if verdict.kind == "delivered":
+            error = f"{dl.PAYLOAD_TOO_LARGE}: {refused.error}; delivered with a marker"
+            self.outbox.dead_letter(conn, [row], refused.status, error)
+            self.stats.delivered += 1
+            self.stats.dead += 1
+            DELIVERED.inc()
+            DEAD.labels(dl.PAYLOAD_TOO_LARGE).inc()
+            dl.count(self.outbox.sink_key.split("/", 1)[-1], dl.PAYLOAD_TOO_LARGE)
+            log.warning("external.event_too_large", lane=self.index, event_id=row.event_id, bytes=len(row.data),
+                        position=str(row.position),
+                        hint="delivered with a marker; the full event is in `pulse dlq list` (replay it once "
+                             "the endpoint takes larger bodies)")
+            return verdict
+        # Even the marker was refused: the event is dead-lettered whole, as any refused event.
+        self.outbox.dead_letter(conn, [row], verdict.status, verdict.error or verdict.reason)
+        self.stats.dead += 1
+        DEAD.labels(verdict.reason).inc()
         return verdict
 
 

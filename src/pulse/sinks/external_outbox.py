@@ -99,9 +99,13 @@ def lane_key(content_id: str | None) -> int:
     return zlib.crc32((content_id or "").encode()) & 0x7FFFFFFF
 
 
-def encode(e: EnrichedEvent, source: str) -> OutboxRow:
-    """An enriched event as an outbox row (serialised once; retries re-send these exact bytes)."""
-    ce_id = cloudevent_id(e)
+def encode(e: EnrichedEvent, source: str, id_of: EnrichedEvent | None = None) -> OutboxRow:
+    """An enriched event as an outbox row (serialised once; retries re-send these exact bytes).
+
+    `id_of`: the event whose CloudEvent id this row takes (a replayed full
+    event keeps the id its truncated form was delivered under).
+    """
+    ce_id = cloudevent_id(id_of if id_of is not None else e)
     attrs: dict[str, object] = {
         "specversion": "1.0",
         "id": ce_id,
@@ -201,6 +205,20 @@ class Outbox:
                             .format(self.t_position), (new.lsn, new.seq, self.sink_key))
         return new, fresh
 
+    def put_replays(self, conn, rows: Sequence[OutboxRow]) -> None:
+        """Queue full events again whose truncated form was delivered (positions at or below the stored one).
+
+        A row still waiting at that position is replaced by the full one.
+        """
+        with conn, conn.cursor() as cur:
+            execute_values(
+                cur,
+                sql.SQL("INSERT INTO {} (sink, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data) "
+                        "VALUES %s ON CONFLICT (sink, lsn, seq) DO UPDATE SET attrs = EXCLUDED.attrs, "
+                        "data = EXCLUDED.data, ce_id = EXCLUDED.ce_id").format(self.t_outbox).as_string(cur),
+                [(self.sink_key, r.lsn, r.seq, r.lane_key, r.content_id, r.event_id, r.ce_id, r.attrs, r.data)
+                 for r in rows])
+
     # -- the delivery lanes' side ------------------------------------------------
 
     def fetch(self, conn, after: Position, lane: int, lanes: int, limit: int) -> list[OutboxRow]:
@@ -282,6 +300,16 @@ class Outbox:
             out = [dict(zip(names, r)) for r in cur.fetchall()]
         conn.rollback()
         return out
+
+    def dead_letter_row(self, conn, dead_id: int) -> OutboxRow | None:
+        """One dead letter as the row a replay would send (read only: no lock)."""
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, attempts, "
+                                "extract(epoch FROM enqueued_at)::float8 FROM {} WHERE sink = %s AND id = %s")
+                        .format(self.t_dead), (self.sink_key, dead_id))
+            row = cur.fetchone()
+        conn.rollback()
+        return OutboxRow(*row) if row else None
 
     def dead_count(self, conn) -> int:
         with conn.cursor() as cur:

@@ -1,0 +1,180 @@
+"""Oversized events: the marker, and Pulse's general dead-letter store.
+
+A destination has limits of its own (a Kafka message, an HTTP body the
+endpoint accepts, a BigQuery request). One event above such a limit must
+never stop a stream, nor be dropped. The policy (docs/failure-and-bad-input.md):
+
+- the event is delivered with its `raw_payload` (and its `before`'s) replaced
+  by a marker, `{"_pulse_truncated": true, "bytes": N, "sha256": "..."}`,
+  and the problem `payload_too_large`; every other field is intact;
+- the full event is kept in the `dead_letter` table of Pulse's state schema
+  (`pulse dlq list / show / replay / purge --sink NAME`), in the same step
+  that the sink makes the batch durable, before the slot moves past it;
+- it is counted: `pulse_dead_letters_total{sink,reason}` and
+  `pulse_problems_total{problem="payload_too_large"}`.
+
+The external sink's own delivery failures stay in `external_dead_letter`
+(which holds the exact CloudEvent bytes); its 413 path uses the marker here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extras import execute_values
+
+from pulse import metrics
+from pulse.errors import TerminalError, TransientError
+from pulse.model import EnrichedEvent
+
+PAYLOAD_TOO_LARGE = "payload_too_large"
+MARKER_KEY = "_pulse_truncated"
+
+
+def marker(raw: str) -> str:
+    """The JSON text that stands in for an oversized payload: its size and digest, nothing of its content."""
+    data = raw.encode()
+    return orjson.dumps({MARKER_KEY: True, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}).decode()
+
+
+def truncate(event: EnrichedEvent) -> EnrichedEvent:
+    """The event with its payloads replaced by markers and the problem `payload_too_large` (once)."""
+    problems = event.problems if PAYLOAD_TOO_LARGE in event.problems else (*event.problems, PAYLOAD_TOO_LARGE)
+    before = event.before
+    if before is not None and before.raw_payload is not None:
+        before = before._replace(raw_payload=marker(before.raw_payload))
+    raw = marker(event.raw_payload) if event.raw_payload is not None else None
+    return event._replace(raw_payload=raw, problems=problems, before=before)
+
+
+def full_json(event: EnrichedEvent) -> bytes:
+    """The whole event as the dead-letter store keeps it (the Kafka value's shape, `before` included)."""
+    from pulse.bus.codec import to_dict
+
+    return orjson.dumps(to_dict(event))
+
+
+def count(sink: str, reason: str, n: int = 1) -> None:
+    metrics.DEAD_LETTERS.labels(sink.split("@", 1)[0], reason).inc(n)
+    if reason == PAYLOAD_TOO_LARGE:
+        metrics.PROBLEMS.labels(PAYLOAD_TOO_LARGE).inc(n)
+
+
+class DeadLetters:
+    """SQL of the `dead_letter` table for one sink key (`<slot>/<sink name>`)."""
+
+    def __init__(self, dsn: str, schema: str, sink_key: str) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.sink_key = sink_key
+        self.table = sql.SQL("{}.dead_letter").format(sql.Identifier(schema))
+
+    def connect(self, name: str = "pulse-dead-letter"):
+        try:
+            return psycopg2.connect(self.dsn, application_name=name)
+        except psycopg2.OperationalError as exc:
+            raise TransientError(f"dead-letter store: database unreachable: {str(exc).strip()}") from exc
+
+    def check_schema(self, conn) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.dead_letter",))
+            ok = cur.fetchone()[0]
+        conn.rollback()
+        if not ok:
+            raise TerminalError(f"the dead-letter table is missing in schema {self.schema}",
+                                hint="run `pulse db init` (it applies migration 011_dead_letter.sql)")
+
+    def add(self, items: Sequence[tuple[EnrichedEvent, bytes]], reason: str, detail: str) -> int:
+        """Store (event, its full JSON) pairs; idempotent per position (a retried batch adds nothing twice).
+
+        Commits before it returns: the caller makes the truncated batch
+        durable only after this, so the slot never passes an event whose
+        full form is nowhere.
+        """
+        conn = self.connect()
+        try:
+            with conn, conn.cursor() as cur:
+                execute_values(
+                    cur,
+                    sql.SQL("INSERT INTO {} (sink, reason, lsn, seq, event_id, content_id, bytes, event, detail) "
+                            "VALUES %s ON CONFLICT (sink, lsn, seq) DO NOTHING").format(self.table).as_string(cur),
+                    [(self.sink_key, reason, e.position.lsn, e.position.seq, e.event_id, e.content_id, len(doc),
+                      doc.decode(), detail[:2000]) for e, doc in items])
+                return cur.rowcount
+        except psycopg2.Error as exc:
+            raise TransientError(f"dead-letter store: insert failed: {str(exc).strip()}") from exc
+        finally:
+            conn.close()
+
+    # -- `pulse dlq` ---------------------------------------------------------------
+
+    def _where(self, ids: Sequence[int] | None, before: str | None = None) -> tuple[sql.Composable, list[Any]]:
+        where = [sql.SQL("sink = %s")]
+        params: list[Any] = [self.sink_key]
+        if ids:
+            where.append(sql.SQL("id = ANY(%s)"))
+            params.append(list(ids))
+        if before:
+            where.append(sql.SQL("dead_at < %s::timestamptz"))
+            params.append(before)
+        return sql.SQL(" AND ").join(where), params
+
+    def list(self, conn, limit: int = 100, ids: Sequence[int] | None = None, *, with_event: bool = False) -> list[dict]:
+        where, params = self._where(ids)
+        cols = "id, lsn, seq, event_id, content_id, reason, bytes, detail, dead_at, replays, last_error"
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT " + cols + (", event" if with_event else "") +
+                                " FROM {} WHERE {} ORDER BY lsn, seq, id LIMIT %s").format(self.table, where),
+                        (*params, limit))
+            names = [d[0] for d in cur.description]
+            out = [dict(zip(names, r)) for r in cur.fetchall()]
+        conn.rollback()
+        return out
+
+    def count_rows(self, conn) -> int:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE sink = %s").format(self.table), (self.sink_key,))
+            n = cur.fetchone()[0]
+        conn.rollback()
+        return int(n)
+
+    def lock_for_replay(self, cur, limit: int, ids: Sequence[int] | None, max_bytes: int = 256 * 1024 * 1024,
+                        ) -> list[dict]:
+        """Lock (SKIP LOCKED) the oldest rows, at most `limit` and about `max_bytes` of events (at least one).
+
+        The caller's transaction stays open while it re-sends them; only the
+        rows returned are read into memory.
+        """
+        where, params = self._where(ids)
+        cur.execute(sql.SQL("SELECT id, bytes FROM {} WHERE {} ORDER BY lsn, seq, id LIMIT %s "
+                            "FOR UPDATE SKIP LOCKED").format(self.table, where), (*params, limit))
+        chosen, total = [], 0
+        for row_id, size in cur.fetchall():
+            if chosen and total + size > max_bytes:
+                break
+            chosen.append(row_id)
+            total += size
+        if not chosen:
+            return []
+        cur.execute(sql.SQL("SELECT id, lsn, seq, event_id, content_id, event FROM {} WHERE id = ANY(%s) "
+                            "ORDER BY lsn, seq, id").format(self.table), (chosen,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def remove(self, cur, ids: Sequence[int]) -> None:
+        cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self.table), (list(ids),))
+
+    def note_replay_failure(self, cur, ids: Sequence[int], error: str) -> None:
+        cur.execute(sql.SQL("UPDATE {} SET replays = replays + 1, last_error = %s WHERE id = ANY(%s)")
+                    .format(self.table), (error[:2000], list(ids)))
+
+    def purge(self, conn, ids: Sequence[int] | None = None, before: str | None = None) -> int:
+        where, params = self._where(ids, before)
+        with conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(self.table, where), params)
+            return cur.rowcount
