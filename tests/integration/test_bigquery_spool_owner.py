@@ -105,7 +105,7 @@ def test_a_spool_of_another_dataset_or_slot_is_refused_with_the_fix(services, bq
     out = subprocess.run(pulse_cmd("upload", "--once", "--spool-dir", str(spool)),
                          env={**env, "PULSE_BIGQUERY_DATASET": other_dataset},
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "belongs to table" in out.stderr, out.stderr[-3000:]
+    assert out.returncode == 3 and "belongs to table" in out.stderr, out.stderr[-3000:]
     assert _ids(client, dataset) == []
     out = subprocess.run(pulse_cmd("upload", "--once", "--spool-dir", str(spool)),
                          env={**env, "PULSE_BIGQUERY_DATASET": dataset}, capture_output=True, text=True, timeout=120)

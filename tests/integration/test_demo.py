@@ -14,7 +14,7 @@ def test_demo_runs_the_whole_pipeline_and_cleans_up(services):
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
-    for expected in ("pulse run --sink redis --sink bigquery --sink external", "the live board",
+    for expected in ("pulse run (every configured destination: redis, bigquery, external)", "initial snapshot: done", "the live board",
                      "'signature_failures': 0", "engagement_events", "p99", "pulse run stopped (exit code 0)",
                      "demo slot pulse_demo dropped"):
         assert expected in text, f"{expected!r} missing from the demo's output"

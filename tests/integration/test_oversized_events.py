@@ -29,6 +29,8 @@ from .test_kafka_bus import _spawn, _stop, drop_topics
 from .test_source import pulse_cmd, pulse_env
 
 MB = 1024 * 1024
+# The stand-in refuses bodies over 16 MiB by default; an endpoint meant to take a 20 MB event whole takes more.
+ROOMY = 64 * MB
 
 
 def insert_sized(cur, content_id: str, blob_bytes: int) -> tuple[int, str]:
@@ -70,7 +72,7 @@ def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them
     client, dataset = bq
     topic = unique("pulse_big")
     bootstrap = services["PULSE_KAFKA_BOOTSTRAP"]
-    rec = Receiver(seed=3).start()
+    rec = Receiver(seed=3, max_body_bytes=ROOMY).start()
     env = pulse_env(scratch_db, PULSE_KAFKA_BOOTSTRAP=bootstrap, PULSE_KAFKA__TOPIC=topic,
                     PULSE_KAFKA__CONTENT_TOPIC=topic + "_content", PULSE_KAFKA__PARTITIONS="2",
                     PULSE_KAFKA__GROUP_PREFIX=unique("grp"), PULSE_EXTERNAL_URL=rec.url,
@@ -210,7 +212,7 @@ def test_in_process_run_delivers_2mb_and_20mb_events_past_a_413_and_to_bigquery_
     refused = runner.invoke(app, ["dlq", "replay", "--all"], env={**env, "PULSE_EXTERNAL_URL": rec.url})
     assert refused.exit_code == 1 and "413" in refused.output, refused.output
     rec.stop()
-    roomy = Receiver(secret=SECRET, seed=6).start()  # an endpoint that takes large bodies
+    roomy = Receiver(secret=SECRET, seed=6, max_body_bytes=ROOMY).start()  # an endpoint that takes large bodies
     try:
         replayed = runner.invoke(app, ["dlq", "replay", "--all"], env={**env, "PULSE_EXTERNAL_URL": roomy.url})
         assert replayed.exit_code == 0 and "replayed 2 event(s)" in replayed.output, replayed.output

@@ -66,7 +66,7 @@ def test_run_with_nothing_configured_exits_with_the_fix(scratch_db):
     try:
         out = subprocess.run(pulse_cmd("run"), env=pulse_env(scratch_db), capture_output=True, text=True,
                              timeout=60)
-        assert out.returncode == 2, out.stderr[-3000:]
+        assert out.returncode == 3, out.stderr[-3000:]  # a configuration error (docs/operations.md)
         assert "no sink named and no destination configured" in out.stderr
         for name in ("PULSE_REDIS_URL", "PULSE_BIGQUERY_PROJECT", "PULSE_EXTERNAL_URL", "--sink"):
             assert name in out.stderr

@@ -50,7 +50,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pulse.errors import TerminalError, TransientError
+from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.model import ZERO, Position
 
 _NAME = re.compile(r"^([0-9a-f]{16})-(\d{10})-([0-9a-f]{16})-(\d{10})\.parquet$")
@@ -214,7 +214,7 @@ class Spool:
             if table_only:
                 return None
             if holds_batches(self.dir):
-                raise TerminalError(
+                raise ConfigError(
                     f"the spool folder {self.dir} holds spooled batches but records no owner "
                     f"(written by an earlier Pulse, or by hand); this pipeline is {owner.describe()}",
                     hint=f"load it into the table it was written for with `pulse upload --once --spool-dir "
@@ -226,7 +226,7 @@ class Spool:
             _fsync_dir(self.dir)
             return owner
         if recorded.table_id != owner.table_id or (not table_only and recorded != owner):
-            raise TerminalError(
+            raise ConfigError(
                 f"the spool folder {self.dir} belongs to {recorded.describe()}, not to {owner.describe()}",
                 hint="unset bigquery.spool_dir (PULSE_BIGQUERY__SPOOL_DIR) to get this pipeline's own folder, or "
                      "point it at an empty one; to load what the folder holds, run `pulse upload --once "
