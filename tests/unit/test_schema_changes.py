@@ -8,10 +8,10 @@ from decimal import Decimal
 import pytest
 
 from pulse.bus import codec
-from pulse.model import Change, Position, extra_columns
+from pulse.model import Change, Position, content_extra_columns, extra_columns
 from pulse.sinks import bigquery_schema as S
 from pulse.source.pgoutput import UNCHANGED_TOAST, type_name
-from pulse.transform.content_cache import ContentCache
+from pulse.transform.content_cache import ContentCache, load_content
 from pulse.transform.enrich import enrich_change
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -113,3 +113,80 @@ def test_a_change_without_a_column_lists_it_as_unchanged_in_the_rows():
     schema = _group_schema([S.to_arrow([with_col]).schema, plain.schema])
     combined = pa.concat_tables([_conform(S.to_arrow([with_col]), schema), _conform(plain, schema)])
     assert combined.column(S.UNCHANGED).to_pylist() == [[], ["sid"]]
+
+
+# -- columns added to `content` ------------------------------------------------------------
+
+CID = "6f1c7c9e-0000-4000-8000-000000000001"
+CONTENT_TYPES = {"id": "uuid", "slug": "text", "title": "text", "content_type": "text", "length_seconds": "int4",
+                 "publish_ts": "timestamptz"}
+CONTENT_ROW = {"id": CID, "slug": "ep", "title": "Ep", "content_type": "podcast", "length_seconds": 10,
+               "publish_ts": NOW}
+
+
+def test_content_extra_names_are_prefixed_and_never_take_a_pulse_field():
+    cols = content_extra_columns({**CONTENT_TYPES, "author": "text", "type": "text", "a b": "int4"})
+    assert [(c.source, c.name, c.pg_type) for c in cols] == [
+        ("author", "content_author", "text"), ("type", "col_content_type", "text"), ("a b", "content_a_b", "int4")]
+
+
+def test_a_content_extra_column_reaches_the_event_and_the_kafka_value():
+    cache = ContentCache()
+    cache.put_row(CONTENT_ROW, CONTENT_TYPES)
+    assert not cache.has_extra
+    plain = enrich_change(_change("insert", {**BASE, "content_id": CID}, TYPES), cache, NOW)
+    assert plain.extra is None and plain.content_slug == "ep"
+    cache.apply("update", {**CONTENT_ROW, "author": "Ann", "rating": 4}, None,
+                {**CONTENT_TYPES, "author": "text", "rating": "int4"})
+    assert cache.has_extra
+    ev = enrich_change(_change("insert", {**BASE, "content_id": CID}, TYPES), cache, NOW)
+    assert ev.extra == {"content_author": "Ann", "content_rating": 4}
+    assert ev.extra_types == {"content_author": "text", "content_rating": "int4"}
+    back = codec.decode(codec.encode(ev)[1])
+    assert back.extra == {"content_author": "Ann", "content_rating": 4} and back.extra_types == ev.extra_types
+
+
+def test_content_and_event_extras_merge_without_overwriting_each_other():
+    cache = ContentCache()
+    cache.put_row({**CONTENT_ROW, "author": "Ann"}, {**CONTENT_TYPES, "author": "text"})
+    types = {**TYPES, "content_author": "text", "session_id": "text"}
+    ev = enrich_change(_change("insert", {**BASE, "content_id": CID, "content_author": "own", "session_id": "s"},
+                               types), cache, NOW)
+    assert ev.extra == {"content_author": "own", "session_id": "s", "col_content_author": "Ann"}
+    assert ev.extra_types == {"content_author": "text", "session_id": "text", "col_content_author": "text"}
+
+
+def test_an_unchanged_toasted_content_extra_keeps_its_value_and_deletes_count_down():
+    types = {**CONTENT_TYPES, "bio": "text"}
+    cache = ContentCache()
+    cache.apply("insert", {**CONTENT_ROW, "bio": "long"}, None, types)
+    snap = cache.snapshot()
+    cache.apply("update", {**CONTENT_ROW, "title": "New", "bio": UNCHANGED_TOAST}, None, types)
+    info = cache.get(CID)
+    assert info.title == "New" and info.extra == {"content_bio": "long"}
+    assert snap.has_extra and snap.get(CID).title == "Ep"
+    cache.apply("delete", None, {"id": CID}, types)
+    assert not cache.has_extra and snap.has_extra
+
+
+class _CatalogCursor:
+    def __init__(self, catalog, rows):
+        self.catalog, self.rows, self.queries = catalog, rows, []
+
+    def execute(self, query, params=None):
+        self.queries.append(query)
+
+    def fetchall(self):
+        return self.catalog if len(self.queries) == 1 else self.rows
+
+
+def test_load_content_reads_extra_columns_typed_and_converted_as_the_stream():
+    catalog = [("id", 2950, -1), ("slug", 25, -1), ("title", 25, -1), ("content_type", 25, -1),
+               ("length_seconds", 23, -1), ("publish_ts", 1184, -1), ("author", 25, -1), ("rating", 1700, 393222)]
+    cur = _CatalogCursor(catalog, [(CID, "ep", "Ep", "podcast", 10, "Ann", "4.50"), ("x", "s", "T", None, None,
+                                                                                       None, None)])
+    cache = load_content(cur, "public")
+    assert cache.has_extra
+    assert cache.get(CID).extra == {"content_author": "Ann", "content_rating": Decimal("4.50")}
+    assert cache.get(CID).extra_types == {"content_author": "text", "content_rating": "numeric(6,2)"}
+    assert cache.get("x").extra == {"content_author": None, "content_rating": None}
