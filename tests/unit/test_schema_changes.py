@@ -190,3 +190,38 @@ def test_load_content_reads_extra_columns_typed_and_converted_as_the_stream():
     assert cache.get(CID).extra == {"content_author": "Ann", "content_rating": Decimal("4.50")}
     assert cache.get(CID).extra_types == {"content_author": "text", "content_rating": "numeric(6,2)"}
     assert cache.get("x").extra == {"content_author": None, "content_rating": None}
+
+
+def test_a_chunk_with_extra_columns_gives_the_events_enrich_row_gives():
+    """Snapshot/backfill chunks with extra source columns (columnar.read_extra's shape): both branches."""
+    import pyarrow as pa
+
+    from pulse.source.catalog import CatalogColumn
+    from pulse.transform.columnar import EXTRA_PREFIX, RAW_SCHEMA, ChunkExtras, EventChunk
+    from pulse.transform.enrich import enrich_row
+
+    us = int(NOW.timestamp() * 1_000_000)
+    raw = pa.Table.from_pylist([
+        {"id": 1, "content_id": CID, "user_id": None, "event_type": "play", "event_us": us, "event_ts_bad": False,
+         "duration_ms": 5000, "device": "ios", "raw_payload": "{}"},
+        {"id": 2, "content_id": None, "user_id": None, "event_type": "play", "event_us": us, "event_ts_bad": False,
+         "duration_ms": None, "device": None, "raw_payload": None},
+    ], schema=RAW_SCHEMA)
+    raw = raw.append_column(EXTRA_PREFIX + "score", pa.array(["7", None], pa.string()))
+    raw = raw.append_column(EXTRA_PREFIX + "op", pa.array(["x", "y"], pa.string()))
+    types = {**TYPES, "score": "int4", "op": "text"}
+    extras = ChunkExtras((CatalogColumn("score", 23, "int4"), CatalogColumn("op", 25, "text")), types)
+    rows = [{**BASE, "id": 1, "content_id": CID, "duration_ms": 5000, "device": "ios", "raw_payload": "{}",
+             "user_id": None, "score": 7, "op": "x"},
+            {**BASE, "id": 2, "duration_ms": None, "device": None, "raw_payload": None, "score": None, "op": "y"}]
+    for cache_types in (CONTENT_TYPES, {**CONTENT_TYPES, "author": "text"}):  # without, with content extras
+        cache = ContentCache()
+        cache.put_row({**CONTENT_ROW, "author": "Ann"}, cache_types)
+        chunk = EventChunk(raw, lsn=9, first_seq=3, commit_ts=NOW, now=NOW, cache=cache, extras=extras)
+        assert chunk.row_only and chunk.after(Position(9, 3)).extras is extras
+        want = [enrich_row({**r, "event_ts": NOW}, op="insert", position=Position(9, 3 + k), commit_ts=NOW,
+                           cache=cache, now=NOW, backfill=True, types=types) for k, r in enumerate(rows)]
+        got = chunk.events()
+        assert got == want
+        assert got[0].extra["score"] == 7 and got[0].extra["col_op"] == "x"
+        assert ("content_author" in got[0].extra) == ("author" in cache_types)

@@ -51,7 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg2 import sql
 
-from pulse.model import EVENT_COLUMNS, EnrichedEvent, Position
+from pulse.model import EVENT_COLUMNS, EnrichedEvent, Position, extra_columns
 from pulse.source import catalog, native
 from pulse.sinks.bigquery_schema import ARROW_SCHEMA
 from pulse.transform import enrich as E
@@ -142,12 +142,14 @@ def read_extra(cur, schema: str, raw: pa.Table, previous: ChunkExtras | None = N
     found = previous if previous is not None and previous.types == types else ChunkExtras(extras, types)
     if raw.num_rows == 0:
         return raw, found
-    cur.execute(sql.SQL("SELECT id::int8, {} FROM {}.engagement_events WHERE id = ANY(%s)").format(
+    ids = raw.column("id").to_pylist()
+    # The ids as one int8[] literal (a parameter list of 10,000 would be parsed as 10,000 expressions).
+    cur.execute(sql.SQL("SELECT id::int8, {} FROM {}.engagement_events WHERE id = ANY(%s::int8[])").format(
         sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in extras),
-        sql.Identifier(schema)), (raw.column("id").to_pylist(),))
+        sql.Identifier(schema)), ("{" + ",".join(map(str, ids)) + "}",))
     by_id = {row[0]: row[1:] for row in cur.fetchall()}
     missing = (None,) * len(extras)
-    values = [by_id.get(i, missing) for i in raw.column("id").to_pylist()]  # a row gone since: dropped by the window
+    values = [by_id.get(i, missing) for i in ids]  # a row gone since: dropped by the window
     for k, col in enumerate(extras):
         raw = raw.append_column(EXTRA_PREFIX + col.name, pa.array([v[k] for v in values], pa.string()))
     return raw, found
@@ -394,11 +396,25 @@ class EventChunk:
             [catalog.from_text(c.type_oid, v) for v in self.raw.column(EXTRA_PREFIX + c.name).to_pylist()]
             for c in extras.columns
         ]
-        lsn, seq, enrich_row = self.lsn, self.first_seq, E.enrich_row
-        return [enrich_row(dict(zip(names, values)), op="insert", position=Position(lsn, seq + k),
-                           commit_ts=self.commit_ts, cache=self.cache, now=self.now, backfill=self.backfill,
-                           types=extras.types)
-                for k, values in enumerate(zip(*columns))]
+        lsn, seq, commit_ts, cache, now, backfill = (self.lsn, self.first_seq, self.commit_ts, self.cache,
+                                                     self.now, self.backfill)
+        if cache.has_extra:  # content extras too: enrich_row merges both
+            enrich_row = E.enrich_row
+            return [enrich_row(dict(zip(names, values)), op="insert", position=Position(lsn, seq + k),
+                               commit_ts=commit_ts, cache=cache, now=now, backfill=backfill, types=extras.types)
+                    for k, values in enumerate(zip(*columns))]
+        # The event's own extras only: enrich_values and the columns by their event names (as enrich_row
+        # names them: the catalog's extra columns are the relation's, in the same order), one types dict.
+        cols = extra_columns(extras.types)
+        extra_names = [c.name for c in cols]
+        extra_types = {c.name: c.pg_type for c in cols}
+        known = len(_ROW_NAMES)
+        enrich = E.enrich_values
+        return [
+            enrich(*values[:known], "insert", Position(lsn, seq + k), commit_ts, cache, now, backfill)._replace(
+                extra=dict(zip(extra_names, values[known:])), extra_types=extra_types)
+            for k, values in enumerate(zip(*columns))
+        ]
 
     def take_problems(self) -> dict[str, int]:
         """Problem counts of the chunk's rows, once (for metrics): empty on later calls or before a build."""
