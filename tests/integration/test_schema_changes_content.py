@@ -48,10 +48,11 @@ def _bq_rows(client, dataset: str, columns: str) -> dict[int, dict]:
         return {}
 
 
+@pytest.mark.parametrize("mode", ["batch", "stream"])
 def test_a_column_added_to_content_mid_stream_reaches_every_destination(
-        scratch_db, services, bq, receiver, topic, tmp_path):  # noqa: F811
+        scratch_db, services, bq, receiver, topic, tmp_path, mode):  # noqa: F811
     client, dataset = bq
-    settings = _settings(scratch_db, services, dataset, receiver, topic, tmp_path / "spool")
+    settings = _settings(scratch_db, services, dataset, receiver, topic, tmp_path / "spool", mode)
     sinks = [BigQuerySink(settings.bigquery), ExternalSink.from_settings(settings), KafkaSink.from_settings(settings)]
     cur = scratch_db.connect().cursor()
     c1, c2 = insert_content(cur, 2)
