@@ -225,3 +225,37 @@ def test_a_chunk_with_extra_columns_gives_the_events_enrich_row_gives():
         assert got == want
         assert got[0].extra["score"] == 7 and got[0].extra["col_op"] == "x"
         assert ("content_author" in got[0].extra) == ("author" in cache_types)
+
+
+def test_a_column_dropped_between_the_catalog_and_the_extras_query_is_read_again():
+    import psycopg2.errors
+    import pyarrow as pa
+
+    from pulse.transform.columnar import RAW_SCHEMA, read_extra
+
+    known = [(name, 25, -1) for name in ("id", "content_id", "user_id", "event_type", "event_ts", "duration_ms",
+                                         "device", "raw_payload")]
+
+    class Cursor:
+        def __init__(self):
+            self.catalogs = [known + [("gone", 25, -1), ("kept", 23, -1)], known + [("kept", 23, -1)]]
+            self.selects = 0
+            self.result = None
+
+        def execute(self, query, params=None):
+            if isinstance(query, str):  # the catalog query
+                self.result = self.catalogs.pop(0)
+                return
+            self.selects += 1
+            if self.selects == 1:
+                raise psycopg2.errors.UndefinedColumn("column gone does not exist")
+            self.result = [(5, "42")]
+
+        def fetchall(self):
+            return self.result
+
+    raw = pa.Table.from_pylist([{"id": 5}], schema=RAW_SCHEMA)
+    cur = Cursor()
+    out, extras = read_extra(cur, "public", raw)
+    assert [c.name for c in extras.columns] == ["kept"] and out.column("extra:kept").to_pylist() == ["42"]
+    assert cur.selects == 2 and not cur.catalogs

@@ -46,6 +46,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import numpy as np
+import psycopg2.errors
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -132,8 +133,20 @@ def read_extra(cur, schema: str, raw: pa.Table, previous: ChunkExtras | None = N
     changed between them is dropped from the chunk by the window (DBLog) as
     any row changed during the read is. `previous` is reused when the
     columns did not change (one types mapping per relation shape).
-    Without extra columns this costs one catalog query per chunk.
+    Without extra columns this costs one catalog query per chunk. A column
+    dropped between the catalog read and the query: read again (autocommit
+    cursor), at most twice.
     """
+    for attempt in range(3):
+        try:
+            return _read_extra(cur, schema, raw, previous)
+        except psycopg2.errors.UndefinedColumn:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_extra(cur, schema: str, raw: pa.Table, previous: ChunkExtras | None) -> tuple[pa.Table, ChunkExtras | None]:
     columns = catalog.table_columns(cur, schema, "engagement_events")
     extras = tuple(c for c in columns if c.name not in EVENT_COLUMNS)
     if not extras:
