@@ -119,6 +119,30 @@ def extra_columns(types: Mapping[str, str]) -> tuple[ExtraColumn, ...]:
     return cols
 
 
+# The columns of `content` the enrichment knows; the others ride along as `content_<name>` extras.
+CONTENT_COLUMNS = ("id", "slug", "title", "content_type", "length_seconds", "publish_ts")
+_CONTENT_EXTRA_CACHE: dict[int, tuple[Mapping[str, str], tuple[ExtraColumn, ...]]] = {}
+
+
+def content_extra_columns(types: Mapping[str, str]) -> tuple[ExtraColumn, ...]:
+    """The extra columns of the `content` relation (beyond CONTENT_COLUMNS), named `content_<name>` in the event.
+
+    Named as `extra_columns` names them (`extra_name`), after the prefix:
+    `content_type` (a column `type`) is taken and becomes `col_content_type`.
+    Cached per mapping.
+    """
+    hit = _CONTENT_EXTRA_CACHE.get(id(types))
+    if hit is not None and hit[0] is types:
+        return hit[1]
+    taken: set[str] = set()
+    cols = tuple(ExtraColumn(src, extra_name("content_" + src, taken), t)
+                 for src, t in types.items() if src not in CONTENT_COLUMNS)
+    if len(_CONTENT_EXTRA_CACHE) > 256:
+        _CONTENT_EXTRA_CACHE.clear()
+    _CONTENT_EXTRA_CACHE[id(types)] = (types, cols)
+    return cols
+
+
 class EnrichedEvent(NamedTuple):
     """One engagement event joined with its content and derived metrics.
 

@@ -8,10 +8,10 @@ from decimal import Decimal
 import pytest
 
 from pulse.bus import codec
-from pulse.model import Change, Position, extra_columns
+from pulse.model import Change, Position, content_extra_columns, extra_columns
 from pulse.sinks import bigquery_schema as S
 from pulse.source.pgoutput import UNCHANGED_TOAST, type_name
-from pulse.transform.content_cache import ContentCache
+from pulse.transform.content_cache import ContentCache, load_content
 from pulse.transform.enrich import enrich_change
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -113,3 +113,149 @@ def test_a_change_without_a_column_lists_it_as_unchanged_in_the_rows():
     schema = _group_schema([S.to_arrow([with_col]).schema, plain.schema])
     combined = pa.concat_tables([_conform(S.to_arrow([with_col]), schema), _conform(plain, schema)])
     assert combined.column(S.UNCHANGED).to_pylist() == [[], ["sid"]]
+
+
+# -- columns added to `content` ------------------------------------------------------------
+
+CID = "6f1c7c9e-0000-4000-8000-000000000001"
+CONTENT_TYPES = {"id": "uuid", "slug": "text", "title": "text", "content_type": "text", "length_seconds": "int4",
+                 "publish_ts": "timestamptz"}
+CONTENT_ROW = {"id": CID, "slug": "ep", "title": "Ep", "content_type": "podcast", "length_seconds": 10,
+               "publish_ts": NOW}
+
+
+def test_content_extra_names_are_prefixed_and_never_take_a_pulse_field():
+    cols = content_extra_columns({**CONTENT_TYPES, "author": "text", "type": "text", "a b": "int4"})
+    assert [(c.source, c.name, c.pg_type) for c in cols] == [
+        ("author", "content_author", "text"), ("type", "col_content_type", "text"), ("a b", "content_a_b", "int4")]
+
+
+def test_a_content_extra_column_reaches_the_event_and_the_kafka_value():
+    cache = ContentCache()
+    cache.put_row(CONTENT_ROW, CONTENT_TYPES)
+    assert not cache.has_extra
+    plain = enrich_change(_change("insert", {**BASE, "content_id": CID}, TYPES), cache, NOW)
+    assert plain.extra is None and plain.content_slug == "ep"
+    cache.apply("update", {**CONTENT_ROW, "author": "Ann", "rating": 4}, None,
+                {**CONTENT_TYPES, "author": "text", "rating": "int4"})
+    assert cache.has_extra
+    ev = enrich_change(_change("insert", {**BASE, "content_id": CID}, TYPES), cache, NOW)
+    assert ev.extra == {"content_author": "Ann", "content_rating": 4}
+    assert ev.extra_types == {"content_author": "text", "content_rating": "int4"}
+    back = codec.decode(codec.encode(ev)[1])
+    assert back.extra == {"content_author": "Ann", "content_rating": 4} and back.extra_types == ev.extra_types
+
+
+def test_content_and_event_extras_merge_without_overwriting_each_other():
+    cache = ContentCache()
+    cache.put_row({**CONTENT_ROW, "author": "Ann"}, {**CONTENT_TYPES, "author": "text"})
+    types = {**TYPES, "content_author": "text", "session_id": "text"}
+    ev = enrich_change(_change("insert", {**BASE, "content_id": CID, "content_author": "own", "session_id": "s"},
+                               types), cache, NOW)
+    assert ev.extra == {"content_author": "own", "session_id": "s", "col_content_author": "Ann"}
+    assert ev.extra_types == {"content_author": "text", "session_id": "text", "col_content_author": "text"}
+
+
+def test_an_unchanged_toasted_content_extra_keeps_its_value_and_deletes_count_down():
+    types = {**CONTENT_TYPES, "bio": "text"}
+    cache = ContentCache()
+    cache.apply("insert", {**CONTENT_ROW, "bio": "long"}, None, types)
+    snap = cache.snapshot()
+    cache.apply("update", {**CONTENT_ROW, "title": "New", "bio": UNCHANGED_TOAST}, None, types)
+    info = cache.get(CID)
+    assert info.title == "New" and info.extra == {"content_bio": "long"}
+    assert snap.has_extra and snap.get(CID).title == "Ep"
+    cache.apply("delete", None, {"id": CID}, types)
+    assert not cache.has_extra and snap.has_extra
+
+
+class _CatalogCursor:
+    def __init__(self, catalog, rows):
+        self.catalog, self.rows, self.queries = catalog, rows, []
+
+    def execute(self, query, params=None):
+        self.queries.append(query)
+
+    def fetchall(self):
+        return self.catalog if len(self.queries) == 1 else self.rows
+
+
+def test_load_content_reads_extra_columns_typed_and_converted_as_the_stream():
+    catalog = [("id", 2950, -1), ("slug", 25, -1), ("title", 25, -1), ("content_type", 25, -1),
+               ("length_seconds", 23, -1), ("publish_ts", 1184, -1), ("author", 25, -1), ("rating", 1700, 393222)]
+    cur = _CatalogCursor(catalog, [(CID, "ep", "Ep", "podcast", 10, "Ann", "4.50"), ("x", "s", "T", None, None,
+                                                                                       None, None)])
+    cache = load_content(cur, "public")
+    assert cache.has_extra
+    assert cache.get(CID).extra == {"content_author": "Ann", "content_rating": Decimal("4.50")}
+    assert cache.get(CID).extra_types == {"content_author": "text", "content_rating": "numeric(6,2)"}
+    assert cache.get("x").extra == {"content_author": None, "content_rating": None}
+
+
+def test_a_chunk_with_extra_columns_gives_the_events_enrich_row_gives():
+    """Snapshot/backfill chunks with extra source columns (columnar.read_extra's shape): both branches."""
+    import pyarrow as pa
+
+    from pulse.source.catalog import CatalogColumn
+    from pulse.transform.columnar import EXTRA_PREFIX, RAW_SCHEMA, ChunkExtras, EventChunk
+    from pulse.transform.enrich import enrich_row
+
+    us = int(NOW.timestamp() * 1_000_000)
+    raw = pa.Table.from_pylist([
+        {"id": 1, "content_id": CID, "user_id": None, "event_type": "play", "event_us": us, "event_ts_bad": False,
+         "duration_ms": 5000, "device": "ios", "raw_payload": "{}"},
+        {"id": 2, "content_id": None, "user_id": None, "event_type": "play", "event_us": us, "event_ts_bad": False,
+         "duration_ms": None, "device": None, "raw_payload": None},
+    ], schema=RAW_SCHEMA)
+    raw = raw.append_column(EXTRA_PREFIX + "score", pa.array(["7", None], pa.string()))
+    raw = raw.append_column(EXTRA_PREFIX + "op", pa.array(["x", "y"], pa.string()))
+    types = {**TYPES, "score": "int4", "op": "text"}
+    extras = ChunkExtras((CatalogColumn("score", 23, "int4"), CatalogColumn("op", 25, "text")), types)
+    rows = [{**BASE, "id": 1, "content_id": CID, "duration_ms": 5000, "device": "ios", "raw_payload": "{}",
+             "user_id": None, "score": 7, "op": "x"},
+            {**BASE, "id": 2, "duration_ms": None, "device": None, "raw_payload": None, "score": None, "op": "y"}]
+    for cache_types in (CONTENT_TYPES, {**CONTENT_TYPES, "author": "text"}):  # without, with content extras
+        cache = ContentCache()
+        cache.put_row({**CONTENT_ROW, "author": "Ann"}, cache_types)
+        chunk = EventChunk(raw, lsn=9, first_seq=3, commit_ts=NOW, now=NOW, cache=cache, extras=extras)
+        assert chunk.row_only and chunk.after(Position(9, 3)).extras is extras
+        want = [enrich_row({**r, "event_ts": NOW}, op="insert", position=Position(9, 3 + k), commit_ts=NOW,
+                           cache=cache, now=NOW, backfill=True, types=types) for k, r in enumerate(rows)]
+        got = chunk.events()
+        assert got == want
+        assert got[0].extra["score"] == 7 and got[0].extra["col_op"] == "x"
+        assert ("content_author" in got[0].extra) == ("author" in cache_types)
+
+
+def test_a_column_dropped_between_the_catalog_and_the_extras_query_is_read_again():
+    import psycopg2.errors
+    import pyarrow as pa
+
+    from pulse.transform.columnar import RAW_SCHEMA, read_extra
+
+    known = [(name, 25, -1) for name in ("id", "content_id", "user_id", "event_type", "event_ts", "duration_ms",
+                                         "device", "raw_payload")]
+
+    class Cursor:
+        def __init__(self):
+            self.catalogs = [known + [("gone", 25, -1), ("kept", 23, -1)], known + [("kept", 23, -1)]]
+            self.selects = 0
+            self.result = None
+
+        def execute(self, query, params=None):
+            if isinstance(query, str):  # the catalog query
+                self.result = self.catalogs.pop(0)
+                return
+            self.selects += 1
+            if self.selects == 1:
+                raise psycopg2.errors.UndefinedColumn("column gone does not exist")
+            self.result = [(5, "42")]
+
+        def fetchall(self):
+            return self.result
+
+    raw = pa.Table.from_pylist([{"id": 5}], schema=RAW_SCHEMA)
+    cur = Cursor()
+    out, extras = read_extra(cur, "public", raw)
+    assert [c.name for c in extras.columns] == ["kept"] and out.column("extra:kept").to_pylist() == ["42"]
+    assert cur.selects == 2 and not cur.catalogs

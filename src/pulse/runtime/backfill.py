@@ -55,7 +55,7 @@ from pulse.errors import ConfigError
 from pulse.log import get_logger
 from pulse.model import Change, Position
 from pulse.schema import connect
-from pulse.transform.columnar import EventChunk, chunk_query, read_chunk
+from pulse.transform.columnar import ChunkExtras, EventChunk, chunk_query, read_chunk, read_extra
 
 if TYPE_CHECKING:
     from pulse.runtime.pipeline import Pipeline
@@ -183,7 +183,8 @@ class _Done:
 class _Window:
     run_id: str
     chunk: int
-    rows: pa.Table | None = None  # the chunk as read (columnar.RAW_SCHEMA)
+    rows: pa.Table | None = None  # the chunk as read (columnar.RAW_SCHEMA, then any `extra:` columns)
+    extras: ChunkExtras | None = None  # the extra source columns in `rows` (columnar.read_extra)
     low_seen: bool = False
     changed: set[int] = field(default_factory=set)
     emitted: threading.Event = field(default_factory=threading.Event)
@@ -268,7 +269,8 @@ class BackfillManager:
         job = self.jobs.get(window.run_id)
         chunk = EventChunk(raw, lsn=change.position.lsn, first_seq=change.position.seq + 1,
                               commit_ts=change.commit_ts, now=self.pipeline.clock(), cache=self.pipeline.cache,
-                              targets=job.relayed if job is not None and job.relayed else None)
+                              targets=job.relayed if job is not None and job.relayed else None,
+                              extras=window.extras)
         window.last_position = Position(change.position.lsn, change.position.seq + raw.num_rows)
         with self._lock:
             self.windows.pop(window.run_id, None)
@@ -403,6 +405,7 @@ class BackfillJob(threading.Thread):
             # recorded strictly in order and only for durable chunks, so a
             # rerun resumes after the last chunk every target holds.
             pending: collections.deque[_Done] = collections.deque()
+            extras: ChunkExtras | None = None
             while not self.stop_event.is_set() and not pipeline.stop_event.is_set():
                 chunk += 1
                 started = time.monotonic()
@@ -411,8 +414,12 @@ class BackfillJob(threading.Thread):
                     self.manager.windows[self.run_id] = window
                 self._watermark(cur, chunk, "low")
                 where, params = _where(run)
-                window.rows = read_chunk(cur, chunk_query(self.cfg.source_schema, where),
-                                         [*params, run["chunk_size"]])
+                rows = read_chunk(cur, chunk_query(self.cfg.source_schema, where), [*params, run["chunk_size"]])
+                # Columns beyond the known ones (the table had them before the
+                # first start, or gained them since): read for the chunk's ids.
+                rows, extras = read_extra(cur, self.cfg.source_schema, rows, extras)
+                window.extras = extras
+                window.rows = rows
                 if window.rows.num_rows == 0:
                     with self.manager._lock:
                         self.manager.windows.pop(self.run_id, None)

@@ -117,7 +117,7 @@ class SinkWorker(threading.Thread):
         hist = metrics.E2E.labels(self.sink.name)
         if type(part) is EventChunk:
             chunk: EventChunk = part  # type: ignore[assignment]
-            if self.sink.accepts_columns:
+            if self.sink.accepts_columns and not chunk.row_only:
                 self._advance(self._retrying()(self.sink.write_columns, chunk.table(), chunk.first, chunk.position))
             else:
                 events = chunk.events()
@@ -342,7 +342,7 @@ class Pipeline:
                 return
             if change.table == "content":
                 metrics.CHANGES_IN.labels("content", change.op).inc()
-                self.cache.apply(change.op, change.new, change.old)
+                self.cache.apply(change.op, change.new, change.old, change.types)
                 for hook in self._content_hooks:
                     hook(change)
                 return

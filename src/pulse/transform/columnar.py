@@ -23,6 +23,19 @@ Two details that keep them equal:
 
 Row sinks (the external system) still get `EnrichedEvent`s: `raw_rows`
 turns the same parsed chunk into the dicts `enrich_row` takes.
+
+Columns beyond the known ones take the row path, for every sink:
+
+- a chunk read from a table with extra columns (`read_extra`: the catalog
+  is checked after each chunk's COPY, and the extra columns of the chunk's
+  ids are read as text by a second query) carries them as `extra:<name>`
+  columns of its raw table and the relation's types;
+- a chunk enriched with a content cache that holds extra `content` columns
+  (`ContentCache.has_extra`).
+
+`EventChunk.row_only` says so; the sink worker then hands even a sink that
+takes columns (BigQuery) the chunk's events, which carry the extras through
+the machinery of the row path (`EnrichedEvent.extra`).
 """
 
 from __future__ import annotations
@@ -33,13 +46,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import numpy as np
+import psycopg2.errors
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg2 import sql
 
-from pulse.model import EnrichedEvent, Position
-from pulse.source import native
+from pulse.model import EVENT_COLUMNS, EnrichedEvent, Position, extra_columns
+from pulse.source import catalog, native
 from pulse.sinks.bigquery_schema import ARROW_SCHEMA
 from pulse.transform import enrich as E
 from pulse.transform.content_cache import ContentCache
@@ -98,6 +112,60 @@ def read_chunk(cur, query: ChunkQuery, params: list[Any]) -> pa.Table:
     fmt = "binary" if query.binary else "csv"
     cur.copy_expert(f"COPY ({select}) TO STDOUT WITH (FORMAT {fmt})", buf)
     return parse_binary_chunk(buf.getbuffer()) if query.binary else parse_chunk(buf.getvalue())
+
+
+EXTRA_PREFIX = "extra:"  # raw column name of an extra source column (no RAW_SCHEMA name has a ':')
+
+
+class ChunkExtras(NamedTuple):
+    """The extra columns a chunk carries: catalog columns and the relation's types (all columns)."""
+
+    columns: tuple[catalog.CatalogColumn, ...]
+    types: dict[str, str]
+
+
+def read_extra(cur, schema: str, raw: pa.Table, previous: ChunkExtras | None = None
+               ) -> tuple[pa.Table, ChunkExtras | None]:
+    """`raw` with the table's extra columns for its ids (`extra:<name>`, text), or as it is without any.
+
+    The catalog is read after the chunk's COPY: a column added before the
+    COPY is seen. Both reads sit in the chunk's watermark window, so a row
+    changed between them is dropped from the chunk by the window (DBLog) as
+    any row changed during the read is. `previous` is reused when the
+    columns did not change (one types mapping per relation shape).
+    Without extra columns this costs one catalog query per chunk. A column
+    dropped between the catalog read and the query: read again (autocommit
+    cursor), at most twice.
+    """
+    for attempt in range(3):
+        try:
+            return _read_extra(cur, schema, raw, previous)
+        except psycopg2.errors.UndefinedColumn:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _read_extra(cur, schema: str, raw: pa.Table, previous: ChunkExtras | None) -> tuple[pa.Table, ChunkExtras | None]:
+    columns = catalog.table_columns(cur, schema, "engagement_events")
+    extras = tuple(c for c in columns if c.name not in EVENT_COLUMNS)
+    if not extras:
+        return raw, None
+    types = {c.name: c.type_name for c in columns}
+    found = previous if previous is not None and previous.types == types else ChunkExtras(extras, types)
+    if raw.num_rows == 0:
+        return raw, found
+    ids = raw.column("id").to_pylist()
+    # The ids as one int8[] literal (a parameter list of 10,000 would be parsed as 10,000 expressions).
+    cur.execute(sql.SQL("SELECT id::int8, {} FROM {}.engagement_events WHERE id = ANY(%s::int8[])").format(
+        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in extras),
+        sql.Identifier(schema)), ("{" + ",".join(map(str, ids)) + "}",))
+    by_id = {row[0]: row[1:] for row in cur.fetchall()}
+    missing = (None,) * len(extras)
+    values = [by_id.get(i, missing) for i in ids]  # a row gone since: dropped by the window
+    for k, col in enumerate(extras):
+        raw = raw.append_column(EXTRA_PREFIX + col.name, pa.array([v[k] for v in values], pa.string()))
+    return raw, found
 
 
 # Binary COPY fields of the binary chunk query, as `_wire.parse_copy_binary` kinds.
@@ -251,11 +319,13 @@ class EventChunk:
     """
 
     __slots__ = ("raw", "lsn", "first_seq", "commit_ts", "now", "cache", "targets", "backfill", "_table",
-                 "_events", "_lock", "_problems")
+                 "_events", "_lock", "_problems", "extras")
 
     def __init__(self, raw: pa.Table, *, lsn: int, first_seq: int, commit_ts: datetime | None, now: datetime,
-                 cache: ContentCache, targets: tuple[str, ...] | None = None, backfill: bool = True) -> None:
+                 cache: ContentCache, targets: tuple[str, ...] | None = None, backfill: bool = True,
+                 extras: ChunkExtras | None = None) -> None:
         self.raw = raw
+        self.extras = extras  # extra source columns in `raw` (`read_extra`), or None
         self.targets = targets  # for a relaying sink (Kafka): the destinations downstream
         self.lsn = lsn
         self.first_seq = first_seq
@@ -267,6 +337,11 @@ class EventChunk:
         self._events: list[EnrichedEvent] | None = None
         self._lock = threading.Lock()
         self._problems: dict[str, int] | None = None
+
+    @property
+    def row_only(self) -> bool:
+        """True when the chunk's events carry extra columns (its own, or its content's): no columnar form."""
+        return self.extras is not None or self.cache.has_extra
 
     @property
     def first(self) -> Position:
@@ -289,7 +364,7 @@ class EventChunk:
             return self
         part = EventChunk(self.raw.slice(skip), lsn=self.lsn, first_seq=self.first_seq + skip,
                           commit_ts=self.commit_ts, now=self.now, cache=self.cache, targets=self.targets,
-                          backfill=self.backfill)
+                          backfill=self.backfill, extras=self.extras)
         return part
 
     def table(self) -> pa.Table:
@@ -308,12 +383,15 @@ class EventChunk:
             if self._events is None:
                 lsn, seq, commit_ts, cache, now, backfill = (self.lsn, self.first_seq, self.commit_ts, self.cache,
                                                              self.now, self.backfill)
-                enrich = E.enrich_values
-                self._events = [
-                    enrich(i, c, u, t, ts, d, dev, p, "insert", Position(lsn, seq + k), commit_ts, cache, now,
-                           backfill)
-                    for k, (i, c, u, t, ts, d, dev, p) in enumerate(zip(*raw_columns(self.raw)))
-                ]
+                if self.extras is not None:
+                    self._events = self._extra_events()
+                else:
+                    enrich = E.enrich_values
+                    self._events = [
+                        enrich(i, c, u, t, ts, d, dev, p, "insert", Position(lsn, seq + k), commit_ts, cache, now,
+                               backfill)
+                        for k, (i, c, u, t, ts, d, dev, p) in enumerate(zip(*raw_columns(self.raw)))
+                    ]
                 if self._problems is None:
                     counts: dict[str, int] = {}
                     for ev in self._events:
@@ -321,6 +399,35 @@ class EventChunk:
                             counts[problem] = counts.get(problem, 0) + 1
                     self._problems = counts
             return self._events
+
+    def _extra_events(self) -> list[EnrichedEvent]:
+        """The events of a chunk with extra source columns: rows as `enrich_row` takes them."""
+        extras = self.extras
+        assert extras is not None
+        names = [*_ROW_NAMES, *(c.name for c in extras.columns)]
+        columns = raw_columns(self.raw) + [
+            [catalog.from_text(c.type_oid, v) for v in self.raw.column(EXTRA_PREFIX + c.name).to_pylist()]
+            for c in extras.columns
+        ]
+        lsn, seq, commit_ts, cache, now, backfill = (self.lsn, self.first_seq, self.commit_ts, self.cache,
+                                                     self.now, self.backfill)
+        if cache.has_extra:  # content extras too: enrich_row merges both
+            enrich_row = E.enrich_row
+            return [enrich_row(dict(zip(names, values)), op="insert", position=Position(lsn, seq + k),
+                               commit_ts=commit_ts, cache=cache, now=now, backfill=backfill, types=extras.types)
+                    for k, values in enumerate(zip(*columns))]
+        # The event's own extras only: enrich_values and the columns by their event names (as enrich_row
+        # names them: the catalog's extra columns are the relation's, in the same order), one types dict.
+        cols = extra_columns(extras.types)
+        extra_names = [c.name for c in cols]
+        extra_types = {c.name: c.pg_type for c in cols}
+        known = len(_ROW_NAMES)
+        enrich = E.enrich_values
+        return [
+            enrich(*values[:known], "insert", Position(lsn, seq + k), commit_ts, cache, now, backfill)._replace(
+                extra=dict(zip(extra_names, values[known:])), extra_types=extra_types)
+            for k, values in enumerate(zip(*columns))
+        ]
 
     def take_problems(self) -> dict[str, int]:
         """Problem counts of the chunk's rows, once (for metrics): empty on later calls or before a build."""

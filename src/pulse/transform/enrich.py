@@ -24,6 +24,10 @@ tuple naming what is odd. Decisions where the brief is silent:
   go to the event's `extra`, named by `model.extra_columns`, with their
   PostgreSQL types in `extra_types`; a known column the relation no longer
   has is None;
+- `content` columns beyond the known ones go to `extra` too, as
+  `content_<name>` (`model.content_extra_columns`), from the content row
+  the event joins; a name an `engagement_events` column already uses gets
+  `col_` in front;
 - a negative `length_seconds` (the column has no CHECK) gives no ratio and
   is flagged `negative_length`;
 - an `event_ts` Python cannot hold ('infinity', BC, year > 9999, or beyond
@@ -42,7 +46,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from pulse.source.pgoutput import UNCHANGED_TOAST
-from pulse.model import EVENT_COLUMNS, Change, EnrichedEvent, Position, extra_columns
+from pulse.model import COLLISION_PREFIX, EVENT_COLUMNS, Change, EnrichedEvent, Position, extra_columns
 from pulse.transform.content_cache import ContentCache, ContentInfo
 
 NULL_CONTENT_ID = "null_content_id"
@@ -160,6 +164,13 @@ def _with_extra(event: EnrichedEvent, row: dict[str, Any], types: Mapping[str, s
         extra_types[col.name] = col.pg_type
     if not extra:
         return event._replace(unchanged=tuple(unchanged) + event.unchanged) if unchanged else event
+    if event.extra:  # the content row's extra columns, after the event's own
+        for name, value in event.extra.items():
+            target = name
+            while target.lower() in {k.lower() for k in extra}:
+                target = COLLISION_PREFIX + target
+            extra[target] = value
+            extra_types[target] = event.extra_types[name]  # type: ignore[index]
     return event._replace(extra=extra, extra_types=extra_types, unchanged=tuple(unchanged) + event.unchanged)
 
 
@@ -205,7 +216,8 @@ def enrich_values(event_id: int, content_id: str | None, user_id: str | None, ev
         event_id, content_id, user_id, event_type, event_ts, duration, device, payload,  # type: ignore[arg-type]
         info.slug if info else None, info.title if info else None, info.content_type if info else None,
         length, seconds, pct, op, position, commit_ts, now, backfill, tuple(problems), before,  # type: ignore[arg-type]
-        None, None, unchanged,
+        # A content row with extra columns: its own dicts, shared (events never change them).
+        info.extra if info is not None else None, info.extra_types if info is not None else None, unchanged,
     )
 
 

@@ -139,16 +139,23 @@ def test_put_row_tolerates_missing_optional_columns() -> None:
     assert cache.get(A) == ContentInfo(None, None, None, None)
 
 
+_CONTENT_CATALOG = [("id", 2950, -1), ("slug", 25, -1), ("title", 25, -1), ("content_type", 25, -1),
+                    ("length_seconds", 23, -1), ("publish_ts", 1184, -1)]
+
+
 class FakeCursor:
-    def __init__(self, rows):
+    """The catalog query answers `catalog` (content's columns), the SELECT `rows`."""
+
+    def __init__(self, rows, catalog=_CONTENT_CATALOG):
         self.rows = rows
+        self.catalog = catalog
         self.queries = []
 
     def execute(self, query, params=None):
         self.queries.append(query)
 
     def fetchall(self):
-        return self.rows
+        return self.catalog if len(self.queries) == 1 else self.rows
 
 
 def test_load_content_reads_every_row() -> None:
@@ -157,7 +164,7 @@ def test_load_content_reads_every_row() -> None:
     assert len(cache) == 2
     assert cache.get(A) == ContentInfo("ep-1", "Episode 1", "podcast", 120)
     assert cache.get(B) == ContentInfo("weekly", "Weekly", "newsletter", None)
-    (query,) = cur.queries
+    _catalog, query = cur.queries
     # Composed SQL with the schema as an Identifier, never an f-string.
     assert isinstance(query, sql.Composed)
     assert sql.Identifier("public") in query.seq
