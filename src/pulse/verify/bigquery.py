@@ -16,9 +16,11 @@
    replication slot is being consumed, verify takes the source's current WAL
    position L, waits (at most `settle_s`) until the slot's confirmed
    position reaches L (the slot is acknowledged only up to what every sink,
-   BigQuery included, holds durably), and fetches the differing rows again
-   from both sides. What now agrees is counted as `settled`, not reported.
-   With no consumer on the slot nothing is in flight: the findings stand.
+   BigQuery included, holds durably), then fetches the differing rows again
+   from both sides, once a second until they agree or `settle_s` is over
+   (durable in the spool is loaded into the table a moment later). What
+   agrees by then is counted as `settled`, not reported. With no consumer on
+   the slot nothing is in flight: the findings stand.
 """
 
 from __future__ import annotations
@@ -341,9 +343,16 @@ def verify_bigquery(settings: Settings, *, since: datetime | None, until: dateti
         result = Result("bigquery", rows_source=walk.rows_source, rows_destination=walk.rows_destination,
                         buckets=walk.buckets)
         if findings:
+            deadline = time.monotonic() + settle_s
             why = settle(conn, settings.database.slot, settle_s)
             if why is None:
+                # The slot is acknowledged once a change is durable in the sink (for the batch
+                # path: in its spool); the table may load it a moment later. Re-check the
+                # differing rows until they agree or the settle time is over.
                 again = recheck(source, dest, findings)
+                while again and time.monotonic() < deadline:
+                    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                    again = recheck(source, dest, again)
                 result.settled = len({f.key for f in findings} - {f.key for f in again})
                 findings = again
             else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pulse.config import Settings
@@ -113,6 +114,19 @@ def execute_runs(settings: Settings, run_ids: list[str], targets: list[str], tim
         thread.join(120)
     if failure:
         raise failure[0]
+    if "bigquery" in names:
+        # Durable in the spool is not yet in the table: load what the run left there
+        # (what `pulse upload --once` does), so the verification that follows sees it.
+        from pulse.sinks.bigquery_load import Loader, Tables, make_client
+        from pulse.sinks.bigquery_spool import Spool
+
+        cfg = settings.bigquery
+        if Path(cfg.spool_dir).exists():
+            tables = Tables(make_client(cfg), cfg)
+            try:
+                Loader(tables, Spool(Path(cfg.spool_dir)), cfg).drain()
+            finally:
+                tables.client.close()
 
 
 def _wait(settings: Settings, run_ids: list[str], timeout_s: float, failure: list | None = None) -> None:
