@@ -117,7 +117,7 @@ def verify_redis(settings: Settings, settle_s: float = 30.0) -> Result:
     _now, boards, inner, outer = _read(settings)
     findings = compare(boards, inner, outer)
     result = Result("redis", rows_source=int(sum(inner.get("events", {}).values())),
-                    rows_destination=int(sum(boards.get("events", {}).values())), buckets=len(boards), queries=8)
+                    rows_destination=int(sum(boards.get("events", {}).values())), buckets=len(boards), queries=8, unit="boards")
     if findings:
         conn = connect(settings.database)
         conn.autocommit = True

@@ -39,6 +39,7 @@ class Result:
     settled: int = 0              # differences seen once that disappeared when the sink caught up
     notes: list[str] = field(default_factory=list)
     repair: dict[str, Any] | None = None
+    unit: str = "buckets"         # what `buckets` counts: time buckets (BigQuery) or boards (Redis)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +62,7 @@ class Result:
     def as_dict(self) -> dict[str, Any]:
         return {
             "sink": self.sink, "ok": self.ok, "rows_source": self.rows_source,
-            "rows_destination": self.rows_destination, "buckets": self.buckets, "queries": self.queries,
+            "rows_destination": self.rows_destination, self.unit: self.buckets, "queries": self.queries,
             "seconds": round(self.seconds, 3), "findings_by_kind": self.by_kind(), "settled": self.settled,
             "findings": [f.as_dict() for f in self.findings], "notes": self.notes, "repair": self.repair,
         }
@@ -78,7 +79,7 @@ def render(results: list[Result], console) -> None:
         t.add_column("what", style="bold")
         t.add_column("value")
         t.add_row("rows (source / destination)", f"{r.rows_source:,} / {r.rows_destination:,}")
-        t.add_row("buckets", f"{r.buckets:,}")
+        t.add_row(r.unit, f"{r.buckets:,}")
         t.add_row("queries", f"{r.queries:,}")
         t.add_row("seconds", f"{r.seconds:.2f}")
         kinds = r.by_kind()
