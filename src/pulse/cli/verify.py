@@ -32,6 +32,14 @@ def verify(
     settle_s: float = typer.Option(30.0, "--settle-s", min=0, envvar="PULSE_VERIFY_SETTLE_S",
                                    help="Seconds to wait for a running sink to catch up before differing rows "
                                    "are checked again."),
+    watch: bool = typer.Option(False, "--watch", help="Verify the recent range every --interval until stopped, "
+                               "exporting pulse_verify_* metrics."),
+    interval: str = typer.Option("5m", "--interval", envvar="PULSE_VERIFY_INTERVAL",
+                                 help="Time between --watch rounds: 30s, 5m, 1h."),
+    recent: str = typer.Option("1h", "--recent", envvar="PULSE_VERIFY_RECENT",
+                               help="With --watch and no --since: the range verified, back from now."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="PULSE_VERIFY_METRICS_PORT",
+                                               help="With --watch: serve /metrics on 127.0.0.1:PORT."),
     database_url: Optional[str] = typer.Option(None, "--database-url", envvar="PULSE_DATABASE_URL", show_default=False),
     slot: Optional[str] = typer.Option(None, "--slot", envvar="PULSE_SLOT"),
 ) -> None:
@@ -55,6 +63,9 @@ def verify(
                           hint="name one with --sink bigquery / --sink redis")
     opts = Options(since=parse_ts(since), until=parse_ts(until), bucket_s=bucket_s, fanout=fanout,
                    leaf_rows=leaf_rows, settle_s=settle_s)
+    if watch:
+        _watch(cfg, names, opts, repair, duration(interval), duration(recent), metrics_port, as_json)
+        return
     results = run_verify(cfg, names, opts, repair=repair)
     if as_json:
         typer.echo(orjson.dumps({"ok": all(r.ok for r in results), "results": [r.as_dict() for r in results]},
@@ -62,6 +73,49 @@ def verify(
     else:
         render(results, Console())
     raise typer.Exit(0 if all(r.ok for r in results) else 1)
+
+
+def duration(text: str) -> float:
+    """'30s', '5m', '1h', '90' (seconds) -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a duration (e.g. 30s, 5m, 1h)") from exc
+
+
+def _watch(cfg, names, opts, repair, interval_s, recent_s, metrics_port, as_json) -> None:
+    import dataclasses
+    import threading
+    from datetime import datetime, timedelta, timezone
+
+    from rich.console import Console
+
+    from pulse.cli.produce import install_stop
+    from pulse.verify.report import render
+    from pulse.verify.run import run_verify
+    from pulse.verify.watch import watch
+
+    if metrics_port:
+        from pulse.metrics import serve
+
+        serve("127.0.0.1", metrics_port)
+    stop = threading.Event()
+    install_stop(stop.set)
+
+    def _round():
+        since = opts.since or datetime.now(timezone.utc) - timedelta(seconds=recent_s)
+        return run_verify(cfg, names, dataclasses.replace(opts, since=since), repair=repair)
+
+    def _show(results) -> None:
+        if as_json:
+            typer.echo(orjson.dumps({"ok": all(r.ok for r in results), "results": [r.as_dict() for r in results]}
+                                    ).decode())
+        else:
+            render(results, Console())
+
+    watch(_round, interval_s, stop, _show, tuple(names))
 
 
 def register(app: typer.Typer) -> None:
