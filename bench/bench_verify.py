@@ -88,14 +88,14 @@ def run(args, db: ScratchDatabase, endpoint: str) -> None:
     try:
         load_s = backfill_to(db, settings, "bigquery", args.events, bq_done, args.timeout, 100_000)
         print(f"loaded by pulse backfill in {load_s:.1f} s")
-        pg_from = "FROM engagement_events e LEFT JOIN content c ON c.id = e.content_id"
-        h1, h2 = C.pg_halves(C.pg_text())
-        b1, b2 = C.bq_halves(C.bq_text())
+        pg_from = "FROM engagement_events e LEFT JOIN content c ON c.id = e.content_id " + C.pg_lateral()
+        h1, h2 = C.pg_halves("h")
+        b1, b2 = C.bq_halves("h")
         pg_count, _ = _timed(lambda: cur.execute("SELECT count(*) FROM engagement_events") or cur.fetchall())
         bq_count, _ = _timed(lambda: bq(f"SELECT count(*) FROM {table}"))
-        pg_sum, a = _timed(lambda: cur.execute(f"SELECT count(*), sum(h1), sum(h2) FROM (SELECT {h1} AS h1, {h2} AS h2 "
+        pg_sum, a = _timed(lambda: cur.execute(f"SELECT count(*), sum({h1}), sum({h2}) FROM (SELECT md5({C.pg_text()}) AS h "
                                                f"{pg_from}) r") or cur.fetchall())
-        bq_sum, b = _timed(lambda: bq(f"SELECT count(*), sum(x), sum(y) FROM (SELECT {b1} AS x, {b2} AS y "
+        bq_sum, b = _timed(lambda: bq(f"SELECT count(*), sum({b1}), sum({b2}) FROM (SELECT TO_HEX(MD5({C.bq_text()})) AS h "
                                       f"FROM {table} t) r"))
         assert tuple(a[0]) == tuple(b[0]), (a, b)
         by_hand = pg_count + bq_count + pg_sum + bq_sum

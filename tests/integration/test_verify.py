@@ -46,6 +46,46 @@ def _stream(scratch_db, services, dataset, tmp_path, count=3000) -> tuple[Settin
     return settings, client
 
 
+def test_rows_in_flight_while_verifying_are_settled_not_reported(scratch_db, services, bq, tmp_path, monkeypatch):
+    import contextlib
+    from pathlib import Path
+
+    from pulse.sinks.bigquery_spool import Spool
+    from pulse.verify import bigquery as VB
+
+    from .pipeline_helpers import insert_content, insert_events
+
+    client, dataset = bq
+    settings = _bq_settings(scratch_db, services, dataset, tmp_path / "spool")
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    content = insert_content(cur, 2)
+    insert_events(cur, content, 200)
+    conn.commit()
+    held = contextlib.ExitStack()
+    # Instrumentation, not a stand-in: the loaders' lock is released when verify starts settling.
+    real_settle = VB.settle
+
+    def settle_after_release(*args, **kw):
+        held.close()
+        return real_settle(*args, **kw)
+
+    monkeypatch.setattr(VB, "settle", settle_after_release)
+    with Running(Pipeline(settings, [BigQuerySink(settings.bigquery)])):
+        wait_for(lambda: _converged(client, dataset, cur), 60, "the first rows in BigQuery", interval=0.5)
+        # Hold the spool's loader lock: new rows become durable in the spool (the slot is
+        # acknowledged) but cannot reach the table until verify settles.
+        held.enter_context(Spool(Path(settings.bigquery.spool_dir)).locked())
+        fresh = insert_events(cur, content, 5)
+        conn.commit()
+        [r] = run_verify(settings, ["bigquery"], Options(leaf_rows=16, settle_s=30))
+        held.close()
+    assert r.ok, r.findings
+    assert r.rows_source == r.rows_destination + 5  # the first pass saw the fresh rows missing...
+    assert r.settled == 5, (r.settled, fresh)       # ...and they agreed once the sink caught up
+    conn.close()
+
+
 def _dml(client, dataset, statement: str) -> None:
     client.query(statement.replace("T.", f"`{dataset}.engagement_events`"), ).result()
 

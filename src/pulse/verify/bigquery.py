@@ -73,8 +73,9 @@ class SourceSide:
         self.bucket_us = bucket_us
         self.queries = 0
         texts = C.pg_text()
-        self._from = sql.SQL("FROM {}.engagement_events e LEFT JOIN {}.content c ON c.id = e.content_id").format(
-            sql.Identifier(schema), sql.Identifier(schema))
+        # The checksum SQL holds braces (JSON regexes): composed, never passed through format().
+        self._from = sql.SQL("FROM {}.engagement_events e LEFT JOIN {}.content c ON c.id = e.content_id ").format(
+            sql.Identifier(schema), sql.Identifier(schema)) + sql.SQL(C.pg_lateral())
         self._hash = sql.SQL("md5(" + texts + ")")
         self._bucket = sql.SQL(C.pg_bucket(bucket_us))
 
@@ -103,15 +104,15 @@ class SourceSide:
         where, params = self._where(scope)
         group = self._bucket if step is None else sql.SQL("div(e.id - {}, {})").format(
             sql.Literal(int(scope.lo)), sql.Literal(int(step)))  # type: ignore[arg-type]
-        q = sql.SQL("SELECT g, count(*), sum(('x' || substr(h, 1, 8))::bit(32)::bigint), "
-                    "sum(('x' || substr(h, 9, 8))::bit(32)::bigint), min(id), max(id) FROM ("
+        h1, h2 = C.pg_halves("h")
+        q = sql.SQL(f"SELECT g, count(*), sum({h1}), sum({h2}), min(id), max(id) FROM ("
                     "SELECT e.id AS id, {} AS g, {} AS h {} WHERE {}) r GROUP BY g").format(
             group, self._hash, self._from, where)
         return {int(g): Agg(int(n), int(a), int(b), int(lo), int(hi)) for g, n, a, b, lo, hi in self._run(q, params)}
 
     def rows(self, scope: Scope, ids: list[int] | None = None) -> Rows:
         where, params = self._where(scope, ids)
-        fields = sql.SQL(", ").join(sql.SQL(C.PG_FIELDS[n]) for n in C.COMPARED)
+        fields = sql.SQL(", ").join(sql.SQL(f"f.f_{n}") for n in C.COMPARED)
         q = sql.SQL("SELECT e.id, {} {} WHERE {}").format(fields, self._from, where)
         out: Rows = {}
         for row in self._run(q, params):
@@ -164,8 +165,8 @@ class BigQuerySide:
         where, params = self._where(scope)
         # The parentheses matter: the emulator translates DIV(a - b, c) as a - b // c.
         group = self._bucket if step is None else f"DIV((t.event_id - {int(scope.lo)}), {int(step)})"  # type: ignore[arg-type]
-        q = (f"SELECT g, COUNT(*), SUM(CAST(CONCAT('0x', SUBSTR(h, 1, 8)) AS INT64)), "
-             f"SUM(CAST(CONCAT('0x', SUBSTR(h, 9, 8)) AS INT64)), MIN(id), MAX(id) FROM ("
+        h1, h2 = C.bq_halves("h")
+        q = (f"SELECT g, COUNT(*), SUM({h1}), SUM({h2}), MIN(id), MAX(id) FROM ("
              f"SELECT t.event_id AS id, {group} AS g, TO_HEX(MD5({C.bq_text()})) AS h FROM {self.table} t "
              f"WHERE {where}) r GROUP BY g")
         return {int(g): Agg(int(n), int(a), int(b), int(lo), int(hi)) for g, n, a, b, lo, hi in self._run(q, params)}

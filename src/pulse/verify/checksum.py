@@ -75,18 +75,25 @@ PG_FIELDS = {
 PG_BUCKET_NULL = -(2 ** 62)  # the bucket of rows whose event_ts is NULL in the canonical form
 
 
-def _pg_field(expr: str) -> str:
-    return f"(CASE WHEN ({expr}) IS NULL THEN '~' ELSE length({expr})::text || ':' || ({expr}) END)"
+def pg_lateral() -> str:
+    """The rendered fields as columns `f.f_<name>`, computed once per row.
+
+    `OFFSET 0` keeps PostgreSQL from pulling the subquery up into the row text,
+    where each field would be computed three times (is it NULL, its length,
+    its value) and md5 twice: 27x slower on the same rows.
+    """
+    fields = ", ".join(f"{PG_FIELDS[n]} AS f_{n}" for n in COMPARED)
+    return f"CROSS JOIN LATERAL (SELECT {fields} OFFSET 0) f"
 
 
 def pg_text() -> str:
-    """The canonical row text over `e` / `c`."""
-    return " || '|' || ".join(_pg_field(PG_FIELDS[n]) for n in COMPARED)
+    """The canonical row text over the columns of `pg_lateral()`."""
+    return " || '|' || ".join(
+        f"(CASE WHEN f.f_{n} IS NULL THEN '~' ELSE length(f.f_{n})::text || ':' || f.f_{n} END)" for n in COMPARED)
 
 
 def pg_bucket(bucket_us: int) -> str:
-    ts = PG_FIELDS["event_ts"].replace("::bigint::text", "::bigint")
-    return f"coalesce(div({ts}, {int(bucket_us)}), {PG_BUCKET_NULL})"
+    return f"coalesce(div(f.f_event_ts::bigint, {int(bucket_us)}), {PG_BUCKET_NULL})"
 
 
 # -- BigQuery ---------------------------------------------------------------------------------------------
@@ -125,13 +132,13 @@ def bq_bucket(bucket_us: int) -> str:
 # -- the hash and the aggregate ------------------------------------------------------------------------------
 
 
-def pg_halves(text: str) -> tuple[str, str]:
-    h = f"md5({text})"
+def pg_halves(h: str) -> tuple[str, str]:
+    """h1, h2 of an md5 hex digest column `h`."""
     return (f"('x' || substr({h}, 1, 8))::bit(32)::bigint", f"('x' || substr({h}, 9, 8))::bit(32)::bigint")
 
 
-def bq_halves(text: str) -> tuple[str, str]:
-    h = f"TO_HEX(MD5({text}))"
+def bq_halves(h: str) -> tuple[str, str]:
+    """h1, h2 of a hex digest column `h`."""
     return (f"CAST(CONCAT('0x', SUBSTR({h}, 1, 8)) AS INT64)", f"CAST(CONCAT('0x', SUBSTR({h}, 9, 8)) AS INT64)")
 
 

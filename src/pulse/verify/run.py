@@ -28,7 +28,7 @@ def verify_one(settings: Settings, name: str, opts: Options) -> Result:
     if name == "redis":
         from pulse.verify.redis import verify_redis
 
-        return verify_redis(settings)
+        return verify_redis(settings, settle_s=opts.settle_s)
     raise ValueError(name)
 
 
