@@ -140,6 +140,9 @@ def run(rate: float = 200.0, seconds: float = 15.0, history: int = 20_000) -> No
 
         _section("9. what Pulse reports (pulse status)")
         subprocess.run([_pulse(), "status"], env=env, check=False)
+
+        _section("10. does every destination equal the source? (pulse verify)")
+        subprocess.run([_pulse(), "verify", "--sink", "bigquery", "--sink", "redis"], env=env, check=False)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

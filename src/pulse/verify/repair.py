@@ -1,0 +1,160 @@
+"""`pulse verify --repair`: fix what verify found with the machinery that exists.
+
+BigQuery:
+
+- `missing` and `different` ids: a backfill (`runtime.backfill`) of exactly
+  their id ranges, to BigQuery only. The backfill's rows carry a newer
+  position than the table's row, so the sink's MERGE replaces the row (or
+  inserts it); the live stream keeps running meanwhile (DBLog windows).
+- `extra` ids (the destination has a row the source does not): Pulse has no
+  change to replay for them (a delete it never saw, e.g. while the table was
+  restored from an old copy), so verify deletes them in BigQuery with one
+  DML statement, after checking that the source still lacks them (an id that
+  exists there but outside the verified time range is backfilled instead).
+- `duplicate` ids: all their rows are deleted, then they are backfilled.
+
+The backfill runs are executed by the pipeline that consumes the slot (`pulse
+run`, it polls for runs); when none runs, verify runs one itself, as `pulse
+backfill` does, until the runs are done.
+
+Redis: the window is rebuilt from the source (`runtime.rebuild.rebuild_redis`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pulse.config import Settings
+from pulse.errors import TransientError
+from pulse.log import get_logger
+from pulse.verify.bigquery import id_ranges
+from pulse.verify.report import DIFFERENT, DUPLICATE, EXTRA, MISSING, Result
+
+log = get_logger(__name__)
+
+
+def repair_bigquery(settings: Settings, result: Result, timeout_s: float = 600.0, client=None) -> dict[str, Any]:
+    from psycopg2 import sql
+
+    from pulse.runtime.backfill import BackfillSpec, submit
+    from pulse.schema import connect, init_database
+    from pulse.sinks import bigquery_schema as S
+    from pulse.sinks.bigquery_load import make_client
+
+    ids = {k: sorted(int(f.key) for f in result.findings if f.kind == k) for k in (MISSING, DIFFERENT, EXTRA,
+                                                                                     DUPLICATE)}
+    backfill = set(ids[MISSING]) | set(ids[DIFFERENT]) | set(ids[DUPLICATE])
+    delete = set(ids[DUPLICATE])
+    if ids[EXTRA]:
+        conn = connect(settings.database)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT id FROM {}.engagement_events WHERE id = ANY(%s)").format(
+                    sql.Identifier(settings.database.source_schema)), (ids[EXTRA],))
+                present = {r[0] for r in cur.fetchall()}
+        finally:
+            conn.close()
+        backfill |= present
+        delete |= set(ids[EXTRA]) - present
+    done: dict[str, Any] = {"deleted": 0, "backfilled_ids": len(backfill), "runs": 0}
+    if delete:
+        from google.cloud import bigquery
+
+        cfg = settings.bigquery
+        own = client is None
+        client = client or make_client(cfg)
+        try:
+            table = S.ref(client.project, S.check_identifier("dataset", cfg.dataset),
+                          S.check_identifier("table", cfg.table))
+            job = client.query(f"DELETE FROM {table} WHERE event_id IN UNNEST(@ids)", job_config=bigquery.QueryJobConfig(
+                query_parameters=[bigquery.ArrayQueryParameter("ids", "INT64", sorted(delete))]))
+            job.result(timeout=cfg.request_timeout_s)
+            done["deleted"] = int(job.num_dml_affected_rows or 0)
+        finally:
+            if own:
+                client.close()
+    if backfill:
+        init_database(settings.database)
+        runs = [submit(settings.database, BackfillSpec(min_id=lo, max_id=hi, sinks=("bigquery",)))["run_id"]
+                for lo, hi in id_ranges(backfill)]
+        done["runs"] = len(runs)
+        execute_runs(settings, runs, ["bigquery"], timeout_s)
+    return done
+
+
+def execute_runs(settings: Settings, run_ids: list[str], targets: list[str], timeout_s: float) -> None:
+    """Wait for the runs: handed to the running pipeline, or run by a pipeline started here."""
+    from pulse.cli.backfill import _slot_active
+
+    if _slot_active(settings):
+        _wait(settings, run_ids, timeout_s)
+        return
+    from pulse.runtime.pipeline import Pipeline
+    from pulse.sinks import build_sink
+
+    names = list(dict.fromkeys([*(s for s in settings.runtime.sinks if s != "memory"), *targets]))
+    pipeline = Pipeline(settings, [build_sink(n, settings) for n in names])
+    failure: list[BaseException] = []
+
+    def _run() -> None:
+        try:
+            pipeline.run()
+        except BaseException as exc:  # re-raised below, on this thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=_run, name="verify-repair", daemon=True)
+    thread.start()
+    try:
+        _wait(settings, run_ids, timeout_s, failure)
+    finally:
+        pipeline.stop()
+        thread.join(120)
+    if failure:
+        raise failure[0]
+    if "bigquery" in names:
+        # Durable in the spool is not yet in the table: load what the run left there
+        # (what `pulse upload --once` does), so the verification that follows sees it.
+        from pulse.sinks.bigquery_load import Loader, Tables, make_client
+        from pulse.sinks.bigquery_spool import Spool
+
+        cfg = settings.bigquery
+        if Path(cfg.spool_dir).exists():
+            tables = Tables(make_client(cfg), cfg)
+            try:
+                Loader(tables, Spool(Path(cfg.spool_dir)), cfg).drain()
+            finally:
+                tables.client.close()
+
+
+def _wait(settings: Settings, run_ids: list[str], timeout_s: float, failure: list | None = None) -> None:
+    from pulse.runtime.backfill import get_run
+    from pulse.schema import connect
+
+    conn = connect(settings.database)
+    conn.autocommit = True
+    deadline = time.monotonic() + timeout_s
+    try:
+        with conn.cursor() as cur:
+            while True:
+                states = {r: get_run(cur, settings.database, r)["state"] for r in run_ids}
+                if "failed" in states.values():
+                    raise TransientError(f"repair backfill failed: {[r for r, s in states.items() if s == 'failed']}")
+                if all(s == "done" for s in states.values()):
+                    return
+                if failure:
+                    return
+                if time.monotonic() > deadline:
+                    raise TransientError(f"repair backfills not done after {timeout_s:g}s: {states}")
+                time.sleep(0.2)
+    finally:
+        conn.close()
+
+
+def repair_redis(settings: Settings) -> dict[str, Any]:
+    from pulse.runtime.rebuild import rebuild_redis
+
+    summary = rebuild_redis(settings)
+    return {"rebuilt_events": summary["events"]}
