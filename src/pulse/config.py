@@ -467,6 +467,22 @@ class ReceiverConfig(_Section):
                                             "memory).")
 
 
+class VerifyConfig(_Section):
+    """`pulse verify`: how destinations are compared with the source (docs/verify.md)."""
+
+    bucket_s: int = Field(default=86_400, ge=1, description="Width of the first-level time buckets of event_ts, "
+                                                            "in seconds.")
+    fanout: int = Field(default=16, ge=2, description="Id ranges a differing bucket is split into, per step.")
+    leaf_rows: int = Field(default=256, ge=1, description="A range with at most this many rows is compared row "
+                                                         "by row.")
+    settle_s: float = Field(default=30.0, ge=0, description="Seconds to wait for a running sink to catch up "
+                                                            "before differing rows are checked again.")
+    interval: str = Field(default="5m", description="Time between --watch rounds: 30s, 5m, 1h.")
+    recent: str = Field(default="1h", description="With --watch and no --since: the range verified, back from now.")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535,
+                                     description="With --watch: serve /metrics on 127.0.0.1:PORT.")
+
+
 class LogConfig(_Section):
     """Logging."""
 
@@ -704,6 +720,7 @@ class Settings(BaseSettings):
     external: ExternalConfig = Field(default_factory=ExternalConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     testsinks: TestSinksConfig = Field(default_factory=TestSinksConfig)
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)

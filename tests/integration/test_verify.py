@@ -38,7 +38,7 @@ def _stream(scratch_db, services, dataset, tmp_path, count=3000) -> tuple[Settin
     conn = scratch_db.connect()
     cur = conn.cursor()
     now = datetime.now(timezone.utc)
-    with Running(Pipeline(settings, [BigQuerySink(settings.bigquery)])):
+    with Running(Pipeline(settings, [BigQuerySink.from_settings(settings)])):
         generate(scratch_db.config(), GenerateSpec(mode="bulk", count=count, since=now - timedelta(days=2),
                                                    until=now, seed=16, anomalies=0.1, chunk_rows=1000))
         wait_for(lambda: _converged(client, dataset, cur), 90, "the table to match the source", interval=0.5)
@@ -71,7 +71,7 @@ def test_rows_in_flight_while_verifying_are_settled_not_reported(scratch_db, ser
         return real_settle(*args, **kw)
 
     monkeypatch.setattr(VB, "settle", settle_after_release)
-    with Running(Pipeline(settings, [BigQuerySink(settings.bigquery)])):
+    with Running(Pipeline(settings, [BigQuerySink.from_settings(settings)])):
         wait_for(lambda: _converged(client, dataset, cur), 60, "the first rows in BigQuery", interval=0.5)
         # Hold the spool's loader lock: new rows become durable in the spool (the slot is
         # acknowledged) but cannot reach the table until verify settles.
@@ -174,7 +174,7 @@ def test_odd_rows_hash_the_same_in_both_engines(scratch_db, services, bq, tmp_pa
     conn = scratch_db.connect()
     cur = conn.cursor()
     now = datetime.now(timezone.utc)
-    with Running(Pipeline(settings, [BigQuerySink(settings.bigquery)])):
+    with Running(Pipeline(settings, [BigQuerySink.from_settings(settings)])):
         for i, (length, duration, device, payload) in enumerate(ODD):
             cid = str(uuid.uuid4())
             cur.execute("INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "

@@ -18,27 +18,27 @@ def verify(
     since: Optional[str] = typer.Option(None, "--since", help="Start of the event_ts range, ISO 8601 (naive = UTC)."),
     until: Optional[str] = typer.Option(None, "--until", help="End of the event_ts range (exclusive), or 'now'."),
     sink: Optional[list[str]] = typer.Option(None, "--sink", help="Destination to verify (repeatable; default: "
-                                             "the configured runtime.sinks that verify knows: bigquery, redis)."),
+                                             "the configured destinations that verify knows: bigquery, redis)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     repair: bool = typer.Option(False, "--repair", help="Fix what differs (BigQuery: backfill of the differing "
                                 "ids, delete of rows the source no longer has; Redis: window rebuild), then "
                                 "verify again."),
-    bucket_s: int = typer.Option(86_400, "--bucket-s", min=1, envvar="PULSE_VERIFY_BUCKET_S",
+    bucket_s: Optional[int] = typer.Option(None, "--bucket-s", envvar="PULSE_VERIFY__BUCKET_S", show_default=False,
                                  help="Width of the first-level time buckets of event_ts, in seconds."),
-    fanout: int = typer.Option(16, "--fanout", min=2, envvar="PULSE_VERIFY_FANOUT",
+    fanout: Optional[int] = typer.Option(None, "--fanout", envvar="PULSE_VERIFY__FANOUT", show_default=False,
                                help="Id ranges a differing bucket is split into, per step."),
-    leaf_rows: int = typer.Option(256, "--leaf-rows", min=1, envvar="PULSE_VERIFY_LEAF_ROWS",
+    leaf_rows: Optional[int] = typer.Option(None, "--leaf-rows", envvar="PULSE_VERIFY__LEAF_ROWS", show_default=False,
                                   help="A range with at most this many rows is compared row by row."),
-    settle_s: float = typer.Option(30.0, "--settle-s", min=0, envvar="PULSE_VERIFY_SETTLE_S",
+    settle_s: Optional[float] = typer.Option(None, "--settle-s", envvar="PULSE_VERIFY__SETTLE_S", show_default=False,
                                    help="Seconds to wait for a running sink to catch up before differing rows "
                                    "are checked again."),
     watch: bool = typer.Option(False, "--watch", help="Verify the recent range every --interval until stopped, "
                                "exporting pulse_verify_* metrics."),
-    interval: str = typer.Option("5m", "--interval", envvar="PULSE_VERIFY_INTERVAL",
+    interval: Optional[str] = typer.Option(None, "--interval", envvar="PULSE_VERIFY__INTERVAL", show_default=False,
                                  help="Time between --watch rounds: 30s, 5m, 1h."),
-    recent: str = typer.Option("1h", "--recent", envvar="PULSE_VERIFY_RECENT",
+    recent: Optional[str] = typer.Option(None, "--recent", envvar="PULSE_VERIFY__RECENT", show_default=False,
                                help="With --watch and no --since: the range verified, back from now."),
-    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="PULSE_VERIFY_METRICS_PORT",
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="PULSE_VERIFY__METRICS_PORT",
                                                help="With --watch: serve /metrics on 127.0.0.1:PORT."),
     database_url: Optional[str] = typer.Option(None, "--database-url", envvar="PULSE_DATABASE_URL", show_default=False),
     slot: Optional[str] = typer.Option(None, "--slot", envvar="PULSE_SLOT"),
@@ -52,14 +52,22 @@ def verify(
     from pulse.verify.report import render
     from pulse.verify.run import Options, run_verify
 
-    cfg = common.settings(database={"url": database_url, "slot": slot})
-    names = list(sink) if sink else [s for s in cfg.runtime.sinks if s in VERIFIABLE]
+    from pulse.sinks import pipeline_sinks
+
+    cfg = common.settings(database={"url": database_url, "slot": slot},
+                          verify={"bucket_s": bucket_s, "fanout": fanout, "leaf_rows": leaf_rows,
+                                  "settle_s": settle_s, "interval": interval, "recent": recent,
+                                  "metrics_port": metrics_port})
+    v = cfg.verify
+    bucket_s, fanout, leaf_rows, settle_s = v.bucket_s, v.fanout, v.leaf_rows, v.settle_s
+    interval, recent, metrics_port = v.interval, v.recent, v.metrics_port
+    names = list(sink) if sink else [s for s in pipeline_sinks(cfg, required=False) if s in VERIFIABLE]
     unknown = [n for n in names if n not in VERIFIABLE]
     if unknown:
         raise ConfigError(f"pulse verify cannot verify {', '.join(unknown)}",
                           hint=f"choose among {', '.join(VERIFIABLE)} with --sink")
     if not names:
-        raise ConfigError("no destination to verify: runtime.sinks has none of bigquery, redis",
+        raise ConfigError("no destination to verify: neither bigquery nor redis is configured or named",
                           hint="name one with --sink bigquery / --sink redis")
     opts = Options(since=parse_ts(since), until=parse_ts(until), bucket_s=bucket_s, fanout=fanout,
                    leaf_rows=leaf_rows, settle_s=settle_s)
