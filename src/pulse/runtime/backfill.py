@@ -343,6 +343,7 @@ class BackfillJob(threading.Thread):
         self.relayed: tuple[str, ...] = ()  # targets reached through a relaying sink (Kafka)
         self.kind = "backfill"
         self.progress = Progress("backfill", 0, 0)
+        self.committing_waits = 0  # fresh snapshots taken because one caught a transaction mid-commit
 
     def run(self) -> None:
         try:
@@ -414,10 +415,16 @@ class BackfillJob(threading.Thread):
                     self.manager.windows[self.run_id] = window
                 self._watermark(cur, chunk, "low")
                 where, params = _where(run)
-                rows = read_chunk(cur, chunk_query(self.cfg.source_schema, where), [*params, run["chunk_size"]])
-                # Columns beyond the known ones (the table had them before the
-                # first start, or gained them since): read for the chunk's ids.
-                rows, extras = read_extra(cur, self.cfg.source_schema, rows, extras)
+                self._begin_after(cur)
+                try:
+                    rows = read_chunk(cur, chunk_query(self.cfg.source_schema, where), [*params, run["chunk_size"]])
+                    # Columns beyond the known ones (the table had them before the
+                    # first start, or gained them since): read for the chunk's ids.
+                    rows, extras = read_extra(cur, self.cfg.source_schema, rows, extras)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
                 window.extras = extras
                 window.rows = rows
                 if window.rows.num_rows == 0:
@@ -471,6 +478,39 @@ class BackfillJob(threading.Thread):
             )
             self.progress.advance(done.read, done.read - done.superseded, self.run_id)
         return True
+
+    # Attempts at a snapshot without a committing transaction before going on anyway (each waits up to 20 ms).
+    SNAPSHOT_ATTEMPTS = 250
+
+    def _begin_after(self, cur) -> None:
+        """Open the chunk's read transaction on a snapshot that sees every transaction ordered before the low watermark.
+
+        PostgreSQL writes a transaction's commit record, then marks it
+        committed in the commit log, and only then makes it visible to new
+        snapshots. So a transaction T whose commit record precedes the low
+        watermark in the WAL (the stream shows T before the window opens, so
+        the window does not note T's rows) can still be invisible to a
+        snapshot taken just after the watermark committed: the chunk would
+        then carry a row's value from before T at a position after T, and a
+        destination would end one change behind. Such a T is in the
+        snapshot's in-progress list while the commit log already says
+        committed; the read retries on a fresh snapshot until no transaction
+        is in that state (usually at once; with synchronous replication, T
+        stays there until its standby confirms). A transaction still running
+        is no hazard: it commits after the watermark, inside the window.
+        """
+        for attempt in range(self.SNAPSHOT_ATTEMPTS):
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.execute("SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) AS x "
+                        "WHERE pg_xact_status(x) = 'committed'")
+            if cur.fetchone()[0] == 0:
+                return
+            cur.execute("ROLLBACK")
+            self.committing_waits += 1
+            self.stop_event.wait(min(0.0005 * 2 ** attempt, 0.02))
+        log.warning("backfill.snapshot_busy", run=self.run_id, attempts=self.SNAPSHOT_ATTEMPTS,
+                    note="transactions kept committing around every snapshot taken; reading on the last one")
+        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def _watermark(self, cur, chunk: int, kind: str) -> None:
         cur.execute(sql.SQL("INSERT INTO {}.backfill_watermarks (run_id, chunk, kind) VALUES (%s, %s, %s) "
