@@ -165,6 +165,26 @@ def _received_ids(rx: Receiver) -> set[int]:
     return {e["event"]["data"]["event_id"] for e in rx.events()}
 
 
+def _assert_exact_everywhere(cur, slot: str, writer: _LiveWriter, bigquery: tuple, rx: Receiver, board: tuple,
+                             broken) -> None:
+    """Stop the writer; then BigQuery equals the source, the receiver holds every event, the board equals SQL."""
+    (bq, dataset), (redis_client, prefix) = bigquery, board
+    writer.stop_event.set()
+    writer.join(30)
+    assert writer.error is None and writer.inserted > 0
+    source = _source_rows(cur)
+    _wait_equal(lambda: _bq_rows(bq, dataset), source, lambda _p: broken(), None, "BigQuery")
+    wait_for(lambda: set(source) <= _received_ids(rx) or broken(), 240, "the receiver to hold every event")
+    _check_receiver(rx, set(source))
+    wait_for(lambda: _run_row(cur, slot)["window_rebuilt_at"] is not None or broken(), 120, "the board's rebuild")
+    cur.execute("SELECT count(*) FROM engagement_events WHERE content_id IS NOT NULL AND event_ts >= now() - "
+                "interval '9 minutes'")
+    in_window = cur.fetchone()[0]
+    wait_for(lambda: sum(float(s) for _m, s in redis_client.zrange(prefix + "events:10m", 0, -1, withscores=True))
+             >= in_window or broken(), 120, "the board to hold the window")
+    _assert_board_equals_sql(redis_client, prefix, cur, datetime.now(timezone.utc))
+
+
 def _finish(cur, slot: str, check_alive, proc, what: str) -> dict:
     return wait_for(lambda: ((r := _run_row(cur, slot)) and r["state"] == "done" and r) or check_alive(proc),
                     240, what)
@@ -203,21 +223,8 @@ def test_initial_snapshot_in_process_killed_twice_ends_exact_everywhere(scratch_
     try:
         proc, seen = _kill_twice_mid_snapshot(spawn, cur, scratch_db.slot, check_alive)
         run = _finish(cur, scratch_db.slot, check_alive, proc, "the snapshot to finish")
-        writer.stop_event.set()
-        writer.join(30)
-        assert writer.error is None and writer.inserted > 0
-        source = _source_rows(cur)
-        _wait_equal(lambda: _bq_rows(bq, dataset), source, check_alive, proc, "BigQuery")
-        wait_for(lambda: set(source) <= _received_ids(rx) or check_alive(proc), 240,
-                 "the receiver to hold every event")
-        _check_receiver(rx, set(source))
-        cur.execute("SELECT count(*) FROM engagement_events WHERE content_id IS NOT NULL AND event_ts >= now() - "
-                    "interval '9 minutes'")
-        in_window = cur.fetchone()[0]
-        wait_for(lambda: _run_row(cur, scratch_db.slot)["window_rebuilt_at"] is not None, 60, "the board's rebuild")
-        wait_for(lambda: sum(float(s) for _m, s in redis_client.zrange(prefix + "events:10m", 0, -1, withscores=True))
-                 >= in_window or check_alive(proc), 120, "the board to hold the window")
-        _assert_board_equals_sql(redis_client, prefix, cur, datetime.now(timezone.utc))
+        _assert_exact_everywhere(cur, scratch_db.slot, writer, (bq, dataset), rx, (redis_client, prefix),
+                                 lambda: check_alive(proc))
     finally:
         writer.stop_event.set()
         if proc is not None and proc.poll() is None:
@@ -317,22 +324,8 @@ def test_initial_snapshot_over_kafka_killed_twice_ends_exact_everywhere(scratch_
         writer.start()
         proc, seen = _kill_twice_mid_snapshot(lambda: spawn("produce"), cur, scratch_db.slot, check_alive)
         run = _finish(cur, scratch_db.slot, check_alive, proc, "the snapshot to finish")
-        writer.stop_event.set()
-        writer.join(30)
-        assert writer.error is None and writer.inserted > 0
-        source = _source_rows(cur)
-        _wait_equal(lambda: _bq_rows(bq, dataset), source, check_alive, proc, "BigQuery")
-        wait_for(lambda: set(source) <= _received_ids(rx) or check_alive(proc), 240,
-                 "the receiver to hold every event")
-        _check_receiver(rx, set(source))
-        wait_for(lambda: _run_row(cur, scratch_db.slot)["window_rebuilt_at"] is not None or check_alive(proc), 120,
-                 "the Redis worker's rebuild")
-        cur.execute("SELECT count(*) FROM engagement_events WHERE content_id IS NOT NULL AND event_ts >= now() - "
-                    "interval '9 minutes'")
-        in_window = cur.fetchone()[0]
-        wait_for(lambda: sum(float(s) for _m, s in redis_client.zrange(prefix + "events:10m", 0, -1, withscores=True))
-                 >= in_window or check_alive(proc), 120, "the board to hold the window")
-        _assert_board_equals_sql(redis_client, prefix, cur, datetime.now(timezone.utc))
+        _assert_exact_everywhere(cur, scratch_db.slot, writer, (bq, dataset), rx, (redis_client, prefix),
+                                 lambda: check_alive(proc))
     finally:
         writer.stop_event.set()
         for p in [proc, *workers.values()]:
