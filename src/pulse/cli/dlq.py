@@ -67,8 +67,6 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
     """Show dead letters: position, event, reason or CloudEvent id and attempts, and the last error."""
-    import orjson
-
     if not _is_external(sink_name):
         _cfg, store = _store(database_url, slot, sink_name)
         conn = store.connect(name="pulse-dlq")
@@ -77,15 +75,9 @@ def list_(
             rows = store.list(conn, limit)
         finally:
             conn.close()
-        if as_json:
-            for r in rows:
-                typer.echo(orjson.dumps(r, default=str).decode())
-            return
-        typer.echo(f"{total} dead letter(s) for {store.sink_key}" + (f"; oldest {len(rows)} shown" if rows else ""))
-        for r in rows:
-            typer.echo(f"  #{r['id']} event {r['event_id']} reason={r['reason']} bytes={r['bytes']} "
-                       f"dead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z} replays={r['replays']} "
-                       f"detail={r['detail']}" + (f" error={r['last_error']}" if r['last_error'] else ""))
+        _print_dead_letters(total, store.sink_key, rows, as_json, lambda r: (
+            f"reason={r['reason']} bytes={r['bytes']} dead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z} "
+            f"replays={r['replays']} detail={r['detail']}" + (f" error={r['last_error']}" if r['last_error'] else "")))
         return
     _cfg, outbox = _outbox(database_url, slot, sink_name)
     conn = outbox.connect(name="pulse-dlq")
@@ -95,15 +87,22 @@ def list_(
         rows = outbox.dead_letters(conn, limit)
     finally:
         conn.close()
+    _print_dead_letters(total, outbox.sink_key, rows, as_json, lambda r: (
+        f"{r['ce_id']} attempts={r['attempts']} status={r['last_status']} "
+        f"dead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z} replays={r['replays']} error={r['last_error']}"))
+
+
+def _print_dead_letters(total: int, key: str, rows: list[dict], as_json: bool, describe) -> None:
+    """`pulse dlq list` output for either store: JSON lines, or a count and one line per row."""
+    import orjson
+
     if as_json:
         for r in rows:
             typer.echo(orjson.dumps(r, default=str).decode())
         return
-    typer.echo(f"{total} dead letter(s) for {outbox.sink_key}" + (f"; oldest {len(rows)} shown" if rows else ""))
+    typer.echo(f"{total} dead letter(s) for {key}" + (f"; oldest {len(rows)} shown" if rows else ""))
     for r in rows:
-        typer.echo(f"  #{r['id']} event {r['event_id']} {r['ce_id']} attempts={r['attempts']} "
-                   f"status={r['last_status']} dead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z} "
-                   f"replays={r['replays']} error={r['last_error']}")
+        typer.echo(f"  #{r['id']} event {r['event_id']} {describe(r)}")
 
 
 @dlq_app.command("show")
