@@ -410,7 +410,7 @@ class RuntimeConfig(_Section):
     sinks: list[str] = Field(
         default_factory=list,
         description="Sinks to run, by name. Unset: every destination whose endpoint you configured "
-        "(redis.url, bigquery.project, external.url; a default value does not count); none configured is "
+        "(redis.url, bigquery.project, external.url, jsonl.path; a default value does not count); none configured is "
         "an error. Test doubles that keep nothing (memory) run only when named here or with --sink.",
     )
     queue_max_bytes: int = Field(
@@ -435,6 +435,15 @@ class SnapshotConfig(_Section):
                             description="Rows read per chunk (one DBLog watermark window each).")
     rate_limit: float = Field(default=0.0, ge=0,
                               description="Most rows per second the snapshot reads; 0 = unlimited.")
+
+
+class JsonlConfig(_Section):
+    """The JSON-lines file sink (`--sink jsonl`; docs/writing-a-sink.md)."""
+
+    path: str | None = Field(default=None, description="Folder of the segment files (one JSON line per event); "
+                                                        "setting it enables the sink when no sink is named.")
+    segment_bytes: int = Field(default=256 * 1024 * 1024, ge=1024,
+                               description="A new segment file starts once the current one holds this many bytes.")
 
 
 class TestSinksConfig(_Section):
@@ -721,6 +730,7 @@ class Settings(BaseSettings):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
     testsinks: TestSinksConfig = Field(default_factory=TestSinksConfig)
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
