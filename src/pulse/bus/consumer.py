@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
+from pulse import metrics
 from pulse.bus.codec import NULL_PARTITION, decode, header_position, is_broadcast_copy, is_for, is_replay
 from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
@@ -114,13 +115,49 @@ class SinkConsumer:
             retry=retry_if_exception_type(TransientError),
             wait=wait_random_exponential(multiplier=0.2, max=30),
             stop=lambda _s: self.stop_event.is_set(),
-            before_sleep=lambda s: log.warning("consume.retry", sink=self.sink_name,
-                                               error=str(s.outcome.exception()) if s.outcome else ""),
+            before_sleep=self._before_sleep,
             reraise=True,
         )
 
+    def _before_sleep(self, state) -> None:
+        metrics.ERRORS.labels(self.sink_name, "transient").inc()
+        log.warning("consume.retry", sink=self.sink_name,
+                    error=str(state.outcome.exception()) if state.outcome else "")
+
+    def export_metrics(self) -> None:
+        """The consumer lag per assigned partition and the sinks' own gauges (backlog), summed per sink."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        consumer = self.consumer
+        if consumer is None:
+            return
+        backlog, oldest = 0, 0.0
+        reported = False
+        for p, part in list(self.parts.items()):
+            tp = TopicPartition(self.cfg.topic, p)
+            try:
+                low, high = consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                [pos] = consumer.position([tp])
+            except KafkaException as exc:
+                log.debug("consume.lag_unknown", partition=p, error=str(exc))
+                continue
+            offset = pos.offset if pos.offset >= 0 else low
+            metrics.CONSUMER_LAG.labels(self.sink_name, str(p)).set(max(0, high - offset))
+            try:
+                status = part.sink.status()
+            except Exception:  # a status hook must never break consumption
+                continue
+            if isinstance(status.get("backlog"), int):
+                reported = True
+                backlog += status["backlog"]
+                oldest = max(oldest, float(status.get("backlog_oldest_s") or 0.0))
+        if reported:
+            metrics.sink_gauges(self.sink_name, {"backlog": backlog, "backlog_oldest_s": oldest})
+
     def run(self) -> None:
         from confluent_kafka import Consumer
+
+        metrics.declare_sink(self.sink_name)
 
         ensure_topics(self.cfg)
         conf = client_config(self.cfg, **{
@@ -138,7 +175,7 @@ class SinkConsumer:
         self.consumer = consumer = Consumer(conf)
         consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
-        last_flush = time.monotonic()
+        last_flush = last_export = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 # consume(n, timeout) waits for n messages or the whole timeout: take
@@ -155,6 +192,9 @@ class SinkConsumer:
                         self._flush(part)
                     self._commit(self.parts)
                     last_flush = time.monotonic()
+                if time.monotonic() - last_export > 2.0:
+                    self.export_metrics()
+                    last_export = time.monotonic()
         finally:
             for part in self.parts.values():
                 try:
@@ -227,10 +267,20 @@ class SinkConsumer:
             if events:
                 durable = self._retrying()(part.sink.write, Batch(tuple(events), backfill=events[0].backfill))
                 self.written += len(events)
+                self._observe(events)
                 part.pending.append((part.position, next_offset))
                 self._advance(part, durable)
             elif not part.pending:
                 part.durable_offset = next_offset  # everything here was already in the sink
+
+    def _observe(self, events: list) -> None:
+        """The same per-sink series as `pulse run`: events out and commit-to-sink latency."""
+        metrics.EVENTS_OUT.labels(self.sink_name).inc(len(events))
+        hist = metrics.E2E.labels(self.sink_name)
+        now = time.time()
+        for ev in events:
+            if ev.commit_ts is not None and not ev.backfill:
+                hist.observe(now - ev.commit_ts.timestamp())
 
     @staticmethod
     def _advance(part: _Partition, durable: Position | None) -> None:
