@@ -57,6 +57,9 @@ WINDOW_REBUILDS = Counter("pulse_window_rebuilds_total",
 DEAD_LETTERS = Counter("pulse_dead_letters_total", "Events moved to a sink's dead-letter store, by sink and reason "
                        "(refused by the destination, out of attempts, or kept in full while a truncated copy was "
                        "delivered: payload_too_large)", ["sink", "reason"])
+SINK_LAG = Gauge("pulse_sink_lag_seconds",
+                 "Seconds since the commit of the oldest event a sink does not hold durably yet (0: caught up); "
+                 "set every 2 s by `pulse run` / `pulse produce`", ["sink"])
 SINK_BACKLOG = Gauge("pulse_sink_backlog_events",
                      "Events a sink holds durably but has not delivered downstream yet (the external outbox)", ["sink"])
 SINK_BACKLOG_AGE = Gauge("pulse_sink_backlog_oldest_seconds",

@@ -459,8 +459,11 @@ class Pipeline:
         tracker, reader = self.tracker, self.reader
         oldest = tracker.oldest_pending_commit_ts() if tracker else None
         details = {name: _safe_status(w.sink) for name, w in self.workers.items()}
+        now = time.time()
+        lags = {name: round(tracker.sink_lag_seconds(name, now), 3) if tracker else 0.0 for name in self.workers}
         for name, detail in details.items():
             metrics.sink_gauges(name, detail)
+            metrics.SINK_LAG.labels(name).set(lags[name])
         return {
             "pid": os.getpid(),
             "updated_at": self.clock().isoformat(),
@@ -478,7 +481,7 @@ class Pipeline:
                     "queue_bytes": w.queue.bytes,
                     "queue_max_bytes": w.queue.max_bytes,
                     "written": w.written,
-                    "lag_seconds": round(tracker.sink_lag_seconds(name, time.time()), 3) if tracker else 0.0,
+                    "lag_seconds": lags[name],
                     "retries": w.retries,
                     "last_error": w.last_error,
                     "details": details[name],
