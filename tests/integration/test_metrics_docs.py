@@ -123,8 +123,15 @@ def test_every_documented_metric_is_exported(scratch_db, services, rprefix, topi
         procs.append(run)
         consume = _spawn(env, "consume", "--sink", "memory", "--metrics-port", str(ports["consume"]))
         procs.append(consume)
-        wait_for(lambda: _streaming(cur, scratch_db.slot) or run.poll() is not None, 60, "replication start")
+        # A producer on its own slot feeds the topic, so the consumer's per-sink series move too.
+        producer_slot = unique("slot")
+        produce = _spawn(dict(env, PULSE_SLOT=producer_slot), "produce")
+        procs.append(produce)
+        for slot in (scratch_db.slot, producer_slot):
+            wait_for(lambda: _streaming(cur, slot) or any(p.poll() is not None for p in procs), 60,
+                     "replication start")
         assert run.poll() is None, run.stderr.read()
+        assert produce.poll() is None, produce.stderr.read()
         [c1] = insert_content(cur, 1)
         insert_events(cur, [c1, None], 20)  # half without content: pulse_problems_total moves
         verify = _spawn(env, "verify", "--watch", "--sink", "redis", "--interval", "2s", "--recent", "1h",
@@ -154,6 +161,16 @@ def test_every_documented_metric_is_exported(scratch_db, services, rprefix, topi
         assert re.search(r'pulse_dead_letters_total|# HELP pulse_dead_letters_total', run_text)
         consume_text = _scrape(ports["consume"])
         assert re.search(r'pulse_consumer_lag_messages\{partition="[01]",sink="memory"\}', consume_text)
+
+        def consumed() -> dict | None:
+            fams = {f.name: f for f in text_string_to_metric_families(_scrape(ports["consume"]))}
+            out = sum(s.value for s in fams["pulse_events_out"].samples if s.labels.get("sink") == "memory")
+            e2e = sum(s.value for s in fams["pulse_end_to_end_seconds"].samples
+                      if s.name.endswith("_count") and s.labels.get("sink") == "memory")
+            return {"out": out, "e2e": e2e} if out >= 20 and e2e >= 20 else None
+
+        # `pulse consume` exports the same per-sink series as `pulse run`.
+        assert wait_for(consumed, 60, "pulse consume to count the 20 events")
     finally:
         for p in procs:
             _stop(p)
