@@ -160,7 +160,8 @@ def test_board_page_shows_the_sql_first_and_updates_live(scratch_db, services, r
     conn = scratch_db.connect()
     cur = conn.cursor()
     env = pulse_env(scratch_db, PULSE_REDIS_URL=services["PULSE_REDIS_URL"], PULSE_REDIS_PREFIX=prefix)
-    run = subprocess.Popen(pulse_cmd("run", "--sink", "redis"), env=env, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(pulse_cmd("run", "--sink", "redis", "--sink", "memory"), env=env,
+                           stderr=subprocess.PIPE, text=True)
     board_port = _free_port()
     board = None
     try:
@@ -219,6 +220,10 @@ def test_board_page_shows_the_sql_first_and_updates_live(scratch_db, services, r
         ARTIFACTS.mkdir(exist_ok=True)
         wait_for(lambda: chromium.eval("document.querySelector('#health').textContent") == "healthy", 20,
                  "the pipeline to report healthy")
+        # Rates come from two successive reports of the pipeline (every 2 s): events/s in, and out per sink.
+        wait_for(lambda: chromium.eval("window.pulseBoard.state.rates.in") is not None, 20, "the rates")
+        assert chromium.eval("document.querySelector('#pipeline').textContent").count("/s") == 1
+        assert chromium.eval("document.querySelectorAll('#sinks tbody tr').length") == 2  # redis, memory
         chromium.screenshot(ARTIFACTS / "board.png")
         chromium.call("Emulation.setDeviceMetricsOverride", width=390, height=1400, deviceScaleFactor=1,
                       mobile=True)

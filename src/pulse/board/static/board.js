@@ -121,11 +121,12 @@ function renderTop(board) {
   replace(body, rows.map((r, i) => {
     const tr = el("tr", { "data-content-id": r.content_id });
     if (previousTop.length && !before.has(r.content_id)) tr.className = "new";
-    const title = el("td", { class: "title", title: r.title });
+    const known = TYPE_ORDER.includes(r.content_type) ? r.content_type : "none";
+    const title = el("td", { class: "title t-" + known, title: `${r.title} (${r.content_type || "no type"})` });
     const fill = el("span", { class: "fill" });
     fill.style.width = (100 * r.seconds / max).toFixed(1) + "%";
     title.append(fill, el("span", { class: "t" }, r.title));
-    const type = el("td");
+    const type = el("td", { class: "type" });
     type.append(badge(r.content_type));
     tr.append(el("td", { class: "num muted" }, i + 1), title, type, el("td", { class: "num" }, fmtDuration(r.seconds)),
       el("td", { class: "num ev" }, fmtInt(r.events)));
