@@ -65,7 +65,8 @@ SINK_BACKLOG = Gauge("pulse_sink_backlog_events",
 SINK_BACKLOG_AGE = Gauge("pulse_sink_backlog_oldest_seconds",
                          "Age of the oldest event a sink holds undelivered (0 when its backlog is empty)", ["sink"])
 CONSUMER_LAG = Gauge("pulse_consumer_lag_messages",
-                     "Messages of the topic after a `pulse consume` group's position, per assigned partition",
+                     "Messages of an assigned partition after the `pulse consume` group's committed offset (which "
+                     "moves only past what the sink made durable), from librdkafka's statistics every 2 s",
                      ["sink", "partition"])
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
 

@@ -44,6 +44,9 @@ log = get_logger(__name__)
 
 SinkFactory = Callable[[str], Sink]
 
+#: How often librdkafka reports its statistics (the consumer lag metric comes from them).
+STATS_INTERVAL_MS = 2_000
+
 
 class _Partition:
     __slots__ = ("sink", "position", "pending", "durable_offset")
@@ -94,6 +97,7 @@ class SinkConsumer:
             part = self.parts.pop(tp.partition, None)
             if part is None:
                 continue
+            _forget_lag(self.sink_name, tp.partition)
             self._flush(part)
             self._commit({tp.partition: part})
             try:
@@ -106,6 +110,7 @@ class SinkConsumer:
         for tp in partitions:
             part = self.parts.pop(tp.partition, None)
             if part is not None:
+                _forget_lag(self.sink_name, tp.partition)
                 part.sink.close()
 
     # -- main loop -------------------------------------------------------------------
@@ -124,25 +129,29 @@ class SinkConsumer:
         log.warning("consume.retry", sink=self.sink_name,
                     error=str(state.outcome.exception()) if state.outcome else "")
 
-    def export_metrics(self) -> None:
-        """The consumer lag per assigned partition and the sinks' own gauges (backlog), summed per sink."""
-        from confluent_kafka import KafkaException, TopicPartition
+    def _on_stats(self, text: str) -> None:
+        """librdkafka's statistics (every `STATS_INTERVAL_MS`, from within consume): the lag per partition.
 
-        consumer = self.consumer
-        if consumer is None:
+        `consumer_lag` is the partition's high watermark minus the group's committed offset, which
+        Pulse moves only past what the sink made durable: the messages this sink has yet to hold.
+        Non-blocking (no broker round trip of its own); -1 (not known yet) is skipped.
+        """
+        import json
+
+        try:
+            partitions = json.loads(text).get("topics", {}).get(self.cfg.topic, {}).get("partitions", {})
+        except ValueError:
             return
+        for p, info in partitions.items():
+            lag = info.get("consumer_lag")
+            if p != "-1" and int(p) in self.parts and isinstance(lag, int) and lag >= 0:
+                metrics.CONSUMER_LAG.labels(self.sink_name, p).set(lag)
+
+    def export_metrics(self) -> None:
+        """The sinks' own gauges (backlog, its oldest age), summed over this consumer's partitions."""
         backlog, oldest = 0, 0.0
         reported = False
-        for p, part in list(self.parts.items()):
-            tp = TopicPartition(self.cfg.topic, p)
-            try:
-                low, high = consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
-                [pos] = consumer.position([tp])
-            except KafkaException as exc:
-                log.debug("consume.lag_unknown", partition=p, error=str(exc))
-                continue
-            offset = pos.offset if pos.offset >= 0 else low
-            metrics.CONSUMER_LAG.labels(self.sink_name, str(p)).set(max(0, high - offset))
+        for part in list(self.parts.values()):
             try:
                 status = part.sink.status()
             except Exception:  # a status hook must never break consumption
@@ -169,6 +178,8 @@ class SinkConsumer:
             "max.poll.interval.ms": 600_000,
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": self._on_stats,
         })
         if self.instance:
             conf["group.instance.id"] = self.instance
@@ -307,3 +318,11 @@ class SinkConsumer:
             log.warning("consume.commit_failed", error=str(exc))
         for part in parts.values():
             part.durable_offset = None
+
+
+def _forget_lag(sink: str, partition: int) -> None:
+    """A partition that moved to another member: its lag is that member's to report."""
+    try:
+        metrics.CONSUMER_LAG.remove(sink, str(partition))
+    except KeyError:
+        pass
