@@ -210,7 +210,9 @@ function renderPipeline(state) {
     const d = s.details || {};
     const tr = el("tr", { "data-sink": name, title: s.last_error ? "last error: " + s.last_error : `durable ${s.durable}` });
     const lag = s.lag_seconds;
-    tr.append(el("td", { class: s.last_error ? "bad-text" : "" }, name),
+    const nameCell = el("td", { class: s.last_error ? "bad-text" : "" }, name);
+    nameCell.append(el("div", { class: "pos mono muted", title: "durable position (LSN#sequence)" }, s.durable));
+    tr.append(nameCell,
       el("td", { class: "num" }, fmtRate(rates.sinks ? rates.sinks[name] : null)),
       el("td", { class: "num" + (lag > 5 ? " warn-text" : "") }, lag === undefined ? "–" : fmtDuration(lag)),
       el("td", { class: "num" }, fmtInt(s.queue_events)),
