@@ -476,6 +476,23 @@ class ReceiverConfig(_Section):
                                             "memory).")
 
 
+class BoardConfig(_Section):
+    """`pulse board`: the live web page of the board and the pipeline (docs/board.md)."""
+
+    host: str = Field(default="127.0.0.1", description="Address the board binds.")
+    port: int = Field(default=8788, ge=0, le=65535, description="Port of the board (0: any free port).")
+    token: SecretStr | None = Field(
+        default=None,
+        description="Access token of the page (open /?token=... once; a cookie keeps it) and its API "
+                    "(Authorization: Bearer); required unless the board binds a loopback address.")
+    interval_s: float = Field(default=0.5, ge=0.1, le=60,
+                              description="Seconds between reads of the Redis board (one reader, whatever the "
+                                          "number of open pages).")
+    status_interval_s: float = Field(default=2.0, ge=0.5, le=300,
+                                     description="Seconds between reads of Pulse's own status (the pipeline's "
+                                                 "report, the slot, snapshot and backfill runs) in PostgreSQL.")
+
+
 class VerifyConfig(_Section):
     """`pulse verify`: how destinations are compared with the source (docs/verify.md)."""
 
@@ -734,6 +751,7 @@ class Settings(BaseSettings):
     testsinks: TestSinksConfig = Field(default_factory=TestSinksConfig)
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    board: BoardConfig = Field(default_factory=BoardConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     def configured(self, section: str, key: str) -> bool:
@@ -801,6 +819,7 @@ def env_name_for(dotted: str) -> str:
 
 __all__ = [
     "BackfillConfig",
+    "BoardConfig",
     "BigQueryConfig",
     "CONTRACT_ENV",
     "OTHER_ENV",

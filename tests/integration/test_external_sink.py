@@ -141,15 +141,29 @@ def test_a_dead_endpoint_does_not_hold_the_slot_and_everything_arrives_when_it_i
         wait_for(lambda: sink.breaker.opened >= 1, 10, "the circuit to open")
         state = sink.breaker.state
         assert state in ("open", "half-open")
+        # The backlog the status (and pulse_sink_backlog_* metrics, pulse board) reports: all 1000, aging.
+        status = sink.status()
+        assert status["backlog"] == 1000
+        wait_for(lambda: sink.status()["backlog_oldest_s"] > 0.5, 10, "the oldest waiting event to age")
 
         receiver.start()  # same port
         expected = source_ids(cur)
         wait_for(lambda: set(received_by_event(receiver)) == expected, 30, "all 1000 events after recovery",
                  interval=0.2)
         wait_for(lambda: outbox_rows(cur) == 0, 10, "an empty outbox")
+        wait_for(lambda: sink.status()["backlog"] == 0 and sink.status()["backlog_oldest_s"] == 0.0, 10,
+                 "the status to report an empty backlog")
     stats = receiver.stats()
     assert stats["conflicts"] == 0 and stats["signature_failures"] == 0
     assert_per_content_order(receiver)
+
+
+def _dead_letter_metric(sink: str) -> float:
+    """pulse_dead_letters_total of `sink`, over every reason, in this process."""
+    from pulse.metrics import DEAD_LETTERS
+
+    return sum(s.value for m in DEAD_LETTERS.collect() for s in m.samples
+               if s.name == "pulse_dead_letters_total" and s.labels["sink"] == sink)
 
 
 def test_terminal_4xx_dead_letters_the_batch_and_dlq_replay_delivers_it_with_its_ids(scratch_db, receiver):
@@ -161,10 +175,12 @@ def test_terminal_4xx_dead_letters_the_batch_and_dlq_replay_delivers_it_with_its
     sink = ExternalSink.from_settings(settings(scratch_db, receiver))
     outbox = outbox_for(scratch_db)
     oconn = outbox.connect()
+    dead_before = _dead_letter_metric("external")
     with Running(Pipeline(settings(scratch_db, receiver), [sink])):
         content = insert_content(cur, 3)
         refused = insert_events(cur, content, 40)
         wait_for(lambda: outbox.dead_count(oconn) == 40, 30, "40 dead letters")
+        assert _dead_letter_metric("external") - dead_before == 40  # pulse_dead_letters_total{sink="external"}
         assert receiver.stats()["unique"] == 0
         assert outbox_rows(cur) == 0
         dead = outbox.dead_letters(oconn, 100)

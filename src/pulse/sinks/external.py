@@ -67,6 +67,7 @@ class ExternalSink(Sink):
         self._stop = threading.Event()
         self._lanes: list[Lane] = []
         self._conn = None
+        self._appended = 0  # outbox rows at open plus rows appended since (backlog = this - stats.removed)
 
     @classmethod
     def from_settings(cls, settings: Settings, name: str = "external") -> "ExternalSink":
@@ -81,6 +82,7 @@ class ExternalSink(Sink):
             pos = self.outbox.position(conn)
             backlog, _oldest = self.outbox.backlog(conn)
             conn.rollback()
+            self._appended = backlog + self.stats.removed
         except psycopg2.Error as exc:
             self._conn = None
             raise TransientError(f"external sink: reading its position failed: {str(exc).strip()}") from exc
@@ -102,6 +104,7 @@ class ExternalSink(Sink):
         except psycopg2.Error as exc:
             self._drop_connection()
             raise TransientError(f"external sink: appending to the outbox failed: {str(exc).strip()}") from exc
+        self._appended += len(fresh)
         lanes = len(self._lanes)
         if lanes:
             for index in {r.lane_key % lanes for r in fresh}:
@@ -116,6 +119,7 @@ class ExternalSink(Sink):
         conn = self._connection()
         try:
             self.outbox.put_replays(conn, rows)
+            self._appended += len(rows)  # their truncated form left the outbox when it was delivered
         except psycopg2.Error as exc:
             self._drop_connection()
             raise TransientError(f"external sink: queuing replays failed: {str(exc).strip()}") from exc
@@ -139,7 +143,12 @@ class ExternalSink(Sink):
     # -- status ---------------------------------------------------------------------
 
     def status(self) -> dict:
+        import time
+
+        heads = list(self.stats.heads.values())
         return {
+            "backlog": max(0, self._appended - self.stats.removed),
+            "backlog_oldest_s": round(max(0.0, time.time() - min(heads)), 3) if heads else 0.0,
             "delivered": self.stats.delivered,
             "dead_lettered": self.stats.dead,
             "failed_attempts": self.stats.failures,
