@@ -13,9 +13,11 @@ dataset / topic names, all removed afterwards, replication slots included.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -114,6 +116,8 @@ def scratch_db(services) -> ScratchDb:
         db = ScratchDb(name=name, url=url, admin_url=base, slot=unique("slot"), publication=unique("pub"))
         init_database(DatabaseConfig(url=db.url, publication=db.publication))
         yield db
+    # The external sink's default local outbox folder (relative to the working directory) of this slot.
+    shutil.rmtree(Path("external_outbox") / db.slot, ignore_errors=True)
 
 
 @pytest.fixture

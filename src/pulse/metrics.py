@@ -5,7 +5,9 @@ Names are stable (dashboards depend on them): `pulse_events_in_total`,
 time in PostgreSQL to durable in the sink), `pulse_slot_lag_bytes`,
 `pulse_queue_bytes{sink}`, `pulse_queue_events{sink}`,
 `pulse_errors_total{sink,kind}`, `pulse_problems_total{problem}`,
-`pulse_dead_letters_total{sink,reason}`, `pulse_acked_lsn`.
+`pulse_dead_letters_total{sink,reason}`, `pulse_acked_lsn`,
+`pulse_external_outbox_bytes{sink}`, `pulse_external_outbox_events{sink}`,
+`pulse_external_outbox_oldest_seconds{sink}`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ WINDOW_REBUILDS = Counter("pulse_window_rebuilds_total",
                           ["sink"])
 DEAD_LETTERS = Counter("pulse_dead_letters_total", "Events kept in full in a dead-letter store (delivered "
                        "truncated, e.g. payload_too_large)", ["sink", "reason"])
+EXTERNAL_OUTBOX_BYTES = Gauge("pulse_external_outbox_bytes", "Disk used by the external sink's local outbox "
+                             "(memory held, with outbox = kafka)", ["sink"])
+EXTERNAL_OUTBOX_EVENTS = Gauge("pulse_external_outbox_events", "Events in the external sink's outbox not yet "
+                              "delivered or dead-lettered", ["sink"])
+EXTERNAL_OUTBOX_OLDEST = Gauge("pulse_external_outbox_oldest_seconds", "Age of the oldest event waiting in the "
+                              "external sink's outbox (0: none)", ["sink"])
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
 
 

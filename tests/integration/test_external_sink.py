@@ -1,4 +1,5 @@
-"""The external HTTP sink against a real `pulse receiver` over loopback and a real PostgreSQL outbox."""
+"""The external HTTP sink against a real `pulse receiver` over loopback, on its local outbox (the default)
+and on the PostgreSQL outbox (`outbox = "postgres"`)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from typer.testing import CliRunner
 from pulse.config import Settings
 from pulse.receiver import Receiver
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.external import ExternalSink, sink_key
+from pulse.sinks.external import ExternalSink, outbox_folder, sink_key
+from pulse.sinks.external_local import read_state
 from pulse.sinks.external_outbox import Outbox
+from pulse.sinks.external_stream import pending_after
 from pulse.source.slot import ensure_slot
 
 from .pipeline_helpers import Running, insert_content, insert_events, insert_events_bulk, kill_at_random, wait_for
@@ -54,8 +57,19 @@ def outbox_for(db, name: str = "external") -> Outbox:
 
 
 def outbox_rows(cur) -> int:
+    """Events waiting in the PostgreSQL outbox (outbox = postgres)."""
     cur.execute("SELECT count(*) FROM pulse.external_outbox")
     return cur.fetchone()[0]
+
+
+def local_pending(db, name: str = "external") -> int:
+    """Events in the local outbox above its stored delivered position (as a restart would see them)."""
+    folder = outbox_folder(Settings().external, db.config(), name)
+    return pending_after(folder, read_state(folder).delivered)
+
+
+def waiting(db, cur, outbox: str) -> int:
+    return outbox_rows(cur) if outbox == "postgres" else local_pending(db)
 
 
 def source_ids(cur) -> set[int]:
@@ -101,7 +115,8 @@ def test_every_event_of_a_generator_run_arrives_despite_30_percent_mixed_failure
         assert len(expected) == 3000
         wait_for(lambda: expected <= set(received_by_event(receiver)), 90, "every generated event at the receiver",
                  interval=0.25)
-        wait_for(lambda: outbox_rows(cur) == 0, 30, "an empty outbox")
+        wait_for(lambda: local_pending(scratch_db) == 0, 30, "an empty outbox")
+    assert outbox_rows(cur) == 0  # nothing went through the database
 
     stats = receiver.stats()
     by_event = received_by_event(receiver)
@@ -117,11 +132,12 @@ def test_every_event_of_a_generator_run_arrives_despite_30_percent_mixed_failure
     assert_per_content_order(receiver)
 
 
-def test_a_dead_endpoint_does_not_hold_the_slot_and_everything_arrives_when_it_is_back(scratch_db, receiver):
+@pytest.mark.parametrize("outbox", ["local", "postgres"])
+def test_a_dead_endpoint_does_not_hold_the_slot_and_everything_arrives_when_it_is_back(scratch_db, receiver, outbox):
     conn = scratch_db.connect()
     cur = conn.cursor()
     receiver.stop()  # connection refused from the start
-    sink = ExternalSink.from_settings(settings(scratch_db, receiver, concurrency=2))
+    sink = ExternalSink.from_settings(settings(scratch_db, receiver, concurrency=2, outbox=outbox))
     with Running(Pipeline(settings(scratch_db, receiver), [sink])):
         content = insert_content(cur, 5)
         for i in range(5):
@@ -137,7 +153,12 @@ def test_a_dead_endpoint_does_not_hold_the_slot_and_everything_arrives_when_it_i
 
         wait_for(slot_past_writes, 30, "the slot to advance past the writes while the endpoint is down")
         assert receiver.stats()["requests"] == 0
-        assert outbox_rows(cur) == 1000
+        assert waiting(scratch_db, cur, outbox) == 1000
+        if outbox == "local":
+            assert outbox_rows(cur) == 0
+            status = sink.status()
+            assert status["pending"] == 1000 and status["outbox_bytes"] > 1000 * 500, status
+            assert status["oldest_pending_s"] > 0
         wait_for(lambda: sink.breaker.opened >= 1, 10, "the circuit to open")
         state = sink.breaker.state
         assert state in ("open", "half-open")
@@ -146,7 +167,9 @@ def test_a_dead_endpoint_does_not_hold_the_slot_and_everything_arrives_when_it_i
         expected = source_ids(cur)
         wait_for(lambda: set(received_by_event(receiver)) == expected, 30, "all 1000 events after recovery",
                  interval=0.2)
-        wait_for(lambda: outbox_rows(cur) == 0, 10, "an empty outbox")
+        wait_for(lambda: waiting(scratch_db, cur, outbox) == 0, 10, "an empty outbox")
+        if outbox == "local":
+            wait_for(lambda: sink.status()["outbox_bytes"] == 0, 10, "delivered segments deleted")
     stats = receiver.stats()
     assert stats["conflicts"] == 0 and stats["signature_failures"] == 0
     assert_per_content_order(receiver)
@@ -166,7 +189,7 @@ def test_terminal_4xx_dead_letters_the_batch_and_dlq_replay_delivers_it_with_its
         refused = insert_events(cur, content, 40)
         wait_for(lambda: outbox.dead_count(oconn) == 40, 30, "40 dead letters")
         assert receiver.stats()["unique"] == 0
-        assert outbox_rows(cur) == 0
+        wait_for(lambda: local_pending(scratch_db) == 0, 10, "an empty outbox")
         dead = outbox.dead_letters(oconn, 100)
         assert {d["event_id"] for d in dead} == set(refused)
         assert all(d["last_status"] == 422 and "422" in d["last_error"] for d in dead)
@@ -264,7 +287,7 @@ def test_kill_9_mid_delivery_loses_nothing_and_resends_under_the_original_ids(sc
                      "the final run to start streaming")
             wait_for(lambda: expected <= set(received_by_event(receiver)) or final.poll() is not None, 60,
                      f"all {total} events at the receiver (seed {seed})", interval=0.25)
-            wait_for(lambda: outbox_rows(cur) == 0 or final.poll() is not None, 30, "an empty outbox")
+            wait_for(lambda: local_pending(scratch_db) == 0 or final.poll() is not None, 30, "an empty outbox")
         finally:
             final.send_signal(signal.SIGTERM)
             final.wait(60)
