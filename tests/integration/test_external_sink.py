@@ -336,3 +336,105 @@ def test_receiver_rejects_bad_signatures(receiver):
     assert receiver.stats()["signature_failures"] == 1 and receiver.stats()["unique"] == 0
 
 
+
+
+def _external_writes(cur) -> int:
+    """Rows inserted, updated or deleted in the external sink's tables of Pulse's schema (cumulative stats)."""
+    cur.execute("SELECT pg_stat_clear_snapshot()")
+    cur.execute("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
+                "WHERE schemaname = 'pulse' AND relname LIKE 'external%%'")
+    return int(cur.fetchone()[0])
+
+
+def test_the_local_outbox_writes_nothing_to_the_source_database_and_the_postgres_one_does(scratch_db, receiver):
+    """pg_stat_user_tables of Pulse's schema: zero writes by the local outbox over a run; the PostgreSQL outbox,
+    measured the same way in the same test, shows its INSERT and DELETE per event (so the probe sees writes)."""
+    conn = scratch_db.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    content = insert_content(cur, 4)
+    before = _external_writes(cur)
+    sink = ExternalSink.from_settings(settings(scratch_db, receiver))
+    assert sink.kind == "local"
+    with Running(Pipeline(settings(scratch_db, receiver), [sink])):
+        for i in range(4):
+            insert_events_bulk(cur, content, i * 250, 250)
+        expected = source_ids(cur)
+        wait_for(lambda: set(received_by_event(receiver)) == expected, 30, "1000 events at the receiver")
+    local_writes = _external_writes(cur) - before
+
+    receiver.state.reset()
+    pg = ExternalSink(settings(scratch_db, receiver, outbox="postgres").external, scratch_db.config(), name="ext_pg")
+    start = _external_writes(cur)
+    with Running(Pipeline(settings(scratch_db, receiver), [pg])):
+        insert_events_bulk(cur, content, 1000, 250)
+        wait_for(lambda: receiver.stats()["unique"] >= 250, 30, "250 events through the PostgreSQL outbox")
+        # cumulative statistics reach pg_stat_* within about a second of each commit
+        wait_for(lambda: _external_writes(cur) - start >= 500, 15, "the PostgreSQL outbox's writes in pg_stat")
+    assert local_writes == 0
+
+
+def test_a_full_local_outbox_pauses_and_holds_the_slot_by_default(scratch_db, receiver, tmp_path):
+    conn = scratch_db.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    receiver.stop()
+    cfg = settings(scratch_db, receiver, outbox_dir=str(tmp_path), outbox_max_bytes=1024 * 1024,
+                   outbox_segment_bytes=256 * 1024)
+    sink = ExternalSink.from_settings(cfg)
+    with Running(Pipeline(cfg, [sink])) as running:
+        content = insert_content(cur, 4)
+        for i in range(10):  # about 3 MB of CloudEvents: three times the outbox's bound
+            insert_events_bulk(cur, content, i * 500, 500)
+        wait_for(lambda: sink.status().get("outbox_full"), 30, "the outbox to report full")
+        status = sink.status()
+        assert status["outbox_bytes"] <= 1024 * 1024, status
+        assert status["pending"] < 5000
+        cur.execute("SELECT pg_current_wal_lsn()")
+        end = cur.fetchone()[0]
+        cur.execute("SELECT confirmed_flush_lsn < %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                    (end, scratch_db.slot))
+        assert cur.fetchone()[0], "the slot must be held while the outbox is full (outbox_full = pause)"
+        receiver.start()
+        expected = source_ids(cur)
+        wait_for(lambda: set(received_by_event(receiver)) == expected, 90, "all 5000 events once it drains",
+                 interval=0.25)
+        assert running.error is None  # the pipeline never stopped
+    assert receiver.stats()["conflicts"] == 0
+    assert_per_content_order(receiver)
+
+
+def test_a_full_local_outbox_dead_letters_new_events_when_told_and_the_slot_advances(scratch_db, receiver, tmp_path):
+    conn = scratch_db.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    receiver.stop()
+    cfg = settings(scratch_db, receiver, outbox_dir=str(tmp_path), outbox_max_bytes=1024 * 1024,
+                   outbox_segment_bytes=256 * 1024, outbox_full="dead-letter")
+    sink = ExternalSink.from_settings(cfg)
+    outbox = outbox_for(scratch_db)
+    oconn = outbox.connect()
+    with Running(Pipeline(cfg, [sink])):
+        content = insert_content(cur, 4)
+        for i in range(10):
+            insert_events_bulk(cur, content, i * 500, 500)
+        cur.execute("SELECT pg_current_wal_lsn()")
+        end = cur.fetchone()[0]
+
+        def slot_past() -> bool:
+            cur.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                        (end, scratch_db.slot))
+            return bool(cur.fetchone()[0])
+
+        wait_for(slot_past, 30, "the slot to advance past every write")
+        status = sink.status()
+        dead = outbox.dead_count(oconn)
+        assert status["outbox_bytes"] <= 1024 * 1024 and dead > 0
+        assert status["pending"] + dead == 5000, (status, dead)
+        assert status["overflow_dead_lettered"] == dead
+        receiver.start()
+        wait_for(lambda: receiver.stats()["unique"] == 5000 - dead, 60, "the outbox's events once it is back")
+    in_dlq = {d["event_id"] for d in outbox.dead_letters(oconn, 10_000)}
+    assert in_dlq | set(received_by_event(receiver)) == source_ids(cur)
+    assert all(d["last_error"].startswith("outbox_full") for d in outbox.dead_letters(oconn, 5))
+    oconn.close()

@@ -195,7 +195,7 @@ class ExternalSink(Sink):
         held = len(events)
         if self.kind == "kafka":
             self._wait_for_room(len(frame))
-        elif frames.bytes() + len(frame) > self.cfg.outbox_max_bytes and events:
+        elif frames.bytes() + len(frame) > self.cfg.outbox_max_bytes and events and not self._room(len(frame)):
             frame = self._outbox_full(events, last, frame)
             held = 0
         else:
@@ -209,6 +209,16 @@ class ExternalSink(Sink):
         if self.kind == "local":
             return self._appended
         return self.flow.delivered
+
+    def _room(self, size: int) -> bool:
+        """Pause mode: wait up to 10 s for delivery to free room (then the runtime retries the batch)."""
+        if self.cfg.outbox_full != "pause":
+            return False
+        deadline = time.monotonic() + 10.0
+        while self.frames.bytes() + size > self.cfg.outbox_max_bytes:
+            if time.monotonic() > deadline or self.flow.stop_event.wait(0.02):
+                return False
+        return True
 
     def _outbox_full(self, events: list[Encoded], last: Position, frame: bytes) -> bytes:
         """The local outbox is at outbox_max_bytes: pause (hold the slot) or dead-letter, as configured."""
