@@ -438,3 +438,28 @@ def test_a_full_local_outbox_dead_letters_new_events_when_told_and_the_slot_adva
     assert in_dlq | set(received_by_event(receiver)) == source_ids(cur)
     assert all(d["last_error"].startswith("outbox_full") for d in outbox.dead_letters(oconn, 5))
     oconn.close()
+
+
+def test_gzip_once_the_endpoint_accepts_it_and_back_to_plain_bodies_after_a_415(scratch_db, receiver):
+    conn = scratch_db.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    sink = ExternalSink.from_settings(settings(scratch_db, receiver))
+    assert sink.cfg.compression == "auto"
+    with Running(Pipeline(settings(scratch_db, receiver), [sink])):
+        content = insert_content(cur, 3)
+        first = insert_events(cur, content, 20)
+        wait_for(lambda: set(first) <= set(received_by_event(receiver)), 30, "events before gzip is offered")
+        assert receiver.stats()["gzip_requests"] == 0  # not offered: plain bodies
+        receiver.set_faults(accept_gzip=True)
+        for _ in range(5):
+            insert_events(cur, content, 20)
+        wait_for(lambda: receiver.stats()["gzip_requests"] > 0, 30, "gzip bodies once the endpoint lists gzip")
+        receiver.set_faults(accept_gzip=False, refuse_gzip=True)
+        insert_events(cur, content, 20)
+        wait_for(lambda: receiver.stats()["faults_served"].get("415", 0) >= 1, 30, "a 415 to a gzip body")
+        expected = source_ids(cur)
+        wait_for(lambda: set(received_by_event(receiver)) == expected, 30, "every event, gzip or not")
+    stats = receiver.stats()
+    assert stats["signature_failures"] == 0 and stats["conflicts"] == 0
+    assert sink.stats.dead == 0

@@ -107,29 +107,25 @@ def build_frame(events: Sequence[Encoded], last: Position, enqueued_at: float, l
     """The bytes of one frame: the events grouped by lane (`lane_key % lanes`), order kept within a lane."""
     groups: dict[int, list[Encoded]] = {}
     for e in events:
-        groups.setdefault(e.lane_key % lanes, []).append(e)
+        lane = e.lane_key % lanes
+        group = groups.get(lane)
+        if group is None:
+            groups[lane] = [e]
+        else:
+            group.append(e)
     body: list[bytes] = []
     for lane in sorted(groups):
         group = groups[lane]
-        meta = np.empty(len(group), META)
         ce = [e.ce_id.encode() for e in group]
         cid = [(e.content_id or "").encode() for e in group]
-        meta["lsn"] = [e.lsn for e in group]
-        meta["seq"] = [e.seq for e in group]
-        meta["event_id"] = [e.event_id for e in group]
-        meta["lane_key"] = [e.lane_key for e in group]
-        meta["part_len"] = [len(e.part) for e in group]
-        meta["attrs_len"] = [e.attrs_len for e in group]
-        meta["ce_len"] = [len(c) for c in ce]
-        meta["cid_len"] = [len(c) for c in cid]
-        parts = b",".join(e.part for e in group)
+        meta = np.array([(e.lsn, e.seq, e.event_id, e.lane_key, len(e.part), e.attrs_len, len(c), len(d))
+                         for e, c, d in zip(group, ce, cid)], META)
+        parts = b",".join([e.part for e in group])
         ces = b"\n".join(ce)
         cids = b"".join(cid)
         body += [BLOCK.pack(lane, len(group), len(parts), len(ces), len(cids)), meta.tobytes(), parts, ces, cids]
-    payload = b"".join(body)
-    rest = struct.pack("<QIdHH", last.lsn, last.seq, enqueued_at, lanes, len(groups)) + payload
-    crc = zlib.crc32(rest)
-    return MAGIC + struct.pack("<II", len(rest), crc) + rest
+    rest = struct.pack("<QIdHH", last.lsn, last.seq, enqueued_at, lanes, len(groups)) + b"".join(body)
+    return MAGIC + struct.pack("<II", len(rest), zlib.crc32(rest)) + rest
 
 
 class Chunk:
