@@ -360,6 +360,40 @@ def list_segments(directory: Path) -> list[tuple[Path, Position]]:
     return out
 
 
+def frame_ids(directory: Path, above: Position) -> tuple[np.ndarray, float | None]:
+    """Event ids in the frames above `above` on disk, and the oldest such frame's enqueue time (epoch seconds).
+
+    Read-only and lock-free (status at open, `pulse verify`): a segment deleted
+    meanwhile is skipped (its frames were resolved), a torn tail ends a segment.
+    """
+    ids: list[np.ndarray] = []
+    oldest: float | None = None
+    frame_head = struct.Struct("<QIdHH")
+    for path, _first in list_segments(directory):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        off = 0
+        while off + 12 <= len(data):
+            length = struct.unpack_from("<I", data, off + 4)[0]
+            rest = memoryview(data)[off + 12:off + 12 + length]
+            if len(rest) < length:
+                break
+            lsn, seq, enq, _lanes, blocks = frame_head.unpack_from(rest, 0)
+            if Position(lsn, seq) > above:
+                p = frame_head.size
+                for _ in range(blocks):
+                    _lane, n, plen, clen, dlen = BLOCK.unpack_from(rest, p)
+                    p += BLOCK.size
+                    ids.append(np.frombuffer(rest, META, n, p)["event_id"].copy())
+                    p += n * META.itemsize + plen + clen + dlen
+                if blocks:
+                    oldest = enq if oldest is None else min(oldest, enq)
+            off += 12 + length
+    return (np.concatenate(ids) if ids else np.empty(0, np.int64)), oldest
+
+
 class FrameLog:
     """Where frames wait: segment files (`LocalLog`) or memory (`MemoryLog`). Feeder-side API."""
 
@@ -599,5 +633,5 @@ def now() -> float:
     return time.time()
 
 
-__all__ = ["Chunk", "Encoded", "FrameInfo", "FrameLog", "Ledger", "LocalLog", "MemoryLog", "build_frame",
+__all__ = ["Chunk", "Encoded", "FrameInfo", "FrameLog", "Ledger", "LocalLog", "MemoryLog", "build_frame", "frame_ids",
            "list_segments", "message_id_of", "parse_frame", "read_state", "scan_segment", "write_state"]

@@ -419,27 +419,7 @@ class FrameDelivery:
 
 
 def pending_after(directory: Path, delivered: Position) -> int:
-    """Events in segments above `delivered` (for status at open): counted from the frames' headers."""
-    from pulse.sinks.external_local import list_segments
+    """Events in segments above `delivered` (status at open, tests)."""
+    from pulse.sinks.external_local import frame_ids
 
-    import struct as _s
-
-    total = 0
-    for path, _first in list_segments(directory):
-        with open(path, "rb") as fh:
-            data = fh.read()
-        off = 0
-        while off + 12 <= len(data):
-            length = _s.unpack_from("<I", data, off + 4)[0]
-            rest = data[off + 12:off + 12 + length]
-            if len(rest) < length:
-                break
-            lsn, seq, _enq, _lanes, blocks = _s.unpack_from("<QIdHH", rest, 0)
-            if Position(lsn, seq) > delivered:
-                p = _s.calcsize("<QIdHH")
-                for _ in range(blocks):
-                    _lane, n, plen, clen, dlen = _s.unpack_from("<HIIII", rest, p)
-                    total += n
-                    p += 18 + n * 36 + plen + clen + dlen
-            off += 12 + length
-    return total
+    return len(frame_ids(directory, delivered)[0])

@@ -29,7 +29,6 @@ offsets are the delivered mark (not verified here).
 
 from __future__ import annotations
 
-import struct
 import time
 from datetime import datetime
 from pathlib import Path
@@ -40,49 +39,13 @@ from psycopg2 import sql
 from pulse.config import Settings
 from pulse.verify.report import MISSING, Finding, Result
 
-_FRAME = struct.Struct("<QIdHH")
-_BLOCK = struct.Struct("<HIIII")
-
-
-def outbox_ids(folder: Path, delivered: tuple[int, int]) -> tuple[np.ndarray, float | None]:
-    """Event ids in frames above `delivered`, and the oldest such frame's enqueue time (epoch seconds)."""
-    from pulse.sinks.external_local import META, list_segments
-
-    ids: list[np.ndarray] = []
-    oldest: float | None = None
-    for path, _first in list_segments(folder):
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:  # delivered and deleted meanwhile: the ledger read next has it
-            continue
-        off = 0
-        while off + 12 <= len(data):
-            length = struct.unpack_from("<I", data, off + 4)[0]
-            rest = memoryview(data)[off + 12:off + 12 + length]
-            if len(rest) < length:
-                break
-            lsn, seq, enq, _lanes, blocks = _FRAME.unpack_from(rest, 0)
-            if (lsn, seq) > delivered:
-                p = _FRAME.size
-                for _ in range(blocks):
-                    _lane, n, plen, clen, dlen = _BLOCK.unpack_from(rest, p)
-                    p += _BLOCK.size
-                    meta = np.frombuffer(rest, META, n, p)
-                    ids.append(meta["event_id"].copy())
-                    p += meta.nbytes + plen + clen + dlen
-                if blocks:
-                    oldest = enq if oldest is None else min(oldest, enq)
-            off += 12 + length
-    return (np.concatenate(ids) if ids else np.empty(0, np.int64)), oldest
-
-
 class Accounting:
     """One reading of the sink's side: dead-lettered ids, the ledger, pending ids."""
 
     def __init__(self, settings: Settings, conn, folder: Path, sink_key: str) -> None:
-        from pulse.sinks.external_local import read_state
+        from pulse.sinks.external_local import frame_ids, read_state
 
-        pending, oldest = outbox_ids(folder, read_state(folder).delivered) if folder.is_dir() else (
+        pending, oldest = frame_ids(folder, read_state(folder).delivered) if folder.is_dir() else (
             np.empty(0, np.int64), None)
         state = read_state(folder)  # after the segments (see the module's docstring)
         self.pending = np.unique(pending)
