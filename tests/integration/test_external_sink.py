@@ -10,11 +10,14 @@ import subprocess
 import threading
 from collections import defaultdict
 
+from pathlib import Path
+
 import psycopg2
 import pytest
 from typer.testing import CliRunner
 
 from pulse.config import Settings
+from pulse.model import Position
 from pulse.receiver import Receiver
 from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.external import ExternalSink, outbox_folder, sink_key
@@ -463,3 +466,33 @@ def test_gzip_once_the_endpoint_accepts_it_and_back_to_plain_bodies_after_a_415(
     stats = receiver.stats()
     assert stats["signature_failures"] == 0 and stats["conflicts"] == 0
     assert sink.stats.dead == 0
+
+
+def test_kafka_mode_reports_only_acknowledged_positions_so_offsets_wait_for_the_endpoint(scratch_db, receiver):
+    """Under `pulse consume` (outbox = kafka) the sink's durable position is the delivered one: the consumer
+    commits offsets only up to it (bus/consumer.py), so a crash re-reads what the endpoint has not acknowledged."""
+    from datetime import datetime, timezone
+
+    from pulse.model import Batch, EnrichedEvent
+
+    now = datetime.now(timezone.utc)
+    events = [EnrichedEvent(i, f"c-{i % 5}", "u", "play", now, 1000, "ios", "{}", "s", "T", "podcast", 100, 1.0, 0.01,
+                            "insert", Position(1000 + i, 0), now, now) for i in range(1, 41)]
+    receiver.set_faults(error_500=1.0)
+    cfg = settings(scratch_db, receiver)
+    sink = ExternalSink(cfg.external, scratch_db.config(), name="external@topic/0")
+    assert sink.kind == "kafka"
+    assert sink.open() == Position(0, 0)
+    first = sink.write(Batch(tuple(events[:20])))
+    second = sink.write(Batch(tuple(events[20:])))
+    try:
+        assert first == second == Position(0, 0)  # nothing acknowledged: nothing may be committed
+        wait_for(lambda: receiver.stats()["faults_served"].get("500", 0) >= 2, 10, "refused requests")
+        assert sink.flush() == Position(0, 0)
+        assert sink.status()["pending"] == 40
+        receiver.set_faults(error_500=0.0)
+        wait_for(lambda: sink.flush() == events[-1].position, 20, "the delivered position to reach the last event")
+        assert receiver.stats()["unique"] == 40
+    finally:
+        sink.close()
+    assert not list(Path("external_outbox").glob(f"{scratch_db.slot}/*"))  # no local state in Kafka mode
