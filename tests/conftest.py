@@ -116,8 +116,10 @@ def scratch_db(services) -> ScratchDb:
         db = ScratchDb(name=name, url=url, admin_url=base, slot=unique("slot"), publication=unique("pub"))
         init_database(DatabaseConfig(url=db.url, publication=db.publication))
         yield db
-    # The external sink's default local outbox folder (relative to the working directory) of this slot.
-    shutil.rmtree(Path("external_outbox") / db.slot, ignore_errors=True)
+    # The external sink's default local outbox folders (relative to the working directory) of this slot
+    # and of the slots tests derive from it (`<slot>_a`).
+    for folder in Path("external_outbox").glob(db.slot + "*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
