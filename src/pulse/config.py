@@ -333,8 +333,10 @@ class BigQueryConfig(_Section):
 class ExternalConfig(_Section):
     """The external HTTP system (docs/sinks/external.md).
 
-    Every event goes through a durable outbox in Pulse's schema first (the
-    slot never waits on the endpoint); delivery threads POST it from there.
+    Every event goes through a durable outbox first (the slot never waits on
+    the endpoint): by default append-only segment files on this machine
+    (`outbox = "local"`), never the source database; delivery lanes POST it
+    from there.
     """
 
     url: str | None = Field(default=None, description="Endpoint events are POSTed to (PULSE_EXTERNAL_URL).")
@@ -354,7 +356,7 @@ class ExternalConfig(_Section):
         "larger than this is still sent, alone)."
     )
     batch_max_age_s: float = Field(
-        default=0.05, ge=0, description="Seconds a partly filled batch waits for more events before it is sent."
+        default=0.02, ge=0, description="Seconds a partly filled batch waits for more events before it is sent."
     )
     concurrency: int = Field(
         default=4, ge=1, le=256, description="Delivery lanes: content ids are hashed onto lanes; each lane sends "
@@ -391,6 +393,40 @@ class ExternalConfig(_Section):
         "them at once; this is the backstop)."
     )
     user_agent: str = Field(default="pulse-external-sink", description="User-Agent header of every request.")
+    outbox: Literal["auto", "local", "postgres", "kafka"] = Field(
+        default="auto",
+        description="Where events wait for delivery. auto: `local` under `pulse run`, `kafka` under `pulse consume`. "
+                    "local: append-only segment files in outbox_dir (fsync'd per batch; nothing is written to the "
+                    "source database). postgres: tables in Pulse's state schema (an INSERT and a DELETE per event "
+                    "in the source database; for deployments that want no local state). kafka: no second outbox, "
+                    "the topic is the log (offsets are committed only for acknowledged events).")
+    outbox_dir: Path | None = Field(
+        default=None,
+        description="Folder of the local outbox. Unset: external_outbox/<slot>/<sink name> under the working "
+                    "directory. Must survive restarts (a volume in a container).")
+    outbox_max_bytes: int = Field(
+        default=10 * 1024 ** 3, ge=1024 * 1024,
+        description="Disk the local outbox may use (segments not yet delivered). What happens when it is full: "
+                    "outbox_full.")
+    outbox_full: Literal["pause", "dead-letter"] = Field(
+        default="pause",
+        description="When the local outbox is full: pause (stop taking events: the slot is held and WAL is "
+                    "retained on the source until the endpoint drains the outbox) or dead-letter (new events go "
+                    "to the dead-letter store, one insert each in Pulse's schema, replayable with `pulse dlq "
+                    "replay`; the slot advances).")
+    outbox_segment_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=64 * 1024,
+        description="Size at which the local outbox starts a new segment file; a segment is deleted once "
+                    "every event in it is delivered or dead-lettered.")
+    inflight_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024 * 1024,
+        description="Bytes of events read from the outbox (or, with outbox = kafka, taken from the topic) that "
+                    "the delivery lanes may hold in memory.")
+    compression: Literal["auto", "gzip", "none"] = Field(
+        default="auto",
+        description="Request body compression. auto: gzip once the endpoint says it accepts it (an "
+                    "Accept-Encoding response header naming gzip, RFC 7694), back to none after a 415; gzip: "
+                    "always; none: never.")
     snapshot: bool = Field(
         default=True,
         description="Send the rows copied by the initial snapshot (snapshot.mode = initial) to the endpoint too; "

@@ -68,6 +68,12 @@ CONSUMER_LAG = Gauge("pulse_consumer_lag_messages",
                      "Messages of an assigned partition after the `pulse consume` group's committed offset (which "
                      "moves only past what the sink made durable), from librdkafka's statistics every 2 s",
                      ["sink", "partition"])
+EXTERNAL_OUTBOX_BYTES = Gauge("pulse_external_outbox_bytes", "Disk used by the external sink's local outbox "
+                             "(memory held, with outbox = kafka)", ["sink"])
+EXTERNAL_OUTBOX_EVENTS = Gauge("pulse_external_outbox_events", "Events in the external sink's outbox not yet "
+                              "delivered or dead-lettered", ["sink"])
+EXTERNAL_OUTBOX_OLDEST = Gauge("pulse_external_outbox_oldest_seconds", "Age of the oldest event waiting in the "
+                              "external sink's outbox (0: none)", ["sink"])
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
 
 

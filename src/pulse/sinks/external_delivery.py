@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import random
 import threading
@@ -157,6 +158,9 @@ class HttpClient:
         self.url = cfg.url
         self._httpx = httpx
         self.signer = Signer(cfg.secret.get_secret_value()) if cfg.secret is not None else None
+        self.compression = cfg.compression
+        # auto: gzip once the endpoint lists it in an Accept-Encoding response header (RFC 7694)
+        self.gzip = cfg.compression == "gzip"
         pool = cfg.concurrency + 2
         self.client = httpx.Client(
             http2=cfg.http2,
@@ -170,16 +174,32 @@ class HttpClient:
     def send(self, req: Request) -> Outcome:
         httpx = self._httpx
         headers = {"content-type": req.content_type, "idempotency-key": req.msg_id}
+        # The signature covers the JSON body, before any content coding (decompress, then verify).
         if self.signer is not None:
             headers.update(self.signer.headers(req.msg_id, req.body))
         else:
             headers["webhook-id"] = req.msg_id
+        compressed = self.gzip
+        body = req.body
+        if compressed:
+            body = gzip.compress(body, compresslevel=1)
+            headers["content-encoding"] = "gzip"
         try:
-            resp = self.client.post(self.url, content=req.body, headers=headers)
+            resp = self.client.post(self.url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
             return Outcome("retry", None, f"timeout ({type(exc).__name__})", endpoint_down=True)
         except httpx.TransportError as exc:
             return Outcome("retry", None, f"{type(exc).__name__}: {exc}"[:300], endpoint_down=True)
+        if self.compression == "auto":
+            if compressed and resp.status_code == 415:
+                self.gzip = False
+                log.info("external.gzip_refused", note="the endpoint answered 415 to a gzip body; sending bodies "
+                                                       "uncompressed from now on")
+                return self.send(req)
+            if not compressed and "gzip" in resp.headers.get("accept-encoding", "").lower():
+                self.gzip = True
+                log.info("external.gzip_accepted", note="the endpoint lists gzip in Accept-Encoding; compressing "
+                                                        "request bodies from now on")
         text = resp.text if resp.status_code >= 300 else ""
         return classify(resp.status_code, resp.headers.get("retry-after"), text)
 
