@@ -254,9 +254,10 @@ class ExternalSink(Sink):
             raise TransientError(f"external sink: dead-lettering an overflow failed: {str(exc).strip()}") from exc
         self.overflowed += len(rows)
         self.stats.dead += len(rows)
-        from pulse.sinks.external_delivery import DEAD
+        from pulse.sinks.external_delivery import DEAD, dead_letter_metric
 
         DEAD.labels("outbox_full").inc(len(rows))
+        dead_letter_metric(self.name, "outbox_full", len(rows))
         # An empty frame moves the outbox's position past the batch.
         return build_frame([], last, now, self.flow.lane_count)
 

@@ -52,7 +52,6 @@ DELIVERY_LAG = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
 
-#: 4xx answers that mean "try again later" rather than "this request is wrong".
 def dead_letter_metric(sink: str, reason: str, n: int) -> None:
     """Count dead letters by sink too (`pulse_dead_letters_total{sink,reason}`, shared with the other sinks)."""
     from pulse import metrics
@@ -60,6 +59,7 @@ def dead_letter_metric(sink: str, reason: str, n: int) -> None:
     metrics.DEAD_LETTERS.labels(sink.split("@", 1)[0], reason).inc(n)
 
 
+#: 4xx answers that mean "try again later" rather than "this request is wrong".
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 #: The body is larger than the endpoint takes: split the batch, or truncate a lone event.
 TOO_LARGE = 413

@@ -31,7 +31,7 @@ from pulse.errors import PulseError
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
 from pulse.sinks.external_delivery import (CONTENT_TYPES, DEAD, DELIVERED, DELIVERY_LAG, TOO_LARGE, CircuitBreaker,
-                                           HttpClient, LaneStats, Request, RetryPolicy, Verdict, build_request,
+                                           HttpClient, dead_letter_metric, LaneStats, Request, RetryPolicy, Verdict, build_request,
                                            deliver, truncated_row)
 from pulse.sinks.external_local import (Chunk, FrameInfo, FrameLog, Ledger, LocalLog, OutboxState, message_id_of,
                                         parse_frame, write_state)
@@ -224,6 +224,7 @@ class StreamLane(threading.Thread):
             self._dead_letter(rows, verdict.status, verdict.error or verdict.reason)
             flow.stats.dead += len(rows)
             DEAD.labels(verdict.reason).inc(len(rows))
+            dead_letter_metric(flow.name, verdict.reason, len(rows))
             log.warning("external.dead_letter", lane=self.index, events=len(rows), reason=verdict.reason,
                         status=verdict.status, error=verdict.error, first=str(rows[0].position),
                         hint="inspect with `pulse dlq list`, fix the receiver, then `pulse dlq replay`")
@@ -254,6 +255,7 @@ class StreamLane(threading.Thread):
         self._dead_letter([row], verdict.status, verdict.error or verdict.reason)
         flow.stats.dead += 1
         DEAD.labels(verdict.reason).inc()
+        dead_letter_metric(flow.name, verdict.reason, 1)
         return verdict
 
     def _dead_letter(self, rows: list[OutboxRow], status: int | None, error: str) -> None:
