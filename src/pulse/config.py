@@ -321,6 +321,20 @@ class BigQueryConfig(_Section):
     request_timeout_s: float = Field(
         default=60.0, gt=0, description="Deadline of one BigQuery request or job wait, retries included."
     )
+    maximum_bytes_billed: int | None = Field(
+        default=1024**4, ge=100 * 1024**2,
+        description="Every query job Pulse runs carries this maximumBytesBilled (bytes): BigQuery refuses to "
+        "run a query that would bill more, and Pulse stops with an error naming the query (the spool keeps "
+        "the rows). Default 1 TiB; unset: no limit. Load jobs bill no bytes (docs/sinks/bigquery.md, "
+        "\"Cost model\").",
+    )
+    load_jobs_per_day: int = Field(
+        default=1000, ge=1,
+        description="Batch mode: most jobs that write the table (direct loads and MERGEs) per UTC day, counted in "
+        "the state table. The loader may spend a quarter of it at once, the rest as the day goes by "
+        "(widening the interval between loads), and never more (BigQuery allows 1,500 table operations "
+        "per table per day).",
+    )
     max_row_bytes: int | None = Field(
         default=None, ge=1024,
         description="Largest raw_payload written as is; a larger event is written with its raw_payload replaced "

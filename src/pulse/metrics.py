@@ -5,7 +5,10 @@ Names are stable (dashboards depend on them): `pulse_events_in_total`,
 time in PostgreSQL to durable in the sink), `pulse_slot_lag_bytes`,
 `pulse_queue_bytes{sink}`, `pulse_queue_events{sink}`,
 `pulse_errors_total{sink,kind}`, `pulse_problems_total{problem}`,
-`pulse_dead_letters_total{sink,reason}`, `pulse_acked_lsn`.
+`pulse_dead_letters_total{sink,reason}`, `pulse_acked_lsn`,
+`pulse_bigquery_table_jobs{table}` / `pulse_bigquery_table_jobs_budget{table}`
+(jobs that wrote the table today, UTC, and the day's budget),
+`pulse_bigquery_bytes_billed_total{path}`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ WINDOW_REBUILDS = Counter("pulse_window_rebuilds_total",
                           ["sink"])
 DEAD_LETTERS = Counter("pulse_dead_letters_total", "Events kept in full in a dead-letter store (delivered "
                        "truncated, e.g. payload_too_large)", ["sink", "reason"])
+BQ_TABLE_JOBS = Gauge("pulse_bigquery_table_jobs", "Jobs that wrote the BigQuery table today (UTC): direct loads "
+                      "and MERGEs, as counted in the state table", ["table"])
+BQ_TABLE_JOBS_BUDGET = Gauge("pulse_bigquery_table_jobs_budget", "bigquery.load_jobs_per_day: the most jobs that "
+                             "may write the table per day", ["table"])
+BQ_BYTES_BILLED = Counter("pulse_bigquery_bytes_billed_total", "Bytes BigQuery billed for Pulse's query jobs, by "
+                          "job path (the pulse_path label)", ["path"])
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
 
 
