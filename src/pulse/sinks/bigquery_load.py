@@ -203,10 +203,12 @@ class Tables:
                                                                 field=S.PARTITION_FIELD)
             final.clustering_fields = S.CLUSTERING
             final.description = "Pulse: one row per engagement event (docs/sinks/bigquery.md)"
-            self._ensure_table(final, S.final_schema())
+            created = self._ensure_table(final, S.final_schema())
             self._ensure_table(bigquery.Table(self.id(self.dead_letter), schema=S.dead_letter_schema()),
                                S.dead_letter_schema())
             self._ensure_table(bigquery.Table(self.id(S.STATE_TABLE), schema=S.state_schema()), S.state_schema())
+            if created:  # an empty table: its high-water mark is known without reading it
+                self.claim(S.StateUpdate(mark=0, absent=()))
             if changelog:
                 cl = bigquery.Table(self.id(self.changelog), schema=S.staging_schema())
                 cl.time_partitioning = bigquery.TimePartitioning(
@@ -220,7 +222,8 @@ class Tables:
         except Exception as exc:
             raise classify(exc, "table set-up") from exc
 
-    def _ensure_table(self, table: "bigquery.Table", wanted: list) -> None:
+    def _ensure_table(self, table: "bigquery.Table", wanted: list) -> bool:
+        """Create the table, or add the columns it lacks; True when it was created."""
         from google.api_core import exceptions as g
 
         try:
@@ -229,14 +232,14 @@ class Tables:
             try:
                 self.client.create_table(table, retry=self.retry, timeout=self.timeout)
                 log.info("bigquery.table_created", table=table.table_id)
-                return
+                return True
             except g.Conflict:
                 current = self.client.get_table(table.reference, retry=self.retry, timeout=self.timeout)
         add = S.plan_schema(current.schema, wanted, table.table_id)
         if add:
-            current.schema = list(current.schema) + add
-            self.client.update_table(current, ["schema"], retry=self.retry, timeout=self.timeout)
-            log.warning("bigquery.columns_added", table=table.table_id, columns=",".join(f.name for f in add))
+            # Through _add_columns: the emulator's query engine sees a column only after its DDL.
+            self._add_columns(table.table_id, add)
+        return False
 
     # -- state -----------------------------------------------------------------------------
 
