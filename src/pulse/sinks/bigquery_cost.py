@@ -8,10 +8,10 @@
   state row) or in the MERGE's own transaction: the mark is only ever at or
   above what the table holds, and a range leaves `absent` before any of its
   ids can be loaded.
-- `next_load_at`: the load-job budget per table per UTC day. A quarter of
-  it may be spent at once; the rest accrues evenly over the day, so a loader
-  that goes faster than the budget allows sees its interval widen, and the
-  count never passes the budget.
+- `next_load_at`: the load-job budget per table, in any 24 hours. A fifth
+  of it may be spent at once; the rest accrues evenly over the day, so a
+  loader that goes faster than the budget allows sees its interval widen,
+  and no 24 hours hold more jobs than the budget.
 - `job_labels`: the labels every job carries, for cost attribution.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 #: then the oldest, are forgotten (their ids then take the checked path: slower, still exact).
 MAX_ABSENT_RANGES = 1000
 #: Share of the day's budget that may be spent at once (a backfill's burst, a restart's catch-up).
-BURST = 0.25
+BURST = 0.2
 DAY_S = 86_400
 
 
@@ -84,20 +84,25 @@ class IdMark:
         return IdMark(top, tuple(sorted(out)))
 
 
-def next_load_at(used: int, budget: int, now: float) -> float:
-    """When the next job that writes the table may start, `used` of `budget` being spent today (UTC).
+def pacing(budget: int) -> tuple[float, int]:
+    """(seconds between jobs once the burst is spent, jobs allowed at once) for `budget` jobs in any 24 hours.
 
-    Allowed by time t of the day: BURST * budget + budget * (t / day), at most
-    the budget. At the default 1,000 that is at most 1,250 in any 24 hours
-    (a day's end and the next day's burst), under BigQuery's 1,500.
+    A generic cell rate algorithm: a job may start at t when t >= TAT - (burst - 1) * interval, and
+    moves TAT (the state row's `jobs_tat`) to max(TAT, t) + interval. In any window of a day that
+    allows at most burst + day / interval = budget jobs: rolling, not only per calendar day.
     """
-    day_start = (now // DAY_S) * DAY_S
-    if used >= budget:
-        return day_start + DAY_S
-    burst = BURST * budget
-    if used + 1 <= burst:
+    if budget <= 1:
+        return DAY_S + 1.0, 1
+    burst = max(1, min(budget - 1, round(BURST * budget)))
+    return DAY_S / (budget - burst), burst
+
+
+def next_load_at(tat: float | None, budget: int, now: float) -> float:
+    """When the next job that writes the table may start (epoch seconds), the budget's clock being `tat`."""
+    if tat is None:
         return now
-    return max(now, day_start + (used + 1 - burst) / budget * DAY_S)
+    interval, burst = pacing(budget)
+    return max(now, tat - (burst - 1) * interval)
 
 
 def utc_day(now: float) -> date:
@@ -116,4 +121,4 @@ def job_labels(slot: str | None, path: str) -> dict[str, str]:
     return {"pulse_slot": label(slot), "pulse_path": label(path)}
 
 
-__all__ = ["BURST", "IdMark", "MAX_ABSENT_RANGES", "job_labels", "label", "next_load_at", "utc_day"]
+__all__ = ["BURST", "IdMark", "MAX_ABSENT_RANGES", "job_labels", "label", "next_load_at", "pacing", "utc_day"]

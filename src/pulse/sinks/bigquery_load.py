@@ -53,7 +53,7 @@ from pulse.errors import ConfigError, PulseError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
 from pulse.sinks import bigquery_schema as S
-from pulse.sinks.bigquery_cost import IdMark, job_labels, next_load_at, utc_day
+from pulse.sinks.bigquery_cost import IdMark, job_labels, next_load_at, pacing, utc_day
 from pulse.sinks.bigquery_spool import Spool, SpoolFile, parquet_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,6 +111,7 @@ class LoadState(NamedTuple):
     mark: IdMark | None  # None: not known yet (a table from before the mark, or a new one)
     jobs_day: "date | None"
     jobs_today: int
+    jobs_tat: float | None = None  # the budget's pacing clock (epoch seconds; `bigquery_cost.pacing`)
 
     def jobs_on(self, day: "date") -> int:
         return self.jobs_today if self.jobs_day == day else 0
@@ -320,17 +321,23 @@ class Tables:
             f.name.lower(): S._norm(f.field_type) for f in add}
 
     def state_position(self) -> Position:
-        return self.read_state().position
+        # Only the position columns: readers that do not run ensure() first (`pulse dlq replay`)
+        # may meet a state table from an earlier Pulse.
+        rows = self.query(
+            f"SELECT source_lsn, source_seq FROM {self.ref(S.STATE_TABLE)} WHERE table_name = '{self.table}'",
+            "state read", path="state")
+        return max((Position(int(r[0]), int(r[1])) for r in rows), default=ZERO)
 
     def read_state(self) -> "LoadState":
         """The table's state row: position, high-water mark, the day's job count (one query of the state table)."""
         rows = self.query(
-            f"SELECT source_lsn, source_seq, max_event_id, absent_ids, jobs_day, jobs_today "
+            f"SELECT source_lsn, source_seq, max_event_id, absent_ids, jobs_day, jobs_today, jobs_tat "
             f"FROM {self.ref(S.STATE_TABLE)} WHERE table_name = '{self.table}'", "state read", path="state")
         if not rows:
-            return LoadState(ZERO, None, None, 0)
+            return LoadState(ZERO, None, None, 0, None)
         r = max(rows, key=lambda r: (int(r[0]), int(r[1])))
-        return LoadState(Position(int(r[0]), int(r[1])), IdMark.parse(r[2], r[3]), r[4], int(r[5] or 0))
+        return LoadState(Position(int(r[0]), int(r[1])), IdMark.parse(r[2], r[3]), r[4], int(r[5] or 0),
+                         r[6].timestamp() if r[6] is not None else None)
 
     def highest_id(self) -> int:
         """The table's highest event_id (0: empty): once per table, to start its high-water mark."""
@@ -479,6 +486,7 @@ class Loader:
         self.hurry_until = 0.0
         self.jobs_today = 0  # jobs that wrote the table today (UTC), as the state row counts them
         self.next_at = 0.0  # the budget's earliest time for the next load
+        self.jobs_tat: float | None = None
         self._state: LoadState | None = None
 
     def hurry(self, now: float | None = None) -> None:
@@ -508,10 +516,11 @@ class Loader:
             size += f.size
         return group
 
-    def _note_jobs(self, used: int, now: float) -> None:
+    def _note_jobs(self, used: int, tat: float | None, now: float) -> None:
         budget = self.cfg.load_jobs_per_day
         self.jobs_today = used
-        self.next_at = next_load_at(used, budget, now)
+        self.jobs_tat = tat
+        self.next_at = next_load_at(tat, budget, now)
         metrics.BQ_TABLE_JOBS.labels(table=self.tables.table).set(used)
         metrics.BQ_TABLE_JOBS_BUDGET.labels(table=self.tables.table).set(budget)
 
@@ -534,7 +543,7 @@ class Loader:
                     return len(stale)
             now = self.clock()
             self._state = self.tables.read_state()
-            self._note_jobs(self._state.jobs_on(utc_day(now)), now)
+            self._note_jobs(self._state.jobs_on(utc_day(now)), self._state.jobs_tat, now)
             if now < self.next_at:
                 log.warning("bigquery.job_budget_wait", jobs_today=self.jobs_today,
                             budget=self.cfg.load_jobs_per_day, spooled_files=len(files),
@@ -560,6 +569,7 @@ class Loader:
         day = utc_day(now)
         state = self._state if self._state is not None else self.tables.read_state()
         self._state = None
+        interval = pacing(self.cfg.load_jobs_per_day)[0]
         last = group[-1].last
         upload = self._combined(group)
         t_upload = time.monotonic() - t0
@@ -584,7 +594,8 @@ class Loader:
                 self.checks += 1
                 timings["check_s"] = round(time.monotonic() - t1, 3)
             after = mark.after(keys.ids) if mark is not None else None
-            update = S.StateUpdate(after.mark if after else None, after.absent if after else None, day, 1)
+            update = S.StateUpdate(after.mark if after else None, after.absent if after else None, day, 1,
+                                   int(now * 1_000_000), int(interval * 1_000_000))
             rows = None
             if (self.direct and keys.plain and present == 0 and not unchanged
                     and all(e.table_type in ("STRING", "JSON") for e in extras)):
@@ -598,7 +609,8 @@ class Loader:
             if upload != group[0].path:
                 upload.unlink(missing_ok=True)
             if jobs:
-                self._note_jobs(state.jobs_on(day) + jobs, now)
+                tat = max(state.jobs_tat or now, now) + jobs * interval
+                self._note_jobs(state.jobs_on(day) + jobs, tat, now)
         # Order: the table (and its state row) first, then the local position, then the files.
         self.spool.write_position(last)
         self.spool.remove(group)

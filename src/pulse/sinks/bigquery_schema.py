@@ -215,9 +215,11 @@ def state_schema() -> list["bigquery.SchemaField"]:
         # table, nor any id in `absent_ids` (JSON [[low, high], ...]); NULL: not known yet.
         bigquery.SchemaField("max_event_id", "INT64"),
         bigquery.SchemaField("absent_ids", "STRING"),
-        # The load-job budget: jobs that wrote the table on `jobs_day` (UTC).
+        # The load-job budget: jobs that wrote the table on `jobs_day` (UTC), and the pacing
+        # clock (`bigquery_cost.pacing`: the next job's theoretical time).
         bigquery.SchemaField("jobs_day", "DATE"),
         bigquery.SchemaField("jobs_today", "INT64"),
+        bigquery.SchemaField("jobs_tat", "TIMESTAMP"),
     ]
 
 
@@ -377,6 +379,8 @@ class StateUpdate(NamedTuple):
     absent: Sequence[tuple[int, int]] | None = None
     day: "date | None" = None
     jobs: int = 0
+    now_us: int = 0  # with `day`: the time of the jobs (epoch microseconds) ...
+    interval_us: int = 0  # ... and the pacing interval: jobs_tat = max(jobs_tat, now) + jobs * interval
 
 
 def partition_filter(days: "Iterable[date | None]", alias: str = "T") -> str:
@@ -512,19 +516,23 @@ def _state_merge(state: str, name: str, lsn: int, seq: int, update: StateUpdate,
         day = f"DATE '{update.day.isoformat()}'"
         k = int(update.jobs)
         jobs_day, jobs = day, f"IF(T.jobs_day = {day}, IFNULL(T.jobs_today, 0) + {k}, {k})"
-        new_day, new_jobs = day, str(k)
+        now = f"TIMESTAMP_MICROS({int(update.now_us)})"
+        step = f"INTERVAL {k * int(update.interval_us)} MICROSECOND"
+        tat = f"TIMESTAMP_ADD(GREATEST(IFNULL(T.jobs_tat, {now}), {now}), {step})"
+        new_day, new_jobs, new_tat = day, str(k), f"TIMESTAMP_ADD({now}, {step})"
     else:
         jobs_day, jobs, new_day, new_jobs = "T.jobs_day", "T.jobs_today", "CAST(NULL AS DATE)", "CAST(NULL AS INT64)"
+        tat, new_tat = "T.jobs_tat", "CAST(NULL AS TIMESTAMP)"
     return f"""MERGE {state} T
 USING (SELECT '{name}' AS table_name, {lsn} AS source_lsn, {seq} AS source_seq) S
 ON T.table_name = S.table_name
 WHEN MATCHED THEN UPDATE SET source_lsn = IF({_NEWER}, S.source_lsn, T.source_lsn),
   source_seq = IF({_NEWER}, S.source_seq, T.source_seq), updated_ts = CURRENT_TIMESTAMP(),
-  max_event_id = {mark}, absent_ids = {absent}, jobs_day = {jobs_day}, jobs_today = {jobs}
+  max_event_id = {mark}, absent_ids = {absent}, jobs_day = {jobs_day}, jobs_today = {jobs}, jobs_tat = {tat}
 WHEN NOT MATCHED THEN INSERT (table_name, source_lsn, source_seq, updated_ts, max_event_id, absent_ids, jobs_day,
-  jobs_today)
+  jobs_today, jobs_tat)
   VALUES (S.table_name, S.source_lsn, S.source_seq, CURRENT_TIMESTAMP(), {new_mark}, {new_absent}, {new_day},
-  {new_jobs});"""
+  {new_jobs}, {new_tat});"""
 
 
 def state_script(*, state: str, table_name: str, position: tuple[int, int],
