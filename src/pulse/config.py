@@ -287,14 +287,15 @@ class BigQueryConfig(_Section):
         "refuses to open for another table, slot, topic or group.",
     )
     load_interval_s: float = Field(
-        default=60.0, ge=0.2, description="Seconds between load jobs (BigQuery allows 1,500 per table per day)."
+        default=60.0, ge=0.2, description="Seconds between load jobs (BigQuery allows 1,500 per table per day; "
+        "load_jobs_per_day paces them further when they go faster)."
     )
     backfill_load_interval_s: float = Field(
         default=0.5, ge=0.2,
         description="While a backfill is being spooled (and for 30 s after its last chunk), seconds between "
         "load jobs instead of load_interval_s, so that a backfill does not wait a minute per load. Each load "
         "takes everything spooled, so a long backfill makes about one load job per load job's duration "
-        "(mind the quota of 1,500 per table per day).",
+        "(never beyond load_jobs_per_day).",
     )
     load_max_bytes: int = Field(
         default=256 * 1024 * 1024, ge=1024,
@@ -329,9 +330,9 @@ class BigQueryConfig(_Section):
         "\"Cost model\").",
     )
     load_jobs_per_day: int = Field(
-        default=1000, ge=1,
-        description="Batch mode: most jobs that write the table (direct loads and MERGEs) per UTC day, counted in "
-        "the state table. The loader may spend a quarter of it at once, the rest as the day goes by "
+        default=1400, ge=1,
+        description="Batch mode: most jobs that write the table (direct loads and MERGEs) in any 24 hours, paced "
+        "by the state table. The loader may spend a fifth of it at once, the rest evenly over the day "
         "(widening the interval between loads), and never more (BigQuery allows 1,500 table operations "
         "per table per day).",
     )
