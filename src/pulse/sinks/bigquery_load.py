@@ -98,6 +98,27 @@ def make_client(cfg: BigQueryConfig) -> "bigquery.Client":
                                "for an emulator") from exc
 
 
+def query_config(cfg: BigQueryConfig, slot: str | None, path: str, params: list | None = None):
+    """A QueryJobConfig with the labels pulse_slot / pulse_path and bigquery.maximum_bytes_billed."""
+    bigquery = import_bigquery()
+    config = bigquery.QueryJobConfig(labels=job_labels(slot, path), query_parameters=params or [])
+    if cfg.maximum_bytes_billed is not None:
+        config.maximum_bytes_billed = int(cfg.maximum_bytes_billed)
+    return config
+
+
+def query_error(exc: BaseException, cfg: BigQueryConfig, what: str, sql: str) -> PulseError:
+    """`classify`, and for a query BigQuery refused over maximum_bytes_billed an error naming the query."""
+    if _over_billing_limit(exc):
+        return TerminalError(
+            f"BigQuery {what}: the query would bill more than bigquery.maximum_bytes_billed "
+            f"({cfg.maximum_bytes_billed or 0:,} bytes): {' '.join(sql.split())[:300]}",
+            hint="raise bigquery.maximum_bytes_billed (PULSE_BIGQUERY__MAXIMUM_BYTES_BILLED) or unset it; "
+                 "docs/sinks/bigquery.md, \"Cost model\", says what each query reads. The spool keeps "
+                 "the rows until the load succeeds")
+    return classify(exc, what)
+
+
 def _over_billing_limit(exc: BaseException) -> bool:
     """BigQuery refused a query over its maximumBytesBilled (reason bytesBilledLimitExceeded)."""
     reasons = [e.get("reason") for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)]
@@ -356,23 +377,13 @@ class Tables:
 
     def query(self, sql: str, what: str, path: str = "other", params: list | None = None) -> list:
         """Run one query job (labelled, under bigquery.maximum_bytes_billed); its rows."""
-        bigquery = import_bigquery()
-        config = bigquery.QueryJobConfig(labels=self.job_labels(path), query_parameters=params or [])
-        if self.cfg.maximum_bytes_billed is not None:
-            config.maximum_bytes_billed = int(self.cfg.maximum_bytes_billed)
+        config = query_config(self.cfg, self.slot, path, params)
         try:
             job = self.client.query(sql, job_config=config, retry=self.retry, timeout=self.timeout,
                                     job_id_prefix="pulse_")
             rows = list(job.result(timeout=self.timeout, retry=self.retry))
         except Exception as exc:
-            if _over_billing_limit(exc):
-                raise TerminalError(
-                    f"BigQuery {what}: the query would bill more than bigquery.maximum_bytes_billed "
-                    f"({self.cfg.maximum_bytes_billed:,} bytes): {' '.join(sql.split())[:300]}",
-                    hint="raise bigquery.maximum_bytes_billed (PULSE_BIGQUERY__MAXIMUM_BYTES_BILLED) or unset it; "
-                         "docs/sinks/bigquery.md, \"Cost model\", says what each query reads. The spool keeps "
-                         "the rows until the load succeeds") from exc
-            raise classify(exc, what) from exc
+            raise query_error(exc, self.cfg, what, sql) from exc
         billed = getattr(job, "total_bytes_billed", None)
         if billed:
             metrics.BQ_BYTES_BILLED.labels(path=path).inc(int(billed))
