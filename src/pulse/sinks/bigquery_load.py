@@ -499,6 +499,10 @@ class Loader:
         self.next_at = 0.0  # the budget's earliest time for the next load
         self.jobs_tat: float | None = None
         self._state: LoadState | None = None
+        # (spool position after this loader's last load, the state row as that load wrote it): while
+        # the spool's position is still that one, no other loader of this spool (the only writers of
+        # the table) has run since, and the state row needs no read.
+        self._wrote: tuple[Position, LoadState] | None = None
 
     def hurry(self, now: float | None = None) -> None:
         """A backfill is being spooled: load every backfill_load_interval_s for the next HURRY_S seconds."""
@@ -553,7 +557,9 @@ class Loader:
                 if not files:
                     return len(stale)
             now = self.clock()
-            self._state = self.tables.read_state()
+            wrote = self._wrote
+            self._state = (wrote[1] if self.single_writer and wrote is not None and wrote[0] == applied
+                           else self.tables.read_state())
             self._note_jobs(self._state.jobs_on(utc_day(now)), self._state.jobs_tat, now)
             if now < self.next_at:
                 log.warning("bigquery.job_budget_wait", jobs_today=self.jobs_today,
@@ -580,6 +586,7 @@ class Loader:
         day = utc_day(now)
         state = self._state if self._state is not None else self.tables.read_state()
         self._state = None
+        self._wrote = None
         interval = pacing(self.cfg.load_jobs_per_day)[0]
         last = group[-1].last
         upload = self._combined(group)
@@ -624,6 +631,7 @@ class Loader:
                 self._note_jobs(state.jobs_on(day) + jobs, tat, now)
         # Order: the table (and its state row) first, then the local position, then the files.
         self.spool.write_position(last)
+        self._wrote = (last, LoadState(last, after, day, self.jobs_today, self.jobs_tat))
         self.spool.remove(group)
         self.loaded_files += len(group)
         self.loaded_rows += rows
