@@ -69,6 +69,10 @@ CONSUMER_LAG = Gauge("pulse_consumer_lag_messages",
                      "moves only past what the sink made durable), from librdkafka's statistics every 2 s",
                      ["sink", "partition"])
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
+REPLICATION_DISCONNECTS = Counter("pulse_replication_disconnects_total",
+                                  "Replication connections lost (server restart, walsender terminated, network); "
+                                  "each is followed by a reconnect with backoff")
+REPLICATION_CONNECTED = Gauge("pulse_replication_connected", "1 while the replication connection streams, else 0")
 
 
 def sink_gauges(sink: str, status: dict) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extras
 
+from pulse import metrics
 from pulse.config import DatabaseConfig
 from pulse.errors import PulseError, SlotLostError, TerminalError
 from pulse.log import get_logger
@@ -133,6 +134,7 @@ class ReplicationReader(threading.Thread):
     def run(self) -> None:
         backoff = 0.5
         while not self.stop_event.is_set():
+            sessions = self.session
             try:
                 self._session()
                 return
@@ -149,7 +151,11 @@ class ReplicationReader(threading.Thread):
                     return
                 if self.stop_event.is_set():
                     return
+                if self.session > sessions:  # the lost session had streamed: start the backoff over
+                    backoff = 0.5
                 delay = random.uniform(0, backoff)  # full jitter
+                metrics.REPLICATION_CONNECTED.set(0)
+                metrics.REPLICATION_DISCONNECTS.inc()
                 log.warning("replication.disconnected", error=str(exc).strip(), retry_in_s=round(delay, 2))
                 self.stop_event.wait(delay)
                 backoff = min(backoff * 2, 30.0)
@@ -200,6 +206,7 @@ class ReplicationReader(threading.Thread):
             self._open_streams.clear()
             if self.session > 1:
                 self._put(Reconnected(self.session), cur)
+            metrics.REPLICATION_CONNECTED.set(1)
             log.info("replication.started", slot=self.cfg.slot, session=self.session,
                      proto=self.cfg.protocol_version)
             self._native_session = self.wire is not None
