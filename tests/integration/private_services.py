@@ -205,7 +205,7 @@ class PrivateBigQuery:
 
 import pytest  # noqa: E402
 
-from tests.conftest import ScratchDb, _database, need, unique  # noqa: E402
+from tests.conftest import ScratchDb, need, unique  # noqa: E402
 
 
 def _started(cls):
@@ -229,11 +229,21 @@ def private_scratch_db(private_pg) -> ScratchDb:
     from pulse.config import DatabaseConfig
     from pulse.schema import init_database
 
-    with _database(private_pg.url, "pulse_t") as (name, url):
-        db = ScratchDb(name=name, url=url, admin_url=private_pg.url, slot=unique("slot"),
-                       publication=unique("pub"))
-        init_database(DatabaseConfig(url=db.url, publication=db.publication))
-        yield db
+    import psycopg2
+    from psycopg2 import sql
+
+    from pulse.dev.scratch import with_database
+
+    name = unique("pulse_t")
+    admin = psycopg2.connect(private_pg.url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    admin.close()
+    db = ScratchDb(name=name, url=with_database(private_pg.url, name), admin_url=private_pg.url,
+                   slot=unique("slot"), publication=unique("pub"))
+    init_database(DatabaseConfig(url=db.url, publication=db.publication))
+    yield db  # the whole cluster (slots included) is removed by private_pg
 
 
 @pytest.fixture
