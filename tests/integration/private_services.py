@@ -116,11 +116,12 @@ class PrivateRedis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.pidfile = Path(self.info.data_dir) / "redis.pid"
 
-    def stop(self) -> None:
-        """SIGKILL: a crash (the AOF keeps what was fsynced, up to a second behind)."""
+    def stop(self, sig: int = 15) -> None:
+        """SIGTERM: a clean shutdown (AOF flushed). 9 is a crash: the AOF (fsync every second, as
+        `pulse dev up` sets it) may lose up to a second of acknowledged writes."""
         pid = dev._read_pid(self.pidfile)
         if pid and dev._alive(pid):
-            os.kill(pid, 9)
+            os.kill(pid, sig)
             _wait(lambda: not dev._alive(pid), "redis to die", 30)
         self.pidfile.unlink(missing_ok=True)
 
@@ -184,9 +185,9 @@ class PrivateBigQuery:
     def _start(self) -> None:
         self.pid = dev.start_bigquery(self.rest_port, self.grpc_port, self.home).pid
 
-    def stop(self) -> None:
+    def stop(self, sig: int = 15) -> None:
         if self.pid and dev._alive(self.pid):
-            os.kill(self.pid, 9)
+            os.kill(self.pid, sig)
             _wait(lambda: not dev._alive(self.pid), "the emulator to die", 30)
 
     def start(self) -> None:
