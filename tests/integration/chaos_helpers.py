@@ -123,6 +123,10 @@ class Destinations:
                 out.setdefault(int(doc["event"]["subject"]), set()).add(doc["id"])
         return out
 
+    def receiver_deleted(self) -> set[int]:
+        """Source event ids whose delete was delivered."""
+        return {int(doc["event"]["subject"]) for doc in self.receiver.events() if doc["id"].endswith("-delete")}
+
     def board_events(self) -> int:
         import redis
 
@@ -194,7 +198,8 @@ def tally(url: str, dest: Destinations) -> Tally:
     rx = dest.receiver_ids()
     stats = dest.receiver.stats()
     return Tally(source=len(src), bq_lost=len(src - set(bq)), bq_duplicated=len(bq) - len(set(bq)),
-                 bq_extra=len(set(bq) - src), rx_lost=len(src - set(rx)), rx_extra=len(set(rx) - src),
+                 bq_extra=len(set(bq) - src), rx_lost=len(src - set(rx)),
+                 rx_extra=len(set(rx) - src - dest.receiver_deleted()),
                  rx_unstable=sum(1 for ids in rx.values() if len(ids) > 1), rx_conflicts=stats["conflicts"],
                  rx_redelivered=stats["duplicates"])
 
