@@ -164,6 +164,11 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args()
 
+    def _terminate(signum, frame):  # SIGTERM: tear down the private services as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+
     import tempfile
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix=f"pulse-soak-{args.mode}-", dir="/var/tmp"))
