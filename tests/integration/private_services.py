@@ -70,7 +70,10 @@ class PrivatePostgres:
         # -l: the restarted postmaster must not inherit our pipes (run() would wait for them).
         cmd = dev._as_user(self.os_user, [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
                                           str(self.log_file), *args])
-        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-15:])
+            raise AssertionError(f"pg_ctl {' '.join(args)} failed: {out.stdout}{out.stderr}\nserver log:\n{tail}")
 
     def restart(self, mode: str = "fast") -> None:
         """`pg_ctl restart -m MODE` (fast: clean shutdown; immediate: a crash, recovery at start)."""
@@ -101,7 +104,7 @@ class PrivatePostgres:
         if (self.data / "postmaster.pid").exists():
             try:
                 self.pg_ctl("-m", "immediate", "-w", "stop", timeout=60)
-            except subprocess.CalledProcessError:
+            except AssertionError:
                 pass
         shutil.rmtree(self.home, ignore_errors=True)
 
