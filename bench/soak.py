@@ -311,6 +311,11 @@ def main() -> int:
         }
         if not t.verify_ok:
             summary["verify_out"] = t.verify_out[-2000:]
+    except Exception:  # a fault that could not be applied or healed is a finding: report it, tear down
+        import traceback
+
+        summary = {"error": traceback.format_exc(), "faults": dict(faults), "fault_log": fault_log,
+                   "workdir": str(work)}
     finally:
         for p in procs.values():
             p.stop()
@@ -319,6 +324,10 @@ def main() -> int:
         for svc in (kafka, bq, redis_, pg):
             if svc is not None:
                 svc.close()
+    if "error" in summary:
+        print(f"soak stopped: {summary['error']}\nfaults so far: {summary['faults']} (see {work})")
+        (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return 2
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
