@@ -289,6 +289,7 @@ def main() -> int:
         converge_s = time.monotonic() - quiesced
         rss = {n: {"start_kb": p.rss_first, "end_kb": p.rss_last} for n, p in procs.items()}
         t.verify_ok, t.verify_out = pulse_verify(env, "bigquery", "redis", settle_s=10)
+        (work / "verify.json").write_text(t.verify_out)
         t = _final(url, dest, t)
         stats = dest.receiver.stats()
         summary = {

@@ -222,7 +222,7 @@ def pulse_verify(env: dict[str, str], *sinks: str, settle_s: float = 5) -> tuple
                           str(settle_s)], env=env, capture_output=True, text=True, timeout=600)
     if out.returncode not in (0, 1):
         return False, out.stderr[-3000:]
-    return json.loads(out.stdout)["ok"] and out.returncode == 0, out.stdout[-3000:]
+    return json.loads(out.stdout)["ok"] and out.returncode == 0, out.stdout
 
 
 def assert_exact(url: str, dest: Destinations, env: dict[str, str], timeout: float = 180, alive=lambda: True,
