@@ -81,6 +81,10 @@ BQ_TABLE_JOBS_BUDGET = Gauge("pulse_bigquery_table_jobs_budget", "bigquery.load_
 BQ_BYTES_BILLED = Counter("pulse_bigquery_bytes_billed_total", "Bytes BigQuery billed for Pulse's query jobs, by "
                           "job path (the pulse_path label)", ["path"])
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
+REPLICATION_DISCONNECTS = Counter("pulse_replication_disconnects_total",
+                                  "Replication connections lost (server restart, walsender terminated, network); "
+                                  "each is followed by a reconnect with backoff")
+REPLICATION_CONNECTED = Gauge("pulse_replication_connected", "1 while the replication connection streams, else 0")
 
 
 def sink_gauges(sink: str, status: dict) -> None:

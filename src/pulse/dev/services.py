@@ -228,26 +228,29 @@ def _as_user(user: str | None, cmd: list[str]) -> list[str]:
     return cmd if user is None else ["runuser", "-u", user, "--", *cmd]
 
 
-def _pg_data_root(user: str | None) -> Path:
+def _pg_data_root(user: str | None, home: Path) -> Path:
     """`.pulse/pg`, or a private folder elsewhere when the checkout is not traversable by the PG user."""
-    preferred = state_dir() / "pg"
+    preferred = home / "pg"
     if user is None:
         return preferred
     preferred.mkdir(parents=True, exist_ok=True)
-    ok = subprocess.run(_as_user(user, ["test", "-x", str(state_dir())]), capture_output=True).returncode == 0
+    ok = subprocess.run(_as_user(user, ["test", "-x", str(home)]), capture_output=True).returncode == 0
     if ok:
         return preferred
     # The checkout's parents are closed to other users (e.g. a home folder):
     # keep the cluster in a per-checkout folder the PG user can reach.
     import hashlib
 
-    digest = hashlib.sha1(str(project_root()).encode()).hexdigest()[:10]
+    key = project_root() if home == state_dir() else home  # the checkout's cluster keeps its folder
+    digest = hashlib.sha1(str(key).encode()).hexdigest()[:10]
     alt = Path("/var/tmp") / f"pulse-pg-{digest}"
     (preferred / "LOCATION").write_text(str(alt) + "\n")
     return alt
 
 
-def start_postgres(port: int) -> ServiceInfo:
+def start_postgres(port: int, home: Path | None = None) -> ServiceInfo:
+    """Start (initialising if needed) a cluster under `home` (default: the checkout's `.pulse/`)."""
+    home = home or state_dir()
     bindir = _pg_bindir()
     if bindir is None:
         _apt_install("postgresql")
@@ -255,12 +258,12 @@ def start_postgres(port: int) -> ServiceInfo:
         if bindir is None:
             raise ServiceError("postgresql installed but initdb not found", hint="check /usr/lib/postgresql")
     user = _pg_user()
-    root = _pg_data_root(user)
+    root = _pg_data_root(user, home)
     data = root / "data"
     run_dir = root / "run"
-    log_file = state_dir() / "logs" / "postgres.log"
+    log_file = home / "logs" / "postgres.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    pw_file = state_dir() / "pg-password"
+    pw_file = home / "pg-password"
     if not pw_file.exists():
         pw_file.write_text(secrets.token_urlsafe(18) + "\n")
         pw_file.chmod(0o600)
@@ -361,16 +364,18 @@ def stop_postgres(info: dict) -> None:
 # -- Redis -------------------------------------------------------------------
 
 
-def start_redis(port: int) -> ServiceInfo:
+def start_redis(port: int, home: Path | None = None) -> ServiceInfo:
+    home = home or state_dir()
     server = shutil.which("redis-server")
     if server is None:
         _apt_install("redis-server")
         server = shutil.which("redis-server")
         if server is None:
             raise ServiceError("redis-server installed but not on PATH")
-    data = state_dir() / "redis"
+    data = home / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    log_file = state_dir() / "logs" / "redis.log"
+    log_file = home / "logs" / "redis.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
     pidfile = data / "redis.pid"
     if not (_alive(_read_pid(pidfile)) and _port_open(port)):
         _run([server, "--bind", "127.0.0.1", "--port", str(port), "--daemonize", "yes",
@@ -418,12 +423,15 @@ def _java() -> str:
     return java
 
 
-def start_kafka(port: int, controller_port: int) -> ServiceInfo:
+def start_kafka(port: int, controller_port: int, home: Path | None = None) -> ServiceInfo:
+    """Start a KRaft broker under `home` (default `.pulse/`); the jars are the checkout's either way."""
     libs = _kafka_libs()
     java = _java()
-    root = state_dir() / "kafka"
+    home = home or state_dir()
+    root = home / "kafka"
+    root.mkdir(parents=True, exist_ok=True)
     data = root / "data"
-    log_file = state_dir() / "logs" / "kafka.log"
+    log_file = home / "logs" / "kafka.log"
     pidfile = root / "kafka.pid"
     props = root / "server.properties"
     log4j = root / "log4j2.properties"
@@ -465,7 +473,7 @@ def start_kafka(port: int, controller_port: int) -> ServiceInfo:
         pid = _detach(
             [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={log4j}",
              "-cp", cp, "kafka.Kafka", str(props)],
-            state_dir() / "logs" / "kafka.stdout",
+            home / "logs" / "kafka.stdout",
         )
         pidfile.write_text(f"{pid}\n")
         _wait(lambda: _port_open(port), "kafka", 90, log_file)
@@ -504,12 +512,13 @@ def _bq_home() -> Path:
     return home
 
 
-def start_bigquery(rest_port: int, grpc_port: int) -> ServiceInfo:
+def start_bigquery(rest_port: int, grpc_port: int, base: Path | None = None) -> ServiceInfo:
+    """Start the emulator with its data under `base` (default `.pulse/`)."""
     home = _bq_home()
-    root = state_dir() / "bigquery"
+    root = (base or state_dir()) / "bigquery"
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
-    log_file = state_dir() / "logs" / "bigquery.log"
+    log_file = (base or state_dir()) / "logs" / "bigquery.log"
     pidfile = root / "bqemulator.pid"
     exe = Path(sys.executable).parent / "bqemulator"
     if not (_alive(_read_pid(pidfile)) and _port_open(rest_port)):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extras
 
+from pulse import metrics
 from pulse.config import DatabaseConfig
 from pulse.errors import PulseError, SlotLostError, TerminalError
 from pulse.log import get_logger
@@ -55,6 +56,13 @@ RUN_MAX_ROWS = 16384
 RUN_MAX_BYTES = 4 << 20
 QUEUE_ITEMS = 64
 QUEUE_ITEMS_NATIVE = 8
+# A fast shutdown of the server waits until every logical walsender's client has
+# confirmed all WAL sent. While some of it is not durable in every sink (a sink
+# down, or writing into this very server), Pulse cannot confirm, and the server
+# would never stop. After this many seconds without new data and with WAL
+# unconfirmed, the reader asks the server (a plain connection attempt) whether
+# it is shutting down, and if so lets go of the replication connection.
+SHUTDOWN_PROBE_S = 5.0
 
 
 def queue_items(cfg: DatabaseConfig) -> int:
@@ -112,6 +120,7 @@ class ReplicationReader(threading.Thread):
         self._last_commit_end = 0
         self._native_session = False
         self._last_feedback = 0.0
+        self._last_probe = 0.0
 
     # -- called from other threads ------------------------------------------
 
@@ -133,6 +142,7 @@ class ReplicationReader(threading.Thread):
     def run(self) -> None:
         backoff = 0.5
         while not self.stop_event.is_set():
+            sessions = self.session
             try:
                 self._session()
                 return
@@ -149,7 +159,11 @@ class ReplicationReader(threading.Thread):
                     return
                 if self.stop_event.is_set():
                     return
+                if self.session > sessions:  # the lost session had streamed: start the backoff over
+                    backoff = 0.5
                 delay = random.uniform(0, backoff)  # full jitter
+                metrics.REPLICATION_CONNECTED.set(0)
+                metrics.REPLICATION_DISCONNECTS.inc()
                 log.warning("replication.disconnected", error=str(exc).strip(), retry_in_s=round(delay, 2))
                 self.stop_event.wait(delay)
                 backoff = min(backoff * 2, 30.0)
@@ -200,6 +214,7 @@ class ReplicationReader(threading.Thread):
             self._open_streams.clear()
             if self.session > 1:
                 self._put(Reconnected(self.session), cur)
+            metrics.REPLICATION_CONNECTED.set(1)
             log.info("replication.started", slot=self.cfg.slot, session=self.session,
                      proto=self.cfg.protocol_version)
             self._native_session = self.wire is not None
@@ -242,6 +257,7 @@ class ReplicationReader(threading.Thread):
                     chunk = []
                 self.server_wal_end = max(self.server_wal_end, cur.wal_end or 0)
                 self._feedback(cur)
+                self._let_go_if_server_stops(now)
                 if now - hb.last_activity(self) >= self.cfg.heartbeat_interval_s:
                     hb.emit()
                 try:
@@ -290,6 +306,8 @@ class ReplicationReader(threading.Thread):
                     cur.read_message()  # raises the connection's own error
                     raise psycopg2.OperationalError("the replication stream ended")
                 self._feedback(cur, force=bool(flags & self.wire.FLAG_REPLY))  # type: ignore[union-attr]
+                if not items:
+                    self._let_go_if_server_stops(now)
                 if not items and now - hb.last_activity(self) >= self.cfg.heartbeat_interval_s:
                     hb.emit()
         finally:
@@ -353,6 +371,26 @@ class ReplicationReader(threading.Thread):
                     return  # not acknowledged, so the server sends it again next time
                 if cur is not None:
                     self._feedback(cur)
+                    self._let_go_if_server_stops(time.monotonic())
+
+    def _let_go_if_server_stops(self, now: float) -> None:
+        """Raise (and so reconnect later) when the server shuts down waiting for a confirmation we lack.
+
+        Nothing is lost: what was not confirmed is sent again by the restarted
+        server, and each sink skips what it already holds.
+        """
+        if (self.sent_ack >= self.server_wal_end or now - self.last_message_at < SHUTDOWN_PROBE_S
+                or now - self._last_probe < SHUTDOWN_PROBE_S):
+            return
+        self._last_probe = now
+        try:
+            psycopg2.connect(self.cfg.dsn(), connect_timeout=3, application_name="pulse-probe").close()
+        except psycopg2.OperationalError as exc:
+            if "shutting down" in str(exc):
+                log.warning("replication.server_stopping", unconfirmed_from=lsn_to_str(self.sent_ack),
+                            note="the server waits for a confirmation the sinks cannot give yet: "
+                                 "closing the replication connection so it can stop")
+                raise psycopg2.OperationalError("the server is shutting down") from exc
 
 
 class _Heartbeat:
