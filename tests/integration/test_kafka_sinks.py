@@ -100,3 +100,46 @@ def test_redis_bigquery_and_external_consumers_are_exact(scratch_db, services, k
         r.delete(key)
     assert all(p.returncode == 0 for p in procs.values()), {n: p.returncode for n, p in procs.items()}
     assert os.path.isdir(tmp_path / "spool")
+
+
+def test_the_board_of_an_idle_redis_consumer_moves_its_window_with_the_clock(scratch_db, services, kafka_env):
+    """With no new message, `pulse consume --sink redis` still expires what left the window (as `pulse run` does).
+
+    Before, the consumer flushed a sink only with something pending: once traffic stopped, the board
+    kept every bucket it held, and counted more than the last 10 minutes (the Redis finding of the
+    Kafka-mode chaos soak, and the cause of test_snapshot's intermittent board mismatch over Kafka).
+    """
+    import redis
+
+    prefix = unique("pulse_k") + ":"
+    env = dict(kafka_env, PULSE_REDIS_URL=services["PULSE_REDIS_URL"], PULSE_REDIS_PREFIX=prefix,
+               PULSE_REDIS__WINDOW_S="60", PULSE_REDIS__BUCKET_S="5")
+    r = redis.Redis.from_url(services["PULSE_REDIS_URL"])
+    ensure_slot(scratch_db.config())
+    procs = [subprocess.Popen(pulse_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for args in (("produce",), ("consume", "--sink", "redis"))]
+    try:
+        cur = scratch_db.connect().cursor()
+        cur.execute("INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
+                    "VALUES (gen_random_uuid(), 'old', 'Old', 'video', 600, now()) RETURNING id::text")
+        cid = cur.fetchone()[0]
+        # Dated 50 s ago in a 60 s window: counted now, gone from the board within 15 s.
+        cur.execute("INSERT INTO engagement_events (content_id, event_type, event_ts, duration_ms) "
+                    "SELECT %s, 'play', now() - interval '50 seconds', 1000 FROM generate_series(1, 10)", (cid,))
+
+        def failed() -> list[str]:
+            return [p.stderr.read()[-1500:] for p in procs if p.poll() is not None]
+
+        wait_for(lambda: r.zscore(prefix + "events:1m", cid) == 10 or failed(), 90, "the events on the board")
+        assert not failed()
+        # No more traffic: the window must still move past them.
+        wait_for(lambda: r.zscore(prefix + "events:1m", cid) is None or failed(), 40, "the idle board to expire them")
+        assert not failed()
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(60)
+        for key in r.scan_iter(match=prefix + "*", count=1000):
+            r.delete(key)
+        r.close()

@@ -186,7 +186,7 @@ class SinkConsumer:
         self.consumer = consumer = Consumer(conf)
         consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
-        last_flush = last_export = time.monotonic()
+        last_flush = last_export = last_idle_flush = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 # consume(n, timeout) waits for n messages or the whole timeout: take
@@ -199,8 +199,14 @@ class SinkConsumer:
                 if msgs:
                     self._handle(msgs)
                 if time.monotonic() - last_flush > 1.0 or not msgs:
+                    # Idle, a sink is flushed even with nothing pending, at most every second:
+                    # a windowed sink (the Redis board) moves its window with the clock only
+                    # when it writes, as `pulse run`'s idle flush does.
+                    idle = not msgs and time.monotonic() - last_idle_flush >= 1.0
                     for part in self.parts.values():
-                        self._flush(part)
+                        self._flush(part, idle=idle)
+                    if idle:
+                        last_idle_flush = time.monotonic()
                     self._commit(self.parts)
                     last_flush = time.monotonic()
                 if time.monotonic() - last_export > 2.0:
@@ -300,8 +306,8 @@ class SinkConsumer:
         while part.pending and part.pending[0][0] <= durable:
             part.durable_offset = part.pending.popleft()[1]
 
-    def _flush(self, part: _Partition) -> None:
-        if part.pending:
+    def _flush(self, part: _Partition, idle: bool = False) -> None:
+        if part.pending or idle:
             self._advance(part, self._retrying()(part.sink.flush))
 
     def _commit(self, parts: dict[int, _Partition]) -> None:
