@@ -161,6 +161,11 @@ def classify(exc: BaseException, what: str) -> PulseError:
             return TransientError(f"BigQuery {what}: {text}")
     except ImportError:  # pragma: no cover
         pass
+    if isinstance(exc, g.NotFound) and _vanished_job(exc):
+        # A job BigQuery no longer knows while Pulse polled it (seen when the emulator restarts
+        # mid-job). Running the step again is safe: a MERGE is guarded by position, and a
+        # direct load's ids are at or below its claimed mark, so the retry checks them first.
+        return TransientError(f"BigQuery {what}: the job vanished while polled: {text}")
     if isinstance(exc, g.Forbidden) and "rateLimitExceeded" in str(exc):
         return TransientError(f"BigQuery {what}: rate limited: {text}")
     if isinstance(exc, (g.Forbidden, g.Unauthorized)):
@@ -171,6 +176,12 @@ def classify(exc: BaseException, what: str) -> PulseError:
         return TerminalError(f"BigQuery {what}: {text}",
                              hint="see the message; check bigquery.project / dataset / table and the table schema")
     return TransientError(f"BigQuery {what}: {type(exc).__name__}: {text}")
+
+
+def _vanished_job(exc: BaseException) -> bool:
+    """A 404 about a job (its URL names /jobs/ or /queries/, or the message says "Not found: Job")."""
+    text = str(exc)
+    return "/jobs/" in text or "/queries/" in text or "not found: job" in text.lower()
 
 
 class Tables:
