@@ -10,7 +10,7 @@ time in PostgreSQL to durable in the sink), `pulse_slot_lag_bytes`,
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_IN = Counter("pulse_events_in_total", "Engagement event changes read from the source")
 CHANGES_IN = Counter("pulse_changes_in_total", "Row changes read from the source", ["table", "op"])
@@ -41,9 +41,11 @@ DEAD_LETTERS = Counter("pulse_dead_letters_total", "Events kept in full in a dea
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
 
 
-def serve(host: str, port: int) -> None:
-    """Expose /metrics; binds to `host` (127.0.0.1 by default)."""
-    start_http_server(port, addr=host)
+def serve(host: str, port: int):
+    """Expose /metrics, /healthz and /readyz (pulse.health); binds to `host` (127.0.0.1 by default)."""
+    from pulse.health import serve as serve_http
+
+    return serve_http(host, port)
 
 
 def observe_many(hist, value: float, count: int) -> None:
