@@ -6,15 +6,17 @@ In one run, on the local PostgreSQL and a receiver in its own process (signed, n
    events, `--batch` per request), signed, POSTed directly with httpx from
    `--concurrency` threads over keep-alive connections: the receiver's and
    the loopback's ceiling;
-2. throughput: `pulse`'s in-process pipeline with the external sink; N events
-   committed in transactions of 1,000, timed from the first commit until the
-   receiver has them all (outbox append, delivery, delete included);
+2. throughput: `pulse`'s in-process pipeline with the external sink, once per
+   `--outbox` (local segment files, the default; postgres, the old default),
+   each on its own slot; N events committed in transactions of 1,000, timed
+   from the first commit until the receiver has them all;
 3. latency: events committed at `--rate` per second (transactions of 10) for
    `--duration` seconds; the receiver measures commit_ts -> first arrival per
    event (same host clock); p50 / p99 / max. The baseline for it is the p99
    of one raw POST round trip in 1.
 
-    source .pulse/services.env && .venv/bin/python bench/bench_external.py [--events 50000] [--rate 1000] [--max-age 0.05]
+    source .pulse/services.env && .venv/bin/python bench/bench_external.py [--events 50000] [--rate 1000] [--max-age 0.02]
+        [--outbox local,postgres]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import base64
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -129,72 +132,86 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--duration", type=float, default=20.0)
-    ap.add_argument("--max-age", type=float, default=0.05, help="external.batch_max_age_s")
+    ap.add_argument("--max-age", type=float, default=0.02, help="external.batch_max_age_s")
+    ap.add_argument("--outbox", default="local,postgres", help="external.outbox values, each on its own slot")
     args = ap.parse_args()
 
-    from pulse.config import Settings
-    from pulse.runtime.pipeline import Pipeline
-    from pulse.sinks.external import ExternalSink
-    from pulse.source.slot import ensure_slot
-
     proc, url = start_receiver()
+    results = {}
     try:
         raw_eps, raw_p99 = raw_baseline(url, args.events, args.batch, args.concurrency)
         s = stats(url)
         assert s["unique"] == args.events and s["signature_failures"] == 0, s
-        reset(url)
-        with ScratchDatabase("pulse_bench_ext") as db:
-            cfg = db.config(slot="bench_ext", heartbeat_interval_s=1.0)
-            settings = Settings(database=cfg, external={"url": url, "secret": SECRET, "batch_max_events": args.batch,
-                                                        "concurrency": args.concurrency,
-                                                        "batch_max_age_s": args.max_age},
-                                runtime={"sinks": ["external"]})
-            conn = db.connect()
-            cur = conn.cursor()
-            content = seed_content(cur, 200)
-            ensure_slot(cfg)
-            pipeline = Pipeline(settings, [ExternalSink.from_settings(settings)])
-            runner = threading.Thread(target=pipeline.run, daemon=True)
-            runner.start()
-            pipeline.ready.wait(60)
-
-            # 2. throughput
-            t0 = time.monotonic()
-            insert_events_sql(cur, content, args.events, 1000)
-            t_commit = time.monotonic() - t0
-            t_done = wait_unique(url, args.events, 600) - t0
-            eps = args.events / t_done
-            s = stats(url)
-            assert s["conflicts"] == 0 and s["order_violations"] == 0 and s["signature_failures"] == 0, s
-
-            # 3. latency at --rate
-            reset(url)
-            per_txn = 10
-            total = int(args.rate * args.duration)
-            start = time.monotonic()
-            sent = 0
-            while sent < total:
-                insert_events_sql(cur, content, per_txn, per_txn)
-                sent += per_txn
-                delay = start + sent / args.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            achieved = sent / (time.monotonic() - start)
-            wait_unique(url, sent, 120)
-            lat = stats(url)
-            pipeline.stop()
-            runner.join(60)
+        with ScratchDatabase("pulse_bench_ext") as db, tempfile.TemporaryDirectory() as tmp:
+            for outbox in args.outbox.split(","):
+                reset(url)
+                results[outbox] = run_one(db, url, outbox, Path(tmp) / outbox, args)
     finally:
         proc.terminate()
         proc.wait(10)
 
     print(f"raw httpx POST of the same signed bodies: {raw_eps:,.0f} events/s "
           f"(batch {args.batch}, {args.concurrency} threads; p99 request {raw_p99 * 1000:.1f} ms)")
-    print(f"external sink, commit -> received:        {eps:,.0f} events/s   ratio {eps / raw_eps:.2f} "
-          f"(commits took {t_commit:.1f} s of {t_done:.1f} s)")
-    print(f"latency (batch_max_age_s {args.max_age}) at {achieved:,.0f} events/s for {args.duration:.0f} s: p50 {lat['latency_p50_s'] * 1000:.0f} ms, "
-          f"p99 {lat['latency_p99_s'] * 1000:.0f} ms, max {lat['latency_max_s'] * 1000:.0f} ms "
-          f"(p99 / raw POST p99 = {lat['latency_p99_s'] / raw_p99:.1f}); duplicates {lat['duplicates']}")
+    for outbox, (eps, t_commit, t_done, achieved, lat) in results.items():
+        print(f"external sink (outbox = {outbox}), commit -> received: {eps:,.0f} events/s   ratio "
+              f"{eps / raw_eps:.2f} (commits took {t_commit:.1f} s of {t_done:.1f} s)")
+        print(f"  latency (batch_max_age_s {args.max_age}) at {achieved:,.0f} events/s for {args.duration:.0f} s: "
+              f"p50 {lat['latency_p50_s'] * 1000:.0f} ms, p99 {lat['latency_p99_s'] * 1000:.0f} ms, "
+              f"max {lat['latency_max_s'] * 1000:.0f} ms (p99 / raw POST p99 = {lat['latency_p99_s'] / raw_p99:.1f}); "
+              f"duplicates {lat['duplicates']}")
+
+
+def run_one(db, url: str, outbox: str, folder: Path, args) -> tuple[float, float, float, float, dict]:
+    """Throughput and latency of the sink on one outbox, on its own slot of the same database."""
+    from pulse.config import Settings
+    from pulse.runtime.pipeline import Pipeline
+    from pulse.sinks.external import ExternalSink
+    from pulse.source.slot import ensure_slot
+
+    cfg = db.config(slot=f"bench_ext_{outbox}", heartbeat_interval_s=1.0)
+    settings = Settings(database=cfg, external={"url": url, "secret": SECRET, "batch_max_events": args.batch,
+                                                "concurrency": args.concurrency, "batch_max_age_s": args.max_age,
+                                                "outbox": outbox, "outbox_dir": str(folder)},
+                        runtime={"sinks": ["external"]})
+    conn = db.connect()
+    cur = conn.cursor()
+    cur.execute("SELECT count(*) FROM content")
+    content = seed_content(cur, 200) if cur.fetchone()[0] == 0 else [
+        str(uuid.UUID(int=i + 1)) for i in range(200)]
+    ensure_slot(cfg)
+    pipeline = Pipeline(settings, [ExternalSink.from_settings(settings)])
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    pipeline.ready.wait(60)
+
+    # 2. throughput
+    t0 = time.monotonic()
+    insert_events_sql(cur, content, args.events, 1000)
+    t_commit = time.monotonic() - t0
+    t_done = wait_unique(url, args.events, 600) - t0
+    eps = args.events / t_done
+    s = stats(url)
+    assert s["conflicts"] == 0 and s["order_violations"] == 0 and s["signature_failures"] == 0, s
+
+    # 3. latency at --rate
+    reset(url)
+    per_txn = 10
+    total = int(args.rate * args.duration)
+    start = time.monotonic()
+    sent = 0
+    while sent < total:
+        insert_events_sql(cur, content, per_txn, per_txn)
+        sent += per_txn
+        delay = start + sent / args.rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    achieved = sent / (time.monotonic() - start)
+    wait_unique(url, sent, 120)
+    lat = stats(url)
+    pipeline.stop()
+    runner.join(60)
+    conn.close()
+    return eps, t_commit, t_done, achieved, lat
 
 
 if __name__ == "__main__":

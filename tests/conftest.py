@@ -13,9 +13,11 @@ dataset / topic names, all removed afterwards, replication slots included.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -114,6 +116,10 @@ def scratch_db(services) -> ScratchDb:
         db = ScratchDb(name=name, url=url, admin_url=base, slot=unique("slot"), publication=unique("pub"))
         init_database(DatabaseConfig(url=db.url, publication=db.publication))
         yield db
+    # The external sink's default local outbox folders (relative to the working directory) of this slot
+    # and of the slots tests derive from it (`<slot>_a`).
+    for folder in Path("external_outbox").glob(db.slot + "*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -333,8 +333,10 @@ class BigQueryConfig(_Section):
 class ExternalConfig(_Section):
     """The external HTTP system (docs/sinks/external.md).
 
-    Every event goes through a durable outbox in Pulse's schema first (the
-    slot never waits on the endpoint); delivery threads POST it from there.
+    Every event goes through a durable outbox first (the slot never waits on
+    the endpoint): by default append-only segment files on this machine
+    (`outbox = "local"`), never the source database; delivery lanes POST it
+    from there.
     """
 
     url: str | None = Field(default=None, description="Endpoint events are POSTed to (PULSE_EXTERNAL_URL).")
@@ -354,7 +356,7 @@ class ExternalConfig(_Section):
         "larger than this is still sent, alone)."
     )
     batch_max_age_s: float = Field(
-        default=0.05, ge=0, description="Seconds a partly filled batch waits for more events before it is sent."
+        default=0.02, ge=0, description="Seconds a partly filled batch waits for more events before it is sent."
     )
     concurrency: int = Field(
         default=4, ge=1, le=256, description="Delivery lanes: content ids are hashed onto lanes; each lane sends "
@@ -391,6 +393,40 @@ class ExternalConfig(_Section):
         "them at once; this is the backstop)."
     )
     user_agent: str = Field(default="pulse-external-sink", description="User-Agent header of every request.")
+    outbox: Literal["auto", "local", "postgres", "kafka"] = Field(
+        default="auto",
+        description="Where events wait for delivery. auto: `local` under `pulse run`, `kafka` under `pulse consume`. "
+                    "local: append-only segment files in outbox_dir (fsync'd per batch; nothing is written to the "
+                    "source database). postgres: tables in Pulse's state schema (an INSERT and a DELETE per event "
+                    "in the source database; for deployments that want no local state). kafka: no second outbox, "
+                    "the topic is the log (offsets are committed only for acknowledged events).")
+    outbox_dir: Path | None = Field(
+        default=None,
+        description="Folder of the local outbox. Unset: external_outbox/<slot>/<sink name> under the working "
+                    "directory. Must survive restarts (a volume in a container).")
+    outbox_max_bytes: int = Field(
+        default=10 * 1024 ** 3, ge=1024 * 1024,
+        description="Disk the local outbox may use (segments not yet delivered). What happens when it is full: "
+                    "outbox_full.")
+    outbox_full: Literal["pause", "dead-letter"] = Field(
+        default="pause",
+        description="When the local outbox is full: pause (stop taking events: the slot is held and WAL is "
+                    "retained on the source until the endpoint drains the outbox) or dead-letter (new events go "
+                    "to the dead-letter store, one insert each in Pulse's schema, replayable with `pulse dlq "
+                    "replay`; the slot advances).")
+    outbox_segment_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=64 * 1024,
+        description="Size at which the local outbox starts a new segment file; a segment is deleted once "
+                    "every event in it is delivered or dead-lettered.")
+    inflight_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024 * 1024,
+        description="Bytes of events read from the outbox (or, with outbox = kafka, taken from the topic) that "
+                    "the delivery lanes may hold in memory.")
+    compression: Literal["auto", "gzip", "none"] = Field(
+        default="auto",
+        description="Request body compression. auto: gzip once the endpoint says it accepts it (an "
+                    "Accept-Encoding response header naming gzip, RFC 7694), back to none after a 415; gzip: "
+                    "always; none: never.")
     snapshot: bool = Field(
         default=True,
         description="Send the rows copied by the initial snapshot (snapshot.mode = initial) to the endpoint too; "
@@ -410,7 +446,7 @@ class RuntimeConfig(_Section):
     sinks: list[str] = Field(
         default_factory=list,
         description="Sinks to run, by name. Unset: every destination whose endpoint you configured "
-        "(redis.url, bigquery.project, external.url; a default value does not count); none configured is "
+        "(redis.url, bigquery.project, external.url, jsonl.path; a default value does not count); none configured is "
         "an error. Test doubles that keep nothing (memory) run only when named here or with --sink.",
     )
     queue_max_bytes: int = Field(
@@ -441,6 +477,15 @@ class SnapshotConfig(_Section):
                               description="Most rows per second the snapshot reads; 0 = unlimited.")
 
 
+class JsonlConfig(_Section):
+    """The JSON-lines file sink (`--sink jsonl`; docs/writing-a-sink.md)."""
+
+    path: str | None = Field(default=None, description="Folder of the segment files (one JSON line per event); "
+                                                        "setting it enables the sink when no sink is named.")
+    segment_bytes: int = Field(default=256 * 1024 * 1024, ge=1024,
+                               description="A new segment file starts once the current one holds this many bytes.")
+
+
 class TestSinksConfig(_Section):
     """Test doubles that `pulse run` can use (crash and recovery tests)."""
 
@@ -469,6 +514,23 @@ class ReceiverConfig(_Section):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1,
                                 description="Request bodies larger than this are answered 413 (never read into "
                                             "memory).")
+
+
+class BoardConfig(_Section):
+    """`pulse board`: the live web page of the board and the pipeline (docs/board.md)."""
+
+    host: str = Field(default="127.0.0.1", description="Address the board binds.")
+    port: int = Field(default=8788, ge=0, le=65535, description="Port of the board (0: any free port).")
+    token: SecretStr | None = Field(
+        default=None,
+        description="Access token of the page (open /?token=... once; a cookie keeps it) and its API "
+                    "(Authorization: Bearer); required unless the board binds a loopback address.")
+    interval_s: float = Field(default=0.5, ge=0.1, le=60,
+                              description="Seconds between reads of the Redis board (one reader, whatever the "
+                                          "number of open pages).")
+    status_interval_s: float = Field(default=2.0, ge=0.5, le=300,
+                                     description="Seconds between reads of Pulse's own status (the pipeline's "
+                                                 "report, the slot, snapshot and backfill runs) in PostgreSQL.")
 
 
 class VerifyConfig(_Section):
@@ -725,9 +787,11 @@ class Settings(BaseSettings):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    jsonl: JsonlConfig = Field(default_factory=JsonlConfig)
     testsinks: TestSinksConfig = Field(default_factory=TestSinksConfig)
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    board: BoardConfig = Field(default_factory=BoardConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     def configured(self, section: str, key: str) -> bool:
@@ -795,6 +859,7 @@ def env_name_for(dotted: str) -> str:
 
 __all__ = [
     "BackfillConfig",
+    "BoardConfig",
     "BigQueryConfig",
     "CONTRACT_ENV",
     "OTHER_ENV",

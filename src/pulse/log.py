@@ -2,7 +2,8 @@
 
 `get_logger(__name__).info("slot.created", slot="pulse")` logs an event name
 with fields, rendered as `key=value` for a console or as JSON lines
-(`PULSE_LOG__FORMAT=json`) for a log pipeline. Passwords are hidden before
+(`PULSE_LOG__FORMAT=json`, with `time` in ISO 8601 UTC and `severity`, the
+keys Cloud Logging and most collectors read) for a log pipeline. Passwords are hidden before
 rendering, in fields, messages and tracebacks alike (`redact_text`).
 """
 
@@ -152,12 +153,19 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+def _iso(epoch: float) -> str:
+    """Epoch seconds as ISO 8601 in UTC with milliseconds: 2026-12-02T15:09:43.123Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # Fields first, the record's own keys last: a field cannot overwrite them.
         doc: dict[str, Any] = _fields(record)
-        doc.update(ts=record.created, level=record.levelname.lower(), logger=record.name,
-                   event=safe_text(record.getMessage()))
+        # `time` (ISO 8601, UTC) and `severity` (DEBUG, INFO, WARNING, ERROR, CRITICAL) are what Cloud
+        # Logging and most collectors read; `ts` (epoch seconds) and `level` stay for existing readers.
+        doc.update(time=_iso(record.created), severity=record.levelname, ts=record.created,
+                   level=record.levelname.lower(), logger=record.name, event=safe_text(record.getMessage()))
         if record.exc_info:
             doc["exception"] = safe_text(self.formatException(record.exc_info))
         return orjson.dumps(doc, default=str).decode()

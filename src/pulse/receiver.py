@@ -45,6 +45,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -90,6 +91,8 @@ class Faults:
     reset: float = 0.0  # record, then reset the connection instead of answering
     reject_status: int | None = None  # answer every POST with this status (nothing recorded)
     max_body_bytes: int | None = None  # answer 413 to a larger body (nothing recorded)
+    accept_gzip: bool = False  # list gzip in an Accept-Encoding response header (RFC 7694)
+    refuse_gzip: bool = False  # answer 415 to a gzip body
 
     def update(self, values: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -129,6 +132,7 @@ class ReceiverState:
         self.unsigned = 0
         self.faults_served: dict[str, int] = {}
         self.too_large = 0  # requests answered 413 (body over max_body_bytes)
+        self.gzip_requests = 0  # bodies received gzip-compressed (content-encoding: gzip)
         self.control_unauthorized = 0  # control / inspection requests without the right token
         self.latencies: list[float] = []  # seconds from commit_ts to first arrival
 
@@ -185,6 +189,7 @@ class ReceiverState:
                 "unsigned": self.unsigned,
                 "faults_served": dict(self.faults_served),
                 "too_large": self.too_large,
+                "gzip_requests": self.gzip_requests,
                 "control_unauthorized": self.control_unauthorized,
                 "latency_p50_s": _percentile(lat, 0.50),
                 "latency_p99_s": _percentile(lat, 0.99),
@@ -232,6 +237,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        if self.server.receiver.faults.accept_gzip:
+            self.send_header("accept-encoding", "gzip")
         self.end_headers()
         self.wfile.write(body)
 
@@ -342,6 +349,23 @@ class _Handler(BaseHTTPRequestHandler):
             state.count_fault("413")
             self._send(413, {"error": f"body of {len(body)} bytes exceeds {f.max_body_bytes}"})
             return
+        if (self.headers.get("content-encoding") or "identity").lower() == "gzip":
+            if f.refuse_gzip:
+                state.count_fault("415")
+                self._send(415, {"error": "gzip bodies are not accepted"}, {"accept-encoding": "identity"})
+                return
+            inflater = zlib.decompressobj(wbits=31)
+            try:
+                body = inflater.decompress(body, rec.max_body_bytes)
+            except zlib.error as exc:
+                self._send(400, {"error": f"bad gzip body: {exc}"})
+                return
+            if inflater.unconsumed_tail:
+                state.count_fault("413")
+                self._send(413, {"error": f"body inflates past max_body_bytes={rec.max_body_bytes}"})
+                return
+            with state.lock:
+                state.gzip_requests += 1
         if rec.secret:
             try:
                 verify(rec.secret, dict(self.headers.items()), body, tolerance_s=rec.tolerance_s)

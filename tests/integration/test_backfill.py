@@ -191,3 +191,23 @@ def test_backfill_killed_at_random_moments_and_rerun_finishes_exact(scratch_db, 
     cur.execute("SELECT id, duration_ms FROM engagement_events")
     expected = {r[0]: r[1] / 1000 for r in cur.fetchall()}
     assert _sink_lww(sink_db) == expected
+
+
+def test_backfill_json_prints_one_document_with_the_finished_run(scratch_db, sink_db):
+    """`pulse backfill --json`: no progress bar, the run's final row as JSON (state, rows) on stdout."""
+    import json
+
+    cur = scratch_db.connect().cursor()
+    content = insert_content(cur, 3)
+    insert_events_bulk(cur, content, 0, 500)
+    env = pulse_env(scratch_db, PULSE_TESTSINKS__PGTABLE_URL=sink_db)
+    out = subprocess.run(pulse_cmd("backfill", "--min-id", "1", "--sinks", "pgtable", "--chunk-size", "200",
+                                   "--json"), env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = json.loads(out.stdout)["run"]
+    assert (run["state"], run["rows_read"], run["rows_emitted"], run["chunks"]) == ("done", 500, 500, 3)
+    assert run["sinks"] == ["pgtable"]
+    assert _sink_rows(sink_db) == 500
+    again = subprocess.run(pulse_cmd("backfill", "--min-id", "1", "--sinks", "pgtable", "--chunk-size", "200",
+                                     "--json"), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and json.loads(again.stdout)["already_done"] is True

@@ -132,7 +132,11 @@ def test_upload_finds_what_run_and_consume_spooled_in_their_default_folders(serv
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_BIGQUERY__SPOOL")}
     env.update({"PULSE_BIGQUERY_PROJECT": settings.bigquery.project, "PULSE_BIGQUERY_DATASET": dataset,
                 "PULSE_BIGQUERY_ENDPOINT": services["PULSE_BIGQUERY_ENDPOINT"], "PULSE_SLOT": "slot_u"})
-    out = subprocess.run(pulse_cmd("upload", "--once"), env=env, cwd=in_tmp, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(pulse_cmd("upload", "--once", "--json"), env=env, cwd=in_tmp, capture_output=True,
+                         text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _ids(client, dataset) == [1, 2, 3, 4, 5]
+    # --json: what was loaded, per folder, as one document on stdout (the logs stay on stderr).
+    report = json.loads(out.stdout)
+    assert report["rows"] == 5 and report["files"] == 2 and len(report["folders"]) == 2
+    assert report["table"].endswith(f"{dataset}.engagement_events")

@@ -62,6 +62,8 @@ EXPECTED_SERVICES = {
     "postgres", "redis", "kafka", "kafka-init", "bigquery", "receiver", "db-init",
     "generator", "producer", "consumer-redis", "consumer-external", "consumer-bigquery", "uploader",
 }
+# Started only with `--profile monitoring` (docker-compose 1.29's `config` lists them anyway).
+MONITORING = {"prometheus", "grafana"}
 ONE_SHOTS = {"kafka-init", "db-init"}
 PULSE_WORKERS = {"generator", "producer", "consumer-redis", "consumer-external", "consumer-bigquery", "uploader"}
 
@@ -197,7 +199,23 @@ def test_docker_compose_config_accepts_the_file_quietly():
 
 
 def test_the_services_of_the_design(svcs):
-    assert set(svcs) == EXPECTED_SERVICES
+    assert set(svcs) == EXPECTED_SERVICES | MONITORING
+
+
+def test_prometheus_and_grafana_start_only_with_the_monitoring_profile(svcs):
+    for name in MONITORING:
+        assert svcs[name].get("profiles") == ["monitoring"], name
+    for name in EXPECTED_SERVICES:
+        assert not svcs[name].get("profiles"), f"{name} must start with a plain `docker compose up`"
+    # Every file they mount is in the repository (the rules, the scrape config, the dashboard).
+    for name in MONITORING:
+        for volume in svcs[name].get("volumes") or []:
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":", 1)[0]
+            if source.startswith(("/", ".")):
+                assert Path(source).exists(), f"{name} mounts {source}, which does not exist"
+    config = (ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text()
+    for worker in ("producer", "consumer-redis", "consumer-external", "consumer-bigquery"):
+        assert f"{worker}:9464" in config, f"prometheus.yml does not scrape {worker}"
 
 
 # -- every Pulse container runs a real `pulse` command ------------------------------

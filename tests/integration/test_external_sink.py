@@ -1,4 +1,5 @@
-"""The external HTTP sink against a real `pulse receiver` over loopback and a real PostgreSQL outbox."""
+"""The external HTTP sink against a real `pulse receiver` over loopback, on its local outbox (the default)
+and on the PostgreSQL outbox (`outbox = "postgres"`)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import subprocess
 import threading
 from collections import defaultdict
 
+from pathlib import Path
+
 import psycopg2
 import pytest
 from typer.testing import CliRunner
 
 from pulse.config import Settings
+from pulse.model import Position
 from pulse.receiver import Receiver
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.external import ExternalSink, sink_key
+from pulse.sinks.external import ExternalSink, outbox_folder, sink_key
+from pulse.sinks.external_local import read_state
 from pulse.sinks.external_outbox import Outbox
+from pulse.sinks.external_stream import pending_after
 from pulse.source.slot import ensure_slot
 
 from .pipeline_helpers import Running, insert_content, insert_events, insert_events_bulk, kill_at_random, wait_for
@@ -54,8 +60,19 @@ def outbox_for(db, name: str = "external") -> Outbox:
 
 
 def outbox_rows(cur) -> int:
+    """Events waiting in the PostgreSQL outbox (outbox = postgres)."""
     cur.execute("SELECT count(*) FROM pulse.external_outbox")
     return cur.fetchone()[0]
+
+
+def local_pending(db, name: str = "external") -> int:
+    """Events in the local outbox above its stored delivered position (as a restart would see them)."""
+    folder = outbox_folder(Settings().external, db.config(), name)
+    return pending_after(folder, read_state(folder).delivered)
+
+
+def waiting(db, cur, outbox: str) -> int:
+    return outbox_rows(cur) if outbox == "postgres" else local_pending(db)
 
 
 def source_ids(cur) -> set[int]:
@@ -101,7 +118,8 @@ def test_every_event_of_a_generator_run_arrives_despite_30_percent_mixed_failure
         assert len(expected) == 3000
         wait_for(lambda: expected <= set(received_by_event(receiver)), 90, "every generated event at the receiver",
                  interval=0.25)
-        wait_for(lambda: outbox_rows(cur) == 0, 30, "an empty outbox")
+        wait_for(lambda: local_pending(scratch_db) == 0, 30, "an empty outbox")
+    assert outbox_rows(cur) == 0  # nothing went through the database
 
     stats = receiver.stats()
     by_event = received_by_event(receiver)
@@ -117,11 +135,12 @@ def test_every_event_of_a_generator_run_arrives_despite_30_percent_mixed_failure
     assert_per_content_order(receiver)
 
 
-def test_a_dead_endpoint_does_not_hold_the_slot_and_everything_arrives_when_it_is_back(scratch_db, receiver):
+@pytest.mark.parametrize("outbox", ["local", "postgres"])
+def test_a_dead_endpoint_does_not_hold_the_slot_and_everything_arrives_when_it_is_back(scratch_db, receiver, outbox):
     conn = scratch_db.connect()
     cur = conn.cursor()
     receiver.stop()  # connection refused from the start
-    sink = ExternalSink.from_settings(settings(scratch_db, receiver, concurrency=2))
+    sink = ExternalSink.from_settings(settings(scratch_db, receiver, concurrency=2, outbox=outbox))
     with Running(Pipeline(settings(scratch_db, receiver), [sink])):
         content = insert_content(cur, 5)
         for i in range(5):
@@ -137,19 +156,40 @@ def test_a_dead_endpoint_does_not_hold_the_slot_and_everything_arrives_when_it_i
 
         wait_for(slot_past_writes, 30, "the slot to advance past the writes while the endpoint is down")
         assert receiver.stats()["requests"] == 0
-        assert outbox_rows(cur) == 1000
+        assert waiting(scratch_db, cur, outbox) == 1000
+        if outbox == "local":
+            assert outbox_rows(cur) == 0
+            status = sink.status()
+            assert status["pending"] == 1000 and status["outbox_bytes"] > 1000 * 500, status
+            assert status["oldest_pending_s"] > 0
         wait_for(lambda: sink.breaker.opened >= 1, 10, "the circuit to open")
         state = sink.breaker.state
         assert state in ("open", "half-open")
+        # The backlog the status (and pulse_sink_backlog_* metrics, pulse board) reports: all 1000, aging.
+        status = sink.status()
+        assert status["backlog"] == 1000
+        wait_for(lambda: sink.status()["backlog_oldest_s"] > 0.5, 10, "the oldest waiting event to age")
 
         receiver.start()  # same port
         expected = source_ids(cur)
         wait_for(lambda: set(received_by_event(receiver)) == expected, 30, "all 1000 events after recovery",
                  interval=0.2)
-        wait_for(lambda: outbox_rows(cur) == 0, 10, "an empty outbox")
+        wait_for(lambda: waiting(scratch_db, cur, outbox) == 0, 10, "an empty outbox")
+        if outbox == "local":
+            wait_for(lambda: sink.status()["outbox_bytes"] == 0, 10, "delivered segments deleted")
+        wait_for(lambda: sink.status()["backlog"] == 0 and sink.status()["backlog_oldest_s"] == 0.0, 10,
+                 "the status to report an empty backlog")
     stats = receiver.stats()
     assert stats["conflicts"] == 0 and stats["signature_failures"] == 0
     assert_per_content_order(receiver)
+
+
+def _dead_letter_metric(sink: str) -> float:
+    """pulse_dead_letters_total of `sink`, over every reason, in this process."""
+    from pulse.metrics import DEAD_LETTERS
+
+    return sum(s.value for m in DEAD_LETTERS.collect() for s in m.samples
+               if s.name == "pulse_dead_letters_total" and s.labels["sink"] == sink)
 
 
 def test_terminal_4xx_dead_letters_the_batch_and_dlq_replay_delivers_it_with_its_ids(scratch_db, receiver):
@@ -161,12 +201,14 @@ def test_terminal_4xx_dead_letters_the_batch_and_dlq_replay_delivers_it_with_its
     sink = ExternalSink.from_settings(settings(scratch_db, receiver))
     outbox = outbox_for(scratch_db)
     oconn = outbox.connect()
+    dead_before = _dead_letter_metric("external")
     with Running(Pipeline(settings(scratch_db, receiver), [sink])):
         content = insert_content(cur, 3)
         refused = insert_events(cur, content, 40)
         wait_for(lambda: outbox.dead_count(oconn) == 40, 30, "40 dead letters")
+        assert _dead_letter_metric("external") - dead_before == 40  # pulse_dead_letters_total{sink="external"}
         assert receiver.stats()["unique"] == 0
-        assert outbox_rows(cur) == 0
+        wait_for(lambda: local_pending(scratch_db) == 0, 10, "an empty outbox")
         dead = outbox.dead_letters(oconn, 100)
         assert {d["event_id"] for d in dead} == set(refused)
         assert all(d["last_status"] == 422 and "422" in d["last_error"] for d in dead)
@@ -264,7 +306,7 @@ def test_kill_9_mid_delivery_loses_nothing_and_resends_under_the_original_ids(sc
                      "the final run to start streaming")
             wait_for(lambda: expected <= set(received_by_event(receiver)) or final.poll() is not None, 60,
                      f"all {total} events at the receiver (seed {seed})", interval=0.25)
-            wait_for(lambda: outbox_rows(cur) == 0 or final.poll() is not None, 30, "an empty outbox")
+            wait_for(lambda: local_pending(scratch_db) == 0 or final.poll() is not None, 30, "an empty outbox")
         finally:
             final.send_signal(signal.SIGTERM)
             final.wait(60)
@@ -313,3 +355,160 @@ def test_receiver_rejects_bad_signatures(receiver):
     assert receiver.stats()["signature_failures"] == 1 and receiver.stats()["unique"] == 0
 
 
+
+
+def _external_writes(cur) -> int:
+    """Rows inserted, updated or deleted in the external sink's tables of Pulse's schema (cumulative stats)."""
+    cur.execute("SELECT pg_stat_clear_snapshot()")
+    cur.execute("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
+                "WHERE schemaname = 'pulse' AND relname LIKE 'external%%'")
+    return int(cur.fetchone()[0])
+
+
+def test_the_local_outbox_writes_nothing_to_the_source_database_and_the_postgres_one_does(scratch_db, receiver):
+    """pg_stat_user_tables of Pulse's schema: zero writes by the local outbox over a run; the PostgreSQL outbox,
+    measured the same way in the same test, shows its INSERT and DELETE per event (so the probe sees writes)."""
+    conn = scratch_db.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    content = insert_content(cur, 4)
+    before = _external_writes(cur)
+    sink = ExternalSink.from_settings(settings(scratch_db, receiver))
+    assert sink.kind == "local"
+    with Running(Pipeline(settings(scratch_db, receiver), [sink])):
+        for i in range(4):
+            insert_events_bulk(cur, content, i * 250, 250)
+        expected = source_ids(cur)
+        wait_for(lambda: set(received_by_event(receiver)) == expected, 30, "1000 events at the receiver")
+    local_writes = _external_writes(cur) - before
+
+    receiver.state.reset()
+    pg = ExternalSink(settings(scratch_db, receiver, outbox="postgres").external, scratch_db.config(), name="ext_pg")
+    start = _external_writes(cur)
+    with Running(Pipeline(settings(scratch_db, receiver), [pg])):
+        insert_events_bulk(cur, content, 1000, 250)
+        wait_for(lambda: receiver.stats()["unique"] >= 250, 30, "250 events through the PostgreSQL outbox")
+        # cumulative statistics reach pg_stat_* within about a second of each commit
+        wait_for(lambda: _external_writes(cur) - start >= 500, 15, "the PostgreSQL outbox's writes in pg_stat")
+    assert local_writes == 0
+
+
+def test_a_full_local_outbox_pauses_and_holds_the_slot_by_default(scratch_db, receiver, tmp_path):
+    conn = scratch_db.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    receiver.stop()
+    cfg = settings(scratch_db, receiver, outbox_dir=str(tmp_path), outbox_max_bytes=1024 * 1024,
+                   outbox_segment_bytes=256 * 1024)
+    sink = ExternalSink.from_settings(cfg)
+    with Running(Pipeline(cfg, [sink])) as running:
+        content = insert_content(cur, 4)
+        for i in range(10):  # about 3 MB of CloudEvents: three times the outbox's bound
+            insert_events_bulk(cur, content, i * 500, 500)
+        wait_for(lambda: sink.status().get("outbox_full"), 30, "the outbox to report full")
+        status = sink.status()
+        assert status["outbox_bytes"] <= 1024 * 1024, status
+        assert status["pending"] < 5000
+        cur.execute("SELECT pg_current_wal_lsn()")
+        end = cur.fetchone()[0]
+        cur.execute("SELECT confirmed_flush_lsn < %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                    (end, scratch_db.slot))
+        assert cur.fetchone()[0], "the slot must be held while the outbox is full (outbox_full = pause)"
+        receiver.start()
+        expected = source_ids(cur)
+        wait_for(lambda: set(received_by_event(receiver)) == expected, 90, "all 5000 events once it drains",
+                 interval=0.25)
+        assert running.error is None  # the pipeline never stopped
+    assert receiver.stats()["conflicts"] == 0
+    assert_per_content_order(receiver)
+
+
+def test_a_full_local_outbox_dead_letters_new_events_when_told_and_the_slot_advances(scratch_db, receiver, tmp_path):
+    conn = scratch_db.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    receiver.stop()
+    cfg = settings(scratch_db, receiver, outbox_dir=str(tmp_path), outbox_max_bytes=1024 * 1024,
+                   outbox_segment_bytes=256 * 1024, outbox_full="dead-letter")
+    sink = ExternalSink.from_settings(cfg)
+    outbox = outbox_for(scratch_db)
+    oconn = outbox.connect()
+    with Running(Pipeline(cfg, [sink])):
+        content = insert_content(cur, 4)
+        for i in range(10):
+            insert_events_bulk(cur, content, i * 500, 500)
+        cur.execute("SELECT pg_current_wal_lsn()")
+        end = cur.fetchone()[0]
+
+        def slot_past() -> bool:
+            cur.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                        (end, scratch_db.slot))
+            return bool(cur.fetchone()[0])
+
+        wait_for(slot_past, 30, "the slot to advance past every write")
+        status = sink.status()
+        dead = outbox.dead_count(oconn)
+        assert status["outbox_bytes"] <= 1024 * 1024 and dead > 0
+        assert status["pending"] + dead == 5000, (status, dead)
+        assert status["overflow_dead_lettered"] == dead
+        receiver.start()
+        wait_for(lambda: receiver.stats()["unique"] == 5000 - dead, 60, "the outbox's events once it is back")
+    in_dlq = {d["event_id"] for d in outbox.dead_letters(oconn, 10_000)}
+    assert in_dlq | set(received_by_event(receiver)) == source_ids(cur)
+    assert all(d["last_error"].startswith("outbox_full") for d in outbox.dead_letters(oconn, 5))
+    oconn.close()
+
+
+def test_gzip_once_the_endpoint_accepts_it_and_back_to_plain_bodies_after_a_415(scratch_db, receiver):
+    conn = scratch_db.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    sink = ExternalSink.from_settings(settings(scratch_db, receiver))
+    assert sink.cfg.compression == "auto"
+    with Running(Pipeline(settings(scratch_db, receiver), [sink])):
+        content = insert_content(cur, 3)
+        first = insert_events(cur, content, 20)
+        wait_for(lambda: set(first) <= set(received_by_event(receiver)), 30, "events before gzip is offered")
+        assert receiver.stats()["gzip_requests"] == 0  # not offered: plain bodies
+        receiver.set_faults(accept_gzip=True)
+        for _ in range(5):
+            insert_events(cur, content, 20)
+        wait_for(lambda: receiver.stats()["gzip_requests"] > 0, 30, "gzip bodies once the endpoint lists gzip")
+        receiver.set_faults(accept_gzip=False, refuse_gzip=True)
+        insert_events(cur, content, 20)
+        wait_for(lambda: receiver.stats()["faults_served"].get("415", 0) >= 1, 30, "a 415 to a gzip body")
+        expected = source_ids(cur)
+        wait_for(lambda: set(received_by_event(receiver)) == expected, 30, "every event, gzip or not")
+    stats = receiver.stats()
+    assert stats["signature_failures"] == 0 and stats["conflicts"] == 0
+    assert sink.stats.dead == 0
+
+
+def test_kafka_mode_reports_only_acknowledged_positions_so_offsets_wait_for_the_endpoint(scratch_db, receiver):
+    """Under `pulse consume` (outbox = kafka) the sink's durable position is the delivered one: the consumer
+    commits offsets only up to it (bus/consumer.py), so a crash re-reads what the endpoint has not acknowledged."""
+    from datetime import datetime, timezone
+
+    from pulse.model import Batch, EnrichedEvent
+
+    now = datetime.now(timezone.utc)
+    events = [EnrichedEvent(i, f"c-{i % 5}", "u", "play", now, 1000, "ios", "{}", "s", "T", "podcast", 100, 1.0, 0.01,
+                            "insert", Position(1000 + i, 0), now, now) for i in range(1, 41)]
+    receiver.set_faults(error_500=1.0)
+    cfg = settings(scratch_db, receiver)
+    sink = ExternalSink(cfg.external, scratch_db.config(), name="external@topic/0")
+    assert sink.kind == "kafka"
+    assert sink.open() == Position(0, 0)
+    first = sink.write(Batch(tuple(events[:20])))
+    second = sink.write(Batch(tuple(events[20:])))
+    try:
+        assert first == second == Position(0, 0)  # nothing acknowledged: nothing may be committed
+        wait_for(lambda: receiver.stats()["faults_served"].get("500", 0) >= 2, 10, "refused requests")
+        assert sink.flush() == Position(0, 0)
+        assert sink.status()["pending"] == 40
+        receiver.set_faults(error_500=0.0)
+        wait_for(lambda: sink.flush() == events[-1].position, 20, "the delivered position to reach the last event")
+        assert receiver.stats()["unique"] == 40
+    finally:
+        sink.close()
+    assert not list(Path("external_outbox").glob(f"{scratch_db.slot}/*"))  # no local state in Kafka mode

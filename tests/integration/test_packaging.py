@@ -63,6 +63,13 @@ def test_the_redis_extra_alone_installs_a_working_pulse(redis_only_venv, scratch
     assert meta.stdout.strip() == pulse.__version__
     imported = _py(venv, "import pulse.runtime.pipeline, pulse.sinks.redis")
     assert imported.returncode == 0, imported.stderr
+    # `pulse board`'s page ships in the package (package data), byte for byte.
+    assets = ("index.html", "board.css", "board.js")
+    shipped = _py(venv, "import json; from pulse.board.server import asset\n"
+                        f"print(json.dumps({{n: asset(n).decode() for n in {assets!r}}}))")
+    assert shipped.returncode == 0, shipped.stderr
+    static = Path(pulse.__file__).parent / "board" / "static"
+    assert json.loads(shipped.stdout) == {n: (static / n).read_text() for n in assets}
 
     env = pulse_env(scratch_db, PULSE_REDIS_URL=services["PULSE_REDIS_URL"],
                     PULSE_REDIS_PREFIX=f"pkg_{uuid.uuid4().hex[:8]}:")

@@ -291,6 +291,22 @@ def test_dev_status_shows_every_service_running(services):
         assert cells[2] == "yes", f"{name} not running:\n{result.stdout}"
 
 
+def test_dev_status_json_lists_every_service(services):
+    import json
+
+    from pulse.dev.services import ALL, project_root
+
+    root = project_root()
+    result = subprocess.run(
+        [str(PULSE), "dev", "status", "--json"], cwd=root, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PULSE_PROJECT_ROOT": str(root)},
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == set(ALL)
+    assert all(row["running"] is True and isinstance(row["port"], int) for row in rows.values()), rows
+
+
 def test_services_env_holds_every_endpoint(services):
     from pulse.dev.services import state_dir
 

@@ -189,3 +189,17 @@ def test_positions_render_in_their_text_form(capture) -> None:
     json_line, console_line = lines(stream)
     assert json.loads(json_line)["position"] == "16/B374D848#3"
     assert console_line.endswith("position=16/B374D848#3")
+
+
+def test_json_line_has_severity_and_iso_time(capture) -> None:
+    """The keys Cloud Logging reads: `severity` in capitals and `time` in ISO 8601 UTC, agreeing with `ts`."""
+    from datetime import datetime
+
+    log, stream, handler = capture
+    handler.setFormatter(JsonFormatter())
+    log.warning("sink.retry", time="a field may not overwrite it", severity="nor this")
+    doc = json.loads(lines(stream)[0])
+    assert doc["severity"] == "WARNING"
+    assert doc["time"].endswith("Z")
+    parsed = datetime.fromisoformat(doc["time"].replace("Z", "+00:00"))
+    assert abs(parsed.timestamp() - doc["ts"]) < 0.001

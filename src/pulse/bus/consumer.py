@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
-from pulse import health
+from pulse import health, metrics
 from pulse.bus.codec import NULL_PARTITION, decode, header_position, is_broadcast_copy, is_for, is_replay
 from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
@@ -43,6 +43,9 @@ from pulse.sinks.kafka import client_config, ensure_topics
 log = get_logger(__name__)
 
 SinkFactory = Callable[[str], Sink]
+
+#: How often librdkafka reports its statistics (the consumer lag metric comes from them).
+STATS_INTERVAL_MS = 2_000
 
 
 class _Partition:
@@ -97,6 +100,7 @@ class SinkConsumer:
             part = self.parts.pop(tp.partition, None)
             if part is None:
                 continue
+            _forget_lag(self.sink_name, tp.partition)
             self._flush(part)
             self._commit({tp.partition: part})
             try:
@@ -109,6 +113,7 @@ class SinkConsumer:
         for tp in partitions:
             part = self.parts.pop(tp.partition, None)
             if part is not None:
+                _forget_lag(self.sink_name, tp.partition)
                 part.sink.close()
 
     # -- main loop -------------------------------------------------------------------
@@ -118,13 +123,53 @@ class SinkConsumer:
             retry=retry_if_exception_type(TransientError),
             wait=wait_random_exponential(multiplier=0.2, max=30),
             stop=lambda _s: self.stop_event.is_set(),
-            before_sleep=lambda s: log.warning("consume.retry", sink=self.sink_name,
-                                               error=str(s.outcome.exception()) if s.outcome else ""),
+            before_sleep=self._before_sleep,
             reraise=True,
         )
 
+    def _before_sleep(self, state) -> None:
+        metrics.ERRORS.labels(self.sink_name, "transient").inc()
+        log.warning("consume.retry", sink=self.sink_name,
+                    error=str(state.outcome.exception()) if state.outcome else "")
+
+    def _on_stats(self, text: str) -> None:
+        """librdkafka's statistics (every `STATS_INTERVAL_MS`, from within consume): the lag per partition.
+
+        `consumer_lag` is the partition's high watermark minus the group's committed offset, which
+        Pulse moves only past what the sink made durable: the messages this sink has yet to hold.
+        Non-blocking (no broker round trip of its own); -1 (not known yet) is skipped.
+        """
+        import json
+
+        try:
+            partitions = json.loads(text).get("topics", {}).get(self.cfg.topic, {}).get("partitions", {})
+        except ValueError:
+            return
+        for p, info in partitions.items():
+            lag = info.get("consumer_lag")
+            if p != "-1" and int(p) in self.parts and isinstance(lag, int) and lag >= 0:
+                metrics.CONSUMER_LAG.labels(self.sink_name, p).set(lag)
+
+    def export_metrics(self) -> None:
+        """The sinks' own gauges (backlog, its oldest age), summed over this consumer's partitions."""
+        backlog, oldest = 0, 0.0
+        reported = False
+        for part in list(self.parts.values()):
+            try:
+                status = part.sink.status()
+            except Exception:  # a status hook must never break consumption
+                continue
+            if isinstance(status.get("backlog"), int):
+                reported = True
+                backlog += status["backlog"]
+                oldest = max(oldest, float(status.get("backlog_oldest_s") or 0.0))
+        if reported:
+            metrics.sink_gauges(self.sink_name, {"backlog": backlog, "backlog_oldest_s": oldest})
+
     def run(self) -> None:
         from confluent_kafka import Consumer
+
+        metrics.declare_sink(self.sink_name)
 
         ensure_topics(self.cfg)
         conf = client_config(self.cfg, **{
@@ -136,6 +181,8 @@ class SinkConsumer:
             "max.poll.interval.ms": 600_000,
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
+            "statistics.interval.ms": STATS_INTERVAL_MS,
+            "stats_cb": self._on_stats,
         })
         if self.instance:
             conf["group.instance.id"] = self.instance
@@ -143,7 +190,7 @@ class SinkConsumer:
         consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         health.READINESS.register("consumer", self.readiness)
-        last_flush = time.monotonic()
+        last_flush = last_export = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 self.polled_at = time.monotonic()
@@ -163,6 +210,9 @@ class SinkConsumer:
                     last_flush = time.monotonic()
                     if not any(part.pending or part.durable_offset is not None for part in self.parts.values()):
                         self.progress_at = last_flush  # everything written is durable and committed
+                if time.monotonic() - last_export > 2.0:
+                    self.export_metrics()
+                    last_export = time.monotonic()
         finally:
             health.READINESS.unregister("consumer")
             for part in self.parts.values():
@@ -251,10 +301,20 @@ class SinkConsumer:
             if events:
                 durable = self._retrying()(part.sink.write, Batch(tuple(events), backfill=events[0].backfill))
                 self.written += len(events)
+                self._observe(events)
                 part.pending.append((part.position, next_offset))
                 self._advance(part, durable)
             elif not part.pending:
                 part.durable_offset = next_offset  # everything here was already in the sink
+
+    def _observe(self, events: list) -> None:
+        """The same per-sink series as `pulse run`: events out and commit-to-sink latency."""
+        metrics.EVENTS_OUT.labels(self.sink_name).inc(len(events))
+        hist = metrics.E2E.labels(self.sink_name)
+        now = time.time()
+        for ev in events:
+            if ev.commit_ts is not None and not ev.backfill:
+                hist.observe(now - ev.commit_ts.timestamp())
 
     @staticmethod
     def _advance(part: _Partition, durable: Position | None) -> None:
@@ -282,3 +342,11 @@ class SinkConsumer:
             log.warning("consume.commit_failed", error=str(exc))
         for part in parts.values():
             part.durable_offset = None
+
+
+def _forget_lag(sink: str, partition: int) -> None:
+    """A partition that moved to another member: its lag is that member's to report."""
+    try:
+        metrics.CONSUMER_LAG.remove(sink, str(partition))
+    except KeyError:
+        pass

@@ -45,6 +45,8 @@ def backfill(
     sink: Optional[list[str]] = typer.Option(None, "--sink", help="Sinks of the pipeline when this command runs it "
                                              "(default: runtime.sinks, else the configured destinations, plus the targets)."),
     kafka: bool = typer.Option(False, "--kafka", help="Publish to Kafka (pulse produce --backfill)."),
+    as_json: bool = typer.Option(False, "--json", help="No progress bar; print one JSON document at the end "
+                                                      "(the run, and the Redis rebuild if any)."),
 ) -> None:
     """Re-process historical events (by event_ts or id range) into the chosen destinations."""
     from pulse.runtime.backfill import DEFAULT_SINKS, BackfillSpec, submit
@@ -57,27 +59,35 @@ def backfill(
     from pulse.schema import require_database
 
     require_database(cfg.database)  # read-only; `pulse db init` applies the schema
+    report: dict = {}
     if "redis" in targets:
         # The board holds only the last window: rebuilt from a snapshot at an
         # exact stream position, not replayed (pulse.runtime.rebuild).
         from pulse.runtime.rebuild import rebuild_redis
 
         summary = rebuild_redis(cfg)
-        typer.echo(f"redis board under {summary['prefix']!r} rebuilt from {summary['since']}: "
-                   f"{summary['events']:,} events, live stream continues after {summary['position']}")
+        report["redis"] = summary
+        if not as_json:
+            typer.echo(f"redis board under {summary['prefix']!r} rebuilt from {summary['since']}: "
+                       f"{summary['events']:,} events, live stream continues after {summary['position']}")
         targets = tuple(t for t in targets if t != "redis")
         if not targets:
+            _print_json(report, as_json)
             return
     spec = BackfillSpec(parse_ts(since), parse_ts(until), min_id, max_id, targets, cfg.backfill.chunk_size,
                         cfg.backfill.rate_limit)
     run = submit(cfg.database, spec)
     if run["state"] == "done":
+        if as_json:
+            _print_json({**report, "run": run, "already_done": True}, True)
+            return
         typer.echo(f"backfill {run['run_id']} already done ({run['rows_emitted']:,} rows); "
                    "a different range or sinks makes a new run")
         return
     if _slot_active(cfg):
-        typer.echo(f"backfill {run['run_id']} handed to the running pipeline on slot {cfg.database.slot}")
-        _follow(cfg, run["run_id"], None)
+        if not as_json:
+            typer.echo(f"backfill {run['run_id']} handed to the running pipeline on slot {cfg.database.slot}")
+        _follow(cfg, run["run_id"], None, report if as_json else None)
         return
     from pulse.runtime.pipeline import Pipeline
     from pulse.sinks import build_sink
@@ -93,7 +103,7 @@ def backfill(
     thread = threading.Thread(target=_run_pipeline, args=(pipeline,), daemon=True)
     thread.start()
     try:
-        _follow(cfg, run["run_id"], pipeline)
+        _follow(cfg, run["run_id"], pipeline, report if as_json else None)
     finally:
         pipeline.stop()
         thread.join(120)
@@ -121,8 +131,31 @@ def _slot_active(cfg) -> bool:
         conn.close()
 
 
-def _follow(cfg, run_id: str, pipeline) -> None:
-    """A progress bar (rows, rows/s, ETA) until the run is done; then a summary."""
+def _print_json(report: dict, as_json: bool) -> None:
+    if as_json:
+        import orjson
+
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+class _Quiet:
+    """Stands in for rich's Progress under --json: nothing on the terminal."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, *args, **kw) -> int:
+        return 0
+
+    def update(self, *args, **kw) -> None:
+        return None
+
+
+def _follow(cfg, run_id: str, pipeline, report: dict | None = None) -> None:
+    """A progress bar (rows, rows/s, ETA) until the run is done; then a summary (JSON when `report` is given)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pulse.runtime.backfill import get_run
@@ -132,10 +165,10 @@ def _follow(cfg, run_id: str, pipeline) -> None:
     conn.autocommit = True
     started = time.monotonic()
     try:
-        with conn.cursor() as cur, Progress(
+        with conn.cursor() as cur, (_Quiet() if report is not None else Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
-        ) as progress:
+        )) as progress:
             run = get_run(cur, cfg.database, run_id)
             task = progress.add_task(f"backfill {run_id}", total=run["total_estimate"] or None, rate="-")
             while True:
@@ -151,6 +184,11 @@ def _follow(cfg, run_id: str, pipeline) -> None:
                 time.sleep(0.25)
     finally:
         conn.close()
+    if report is not None:
+        _print_json({**report, "run": run}, True)
+        if run["state"] == "failed":
+            raise typer.Exit(1)
+        return
     typer.echo(
         f"backfill {run_id}: {run['state']}; {run['rows_read']:,} rows read in {run['chunks']:,} chunks, "
         f"{run['rows_emitted']:,} emitted, {run['rows_superseded']:,} superseded by the live stream"

@@ -94,6 +94,8 @@ def register_secrets(cfg: Settings) -> None:
     register_url_secrets(cfg.redis.url.get_secret_value())
     if cfg.testsinks.pgtable_url is not None:
         register_url_secrets(cfg.testsinks.pgtable_url.get_secret_value())
+    if cfg.board.token is not None:
+        register_secret(cfg.board.token.get_secret_value())
     if cfg.external.secret is not None:
         register_secret(cfg.external.secret.get_secret_value())
     for key, value in cfg.kafka.client_config.items():

@@ -47,9 +47,17 @@ def down() -> None:
 
 
 @app.command("status")
-def status() -> None:
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (one object per service)."),
+) -> None:
     """Each service's version, port, PID, data folder and log file."""
-    console.print(_table(services.status()))
+    rows = services.status()
+    if as_json:
+        import orjson
+
+        typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2, default=str).decode())
+        return
+    console.print(_table(rows))
 
 
 @app.command("env")

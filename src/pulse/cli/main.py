@@ -89,7 +89,7 @@ def _register() -> None:
     app.add_typer(dev.app, name="dev")
     app.add_typer(db.app, name="db")
     app.command("generate")(generate.generate)
-    for module in ("run", "produce", "consume", "upload", "backfill", "status", "doctor", "top", "receiver", "dlq", "verify"):
+    for module in ("run", "produce", "consume", "upload", "backfill", "status", "doctor", "top", "board", "receiver", "dlq", "verify"):
         try:
             mod = __import__(f"pulse.cli.{module}", fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -26,6 +26,8 @@ def upload(
                                              "bigquery.spool_dir, else the folders `pulse run` (this slot) and "
                                              "`pulse consume --sink bigquery` write with this configuration."),
     once: bool = typer.Option(False, "--once", help="Load everything spooled, then exit."),
+    as_json: bool = typer.Option(False, "--json", help="On exit, print what was loaded as one JSON document "
+                                                      "(files and rows per spool folder, the table)."),
     project: Optional[str] = typer.Option(None, "--project", envvar="PULSE_BIGQUERY_PROJECT"),
     dataset: Optional[str] = typer.Option(None, "--dataset", envvar="PULSE_BIGQUERY_DATASET"),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", envvar="PULSE_BIGQUERY_ENDPOINT",
@@ -119,6 +121,7 @@ def upload(
             if once:
                 n = sum(loader.drain() for loader in refresh())
                 log.info("upload.drained", files=n, rows=sum(ld.loaded_rows for ld in loaders.values()))
+                _report(as_json, tables.id(tables.table), loaders)
                 return
             busy = False
             for loader in refresh():
@@ -139,6 +142,19 @@ def upload(
     health.READINESS.unregister("uploader")
     log.info("upload.stopped", files=sum(ld.loaded_files for ld in loaders.values()),
              rows=sum(ld.loaded_rows for ld in loaders.values()))
+    _report(as_json, tables.id(tables.table), loaders)
+
+
+def _report(as_json: bool, table: str, loaders: dict) -> None:
+    """`--json`: what this run loaded, on stdout (the logs stay on stderr)."""
+    if not as_json:
+        return
+    import orjson
+
+    folders = {str(path): {"files": ld.loaded_files, "rows": ld.loaded_rows} for path, ld in loaders.items()}
+    doc = {"table": table, "files": sum(f["files"] for f in folders.values()),
+           "rows": sum(f["rows"] for f in folders.values()), "folders": folders}
+    typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
 def register(app: typer.Typer) -> None:

@@ -11,17 +11,18 @@ from typing import Optional
 import orjson
 import typer
 
-VERIFIABLE = ("bigquery", "redis")
+VERIFIABLE = ("bigquery", "redis", "external")
 
 
 def verify(
     since: Optional[str] = typer.Option(None, "--since", help="Start of the event_ts range, ISO 8601 (naive = UTC)."),
     until: Optional[str] = typer.Option(None, "--until", help="End of the event_ts range (exclusive), or 'now'."),
     sink: Optional[list[str]] = typer.Option(None, "--sink", help="Destination to verify (repeatable; default: "
-                                             "the configured destinations that verify knows: bigquery, redis)."),
+                                             "the configured destinations that verify knows: bigquery, redis, external)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     repair: bool = typer.Option(False, "--repair", help="Fix what differs (BigQuery: backfill of the differing "
-                                "ids, delete of rows the source no longer has; Redis: window rebuild), then "
+                                "ids, delete of rows the source no longer has; Redis: window rebuild; external: "
+                                "backfill of the ids in no outbox), then "
                                 "verify again."),
     bucket_s: Optional[int] = typer.Option(None, "--bucket-s", envvar="PULSE_VERIFY__BUCKET_S", show_default=False,
                                  help="Width of the first-level time buckets of event_ts, in seconds."),
@@ -67,8 +68,8 @@ def verify(
         raise ConfigError(f"pulse verify cannot verify {', '.join(unknown)}",
                           hint=f"choose among {', '.join(VERIFIABLE)} with --sink")
     if not names:
-        raise ConfigError("no destination to verify: neither bigquery nor redis is configured or named",
-                          hint="name one with --sink bigquery / --sink redis")
+        raise ConfigError("no destination to verify: none of bigquery, redis, external is configured or named",
+                          hint="name one with --sink bigquery / --sink redis / --sink external")
     opts = Options(since=parse_ts(since), until=parse_ts(until), bucket_s=bucket_s, fanout=fanout,
                    leaf_rows=leaf_rows, settle_s=settle_s)
     if watch:

@@ -569,9 +569,13 @@ def _ours_running(state: dict, name: str) -> bool:
 
 
 # Tools the tests use besides the services (no daemon): `docker-compose config`
-# validates docker-compose.yml offline. --no-install-recommends keeps the
-# Docker engine packages out.
-TOOLS = {"docker-compose": "docker-compose"}
+# validates docker-compose.yml offline (--no-install-recommends keeps the
+# Docker engine packages out); Chromium drives `pulse board` headless
+# (tests/integration/test_board_browser.py); promtool, from Debian's
+# prometheus package, checks deploy/prometheus/alerts.yml. The tests never
+# use the package's daemon; on a host with systemd Debian starts it on :9090
+# (`systemctl disable --now prometheus` if that port is wanted).
+TOOLS = {"docker-compose": "docker-compose", "chromium": "chromium", "promtool": "prometheus"}
 
 
 def ensure_tools() -> None:

@@ -47,6 +47,7 @@ from pulse.source import native
 from pulse.source.changes import ChangeAssembler, Truncated, TxnEnd
 from pulse.source.pgoutput import PgOutputDecoder, lsn_to_str
 from pulse.source.replication import ReaderFailed, Reconnected, ReplicationReader, queue_items
+from pulse.source.slot import slot_info
 from pulse.runtime.snapshot import WindowRebuilder, plan_targets, prepare_slot
 from pulse.transform.columnar import EventChunk
 from pulse.transform.content_cache import ContentCache, load_content
@@ -253,6 +254,7 @@ class Pipeline:
         positions = self._open_sinks()
         self.tracker = tracker = AckTracker(positions)
         for sink in self.sinks:
+            metrics.declare_sink(sink.name)
             worker = SinkWorker(sink, positions[sink.name], tracker, self.settings, self._fail)
             self.workers[sink.name] = worker
             worker.start()
@@ -486,6 +488,12 @@ class Pipeline:
     def status(self) -> dict:
         tracker, reader = self.tracker, self.reader
         oldest = tracker.oldest_pending_commit_ts() if tracker else None
+        details = {name: _safe_status(w.sink) for name, w in self.workers.items()}
+        now = time.time()
+        lags = {name: round(tracker.sink_lag_seconds(name, now), 3) if tracker else 0.0 for name in self.workers}
+        for name, detail in details.items():
+            metrics.sink_gauges(name, detail)
+            metrics.SINK_LAG.labels(name).set(lags[name])
         return {
             "pid": os.getpid(),
             "updated_at": self.clock().isoformat(),
@@ -503,9 +511,10 @@ class Pipeline:
                     "queue_bytes": w.queue.bytes,
                     "queue_max_bytes": w.queue.max_bytes,
                     "written": w.written,
+                    "lag_seconds": lags[name],
                     "retries": w.retries,
                     "last_error": w.last_error,
-                    "details": _safe_status(w.sink),
+                    "details": details[name],
                 }
                 for name, w in self.workers.items()
             },
@@ -525,6 +534,9 @@ class Pipeline:
                     ).format(sql.Identifier(db.state_schema)),
                     (db.slot, orjson.dumps(self.status()).decode()),
                 )
+                info = slot_info(cur, db.slot)
+                if info is not None:
+                    metrics.slot_gauges(info.wal_status, info.safe_wal_size, info.retained_bytes)
         except psycopg2.Error as exc:
             log.debug("status.write_failed", error=str(exc).strip())
             self._status_conn = None

@@ -87,6 +87,17 @@ class AckTracker:
         with self._lock:
             return self._pending[0].commit_ts if self._pending else None
 
+    def sink_lag_seconds(self, sink: str, now: float) -> float:
+        """Seconds since the commit of the oldest transaction `sink` does not hold durably yet (0: caught up)."""
+        with self._lock:
+            durable = self._durable[sink]
+            if not self._pending or self._pending[-1].last.get(sink, ZERO) <= durable:
+                return 0.0
+            for txn in self._pending:  # in commit order: the first one found is the oldest
+                if txn.last.get(sink, ZERO) > durable:
+                    return max(0.0, now - txn.commit_ts)
+            return 0.0
+
     def laggards(self) -> list[str]:
         """Sinks holding the acknowledgement back."""
         with self._lock:

@@ -20,7 +20,7 @@ from pulse.sinks.base import Sink
 
 log = get_logger(__name__)
 
-BUILTIN = ("memory", "pgtable", "redis", "bigquery", "external", "kafka")
+BUILTIN = ("memory", "pgtable", "redis", "bigquery", "external", "kafka", "jsonl")
 
 # The destinations `pulse run` runs when no sink is named, in this order, and
 # the endpoint setting whose presence (set by the user, not a default) enables each.
@@ -28,14 +28,16 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "redis": ("redis", "url"),
     "bigquery": ("bigquery", "project"),
     "external": ("external", "url"),
+    "jsonl": ("jsonl", "path"),
 }
 
-# name -> (module, class, pip extra); each class has `from_settings(settings)`.
+# name -> (module, class, pip extra or None); each class has `from_settings(settings)`.
 _DESTINATIONS = {
     "redis": ("pulse.sinks.redis", "RedisSink", "redis"),
     "bigquery": ("pulse.sinks.bigquery", "BigQuerySink", "bigquery"),
     "external": ("pulse.sinks.external", "ExternalSink", "external"),
     "kafka": ("pulse.sinks.kafka", "KafkaSink", "kafka"),
+    "jsonl": ("pulse.sinks.jsonl", "JsonLinesSink", None),  # core dependencies only
 }
 
 
@@ -69,7 +71,7 @@ def build_sink(name: str, settings: Settings, instance: str | None = None) -> Si
                 raise ConfigError(f"the {name} sink is not available in this build", hint="upgrade Pulse") from exc
             raise ConfigError(
                 f"the {name} sink needs {exc.name}, which is not installed",
-                hint=f"pip install 'pulse-cdc[{extra}]'",
+                hint=f"pip install 'pulse-cdc[{extra}]'" if extra else "reinstall Pulse (a core dependency is missing)",
             ) from exc
         return getattr(mod, cls).from_settings(settings, name=instance)
     raise ConfigError(f"unknown sink {name!r}", hint=f"choose from: {', '.join(BUILTIN)}")

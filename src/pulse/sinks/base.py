@@ -97,7 +97,13 @@ class Sink(ABC):
         return None
 
     def status(self) -> dict[str, object]:
-        """Destination-specific counters for `pulse status` (cheap: no I/O)."""
+        """Destination-specific counters for `pulse status` and `pulse board` (cheap: no I/O).
+
+        Keys with a meaning shared by every sink (metrics.sink_gauges exports them):
+        `backlog` (events held durably but not delivered downstream yet, an int),
+        `backlog_oldest_s` (age of the oldest of them, 0 when none), `dead_lettered`
+        (events this process moved to the dead-letter store).
+        """
         return {}
 
     def close(self) -> None:

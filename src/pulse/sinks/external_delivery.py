@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import random
 import threading
@@ -46,11 +47,19 @@ ATTEMPTS = Counter("pulse_external_requests_total", "Requests sent to the extern
                    ["outcome"])
 CIRCUIT_OPEN = Gauge("pulse_external_circuit_open", "1 while the circuit breaker is open or probing")
 DELIVERY_LAG = Histogram(
-    "pulse_external_delivery_seconds", "Seconds from commit in PostgreSQL to acknowledged by the endpoint",
+    "pulse_external_delivery_seconds",
+    "Seconds from appending to the outbox (the event's durable hand-over to the sink) to acknowledged by the endpoint",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
 )
 
 #: 4xx answers that mean "try again later" rather than "this request is wrong".
+def dead_letter_metric(sink: str, reason: str, n: int) -> None:
+    """Count dead letters by sink too (`pulse_dead_letters_total{sink,reason}`, shared with the other sinks)."""
+    from pulse import metrics
+
+    metrics.DEAD_LETTERS.labels(sink.split("@", 1)[0], reason).inc(n)
+
+
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 #: The body is larger than the endpoint takes: split the batch, or truncate a lone event.
 TOO_LARGE = 413
@@ -149,6 +158,9 @@ class HttpClient:
         self.url = cfg.url
         self._httpx = httpx
         self.signer = Signer(cfg.secret.get_secret_value()) if cfg.secret is not None else None
+        self.compression = cfg.compression
+        # auto: gzip once the endpoint lists it in an Accept-Encoding response header (RFC 7694)
+        self.gzip = cfg.compression == "gzip"
         pool = cfg.concurrency + 2
         self.client = httpx.Client(
             http2=cfg.http2,
@@ -162,16 +174,32 @@ class HttpClient:
     def send(self, req: Request) -> Outcome:
         httpx = self._httpx
         headers = {"content-type": req.content_type, "idempotency-key": req.msg_id}
+        # The signature covers the JSON body, before any content coding (decompress, then verify).
         if self.signer is not None:
             headers.update(self.signer.headers(req.msg_id, req.body))
         else:
             headers["webhook-id"] = req.msg_id
+        compressed = self.gzip
+        body = req.body
+        if compressed:
+            body = gzip.compress(body, compresslevel=1)
+            headers["content-encoding"] = "gzip"
         try:
-            resp = self.client.post(self.url, content=req.body, headers=headers)
+            resp = self.client.post(self.url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
             return Outcome("retry", None, f"timeout ({type(exc).__name__})", endpoint_down=True)
         except httpx.TransportError as exc:
             return Outcome("retry", None, f"{type(exc).__name__}: {exc}"[:300], endpoint_down=True)
+        if self.compression == "auto":
+            if compressed and resp.status_code == 415:
+                self.gzip = False
+                log.info("external.gzip_refused", note="the endpoint answered 415 to a gzip body; sending bodies "
+                                                       "uncompressed from now on")
+                return self.send(req)
+            if not compressed and "gzip" in resp.headers.get("accept-encoding", "").lower():
+                self.gzip = True
+                log.info("external.gzip_accepted", note="the endpoint lists gzip in Accept-Encoding; compressing "
+                                                        "request bodies from now on")
         text = resp.text if resp.status_code >= 300 else ""
         return classify(resp.status_code, resp.headers.get("retry-after"), text)
 
@@ -375,6 +403,8 @@ class LaneStats:
         self.dead = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.removed = 0  # outbox rows delivered or dead-lettered (the backlog is what was appended minus these)
+        self.heads: dict[int, float] = {}  # lane -> enqueue time (epoch) of the oldest row it holds undelivered
 
 
 class Lane(threading.Thread):
@@ -416,7 +446,10 @@ class Lane(threading.Thread):
                     after = pending[-1].position if pending else cursor
                     pending.extend(self.outbox.fetch(conn, after, self.index, self.lanes, room))
                 db_failures = 0
-                if not pending:
+                if pending:
+                    self.stats.heads[self.index] = pending[0].enqueued_at
+                else:
+                    self.stats.heads.pop(self.index, None)
                     self.wake.wait(cfg.poll_interval_s)
                     continue
                 now = time.monotonic()
@@ -478,6 +511,7 @@ class Lane(threading.Thread):
         if verdict.kind == "delivered":
             self.outbox.delete(conn, rows)
             self.stats.delivered += len(rows)
+            self.stats.removed += len(rows)
             DELIVERED.inc(len(rows))
             now = time.time()
             for r in rows:
@@ -490,7 +524,9 @@ class Lane(threading.Thread):
         elif verdict.kind == "dead":
             self.outbox.dead_letter(conn, rows, verdict.status, verdict.error or verdict.reason)
             self.stats.dead += len(rows)
+            self.stats.removed += len(rows)
             DEAD.labels(verdict.reason).inc(len(rows))
+            dead_letter_metric(self.outbox.sink_key.split("/", 1)[-1], verdict.reason, len(rows))
             log.warning("external.dead_letter", lane=self.index, events=len(rows), reason=verdict.reason,
                         status=verdict.status, error=verdict.error, first=str(rows[0].position),
                         hint="inspect with `pulse dlq list`, fix the receiver, then `pulse dlq replay`")
@@ -512,6 +548,7 @@ class Lane(threading.Thread):
             self.outbox.dead_letter(conn, [row], refused.status, error)
             self.stats.delivered += 1
             self.stats.dead += 1
+            self.stats.removed += 1
             DELIVERED.inc()
             DEAD.labels(dl.PAYLOAD_TOO_LARGE).inc()
             dl.count(self.outbox.sink_key.split("/", 1)[-1], dl.PAYLOAD_TOO_LARGE)
@@ -523,7 +560,9 @@ class Lane(threading.Thread):
         # Even the marker was refused: the event is dead-lettered whole, as any refused event.
         self.outbox.dead_letter(conn, [row], verdict.status, verdict.error or verdict.reason)
         self.stats.dead += 1
+        self.stats.removed += 1
         DEAD.labels(verdict.reason).inc()
+        dead_letter_metric(self.outbox.sink_key.split("/", 1)[-1], verdict.reason, 1)
         return verdict
 
 

@@ -275,6 +275,29 @@ class Outbox:
                     cur.execute("ROLLBACK")
                 raise
 
+    def add_dead(self, conn, rows: Sequence[OutboxRow], status: int | None, error: str) -> None:
+        """Store rows in the dead-letter store directly (the local outbox's lanes; `conn` in autocommit).
+
+        Idempotent per position: a lane that dead-letters the same events
+        again after a restart adds nothing twice.
+        """
+        with conn.cursor() as cur:
+            execute_values(
+                cur,
+                sql.SQL("INSERT INTO {} (sink, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, "
+                        "enqueued_at, attempts, last_status, last_error) SELECT v.sink, v.lsn, v.seq, v.lane_key, "
+                        "v.content_id, v.event_id, v.ce_id, v.attrs, v.data, to_timestamp(v.enq), v.attempts, "
+                        "v.status, v.error FROM (VALUES %s) AS v(sink, lsn, seq, lane_key, content_id, event_id, "
+                        "ce_id, attrs, data, enq, attempts, status, error) WHERE NOT EXISTS (SELECT 1 FROM {} d "
+                        "WHERE d.sink = v.sink AND d.lsn = v.lsn AND d.seq = v.seq)").format(
+                    self.t_dead, self.t_dead).as_string(cur),
+                [(self.sink_key, r.lsn, r.seq, r.lane_key, r.content_id, r.event_id, r.ce_id, r.attrs, r.data,
+                  r.enqueued_at, r.attempts, status, error[:2000]) for r in rows],
+                template="(%s, %s::bigint, %s::int, %s::bigint, %s, %s::bigint, %s, %s, %s, %s::float8, %s::int, "
+                         "%s::int, %s)",
+                page_size=1000,
+            )
+
     def backlog(self, conn) -> tuple[int, float | None]:
         """(rows waiting, epoch of the oldest) for status and metrics."""
         with conn.cursor() as cur:

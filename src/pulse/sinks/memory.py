@@ -39,12 +39,15 @@ class MemorySink(Sink):
 
     def write(self, batch: Batch) -> Position:
         with self._lock:
+            # A batch sent again (a retry, a replay) adds nothing: the contract's idempotence.
+            events = batch.events if batch.first > self.position else [e for e in batch.events
+                                                                       if e.position > self.position]
             if self.keep:
-                self.events.extend(batch.events)
-            self.count += len(batch)
+                self.events.extend(events)
+            self.count += len(events)
             self.batches += 1
-            self.position = batch.last
-        return batch.last
+            self.position = max(self.position, batch.last)
+        return self.position
 
     def write_columns(self, table, first: Position, last: Position) -> Position:
         with self._lock:

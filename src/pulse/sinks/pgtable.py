@@ -1,9 +1,10 @@
 """A durable test sink: rows and position in one PostgreSQL transaction.
 
 Used by crash tests (`kill -9` at random moments): every batch inserts one
-row per event (no unique key, so a duplicate would show) and moves the
-sink's position in the same transaction, so after any crash the table and
-the position agree. It lives in a database of its own, not the source.
+row per event (no unique key, so an event delivered twice at two positions
+would show) and moves the sink's position in the same transaction, so after
+any crash the table and the position agree. Like every sink, it absorbs a
+batch sent again: events at or below the stored position are skipped. It lives in a database of its own, not the source.
 """
 
 from __future__ import annotations
@@ -54,13 +55,22 @@ class PgTableSink(Sink):
     def write(self, batch: Batch) -> Position:
         if self.conn is None or self.conn.closed:
             self.conn = self._connect()
-        rows = [
-            (e.event_id, e.op, e.position.lsn, e.position.seq, e.content_type, e.engagement_seconds,
-             e.engagement_pct, list(e.problems), e.commit_ts)
-            for e in batch.events
-        ]
+        pos_t = sql.Identifier(self.table + "_position")
         try:
             with self.conn, self.conn.cursor() as cur:
+                # A batch sent again (a retry whose commit did get through, a replay) adds
+                # nothing: only events past the stored position, read under a row lock.
+                cur.execute(sql.SQL("SELECT lsn, seq FROM {} WHERE sink = %s FOR UPDATE").format(pos_t),
+                            (self.name,))
+                row = cur.fetchone()
+                stored = Position(*row) if row else ZERO
+                if batch.last <= stored:
+                    return stored
+                rows = [
+                    (e.event_id, e.op, e.position.lsn, e.position.seq, e.content_type, e.engagement_seconds,
+                     e.engagement_pct, list(e.problems), e.commit_ts)
+                    for e in batch.events if e.position > stored
+                ]
                 execute_values(
                     cur,
                     sql.SQL("INSERT INTO {} (event_id, op, lsn, seq, content_type, engagement_seconds, "
@@ -71,8 +81,7 @@ class PgTableSink(Sink):
                 )
                 cur.execute(
                     sql.SQL("INSERT INTO {} (sink, lsn, seq) VALUES (%s, %s, %s) ON CONFLICT (sink) DO UPDATE "
-                            "SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq").format(
-                        sql.Identifier(self.table + "_position")),
+                            "SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq").format(pos_t),
                     (self.name, batch.last.lsn, batch.last.seq),
                 )
         except psycopg2.OperationalError as exc:

@@ -34,6 +34,8 @@ class SlotInfo:
     confirmed_flush_lsn: str | None
     lag_bytes: int | None
     current_lsn: str | None
+    retained_bytes: int | None = None  # WAL the server keeps for the slot (current LSN - restart_lsn)
+    safe_wal_size: int | None = None  # bytes left before the slot is lost; None: unlimited
 
 
 def slot_info(cur, name: str) -> SlotInfo | None:
@@ -42,7 +44,9 @@ def slot_info(cur, name: str) -> SlotInfo | None:
         SELECT slot_name, plugin, database, active, active_pid, wal_status,
                restart_lsn::text, confirmed_flush_lsn::text,
                pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-               pg_current_wal_lsn()::text
+               pg_current_wal_lsn()::text,
+               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
+               safe_wal_size
           FROM pg_replication_slots WHERE slot_name = %s
         """,
         (name,),

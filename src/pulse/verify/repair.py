@@ -18,6 +18,11 @@ run`, it polls for runs); when none runs, verify runs one itself, as `pulse
 backfill` does, until the runs are done.
 
 Redis: the window is rebuilt from the source (`runtime.rebuild.rebuild_redis`).
+
+External system: the `missing` ids (in no outbox segment, not delivered, not
+dead-lettered) are backfilled to the external sink alone, by id range: they
+enter its outbox again (under their stable CloudEvent ids) and are pending
+until the endpoint acknowledges them.
 """
 
 from __future__ import annotations
@@ -151,6 +156,21 @@ def _wait(settings: Settings, run_ids: list[str], timeout_s: float, failure: lis
                 time.sleep(0.2)
     finally:
         conn.close()
+
+
+def repair_external(settings: Settings, result: Result, timeout_s: float = 600.0) -> dict[str, Any]:
+    from pulse.runtime.backfill import BackfillSpec, submit
+    from pulse.schema import init_database
+
+    missing = sorted(int(f.key) for f in result.findings if f.kind == MISSING)
+    done: dict[str, Any] = {"backfilled_ids": len(missing), "runs": 0}
+    if missing:
+        init_database(settings.database)
+        runs = [submit(settings.database, BackfillSpec(min_id=lo, max_id=hi, sinks=("external",)))["run_id"]
+                for lo, hi in id_ranges(missing)]
+        done["runs"] = len(runs)
+        execute_runs(settings, runs, ["external"], timeout_s)
+    return done
 
 
 def repair_redis(settings: Settings) -> dict[str, Any]:

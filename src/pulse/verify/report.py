@@ -40,6 +40,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     repair: dict[str, Any] | None = None
     unit: str = "buckets"         # what `buckets` counts: time buckets (BigQuery) or boards (Redis)
+    accounting: dict[str, Any] | None = None  # the external system: delivered / pending / dead-lettered / missing
 
     @property
     def ok(self) -> bool:
@@ -65,6 +66,7 @@ class Result:
             "rows_destination": self.rows_destination, self.unit: self.buckets, "queries": self.queries,
             "seconds": round(self.seconds, 3), "findings_by_kind": self.by_kind(), "settled": self.settled,
             "findings": [f.as_dict() for f in self.findings], "notes": self.notes, "repair": self.repair,
+            **({"accounting": self.accounting} if self.accounting is not None else {}),
         }
 
 

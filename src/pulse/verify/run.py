@@ -29,6 +29,10 @@ def verify_one(settings: Settings, name: str, opts: Options) -> Result:
         from pulse.verify.redis import verify_redis
 
         return verify_redis(settings, settle_s=opts.settle_s)
+    if name == "external":
+        from pulse.verify.external import verify_external
+
+        return verify_external(settings, since=opts.since, until=opts.until, settle_s=opts.settle_s)
     raise ValueError(name)
 
 
@@ -43,7 +47,12 @@ def run_verify(settings: Settings, names: list[str], opts: Options, repair: bool
             continue
         from pulse.verify import repair as R
 
-        done = R.repair_bigquery(settings, r) if r.sink == "bigquery" else R.repair_redis(settings)
+        if r.sink == "bigquery":
+            done = R.repair_bigquery(settings, r)
+        elif r.sink == "external":
+            done = R.repair_external(settings, r)
+        else:
+            done = R.repair_redis(settings)
         again = verify_one(settings, r.sink, opts)
         again.repair = {**done, "findings_before": len(r.findings)}
         out.append(again)

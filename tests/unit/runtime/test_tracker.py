@@ -251,3 +251,16 @@ def test_concurrent_durable_reports() -> None:
     assert tracker.ackable() == n * 100 + 8
     assert tracker.pending() == 0
     assert set(tracker.positions().values()) == {Position(n * 100, 1)}
+
+
+def test_sink_lag_seconds_is_the_age_of_the_oldest_commit_a_sink_lacks() -> None:
+    tracker = AckTracker({"fast": ZERO, "slow": ZERO})
+    first = txn(tracker, 100, 2, commit_ts=T0)
+    second = txn(tracker, 200, 3, commit_ts=T0 + 10)
+    assert tracker.sink_lag_seconds("slow", T0 + 30) == 30.0  # lacks both: the first one's age
+    tracker.durable("fast", second)
+    tracker.durable("slow", first)
+    assert tracker.sink_lag_seconds("fast", T0 + 30) == 0.0  # holds everything
+    assert tracker.sink_lag_seconds("slow", T0 + 30) == 20.0  # lacks the second only
+    tracker.durable("slow", second)
+    assert tracker.sink_lag_seconds("slow", T0 + 30) == 0.0

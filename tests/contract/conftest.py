@@ -1,0 +1,131 @@
+"""Harnesses of the sink contract suite: one per sink, each building the sink on a destination of its own.
+
+A harness builds fresh instances on the *same* destination (as a restarted
+process would), reads back what the destination holds in a form two reads
+can be compared by, and builds an instance pointed at a destination that does
+not answer. Sinks that need a service get it from the real local services
+(tests/conftest.py), as the integration tests do.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+
+from pulse.sinks.base import Sink
+from tests.conftest import unique
+
+
+@dataclass
+class Harness:
+    name: str
+    build: Callable[[], Sink]
+    read: Callable[[], Any]
+    unreachable: Callable[[], Sink]
+    durable: bool = True  # keeps its data and position across a restart of the process
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def _jsonl(tmp_path) -> Harness:
+    import orjson
+
+    from pulse.sinks.jsonl import JsonLinesSink
+
+    folder = tmp_path / "jsonl"
+
+    def read():
+        return [orjson.loads(line) for p in sorted(folder.glob("*.jsonl")) for line in p.read_bytes().splitlines()]
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+    return Harness("jsonl", lambda: JsonLinesSink(folder, segment_bytes=4096), read,
+                   lambda: JsonLinesSink(blocker / "jsonl"))
+
+
+def _pgtable(url: str) -> Harness:
+    import psycopg2
+
+    from pulse.sinks.pgtable import PgTableSink
+
+    table = unique("contract")
+
+    def read():
+        conn = psycopg2.connect(url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'SELECT event_id, op, lsn, seq FROM "{table}"')  # a generated name: no user input
+                return Counter(cur.fetchall())
+        finally:
+            conn.close()
+
+    return Harness("pgtable", lambda: PgTableSink(url, table=table), read,
+                   lambda: PgTableSink(f"postgresql://pulse@127.0.0.1:{_closed_port()}/x?connect_timeout=2",
+                                       table=table))
+
+
+def _redis(redis_url: str, client) -> Harness:
+    from pulse.config import RedisConfig
+    from pulse.sinks.redis import RedisSink
+
+    prefix = unique("contract") + ":"
+
+    def config(url: str) -> RedisConfig:
+        return RedisConfig(url=url, prefix=prefix, flush_interval_ms=1, socket_timeout_s=2)
+
+    def read():
+        out = {}
+        for key in client.scan_iter(match=prefix + "*"):
+            if client.type(key) == b"zset":
+                out[key] = client.zrange(key, 0, -1, withscores=True)
+        return out
+
+    return Harness("redis", lambda: RedisSink(config(redis_url)), read,
+                   lambda: RedisSink(config(f"redis://127.0.0.1:{_closed_port()}/0")))
+
+
+def _memory() -> Harness:
+    from pulse.sinks.memory import MemorySink
+
+    sink = MemorySink("memory")
+    return Harness("memory", lambda: sink, lambda: [e.position for e in sink.snapshot()], lambda: None,
+                   durable=False)
+
+
+ALL = ("jsonl", "pgtable", "redis", "memory")
+DURABLE = ("jsonl", "pgtable", "redis")
+
+
+@pytest.fixture
+def harness(request, tmp_path) -> Harness:
+    kind = request.param
+    if kind == "jsonl":
+        yield _jsonl(tmp_path)
+    elif kind == "memory":
+        yield _memory()
+    elif kind == "pgtable":
+        yield _pgtable(request.getfixturevalue("sink_db"))
+    elif kind == "redis":
+        import redis
+
+        services = request.getfixturevalue("services")
+        client = redis.Redis.from_url(services["PULSE_REDIS_URL"])
+        h = _redis(services["PULSE_REDIS_URL"], client)
+        try:
+            yield h
+        finally:
+            prefix = h.build().config.prefix
+            keys = list(client.scan_iter(match=prefix + "*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
+    else:  # pragma: no cover
+        raise AssertionError(kind)
