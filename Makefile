@@ -6,7 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv services services-down status demo test test-unit test-integration sanitize bench clean compose-check compose-env
+.PHONY: venv services services-down status demo test test-unit test-integration sanitize bench clean compose-check compose-env \
+        docker-engine images compose-test
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,15 @@ bench: services         ## benchmarks (not part of the test suite); see docs/ben
 
 compose-env:           ## write random demo secrets into a git-ignored .env for docker-compose.yml (keeps existing ones)
 	$(PYTHON) docker/compose-env.py
+
+docker-engine:          ## a Docker engine (apt-installs Debian's docker.io and starts dockerd as root if none answers)
+	bash dev/docker-engine.sh
+
+images: venv docker-engine  ## the compose images without a registry: debootstrap base, stand-in infra, Pulse, emulator (cached)
+	PY=$(BIN)/python bash dev/docker-images.sh
+
+compose-test: images    ## boot docker-compose.yml for real and check it end to end (docs/deploy.md, "The boot test")
+	$(BIN)/pytest -q -s -m compose tests/compose
 
 clean: services-down
 	rm -rf .pulse $(VENV) bigquery_batches build/sanitize

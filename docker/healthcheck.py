@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Health checks of the Pulse containers (installed in the image as `pulse-healthcheck`).
 
-    pulse-healthcheck metrics              the worker's Prometheus endpoint answers (produce, consume)
+    pulse-healthcheck ready [--spool-max-age S]
+                                           the worker's /readyz answers 200 (produce, consume, upload:
+                                           replication acknowledging / consumer assigned and committing /
+                                           loads succeeding; docs/deploy.md, "Health endpoints"); with
+                                           --spool-max-age also the spool check below
+    pulse-healthcheck metrics              the worker's Prometheus endpoint answers
     pulse-healthcheck http URL             URL answers 2xx/3xx (the receiver's /healthz)
     pulse-healthcheck db-progress --within S
                                            engagement_events grew in the last S seconds (the generator)
@@ -45,6 +50,28 @@ def check_metrics(timeout: float) -> int:
     if port in ("", "0"):
         return _fail("PULSE_RUNTIME__METRICS_PORT is not set: the worker serves no metrics to check")
     return check_http(f"http://127.0.0.1:{port}/metrics", timeout)
+
+
+def check_ready(timeout: float, spool_max_age: float | None) -> int:
+    port = os.environ.get("PULSE_RUNTIME__METRICS_PORT", "0")
+    if port in ("", "0"):
+        return _fail("PULSE_RUNTIME__METRICS_PORT is not set: the worker serves no /readyz to check")
+    url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            resp.read(65536)
+    except urllib.error.HTTPError as exc:
+        try:
+            checks = json.loads(exc.read(65536))["checks"]
+            reasons = "; ".join(f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"])
+        except (ValueError, KeyError, TypeError):
+            reasons = f"answered {exc.code}"
+        return _fail(f"not ready: {reasons}")
+    except (urllib.error.URLError, OSError) as exc:
+        return _fail(f"{url}: {exc}")
+    if spool_max_age is not None:
+        return check_spool(spool_max_age)
+    return 0
 
 
 def check_db_progress(within: float, state_file: Path) -> int:
@@ -95,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pulse-healthcheck", description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=4.0)
     sub = parser.add_subparsers(dest="check", required=True)
+    ready = sub.add_parser("ready")
+    ready.add_argument("--spool-max-age", type=float, default=None)
     sub.add_parser("metrics")
     http = sub.add_parser("http")
     http.add_argument("url")
@@ -104,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     spool = sub.add_parser("spool")
     spool.add_argument("--max-age", type=float, default=600.0)
     args = parser.parse_args(argv)
+    if args.check == "ready":
+        return check_ready(args.timeout, args.spool_max_age)
     if args.check == "metrics":
         return check_metrics(args.timeout)
     if args.check == "http":

@@ -471,6 +471,10 @@ class RuntimeConfig(_Section):
     batch_max_events: int = Field(default=5_000, ge=1, description="Largest batch handed to a sink.")
     metrics_host: str = Field(default="127.0.0.1", description="Address the Prometheus endpoint binds to.")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus port; 0 disables the endpoint.")
+    ready_stall_s: float = Field(
+        default=60.0, gt=0,
+        description="/readyz turns not-ready when work waits this many seconds without progress (no acknowledgement "
+                    "of the slot, no commit of the consumer, no successful load) or the main loop is silent as long.")
     shutdown_timeout_s: float = Field(default=30.0, gt=0, description="Seconds SIGTERM waits for sinks to drain.")
 
 

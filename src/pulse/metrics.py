@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import platform
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from pulse import __version__
 
@@ -114,9 +114,11 @@ def declare_sink(sink: str) -> None:
         ERRORS.labels(sink, kind)
 
 
-def serve(host: str, port: int) -> None:
-    """Expose /metrics; binds to `host` (127.0.0.1 by default)."""
-    start_http_server(port, addr=host)
+def serve(host: str, port: int):
+    """Expose /metrics, /healthz and /readyz (pulse.health); binds to `host` (127.0.0.1 by default)."""
+    from pulse.health import serve as serve_http
+
+    return serve_http(host, port)
 
 
 def observe_many(hist, value: float, count: int) -> None:

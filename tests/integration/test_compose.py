@@ -326,14 +326,20 @@ def test_depends_on_uses_conditions_that_the_targets_can_satisfy(svcs):
 
 
 def test_worker_healthchecks_use_the_image_script_with_a_known_mode(svcs):
-    modes = {"metrics", "http", "db-progress", "spool"}
+    modes = {"ready", "metrics", "http", "db-progress", "spool"}
     for name, svc in svcs.items():
         if not _is_pulse(svc) or name in ONE_SHOTS:
             continue
         test = svc["healthcheck"]["test"]
         assert test[:2] == ["CMD", "pulse-healthcheck"] and test[2] in modes, (name, test)
-        if test[2] == "metrics":
+        if test[2] in ("metrics", "ready"):
             assert svc["environment"].get("PULSE_RUNTIME__METRICS_PORT") not in (None, "", "0"), name
+
+
+def test_long_running_workers_are_checked_on_readyz(svcs):
+    # /readyz means "doing its job" (pulse.health), not only "the port answers".
+    for name in ("producer", "consumer-redis", "consumer-external", "consumer-bigquery", "uploader"):
+        assert svcs[name]["healthcheck"]["test"][:3] == ["CMD", "pulse-healthcheck", "ready"], name
 
 
 # -- network exposure -----------------------------------------------------------------
@@ -649,8 +655,11 @@ def test_the_spool_is_one_volume_shared_by_the_bigquery_consumer_and_the_uploade
 
 def test_dockerfile_builds_pulse_pinned_and_unprivileged():
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
-    assert "pip install -c constraints.txt '.[all]'" in text
+    # The official base by default; dev/docker-images.sh passes a local one (no registry).
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M)
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+    assert "pip install $PIP_OPTIONS -c constraints.txt '.[all]'" in text
+    assert re.search(r'^ARG PIP_OPTIONS=""$', text, re.M)  # PyPI by default
     assert 'python -c "import pulse.source._wire"' in text  # the image has the native reader
     assert re.findall(r"^USER (\S+)", text, re.M)[-1] == "pulse"
     assert re.findall(r"^ENTRYPOINT (.+)$", text, re.M)[-1].strip() == '["pulse"]'
@@ -691,12 +700,19 @@ def test_healthcheck_http_and_metrics_modes(tmp_path):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
+            if self.path == "/readyz":
+                body = b'{"ready": false, "checks": {"consumer": {"ok": false, "detail": "nothing committed"}}}'
+                self.send_response(200 if ready["ok"] else 503)
+                self.end_headers()
+                self.wfile.write(body)
+                return
             self.send_response(200 if self.path in ("/healthz", "/metrics") else 503)
             self.end_headers()
 
         def log_message(self, *args):
             pass
 
+    ready = {"ok": True}
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
@@ -704,6 +720,17 @@ def test_healthcheck_http_and_metrics_modes(tmp_path):
         assert _health("http", f"http://127.0.0.1:{port}/healthz").returncode == 0
         assert _health("http", f"http://127.0.0.1:{port}/other").returncode == 1
         assert _health("metrics", env={"PULSE_RUNTIME__METRICS_PORT": str(port)}).returncode == 0
+        assert _health("ready", env={"PULSE_RUNTIME__METRICS_PORT": str(port)}).returncode == 0
+        ready["ok"] = False
+        proc = _health("ready", env={"PULSE_RUNTIME__METRICS_PORT": str(port)})
+        assert proc.returncode == 1 and "consumer: nothing committed" in proc.stderr
+        ready["ok"] = True
+        old = tmp_path / "0000000000000001-0000000000-0000000000000001-0000000000.parquet"
+        old.write_bytes(b"PAR1")
+        os.utime(old, (time.time() - 120, time.time() - 120))
+        proc = _health("ready", "--spool-max-age", "60",
+                       env={"PULSE_RUNTIME__METRICS_PORT": str(port), "PULSE_BIGQUERY__SPOOL_DIR": str(tmp_path)})
+        assert proc.returncode == 1 and "waited" in proc.stderr
     finally:
         server.shutdown()
         server.server_close()

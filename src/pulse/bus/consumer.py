@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
-from pulse import metrics
+from pulse import health, metrics
 from pulse.bus.codec import NULL_PARTITION, decode, header_position, is_broadcast_copy, is_for, is_replay
 from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
@@ -75,6 +75,9 @@ class SinkConsumer:
         self.written = 0
         self.skipped = 0
         self.ready = threading.Event()
+        # For /readyz: when the loop last ran, and when it last had nothing waiting (all committed).
+        self.polled_at = time.monotonic()
+        self.progress_at = time.monotonic()
         self._rebuilder = None  # runtime.snapshot.WindowRebuilder, for a sink that keeps a window
 
     def stop(self) -> None:
@@ -186,9 +189,11 @@ class SinkConsumer:
         self.consumer = consumer = Consumer(conf)
         consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
+        health.READINESS.register("consumer", self.readiness)
         last_flush = last_export = last_idle_flush = time.monotonic()
         try:
             while not self.stop_event.is_set():
+                self.polled_at = time.monotonic()
                 # consume(n, timeout) waits for n messages or the whole timeout: take
                 # what is there at once, and block only while there is nothing.
                 msgs = consumer.consume(num_messages=self.cfg.batch_max_messages, timeout=0)
@@ -209,10 +214,13 @@ class SinkConsumer:
                         last_idle_flush = time.monotonic()
                     self._commit(self.parts)
                     last_flush = time.monotonic()
+                    if not any(part.pending or part.durable_offset is not None for part in self.parts.values()):
+                        self.progress_at = last_flush  # everything written is durable and committed
                 if time.monotonic() - last_export > 2.0:
                     self.export_metrics()
                     last_export = time.monotonic()
         finally:
+            health.READINESS.unregister("consumer")
             for part in self.parts.values():
                 try:
                     self._flush(part)
@@ -227,6 +235,21 @@ class SinkConsumer:
                 self._rebuilder.join(30)
             log.info("consume.stopped", sink=self.sink_name, consumed=self.consumed, written=self.written,
                      skipped=self.skipped)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: assigned by the group, the loop runs, and what it wrote was made durable and
+        committed within runtime.ready_stall_s (a sink retrying for longer is not ready)."""
+        if self.stop_event.is_set():
+            return False, "stopping"
+        if not self.ready.is_set():
+            return False, f"waiting for a partition assignment in group {self.group}"
+        limit = self.settings.runtime.ready_stall_s
+        now = time.monotonic()
+        if now - self.polled_at > limit:
+            return False, f"consumer loop silent for {now - self.polled_at:.0f} s (a write or flush retrying?)"
+        if now - self.progress_at > limit:
+            return False, f"nothing committed for {now - self.progress_at:.0f} s while events wait"
+        return True, f"assigned partitions {sorted(self.parts)} of {self.cfg.topic} in group {self.group}"
 
     def _start_window_rebuilder(self, sink: Sink) -> None:
         """A sink that keeps a window (Redis) rebuilds it for an initial snapshot of the producer's slot.
@@ -319,6 +342,7 @@ class SinkConsumer:
             return
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.progress_at = time.monotonic()
         except KafkaException as exc:
             # Not fatal: the positions in the destination keep the sink exact.
             log.warning("consume.commit_failed", error=str(exc))

@@ -34,15 +34,22 @@ def upload(
                                            help="REST endpoint of an emulator; unset means Google."),
     load_interval_s: Optional[float] = typer.Option(None, "--load-interval", envvar="PULSE_BIGQUERY__LOAD_INTERVAL_S",
                                                     help="Seconds between load jobs (default 60)."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", envvar="PULSE_RUNTIME__METRICS_PORT",
+                                               help="Serve /metrics, /healthz, /readyz on runtime.metrics_host:PORT "
+                                               "(0: off; not with --once)."),
 ) -> None:
     """Load spooled BigQuery batches (bigquery_batches/) into the table, exactly once."""
+    import time
+
+    from pulse import health, metrics
     from pulse.errors import TransientError
     from pulse.log import get_logger
     from pulse.sinks.bigquery_load import Loader, Tables, make_client
     from pulse.sinks.bigquery_spool import Spool, SpoolOwner, holds_batches, upload_folders
 
     cfg = common.settings(bigquery={"spool_dir": spool_dir, "project": project, "dataset": dataset,
-                                    "endpoint": endpoint, "load_interval_s": load_interval_s})
+                                    "endpoint": endpoint, "load_interval_s": load_interval_s},
+                          runtime={"metrics_port": metrics_port})
     bq = cfg.bigquery
     log = get_logger("pulse.upload")
     stop = threading.Event()
@@ -89,6 +96,24 @@ def upload(
              table=tables.id(tables.table))
     backoff = 0.5
     ensured = False
+    # For /readyz: when a round (the table check, the due loads) last went through without an error.
+    progress = {"at": time.monotonic(), "error": "", "ok": False}
+
+    def readiness() -> tuple[bool, str]:
+        limit = cfg.runtime.ready_stall_s
+        idle = time.monotonic() - progress["at"]
+        if stop.is_set():
+            return False, "stopping"
+        if not progress["ok"] and not ensured:
+            return False, f"BigQuery table not checked yet{': ' + progress['error'] if progress['error'] else ''}"
+        if idle > limit:
+            return False, f"no successful load round for {idle:.0f} s: {progress['error'] or 'busy'}"
+        return True, (f"loading {len(loaders)} spool folders; {sum(ld.loaded_files for ld in loaders.values())} "
+                      f"files loaded")
+
+    if not once and cfg.runtime.metrics_port:
+        metrics.serve(cfg.runtime.metrics_host, cfg.runtime.metrics_port)
+        health.READINESS.register("uploader", readiness)
     while not stop.is_set():
         try:
             if not ensured:
@@ -104,15 +129,18 @@ def upload(
                 if loader.due():
                     loader.load_once()
                     busy = True
+            progress.update(at=time.monotonic(), error="", ok=True)
             if busy:
                 backoff = 0.5
                 continue
         except TransientError as exc:
             log.warning("upload.retry", error=str(exc), sleep_s=backoff)
+            progress["error"] = str(exc)
             stop.wait(backoff)
             backoff = min(backoff * 2, 30.0)
             continue
         stop.wait(0.2)
+    health.READINESS.unregister("uploader")
     log.info("upload.stopped", files=sum(ld.loaded_files for ld in loaders.values()),
              rows=sum(ld.loaded_rows for ld in loaders.values()))
     _report(as_json, tables.id(tables.table), loaders)

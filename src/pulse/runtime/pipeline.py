@@ -33,7 +33,7 @@ import psycopg2
 from psycopg2 import sql
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
-from pulse import metrics
+from pulse import health, metrics
 from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
@@ -203,6 +203,7 @@ class Pipeline:
         self._ack_moved_at = time.monotonic()
         self._last_acked = 0
         self._last_stall_warning = 0.0
+        self._housekept_at = time.monotonic()
 
     # -- control ---------------------------------------------------------------
 
@@ -270,6 +271,7 @@ class Pipeline:
             self.rebuilder = WindowRebuilder(db, windowed, self.stop_event)
             self.rebuilder.start()
         self.ready.set()
+        health.READINESS.register("replication", self.readiness)
         decoder = PgOutputDecoder(self.settings.database.protocol_version)
         assembler = ChangeAssembler(self.settings.database.source_schema,
                                     state_schema=self.settings.database.state_schema)
@@ -433,6 +435,7 @@ class Pipeline:
         acked = tracker.ackable()
         reader.acknowledge(acked)
         now = time.monotonic()
+        self._housekept_at = now
         current = reader.acked
         if current != self._last_acked:
             self._last_acked = current
@@ -452,6 +455,33 @@ class Pipeline:
             self._write_status()
             if self.backfill is not None:
                 self.backfill.poll()
+
+    # -- readiness (/readyz, pulse.health) ----------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: the replication session streams, its loop and the dispatcher run, and the slot is
+        acknowledged as sinks make events durable (no transaction older than runtime.ready_stall_s
+        waits while the acknowledgement stands still)."""
+        reader, tracker = self.reader, self.tracker
+        if reader is None or tracker is None or not self.ready.is_set():
+            return False, "starting"
+        if self.stop_event.is_set():
+            return False, "stopping"
+        limit = self.settings.runtime.ready_stall_s
+        now = time.monotonic()
+        if not reader.connected:
+            return False, f"replication disconnected ({reader.last_disconnect or 'connecting'}); reconnecting"
+        if now - reader.polled_at > limit:
+            return False, f"replication loop silent for {now - reader.polled_at:.0f} s"
+        if now - self._housekept_at > limit:
+            return False, f"dispatcher silent for {now - self._housekept_at:.0f} s"
+        oldest = tracker.oldest_pending_commit_ts()
+        waiting = time.time() - oldest if oldest else 0.0
+        stalled = now - self._ack_moved_at
+        if waiting > limit and stalled > limit:
+            return False, (f"slot not acknowledged for {stalled:.0f} s, {tracker.pending()} transactions waiting "
+                           f"on {','.join(tracker.laggards()) or '?'}")
+        return True, f"replication connected, acknowledged {lsn_to_str(reader.acked)}"
 
     # -- status for `pulse status` ---------------------------------------------
 
@@ -514,6 +544,7 @@ class Pipeline:
     # -- shutdown ----------------------------------------------------------------
 
     def _shutdown(self, assembler: ChangeAssembler) -> None:
+        health.READINESS.unregister("replication")
         reader = self.reader
         graceful = self.failure is None
         if self.backfill is not None:

@@ -106,6 +106,10 @@ class ReplicationReader(threading.Thread):
         self.sent_ack = 0
         self.server_wal_end = 0
         self.last_message_at = time.monotonic()
+        # For /readyz (pulse.health): a session is streaming, and when its loop last ran.
+        self.connected = False
+        self.polled_at = time.monotonic()
+        self.last_disconnect: str | None = None
         self.session = 0
         self.wire = native.load() if cfg.native_reader else None
         if cfg.native_reader and self.wire is None:
@@ -164,6 +168,7 @@ class ReplicationReader(threading.Thread):
                 delay = random.uniform(0, backoff)  # full jitter
                 metrics.REPLICATION_CONNECTED.set(0)
                 metrics.REPLICATION_DISCONNECTS.inc()
+                self.last_disconnect = str(exc).strip()
                 log.warning("replication.disconnected", error=str(exc).strip(), retry_in_s=round(delay, 2))
                 self.stop_event.wait(delay)
                 backoff = min(backoff * 2, 30.0)
@@ -210,6 +215,8 @@ class ReplicationReader(threading.Thread):
                 status_interval=self.cfg.status_interval_s,
             )
             self.session += 1
+            self.connected = True
+            self.polled_at = time.monotonic()
             self._in_txn = False
             self._open_streams.clear()
             if self.session > 1:
@@ -223,6 +230,7 @@ class ReplicationReader(threading.Thread):
             else:
                 self._loop(conn, cur)
         finally:
+            self.connected = False
             try:
                 conn.close()
             except psycopg2.Error:
@@ -250,6 +258,7 @@ class ReplicationReader(threading.Thread):
                         chunk = []
                     continue
                 now = time.monotonic()
+                self.polled_at = now
                 if chunk:
                     self.messages += len(chunk)
                     self.last_message_at = now
@@ -290,6 +299,7 @@ class ReplicationReader(threading.Thread):
                 items, flags = reader.read(timeout_ms, NATIVE_MESSAGES, NATIVE_BYTES)
                 self.server_wal_end = max(self.server_wal_end, reader.wal_end)
                 now = time.monotonic()
+                self.polled_at = now
                 if items:
                     changed = False
                     for item in items:
