@@ -47,19 +47,39 @@ def record(results: list[Result], now: float | None = None) -> None:
 
 def watch(round_: Callable[[], list[Result]], interval_s: float, stop: threading.Event,
           on_round: Callable[[list[Result]], None] = lambda results: None, sinks: tuple[str, ...] = ()) -> int:
-    """Run `round_` every `interval_s` until `stop` is set; returns the number of rounds."""
+    """Run `round_` every `interval_s` until `stop` is set; returns the number of rounds.
+
+    `/readyz` (with `--metrics-port`) is ready while a round completed within two
+    intervals (findings do not make it unready: the findings metric alerts on drift).
+    """
+    from pulse import health
+
     rounds = 0
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            results = round_()
-        except PulseError as exc:  # a service down for a while: count it, try again next round
-            log.warning("verify.round_failed", error=exc.message)
-            for s in sinks:
-                RUNS.labels(s, "error").inc()
-        else:
-            record(results)
-            on_round(results)
-        rounds += 1
-        stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
+    completed: list[float] = []
+
+    def readiness() -> tuple[bool, str]:
+        if not completed:
+            return False, "no round has completed yet"
+        age = time.monotonic() - completed[-1]
+        limit = 2 * interval_s + 60
+        return age <= limit, f"last round completed {age:.0f} s ago (limit {limit:.0f} s)"
+
+    health.READINESS.register("verify", readiness)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                results = round_()
+            except PulseError as exc:  # a service down for a while: count it, try again next round
+                log.warning("verify.round_failed", error=exc.message)
+                for s in sinks:
+                    RUNS.labels(s, "error").inc()
+            else:
+                record(results)
+                on_round(results)
+                completed[:] = [time.monotonic()]
+            rounds += 1
+            stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
+    finally:
+        health.READINESS.unregister("verify")
     return rounds

@@ -52,3 +52,20 @@ def test_rounds_export_rows_findings_and_the_last_clean_time():
 
 def test_duration():
     assert (duration("30s"), duration("5m"), duration("1h"), duration("90")) == (30, 300, 3600, 90)
+
+
+def test_readyz_is_ready_once_a_round_completed_and_not_after_watch_stops():
+    from pulse import health
+
+    stop = threading.Event()
+    states = []
+
+    def _round():
+        states.append(health.READINESS.check()[0])  # during the first round: none completed yet
+        if len(states) == 2:
+            stop.set()
+        return [Result("wready", rows_source=1)]
+
+    watch(_round, 0.0, stop, sinks=("wready",))
+    assert states == [False, True]
+    assert "verify" not in health.READINESS.check()[1]
