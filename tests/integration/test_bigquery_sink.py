@@ -363,9 +363,15 @@ def test_kill_9_of_run_and_upload_at_random_moments(scratch_db, services, bq, tm
     procs: list[subprocess.Popen] = []
 
     def start(cmd):
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Each process's log in a file of its own: an unexpected exit shows why.
+        log_file = tmp_path / f"proc-{len(procs)}.log"
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log_file, "w"))
+        p.log_file = log_file  # type: ignore[attr-defined]
         procs.append(p)
         return p
+
+    def why(p) -> str:
+        return p.log_file.read_text()[-3000:]
 
     kills = 0
     try:
@@ -376,7 +382,7 @@ def test_kill_9_of_run_and_upload_at_random_moments(scratch_db, services, bq, tm
             rng.shuffle(victims)
             for p in victims:
                 time.sleep(rng.uniform(0.8, 2.5))
-                assert p.poll() is None, f"{p.args} exited by itself with {p.returncode} (seed {seed})"
+                assert p.poll() is None, f"{p.args} exited by itself with {p.returncode} (seed {seed}): {why(p)}"
                 p.send_signal(signal.SIGKILL)
                 p.wait(30)
                 kills += 1
