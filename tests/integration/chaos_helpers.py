@@ -204,12 +204,14 @@ def tally(url: str, dest: Destinations) -> Tally:
                  rx_redelivered=stats["duplicates"])
 
 
-def wait_converged(url: str, dest: Destinations, timeout: float, alive=lambda: True) -> Tally:
-    """Poll until BigQuery and the receiver hold every source event (or `timeout`); returns the tally."""
+def wait_converged(url: str, dest: Destinations, timeout: float, alive=lambda: True, board: bool = False) -> Tally:
+    """Poll until BigQuery and the receiver (and with `board`, the Redis board's count of changes) hold
+    every source event (or `timeout`); returns the tally. A sink back from an outage may still be in a
+    retry backoff of up to 30 s: the end check waits for it rather than for a fixed time."""
     deadline = time.monotonic() + timeout
     while True:
         t = tally(url, dest)
-        done = t.bq_lost == 0 and t.rx_lost == 0
+        done = t.bq_lost == 0 and t.rx_lost == 0 and (not board or dest.board_events() >= t.source)
         if done or time.monotonic() > deadline or not alive():
             return t
         time.sleep(1.0)
@@ -228,7 +230,7 @@ def pulse_verify(env: dict[str, str], *sinks: str, settle_s: float = 5) -> tuple
 def assert_exact(url: str, dest: Destinations, env: dict[str, str], timeout: float = 180, alive=lambda: True,
                  verify: tuple[str, ...] = ("bigquery", "redis")) -> Tally:
     """Every destination equals the source: waits for convergence, then `pulse verify` and the receiver."""
-    t = wait_converged(url, dest, timeout, alive)
+    t = wait_converged(url, dest, timeout, alive, board="redis" in verify)
     t.verify_ok, t.verify_out = pulse_verify(env, *verify)
     assert t.exact, f"destinations differ from the source: {t}"
     return t

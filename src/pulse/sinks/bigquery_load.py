@@ -50,7 +50,7 @@ from pulse.errors import ConfigError, PulseError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
 from pulse.sinks import bigquery_schema as S
-from pulse.sinks.bigquery_spool import Spool, SpoolFile, parquet_options
+from pulse.sinks.bigquery_spool import UPLOAD_TMP_PREFIX, Spool, SpoolFile, parquet_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from google.cloud import bigquery
@@ -413,6 +413,8 @@ class Loader:
         with self.spool.locked(wait=wait_lock) as got:
             if not got:
                 return 0
+            for leftover in self.spool.dir.glob(UPLOAD_TMP_PREFIX + "*"):
+                leftover.unlink(missing_ok=True)  # a loader killed mid-combine (we hold the lock)
             files = self.spool.files()
             if not files:
                 return 0
@@ -508,7 +510,7 @@ class Loader:
         """One Parquet file for the group (the file itself when the group is one file)."""
         if len(group) == 1:
             return group[0].path
-        out = self.spool.dir / f".tmp-upload-{uuid.uuid4().hex}.parquet"
+        out = self.spool.dir / f"{UPLOAD_TMP_PREFIX}{uuid.uuid4().hex}.parquet"
         writer = None
         schema = _group_schema([self.spool.read_schema(f) for f in group])
         try:

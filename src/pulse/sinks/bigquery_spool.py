@@ -64,6 +64,10 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+# The loader's combined upload files (bigquery_load.Loader._combined), left alone by clean_partial.
+UPLOAD_TMP_PREFIX = ".tmp-upload-"
+
+
 @dataclass(frozen=True)
 class SpoolOwner:
     """The pipeline a spool folder belongs to: the table it loads and the stream it spools."""
@@ -236,9 +240,15 @@ class Spool:
     # -- writing -------------------------------------------------------------------
 
     def clean_partial(self) -> int:
-        """Delete what a crash mid-write left (temporary files); return how many."""
+        """Delete what a crash mid-write left (temporary files); return how many.
+
+        Not the loader's `.tmp-upload-*` files: a `pulse upload` may be combining one right now
+        while `pulse run` starts (its loader removes its own leftovers under the spool lock).
+        """
         n = 0
         for p in self.dir.glob(".tmp-*"):
+            if p.name.startswith(UPLOAD_TMP_PREFIX):
+                continue
             p.unlink(missing_ok=True)
             n += 1
         return n
