@@ -28,11 +28,7 @@ Resumable: a run is identified by its arguments (`run_id`); `last_id` moves
 only after a chunk is durable in every target sink, so a killed run, rerun
 with the same arguments, continues after its last durable chunk (at most that
 one chunk is sent again, at a new position; sinks keyed by event id absorb
-it). Bounded memory: at most two chunks in their windows (the next one is
-read while the last one's high watermark travels the stream) and
-`PIPELINE_DEPTH` more awaiting durability. One WAL flush per chunk: the low
-watermark and the progress row commit asynchronously, and the high
-watermark's commit flushes them. Rate limit: rows per second.
+it). Bounded memory: one chunk in flight. Rate limit: rows per second.
 """
 
 from __future__ import annotations
