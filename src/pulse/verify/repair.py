@@ -44,8 +44,7 @@ log = get_logger(__name__)
 def repair_bigquery(settings: Settings, result: Result, timeout_s: float = 600.0, client=None) -> dict[str, Any]:
     from psycopg2 import sql
 
-    from pulse.runtime.backfill import BackfillSpec, submit
-    from pulse.schema import connect, init_database
+    from pulse.schema import connect
     from pulse.sinks import bigquery_schema as S
     from pulse.sinks.bigquery_load import make_client
 
@@ -82,12 +81,20 @@ def repair_bigquery(settings: Settings, result: Result, timeout_s: float = 600.0
             if own:
                 client.close()
     if backfill:
-        init_database(settings.database)
-        runs = [submit(settings.database, BackfillSpec(min_id=lo, max_id=hi, sinks=("bigquery",)))["run_id"]
-                for lo, hi in id_ranges(backfill)]
-        done["runs"] = len(runs)
-        execute_runs(settings, runs, ["bigquery"], timeout_s)
+        done["runs"] = _backfill_ids(settings, backfill, "bigquery", timeout_s)
     return done
+
+
+def _backfill_ids(settings: Settings, ids: list[int], sink: str, timeout_s: float) -> int:
+    """Backfill exactly the id ranges covering `ids` to `sink` and wait for them; returns the number of runs."""
+    from pulse.runtime.backfill import BackfillSpec, submit
+    from pulse.schema import init_database
+
+    init_database(settings.database)
+    runs = [submit(settings.database, BackfillSpec(min_id=lo, max_id=hi, sinks=(sink,)))["run_id"]
+            for lo, hi in id_ranges(ids)]
+    execute_runs(settings, runs, [sink], timeout_s)
+    return len(runs)
 
 
 def execute_runs(settings: Settings, run_ids: list[str], targets: list[str], timeout_s: float) -> None:
@@ -157,19 +164,11 @@ def _wait(settings: Settings, run_ids: list[str], timeout_s: float, failure: lis
     finally:
         conn.close()
 
-
 def repair_external(settings: Settings, result: Result, timeout_s: float = 600.0) -> dict[str, Any]:
-    from pulse.runtime.backfill import BackfillSpec, submit
-    from pulse.schema import init_database
-
     missing = sorted(int(f.key) for f in result.findings if f.kind == MISSING)
     done: dict[str, Any] = {"backfilled_ids": len(missing), "runs": 0}
     if missing:
-        init_database(settings.database)
-        runs = [submit(settings.database, BackfillSpec(min_id=lo, max_id=hi, sinks=("external",)))["run_id"]
-                for lo, hi in id_ranges(missing)]
-        done["runs"] = len(runs)
-        execute_runs(settings, runs, ["external"], timeout_s)
+        done["runs"] = _backfill_ids(settings, missing, "external", timeout_s)
     return done
 
 
