@@ -92,8 +92,9 @@ def _sql_window(cur, now: datetime) -> dict[str, dict]:
     """The board as SQL computes it over the source table at clock time `now`."""
     lo = math.floor((now.timestamp() - WINDOW) / BUCKET) * BUCKET
     start = datetime.fromtimestamp(lo, timezone.utc)
-    end = now + timedelta(seconds=SKEW)
-    where = "e.event_ts >= %(start)s AND e.event_ts <= %(end)s"
+    # The newest bucket counted is the one holding now + SKEW (later ones are held until their time).
+    end = datetime.fromtimestamp((math.floor((now.timestamp() + SKEW) / BUCKET) + 1) * BUCKET, timezone.utc)
+    where = "e.event_ts >= %(start)s AND e.event_ts < %(end)s"
     p = {"start": start, "end": end}
     secs = "sum(CASE WHEN e.duration_ms >= 0 THEN e.duration_ms ELSE 0 END) / 1000.0"
     cur.execute(f"SELECT e.content_id::text, {secs}, count(*) FROM engagement_events e "
@@ -229,6 +230,48 @@ def test_a_driven_clock_moves_events_out_within_one_bucket_of_their_window_age(s
     for cid, age in left.items():
         assert WINDOW < age <= WINDOW + BUCKET + 0.5, (cid, age)  # 0.5: the clock's step
     assert client.zcard(prefix + "devices:10m") == 0 and client.zcard(prefix + "events:10m") == 0
+
+
+def test_future_dated_events_are_held_and_counted_when_the_clock_reaches_them(scratch_db, services, rprefix):
+    """A wrong device clock minutes ahead: not on the board now, on it once its time comes, as SQL says.
+
+    Found by the 40-minute in-process soak: such events used to be rejected for
+    good, so once their event_ts entered the window the board was below SQL.
+    Corrections of a held event (FULL identity) are applied to the held cells.
+    """
+    prefix, client = rprefix
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    cur.execute("ALTER TABLE engagement_events REPLICA IDENTITY FULL")
+    base = math.floor(time.time() / BUCKET) * BUCKET
+    clock = Clock(datetime.fromtimestamp(base + 1, timezone.utc))
+    ahead = datetime.fromtimestamp(base + 300.5, timezone.utc)  # 5 minutes ahead: beyond the 60 s skew
+    sink = RedisSink(_config(_redis_url(services), prefix), clock=clock)
+    top = prefix + "top:10m"
+    with Running(Pipeline(settings_for(scratch_db), [sink])):
+        [a, b] = insert_content(cur, 2)
+        insert_events(cur, [a], 1, duration_ms=1000, event_ts=clock.at)
+        held = insert_events(cur, [b], 3, duration_ms=2000, event_ts=ahead)
+        cur.execute("UPDATE engagement_events SET duration_ms = 5000 WHERE id = %s", (held[0],))
+        cur.execute("DELETE FROM engagement_events WHERE id = %s", (held[1],))
+        wait_for(lambda: _stats(client, prefix).get("events", 0) >= 6, 30, "6 changes in Redis")
+        assert _board(client, top) == {a: 1.0}
+        assert _stats(client, prefix)["future"] == 2  # held, net: three inserted, one deleted
+        _assert_board_equals_sql(client, prefix, cur, clock.at)
+        # The clock walks to the held bucket's start minus the skew: it enters the board.
+        for at in (base + 240 - 0.5, base + 240 + 0.5, base + 400):
+            clock.at = datetime.fromtimestamp(at, timezone.utc)
+            want_ms = str(int(at * 1000))
+            wait_for(lambda: _meta(client, prefix).get("updated_ms") == want_ms, 10, f"a step at {want_ms}")
+            _assert_board_equals_sql(client, prefix, cur, clock.at)
+        assert _board(client, top) == {a: 1.0, b: 7.0}
+        assert client.zcard(prefix + "w:fidx") == 0
+        # Past the window, the held bucket leaves like any other.
+        clock.at = ahead + timedelta(seconds=WINDOW + BUCKET + 1)
+        want_ms = str(int(clock.at.timestamp() * 1000))
+        wait_for(lambda: _meta(client, prefix).get("updated_ms") == want_ms, 10, f"a step at {want_ms}")
+        assert _board(client, top) == {}
+        _assert_board_equals_sql(client, prefix, cur, clock.at)
 
 
 # -- 3. kill -9 of `pulse run --sink redis` ----------------------------------------------------------------

@@ -51,6 +51,9 @@ Clock = Callable[[], datetime]
 
 #: Events the board did not count, by reason (late, future, uncorrectable), and replayed batches.
 BOARD_SKIPPED = Counter("pulse_redis_skipped_events_total", "Events the Redis board did not count", ["reason"])
+#: Future-dated events held until the clock reaches their bucket (counted then).
+BOARD_HELD = Counter("pulse_redis_future_events_total",
+                     "Events dated beyond future_skew_s, held by the Redis board until their time comes")
 BOARD_REPLAYS = Counter("pulse_redis_replayed_batches_total", "Batches Redis already had (replays after a crash)")
 
 PAUSE_HINT = (
@@ -266,7 +269,8 @@ class RedisSink(Sink):
             args: list[object] = [
                 cfg.prefix, self.keys.label, pos, "", "", now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000,
                 cfg.state_ttl_s * 1000, cfg.meta_ttl_s * 1000, agg.newest_event_ms, agg.newest_commit_ms,
-                agg.events, agg.future, agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(),
+                agg.events, cfg.future_skew_s * 1000, agg.uncorrectable, agg.corrections, agg.null_content,
+                *agg.script_args(),
                 "", token, self.position_field,
             ]
             self._apply(keys=[self.keys.meta, self.keys.stats], args=args, client=pipe)
@@ -356,7 +360,7 @@ class RedisSink(Sink):
         args: list[object] = [
             cfg.prefix, self.keys.label, pos, encode_position(self.position) if self.position > ZERO else "",
             self.epoch, now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000, cfg.state_ttl_s * 1000,
-            cfg.meta_ttl_s * 1000, agg.newest_event_ms, agg.newest_commit_ms, agg.events, agg.future,
+            cfg.meta_ttl_s * 1000, agg.newest_event_ms, agg.newest_commit_ms, agg.events, cfg.future_skew_s * 1000,
             agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(),
             encode_position(self._pending_events[0].position) if self._pending_events else "", "",
             self.position_field,
@@ -425,16 +429,18 @@ class RedisSink(Sink):
             BOARD_REPLAYS.inc()
             self.counters["replayed_batches"] += 1
         else:
-            late, refused = int(result[2]), int(result[3])
-            self.last_result = {"late": late, "refused": refused}
+            late, refused, held = int(result[2]), int(result[3]), int(result[4])
+            self.last_result = {"late": late, "refused": refused, "held": held}
             c = self.counters
             c["late"] += late
-            c["future"] += agg.future
+            c["future"] += held
             c["uncorrectable"] += agg.uncorrectable + refused
             c["corrections"] += agg.corrections
-            for reason, n in (("late", late), ("future", agg.future), ("uncorrectable", agg.uncorrectable + refused)):
+            for reason, n in (("late", late), ("uncorrectable", agg.uncorrectable + refused)):
                 if n:
                     BOARD_SKIPPED.labels(reason).inc(n)
+            if held:
+                BOARD_HELD.inc(held)
             written_at = time.monotonic()
             for cid, _key, _mapping, value in meta:
                 self._written_content[cid] = (value, written_at)

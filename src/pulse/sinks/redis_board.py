@@ -156,7 +156,6 @@ class Aggregate:
     # content id -> (title, slug, type, length) for the metadata hashes
     metadata: dict[str, tuple[str | None, str | None, str | None, int | None]] = field(default_factory=dict)
     events: int = 0
-    future: int = 0
     uncorrectable: int = 0
     corrections: int = 0
     null_content: int = 0
@@ -196,12 +195,9 @@ class Aggregate:
         if ts is None:
             return
         t = ts.timestamp()
-        if t > now_s + self.future_skew_s:
-            # Beyond the allowed skew: rejected (a wrong device clock). The same
-            # test on an old value means it was rejected when inserted, too.
-            if sign > 0:
-                self.future += 1
-            return
+        # A cell of a bucket beyond the allowed skew (a wrong device clock) is
+        # held by the apply script until the clock reaches its bucket, so the
+        # board stays the source's window by event_ts; see redis_lua.
         b = math.floor(t / self.bucket_s)
         cid = ev.content_id
         if cid is not None:
@@ -220,7 +216,7 @@ class Aggregate:
         self.devices[dk] = self.devices.get(dk, 0) + sign
         ek = (b, ev.event_type if ev.event_type is not None else NULL_MEMBER)
         self.event_types[ek] = self.event_types.get(ek, 0) + sign
-        if sign > 0:
+        if sign > 0 and t <= now_s + self.future_skew_s:  # freshness: a future-dated event says nothing of it
             ms = int(t * 1000)
             if ms > self.newest_event_ms:
                 self.newest_event_ms = ms

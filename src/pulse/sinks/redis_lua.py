@@ -15,11 +15,17 @@
    re-aggregated by the sink past it (`SPLIT`);
 2. expiry: buckets that left the window (`< lowest bucket` of the sink's
    clock, never moving backwards) are subtracted from the boards and deleted;
-3. apply: the pre-aggregated cells (see `redis_board.Aggregate`) are added to
-   their buckets and to the window totals; a cell of a bucket already out of
-   the window is late (not counted, counted in `stats.late`); a negative cell
-   (a correction) that would take a bucket below zero is refused (counted as
-   `uncorrectable`): its old value was never counted;
+3. apply: held future buckets whose time has come are applied first (see
+   below); then the pre-aggregated cells (see `redis_board.Aggregate`) are
+   added to their buckets and to the window totals; a cell of a bucket
+   already out of the window is late (not counted, counted in `stats.late`);
+   a cell of a bucket that starts more than `future_skew_ms` after the
+   sink's clock is *held* (`w:f:<bucket>`, indexed in `w:fidx`, counted in
+   `stats.future`) and applied by the first step whose clock reaches that
+   bucket, so the board always equals the window of the source table by
+   `event_ts`, future-dated events included once their time comes; a
+   negative cell (a correction) that would take a bucket below zero is
+   refused (counted as `uncorrectable`): its old value was never counted;
 4. boards: every touched content id gets its score rewritten from the exact
    integer milliseconds (`ms / 1000`) and is removed only when it has no
    events left in the window (an event without seconds keeps it at 0);
@@ -43,7 +49,7 @@ from __future__ import annotations
 # ARGV of APPLY, in order (documented by position because Lua sees a flat list).
 APPLY_ARGS = (
     "prefix", "label", "position", "expect", "epoch", "now_ms", "window_ms", "bucket_ms", "state_ttl_ms",
-    "meta_ttl_ms", "newest_event_ms", "newest_commit_ms", "events", "future", "uncorrectable",
+    "meta_ttl_ms", "newest_event_ms", "newest_commit_ms", "events", "future_skew_ms", "uncorrectable",
     "corrections", "null_content",
 )  # then: n_content, n_devices, n_event_types, cells..., the batch's first position, the swap token (the
 #    rebuild's pause token in its swap, '' for a live sink), the position field
@@ -153,51 +159,99 @@ local function bucket_key(b)
 end
 
 -- 3. apply
-local late, refused = 0, 0
-local nc, nd, ne = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20])
-local i = 21
-for _ = 1, nc do
-  local b, ctype, cid = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
-  local ms, n = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  i = i + 5
-  if b >= lo then
-    local bk = bucket_key(b)
-    local fm, fn = 'm|' .. ctype .. '|' .. cid, 'n|' .. ctype .. '|' .. cid
-    local ok = true
-    if n < 0 or ms < 0 then
-      local cn = tonumber(redis.call('HGET', bk, fn) or '0')
-      local cm = tonumber(redis.call('HGET', bk, fm) or '0')
-      if cn + n < 0 or cm + ms < 0 then ok = false; refused = refused + 1 end
-    end
-    if ok then
-      local vn = redis.call('HINCRBY', bk, fn, n)
-      local vm = redis.call('HINCRBY', bk, fm, ms)
-      if vn == 0 and vm == 0 then redis.call('HDEL', bk, fn, fm) end
+local late, refused, held = 0, 0, 0
+-- The newest bucket the board counts at this clock: one that starts more than
+-- future_skew_ms ahead is held in w:f:<b> until the clock reaches it.
+local fut = math.floor((now + tonumber(ARGV[14])) / bsize)
+local fidx = P .. 'w:fidx'
+local function add_content(bk, ctype, cid, ms, n)
+  -- A correction (negative cell) that would take the cell below zero is refused.
+  local fm, fn = 'm|' .. ctype .. '|' .. cid, 'n|' .. ctype .. '|' .. cid
+  if n < 0 or ms < 0 then
+    local cn = tonumber(redis.call('HGET', bk, fn) or '0')
+    local cm = tonumber(redis.call('HGET', bk, fm) or '0')
+    if cn + n < 0 or cm + ms < 0 then refused = refused + 1; return false end
+  end
+  local vn = redis.call('HINCRBY', bk, fn, n)
+  local vm = redis.call('HINCRBY', bk, fm, ms)
+  if vn == 0 and vm == 0 then redis.call('HDEL', bk, fn, fm) end
+  return true
+end
+local function add_count(bk, f, n)
+  local cur = tonumber(redis.call('HGET', bk, f) or '0')
+  if cur + n < 0 then return false end
+  if cur + n == 0 then redis.call('HDEL', bk, f) else redis.call('HINCRBY', bk, f, n) end
+  return true
+end
+local held_keys = {}
+local function held_key(b)
+  local fk = P .. 'w:f:' .. b
+  if not held_keys[b] then held_keys[b] = true; redis.call('ZADD', fidx, b, b) end
+  return fk
+end
+local function content_cell(b, ctype, cid, ms, n)
+  if b > fut then
+    add_content(held_key(b), ctype, cid, ms, n)
+  elseif b >= lo then
+    if add_content(bucket_key(b), ctype, cid, ms, n) then
       acc_add('m', ctype, cid, ms)
       acc_add('n', ctype, cid, n)
       touch(ctype, cid)
     end
   end
 end
-local function apply_counts(count, kind, board, count_late)
-  for _ = 1, count do
-    local b, member, n = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
-    i = i + 3
-    if b < lo then
-      if count_late and n > 0 then late = late + n end
-    else
-      local bk = bucket_key(b)
-      local f = kind .. '|' .. member
-      local cur = tonumber(redis.call('HGET', bk, f) or '0')
-      if cur + n >= 0 then
-        if cur + n == 0 then redis.call('HDEL', bk, f) else redis.call('HINCRBY', bk, f, n) end
-        zadd_count(board, member, n)
-      end
-    end
+local function count_cell(kind, board, b, member, n)
+  if b > fut then
+    if add_count(held_key(b), kind .. '|' .. member, n) and kind == 'e' then held = held + n end
+  elseif b < lo then
+    if kind == 'e' and n > 0 then late = late + n end  -- every event has one event-type cell
+  elseif add_count(bucket_key(b), kind .. '|' .. member, n) then
+    zadd_count(board, member, n)
   end
 end
-apply_counts(nd, 'd', devices, false)
-apply_counts(ne, 'e', etypes, true)  -- every event has one event-type cell: late is counted once
+
+-- 3a. held buckets whose time has come enter the window (or are late, when
+-- the sink did not write while they became due and left the window).
+for _, b in ipairs(redis.call('ZRANGEBYSCORE', fidx, '-inf', fut)) do
+  local fk = P .. 'w:f:' .. b
+  local h = redis.call('HGETALL', fk)
+  local nb = tonumber(b)
+  local ms_of = {}
+  for j = 1, #h, 2 do
+    local f = h[j]
+    if string.sub(f, 1, 1) == 'm' then ms_of[string.sub(f, 3)] = tonumber(h[j + 1]) end
+  end
+  for j = 1, #h, 2 do
+    local f, v = h[j], tonumber(h[j + 1])
+    local kind, rest = string.sub(f, 1, 1), string.sub(f, 3)
+    if kind == 'n' then
+      local ctype, cid = string.match(rest, '^([^|]*)|(.*)$')
+      content_cell(nb, ctype, cid, ms_of[rest] or 0, v)
+    elseif kind == 'd' then count_cell('d', devices, nb, rest, v)
+    elseif kind == 'e' then count_cell('e', etypes, nb, rest, v)
+    end
+  end
+  redis.call('DEL', fk)
+end
+redis.call('ZREMRANGEBYSCORE', fidx, '-inf', fut)
+
+-- 3b. this step's cells
+local nc, nd, ne = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20])
+local i = 21
+for _ = 1, nc do
+  local b, ctype, cid = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+  local ms, n = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  i = i + 5
+  content_cell(b, ctype, cid, ms, n)
+end
+for _ = 1, nd do
+  count_cell('d', devices, tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2]))
+  i = i + 3
+end
+for _ = 1, ne do
+  count_cell('e', etypes, tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2]))
+  i = i + 3
+end
 
 -- 4. boards, from the exact totals
 local tkeys = {}
@@ -245,13 +299,14 @@ end
 if refresh then fields[#fields + 1] = 'deadline'; fields[#fields + 1] = deadline end
 redis.call('HSET', meta, unpack(fields))
 
-local counted = {'events', 13, 'future', 14, 'uncorrectable', 15, 'corrections', 16, 'null_content', 17}
+local counted = {'events', 13, 'uncorrectable', 15, 'corrections', 16, 'null_content', 17}
 for j = 1, #counted, 2 do
   local v = tonumber(ARGV[counted[j + 1]])
   if counted[j] == 'uncorrectable' then v = v + refused end
   if v ~= 0 then redis.call('HINCRBY', stats, counted[j], v) end
 end
 if late > 0 then redis.call('HINCRBY', stats, 'late', late) end
+if held ~= 0 then redis.call('HINCRBY', stats, 'future', held) end
 if pos ~= '' then redis.call('HINCRBY', stats, 'batches', 1) end
 
 local fixed = {idx, acc, types, top, events, devices, etypes}
@@ -260,13 +315,25 @@ for k, _ in pairs(tkeys) do redis.call('PEXPIREAT', k, deadline) end
 -- After the writes: a bucket created by this script did not exist before its
 -- HINCRBY, so an earlier PEXPIREAT would have been a no-op (a key without TTL).
 for b, _ in pairs(buckets) do redis.call('PEXPIREAT', P .. 'w:b:' .. b, deadline) end
+-- A held bucket lives until it has left the window (plus the state TTL, should
+-- no sink write again), counted in Redis' clock from the sink's.
+local fdeadline = 0
+for b, _ in pairs(held_keys) do
+  local d = rnow + ((b + 1) * bsize + window - now) + ttl
+  if d > fdeadline then fdeadline = d end
+  redis.call('PEXPIREAT', P .. 'w:f:' .. b, d)
+end
+if fdeadline > 0 then
+  local left = redis.call('PTTL', fidx)
+  if left < 0 or rnow + left < fdeadline then redis.call('PEXPIREAT', fidx, fdeadline) end
+end
 if refresh then
   for _, ctype in ipairs(redis.call('SMEMBERS', types)) do redis.call('PEXPIREAT', top .. ':' .. ctype, deadline) end
   for _, b in ipairs(redis.call('ZRANGE', idx, 0, -1)) do redis.call('PEXPIREAT', P .. 'w:b:' .. b, deadline) end
   redis.call('PEXPIRE', meta, meta_ttl)
   redis.call('PEXPIRE', stats, meta_ttl)
 end
-return {'OK', pos ~= '' and pos or stored, late, refused}
+return {'OK', pos ~= '' and pos or stored, late, refused, held}
 """
 
 # KEYS[1] meta, KEYS[2] stats; ARGV: prefix, label, new epoch, now_ms, window_ms, bucket_ms, meta_ttl_ms,
@@ -286,9 +353,10 @@ end
 -- board: leftovers of an earlier life under this prefix must not be merged.
 local idx, types, top = P .. 'w:idx', P .. 'w:types', P .. 'top:' .. label
 for _, b in ipairs(redis.call('ZRANGE', idx, 0, -1)) do redis.call('DEL', P .. 'w:b:' .. b) end
+for _, b in ipairs(redis.call('ZRANGE', P .. 'w:fidx', 0, -1)) do redis.call('DEL', P .. 'w:f:' .. b) end
 for _, ctype in ipairs(redis.call('SMEMBERS', types)) do redis.call('DEL', top .. ':' .. ctype) end
-redis.call('DEL', idx, types, top, P .. 'w:acc', P .. 'events:' .. label, P .. 'devices:' .. label,
-           P .. 'event_types:' .. label)
+redis.call('DEL', idx, P .. 'w:fidx', types, top, P .. 'w:acc', P .. 'events:' .. label,
+           P .. 'devices:' .. label, P .. 'event_types:' .. label)
 redis.call('HSET', meta, 'epoch', new_epoch, pf, '', 'lo', math.floor((now - window) / bsize),
            'created_ms', now, 'complete_from_ms', now + window + bsize, 'updated_ms', now)
 redis.call('PEXPIRE', meta, meta_ttl)
@@ -348,9 +416,10 @@ end
 local epoch = m[1] or new_epoch
 local idx, types, top = P .. 'w:idx', P .. 'w:types', P .. 'top:' .. label
 for _, b in ipairs(redis.call('ZRANGE', idx, 0, -1)) do redis.call('DEL', P .. 'w:b:' .. b) end
+for _, b in ipairs(redis.call('ZRANGE', P .. 'w:fidx', 0, -1)) do redis.call('DEL', P .. 'w:f:' .. b) end
 for _, ctype in ipairs(redis.call('SMEMBERS', types)) do redis.call('DEL', top .. ':' .. ctype) end
-redis.call('DEL', idx, types, top, P .. 'w:acc', P .. 'events:' .. label, P .. 'devices:' .. label,
-           P .. 'event_types:' .. label)
+redis.call('DEL', idx, P .. 'w:fidx', types, top, P .. 'w:acc', P .. 'events:' .. label,
+           P .. 'devices:' .. label, P .. 'event_types:' .. label)
 for _, f in ipairs(redis.call('HKEYS', meta)) do
   if string.sub(f, 1, 8) == 'position' then redis.call('HSET', meta, f, pos) end
 end

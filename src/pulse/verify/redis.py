@@ -5,12 +5,13 @@ one MULTI/EXEC, and computes in SQL, in one snapshot of the source, each
 member's value twice:
 
 - inner: events with `event_ts` in [lowest_bucket(now) * bucket_s, now];
-- outer: events with `event_ts` in [(lowest_bucket(now) - 1) * bucket_s, now + future_skew_s].
+- outer: events with `event_ts` in [(lowest_bucket(now) - 1) * bucket_s,
+  the end of the bucket holding now + future_skew_s).
 
-The board evicts a bucket only when the sink next writes, and an event of
-the current moment may be up to `future_skew_s` ahead of the clock, so a
-board value is right when it lies between the two (the board's documented
-one-bucket accuracy at the window's edge). Boards: `top:<window>` (seconds of
+The board evicts a bucket only when the sink next writes, and it counts a
+bucket that starts up to `future_skew_s` ahead of the clock (later ones are
+held until their time comes), so a board value is right when it lies between
+the two (the board's documented one-bucket accuracy at the window's edge). Boards: `top:<window>` (seconds of
 engagement per content), `top:<window>:<type>`, `events:<window>` (events per
 content), `devices:<window>`, `event_types:<window>`. A member outside that
 band is a finding: `missing` (SQL has it, the board does not), `extra` (the
@@ -35,10 +36,12 @@ _TYPES = ("podcast", "newsletter", "video")
 _EPS = 1e-6
 
 
-def _sql_boards(cur, schema: str, start: datetime, end: datetime, null_member: str) -> dict[str, dict[str, float]]:
+def _sql_boards(cur, schema: str, start: datetime, end: datetime, null_member: str,
+                end_inclusive: bool = True) -> dict[str, dict[str, float]]:
     src = sql.SQL("{}.engagement_events e").format(sql.Identifier(schema))
     content = sql.SQL("{}.content c").format(sql.Identifier(schema))
-    where = sql.SQL("e.event_ts >= %(start)s AND e.event_ts <= %(end)s")
+    where = sql.SQL("e.event_ts >= %(start)s AND e.event_ts {} %(end)s").format(
+        sql.SQL("<=" if end_inclusive else "<"))
     p = {"start": start, "end": end, "null": null_member}
     secs = sql.SQL("sum(CASE WHEN e.duration_ms >= 0 THEN e.duration_ms ELSE 0 END) / 1000.0")
     out: dict[str, dict[str, float]] = {"top": {}, "events": {}, "devices": {}, "event_types": {}}
@@ -62,7 +65,7 @@ def _read(settings: Settings):
     import redis as redis_lib
 
     from pulse.schema import connect
-    from pulse.sinks.redis_board import NULL_MEMBER, Keys, lowest_bucket
+    from pulse.sinks.redis_board import NULL_MEMBER, Keys, bucket_of, lowest_bucket
 
     cfg = settings.redis
     keys = Keys(cfg.prefix, cfg.window_s)
@@ -85,8 +88,9 @@ def _read(settings: Settings):
             lo = lowest_bucket(now, cfg.window_s, cfg.bucket_s) * cfg.bucket_s
             ts = lambda x: datetime.fromtimestamp(x, timezone.utc)  # noqa: E731
             inner = _sql_boards(cur, settings.database.source_schema, ts(lo), ts(now), NULL_MEMBER)
+            newest = bucket_of(now + cfg.future_skew_s, cfg.bucket_s)
             outer = _sql_boards(cur, settings.database.source_schema, ts(lo - cfg.bucket_s),
-                                ts(now + cfg.future_skew_s), NULL_MEMBER)
+                                ts((newest + 1) * cfg.bucket_s), NULL_MEMBER, end_inclusive=False)
         conn.rollback()
         return now, boards, inner, outer
     finally:
