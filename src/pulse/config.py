@@ -191,8 +191,8 @@ class RedisConfig(_Section):
     )
     future_skew_s: int = Field(
         default=60, ge=0,
-        description="An event dated more than this many seconds after the sink's clock is rejected "
-        "(not counted, counted in the `future` stat); within it, it counts in its own bucket.",
+        description="A bucket starting more than this many seconds after the sink's clock is held "
+        "(counted in the `future` stat) and enters the board when the clock reaches it; within it, it counts now.",
     )
     state_ttl_s: int = Field(
         default=3_600, ge=60,
