@@ -3,7 +3,8 @@
 The broker is a private one (the shared broker serves other tests). Events
 keep coming while it is down; the producer holds them (the slot is not
 acknowledged past what the broker has), the consumers wait and resume from
-their committed offsets; at the end every destination equals the source.
+their committed offsets, and a consumer started during the outage waits for
+the broker; at the end every destination equals the source.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def test_broker_killed_and_back_under_produce_and_consumers(scratch_db, services
         down_at = time.monotonic()
         committed = writer.committed
         wait_for(lambda: writer.committed > committed + 500, 30, "the source to keep changing")
+        # A consumer that starts while the broker is down waits for it (it used to exit with
+        # "Kafka ... unreachable"): the Redis consumer is killed and started again now.
+        procs["redis"].send_signal(signal.SIGKILL)
+        procs["redis"].wait(30)
+        with open(logs["redis"], "a") as fh:
+            procs["redis"] = subprocess.Popen(pulse_cmd("consume", "--sink", "redis"), env=env, stdout=fh,
+                                              stderr=subprocess.STDOUT)
+        wait_for(lambda: "consume.broker_unreachable" in logs["redis"].read_text() or exited(), 60,
+                 "the restarted consumer to wait for the broker")
         time.sleep(max(0.0, DOWN_S - (time.monotonic() - down_at)))  # the outage itself
         assert not exited()
         private_kafka.start()

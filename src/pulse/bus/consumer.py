@@ -24,6 +24,7 @@ its new owner from the position stored in the destination.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import deque
@@ -171,7 +172,10 @@ class SinkConsumer:
 
         metrics.declare_sink(self.sink_name)
 
-        ensure_topics(self.cfg)
+        health.READINESS.register("consumer", self.readiness)
+        if not self._wait_for_broker():
+            health.READINESS.unregister("consumer")
+            return
         conf = client_config(self.cfg, **{
             "group.id": self.group,
             "enable.auto.commit": False,
@@ -189,7 +193,6 @@ class SinkConsumer:
         self.consumer = consumer = Consumer(conf)
         consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
-        health.READINESS.register("consumer", self.readiness)
         last_flush = last_export = last_idle_flush = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -235,6 +238,28 @@ class SinkConsumer:
                 self._rebuilder.join(30)
             log.info("consume.stopped", sink=self.sink_name, consumed=self.consumed, written=self.written,
                      skipped=self.skipped)
+
+    def _wait_for_broker(self) -> bool:
+        """Create the topics, waiting for the broker as long as it takes (False: stopped meanwhile).
+
+        A broker that is down when the consumer starts (the whole stack
+        restarting, a broker rolled while a consumer is rescheduled) is the
+        same transient fault as one that goes away later, which the loop
+        waits out: retried with jittered exponential backoff up to 30 s.
+        """
+        delay = 0.5
+        while True:
+            try:
+                ensure_topics(self.cfg, timeout=10.0)
+                return True
+            except TransientError as exc:
+                sleep_s = random.uniform(delay / 2, delay)
+                log.warning("consume.broker_unreachable", sink=self.sink_name, error=str(exc),
+                            sleep_s=round(sleep_s, 2))
+                metrics.ERRORS.labels(self.sink_name, "transient").inc()
+                delay = min(delay * 2, 30.0)
+                if self.stop_event.wait(sleep_s):
+                    return False
 
     def readiness(self) -> tuple[bool, str]:
         """Ready: assigned by the group, the loop runs, and what it wrote was made durable and
