@@ -10,6 +10,12 @@ delete what the receiver acknowledged. A crash at any instant leaves the
 outbox and the position in agreement: nothing is lost, and what is re-sent
 is the same bytes under the same ids.
 
+The ledger (`external_delivered`, what `pulse verify` reads): the ids of
+rows resolved (delivered, or dead-lettered), merged as ranges into one row
+per block of 2^LEDGER_BLOCK_BITS ids in the same transaction that deletes
+the rows, so a row lost from the outbox (never sent) can be told from one
+delivered. One block row per delivery request, never a row per event.
+
 Also here: how one enriched event becomes an outbox row (its CloudEvent id,
 attributes and data, serialised once), and the SQL of `pulse dlq`.
 """
