@@ -109,7 +109,8 @@ class KafkaAccounting:
         for p in self.partitions:
             low, high = c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=self.timeout_s)
             self.low[p] = low
-            if low > 0 and p not in self.edge:
+            if low > 0 and p not in self.edge and p not in self.next:
+                # Cut before this verification read it; a cut later removes only records already counted.
                 self.edge[p] = -1
             start = max(self.next.get(p, low), low)
             if high > start:
@@ -134,6 +135,7 @@ class KafkaAccounting:
         left = set(ends)
         idle_since = time.monotonic()
         src = self.src
+        found: list[np.ndarray] = [self._pend]  # joined once at the end, not per fetch
         try:
             while left:
                 msgs = c.consume(num_messages=READ_BATCH, timeout=1.0)
@@ -182,9 +184,10 @@ class KafkaAccounting:
                 if hit_p:
                     new = np.empty(len(hit_p), self._pend.dtype)
                     new["p"], new["off"], new["i"], new["ts"] = hit_p, hit_off, hit_i, hit_ts
-                    self._pend = np.concatenate([self._pend, new])
+                    found.append(new)
         finally:
             c.unassign()
+            self._pend = np.concatenate(found) if len(found) > 1 else found[0]
 
     @staticmethod
     def _event_id(m) -> int | None:
