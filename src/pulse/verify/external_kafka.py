@@ -51,6 +51,8 @@ log = get_logger(__name__)
 EDGE_RECORDS = 1_000
 #: Records fetched per consume() call.
 READ_BATCH = 5_000
+#: librdkafka's prefetch queue (its default is 64 MiB): what the read holds of the topic at once.
+PREFETCH_KB = 16_384
 
 
 class KafkaAccounting:
@@ -79,7 +81,8 @@ class KafkaAccounting:
         # group.id only to read the group's committed offsets: no subscribe, no commit.
         self.consumer = Consumer(client_config(self.cfg, **{
             "group.id": self.group, "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest", "client.id": "pulse-verify", "enable.partition.eof": False}))
+            "auto.offset.reset": "earliest", "client.id": "pulse-verify", "enable.partition.eof": False,
+            "queued.max.messages.kbytes": PREFETCH_KB}))
         try:
             meta = self.consumer.list_topics(self.topic, timeout=timeout_s)
         except KafkaException as exc:
@@ -152,7 +155,7 @@ class KafkaAccounting:
                                              f"end offsets {ends} (at {self.next})")
                     continue
                 idle_since = time.monotonic()
-                hit_p, hit_off, hit_i, hit_ts = [], [], [], []
+                ps, offs, eids, tss = [], [], [], []
                 for m in msgs:
                     if m.error():
                         continue
@@ -160,44 +163,43 @@ class KafkaAccounting:
                     if p not in left or off >= ends[p]:
                         continue
                     self.next[p] = off + 1
-                    if self.next[p] >= ends[p]:
+                    if off + 1 >= ends[p]:
                         left.discard(p)
-                    eid = self._event_id(m)
+                    eid = event_id(m.value())
                     if eid is None:
                         continue
                     if p in self.edge and self._edge_seen.get(p, 0) < EDGE_RECORDS:
                         self._edge_seen[p] = self._edge_seen.get(p, 0) + 1
                         self.edge[p] = max(self.edge[p], eid)
                     headers = m.headers()
-                    if not is_for(headers, self.name) or (p != NULL_PARTITION and is_broadcast_copy(headers)):
+                    if headers and (not is_for(headers, self.name) or (
+                            p != NULL_PARTITION and is_broadcast_copy(headers))):
                         continue  # not for the external sink: its consumer skips it
-                    k = int(np.searchsorted(src, eid))
-                    if k == len(src) or src[k] != eid:
-                        continue  # outside the verified range
-                    if off < self.committed.get(p, 0):
-                        self.delivered[k] = True
-                    else:
-                        hit_p.append(p)
-                        hit_off.append(off)
-                        hit_i.append(k)
-                        hit_ts.append(m.timestamp()[1] / 1000.0)
-                if hit_p:
-                    new = np.empty(len(hit_p), self._pend.dtype)
-                    new["p"], new["off"], new["i"], new["ts"] = hit_p, hit_off, hit_i, hit_ts
-                    found.append(new)
+                    ps.append(p)
+                    offs.append(off)
+                    eids.append(eid)
+                    tss.append(m.timestamp()[1])
+                if ps:
+                    found.append(self._place(np.array(ps, np.int32), np.array(offs, np.int64),
+                                             np.array(eids, np.int64), np.array(tss, np.float64) / 1000.0))
         finally:
             c.unassign()
             self._pend = np.concatenate(found) if len(found) > 1 else found[0]
 
-    @staticmethod
-    def _event_id(m) -> int | None:
-        value = m.value()
-        if not value:
-            return None
-        try:
-            return int(orjson.loads(value)["event_id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return None
+    def _place(self, ps: np.ndarray, offs: np.ndarray, eids: np.ndarray, tss: np.ndarray) -> np.ndarray:
+        """Mark the fetched records' ids delivered; return the pending ones (the ids of the range only)."""
+        src = self.src
+        k = np.searchsorted(src, eids)
+        ok = k < len(src)
+        ok[ok] = src[k[ok]] == eids[ok]  # ids outside the verified range are dropped
+        ps, offs, k, tss = ps[ok], offs[ok], k[ok], tss[ok]
+        committed = np.array([self.committed.get(int(p), 0) for p in range(int(ps.max()) + 1)] if len(ps) else [0],
+                             np.int64)
+        done = offs < committed[ps]
+        self.delivered[k[done]] = True
+        new = np.empty(int((~done).sum()), self._pend.dtype)
+        new["p"], new["off"], new["i"], new["ts"] = ps[~done], offs[~done], k[~done], tss[~done]
+        return new
 
     # -- the accounting ------------------------------------------------------------
 
@@ -225,6 +227,25 @@ class KafkaAccounting:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def event_id(value: bytes | None) -> int | None:
+    """The event id of a record's value: read off its head when it leads (as `pulse produce` writes it)."""
+    if not value:
+        return None
+    if value.startswith(_HEAD):
+        end = value.find(b",", len(_HEAD))
+        try:
+            return int(value[len(_HEAD):end])
+        except ValueError:
+            pass
+    try:
+        return int(orjson.loads(value)["event_id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+_HEAD = b'{"event_id":'
 
 
 def _key(settings: Settings, name: str, topic: str, partition: int) -> str:

@@ -37,3 +37,16 @@ def test_auto_without_a_local_outbox_folder_refuses_instead_of_calling_everythin
     assert "PULSE_EXTERNAL__OUTBOX=kafka" in (err.value.hint or "")
     missing.mkdir()
     assert outbox_of(Settings(external={"url": "http://x", "outbox_dir": str(missing)})) == "local"
+
+
+def test_a_records_event_id_is_read_off_its_head_and_any_other_layout_falls_back_to_json():
+    import orjson
+
+    from pulse.verify.external_kafka import event_id
+
+    assert event_id(b'{"event_id":123,"content_id":"c"}') == 123
+    assert event_id(orjson.dumps({"content_id": "c", "event_id": 7})) == 7  # not leading: parsed
+    assert event_id(b'{"event_id":5}') == 5
+    assert event_id(b'{"event_id":-4,"x":1}') == -4
+    assert event_id(b'{"event_id":"x","a":1}') is None
+    assert event_id(b"") is None and event_id(None) is None and event_id(b"not json") is None
