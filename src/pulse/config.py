@@ -398,8 +398,11 @@ class ExternalConfig(_Section):
         description="Where events wait for delivery. auto: `local` under `pulse run`, `kafka` under `pulse consume`. "
                     "local: append-only segment files in outbox_dir (fsync'd per batch; nothing is written to the "
                     "source database). postgres: tables in Pulse's state schema (an INSERT and a DELETE per event "
-                    "in the source database; for deployments that want no local state). kafka: no second outbox, "
-                    "the topic is the log (offsets are committed only for acknowledged events).")
+                    "in the source database, and a ledger row of id ranges updated per delivery request; for "
+                    "deployments that want no local state). kafka: no second outbox, "
+                    "the topic is the log (offsets are committed only for acknowledged events). "
+                    "`pulse verify --sink external` reads this to find the sink's books (with auto it needs the "
+                    "local outbox folder).")
     outbox_dir: Path | None = Field(
         default=None,
         description="Folder of the local outbox. Unset: external_outbox/<slot>/<sink name> under the working "

@@ -19,7 +19,9 @@ slot advances whatever the endpoint does; delivery lanes send from it.
   log; frames wait in memory and the sink's position is the delivered one,
   so the consumer commits offsets only for acknowledged events.
 - `outbox = "postgres"`: the outbox tables in Pulse's schema, one
-  transaction per batch (`external_outbox.py`), lanes of `external_delivery.py`.
+  transaction per batch (`external_outbox.py`), lanes of `external_delivery.py`;
+  a delivered batch's rows are deleted and its ids merged into the ledger
+  (`external_delivered`) in one transaction.
 
 `open()` returns the position the outbox holds, so a restart hands the sink
 only events it does not hold yet; what was not delivered is sent again,

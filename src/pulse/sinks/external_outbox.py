@@ -10,6 +10,12 @@ delete what the receiver acknowledged. A crash at any instant leaves the
 outbox and the position in agreement: nothing is lost, and what is re-sent
 is the same bytes under the same ids.
 
+The ledger (`external_delivered`, what `pulse verify` reads): the ids of
+rows resolved (delivered, or dead-lettered), merged as ranges into one row
+per block of 2^LEDGER_BLOCK_BITS ids in the same transaction that deletes
+the rows, so a row lost from the outbox (never sent) can be told from one
+delivered. One block row per delivery request, never a row per event.
+
 Also here: how one enriched event becomes an outbox row (its CloudEvent id,
 attributes and data, serialised once), and the SQL of `pulse dlq`.
 """
@@ -22,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timezone
 from typing import NamedTuple
 
+import numpy as np
 import orjson
 import psycopg2
 from psycopg2 import sql
@@ -31,6 +38,8 @@ from pulse.errors import TerminalError, TransientError
 from pulse.model import ZERO, EnrichedEvent, Position
 
 TYPE_PREFIX = "com.pulse.engagement."
+#: The ledger keeps one row per block of 2**LEDGER_BLOCK_BITS event ids (migration 012).
+LEDGER_BLOCK_BITS = 16
 
 
 class OutboxRow(NamedTuple):
@@ -149,6 +158,7 @@ class Outbox:
         self.t_outbox = sql.SQL("{}.external_outbox").format(s)
         self.t_position = sql.SQL("{}.external_position").format(s)
         self.t_dead = sql.SQL("{}.external_dead_letter").format(s)
+        self.t_delivered = sql.SQL("{}.external_delivered").format(s)
         self.schema = schema
 
     def connect(self, *, autocommit: bool = False, name: str = "pulse-external"):
@@ -242,10 +252,54 @@ class Outbox:
     _MATCH = "sink = %s AND (lsn, seq) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))"
 
     def delete(self, conn, rows: Sequence[OutboxRow]) -> None:
+        """Remove delivered rows and add their ids to the ledger, in one transaction (`conn` in autocommit)."""
         lsns, seqs = self._keys(rows)
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("DELETE FROM {} WHERE " + self._MATCH).format(self.t_outbox),
-                        (self.sink_key, lsns, seqs))
+            cur.execute("BEGIN")
+            try:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE " + self._MATCH).format(self.t_outbox),
+                            (self.sink_key, lsns, seqs))
+                self.record_resolved(cur, [r.event_id for r in rows])
+                cur.execute("COMMIT")
+            except BaseException:
+                if not conn.closed:
+                    cur.execute("ROLLBACK")
+                raise
+
+    # -- the ledger (what `pulse verify` reads) --------------------------------------
+
+    def record_resolved(self, cur, event_ids: Sequence[int]) -> None:
+        """Add resolved (delivered or dead-lettered) event ids to the ledger, in the caller's transaction.
+
+        One `external_delivered` row per block of 2^LEDGER_BLOCK_BITS ids, its
+        ranges merged in place: a request's ids touch one block row (two at a
+        block boundary), whatever the number of events. Blocks are locked in
+        ascending order, so lanes resolving at once never deadlock.
+        """
+        from pulse.sinks.external_local import Ledger
+
+        ids = np.unique(np.asarray(event_ids, np.int64))
+        if not len(ids):
+            return
+        blocks = ids >> LEDGER_BLOCK_BITS
+        for block in np.unique(blocks).tolist():
+            cur.execute(sql.SQL("INSERT INTO {} (sink, block) VALUES (%s, %s) ON CONFLICT (sink, block) "
+                                "DO UPDATE SET updated_at = now() RETURNING ranges").format(self.t_delivered),
+                        (self.sink_key, block))
+            ledger = Ledger(np.asarray(cur.fetchone()[0], np.int64).reshape(-1, 2))
+            ledger.add(ids[blocks == block])
+            cur.execute(sql.SQL("UPDATE {} SET ranges = %s::bigint[] WHERE sink = %s AND block = %s").format(
+                self.t_delivered), (ledger.ranges.ravel().tolist(), self.sink_key, block))
+
+    def ledger(self, cur, lo: int, hi: int):
+        """The resolved ids of event ids lo..hi, as an `external_local.Ledger` (read in the caller's snapshot)."""
+        from pulse.sinks.external_local import Ledger
+
+        cur.execute(sql.SQL("SELECT ranges FROM {} WHERE sink = %s AND block BETWEEN %s AND %s ORDER BY block")
+                    .format(self.t_delivered), (self.sink_key, lo >> LEDGER_BLOCK_BITS, hi >> LEDGER_BLOCK_BITS))
+        parts = [np.asarray(r[0], np.int64).reshape(-1, 2) for r in cur.fetchall() if r[0]]
+        # Block rows are disjoint and ascending; a range never crosses a block.
+        return Ledger(np.concatenate(parts) if parts else None)
 
     def note_failure(self, conn, rows: Sequence[OutboxRow], error: str) -> None:
         lsns, seqs = self._keys(rows)
@@ -269,6 +323,7 @@ class Outbox:
                 )
                 cur.execute(sql.SQL("DELETE FROM {} WHERE " + self._MATCH).format(self.t_outbox),
                             (self.sink_key, lsns, seqs))
+                self.record_resolved(cur, [r.event_id for r in rows])
                 cur.execute("COMMIT")
             except BaseException:
                 if not conn.closed:

@@ -85,15 +85,18 @@ def repair_bigquery(settings: Settings, result: Result, timeout_s: float = 600.0
     return done
 
 
-def _backfill_ids(settings: Settings, ids: list[int], sink: str, timeout_s: float) -> int:
-    """Backfill exactly the id ranges covering `ids` to `sink` and wait for them; returns the number of runs."""
+def _backfill_ids(settings: Settings, ids: list[int], sink: str, timeout_s: float, via: str | None = None) -> int:
+    """Backfill exactly the id ranges covering `ids` to `sink` and wait for them; returns the number of runs.
+
+    `via`: the relaying sink (kafka) a pipeline started here runs instead of `sink` itself.
+    """
     from pulse.runtime.backfill import BackfillSpec, submit
     from pulse.schema import init_database
 
     init_database(settings.database)
     runs = [submit(settings.database, BackfillSpec(min_id=lo, max_id=hi, sinks=(sink,)))["run_id"]
             for lo, hi in id_ranges(ids)]
-    execute_runs(settings, runs, [sink], timeout_s)
+    execute_runs(settings, runs, [via or sink], timeout_s)
     return len(runs)
 
 
@@ -165,10 +168,19 @@ def _wait(settings: Settings, run_ids: list[str], timeout_s: float, failure: lis
         conn.close()
 
 def repair_external(settings: Settings, result: Result, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Backfill the missing ids to the external sink: into its outbox (local, postgres), or onto the topic (kafka).
+
+    Over Kafka the runs are relayed: the producer (`pulse produce`, or a
+    pipeline with the Kafka sink started here) publishes the rows marked for
+    the external sink alone, and its `pulse consume` worker delivers them.
+    """
     missing = sorted(int(f.key) for f in result.findings if f.kind == MISSING)
     done: dict[str, Any] = {"backfilled_ids": len(missing), "runs": 0}
     if missing:
-        done["runs"] = _backfill_ids(settings, missing, "external", timeout_s)
+        from pulse.verify.external import outbox_of
+
+        relay = "kafka" if outbox_of(settings) == "kafka" else None
+        done["runs"] = _backfill_ids(settings, missing, "external", timeout_s, via=relay)
     return done
 
 

@@ -40,7 +40,8 @@ class Result:
     notes: list[str] = field(default_factory=list)
     repair: dict[str, Any] | None = None
     unit: str = "buckets"         # what `buckets` counts: time buckets (BigQuery) or boards (Redis)
-    accounting: dict[str, Any] | None = None  # the external system: delivered / pending / dead-lettered / missing
+    # The external system: outbox, delivered / pending / dead-lettered / missing / unaccountable, oldest pending.
+    accounting: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
