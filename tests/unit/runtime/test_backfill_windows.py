@@ -47,7 +47,7 @@ def event_change(i: int, op: str = "update") -> Change:
 
 def test_rows_changed_between_the_watermarks_are_dropped_and_the_rest_take_the_high_position() -> None:
     m = manager()
-    w = m.windows["r"] = _Window("r", 1)
+    w = m.windows[("r", 1)] = _Window("r", 1)
     m.observe(event_change(2))  # before the low watermark: the read saw it; not dropped
     assert m.on_watermark(mark("low", lsn=50)) is None
     w.rows = chunk(1, 2, 3, 4)
@@ -63,12 +63,31 @@ def test_rows_changed_between_the_watermarks_are_dropped_and_the_rest_take_the_h
     assert events[0].event_ts == TS
     assert [e.position for e in events] == [Position(200, 2), Position(200, 3)]
     assert all(e.backfill and e.op == "insert" for e in events)
-    assert w.superseded == 2 and w.emitted.is_set() and "r" not in m.windows
+    assert w.superseded == 2 and w.emitted.is_set() and ("r", 1) not in m.windows
+
+
+def test_two_open_windows_of_one_run_each_drop_only_the_changes_between_their_own_watermarks() -> None:
+    # The job reads chunk 2 while chunk 1's high watermark travels the stream.
+    m = manager()
+    first = m.windows[("r", 1)] = _Window("r", 1)
+    second = m.windows[("r", 2)] = _Window("r", 2, rows=chunk(5, 6, 7))
+    assert m.on_watermark(mark("low", chunk=1, lsn=50)) is None
+    first.rows = chunk(1, 2, 3)
+    m.observe(event_change(2))  # inside window 1 only: window 2's low has not passed yet
+    out1 = m.on_watermark(mark("high", chunk=1, lsn=60))
+    assert out1.table().column("event_id").to_pylist() == [1, 3]
+    m.observe(event_change(6))  # between window 1's high and window 2's low: in neither
+    assert m.on_watermark(mark("low", chunk=2, lsn=70)) is None
+    m.observe(event_change(7))
+    out2 = m.on_watermark(mark("high", chunk=2, lsn=80))
+    assert out2.table().column("event_id").to_pylist() == [5, 6]
+    assert first.superseded == 1 and second.superseded == 1 and not m.windows
+    assert out1.position < out2.first
 
 
 def test_watermarks_of_other_chunks_or_runs_are_ignored() -> None:
     m = manager()
-    m.windows["r"] = _Window("r", 2, rows=chunk(1))
+    m.windows[("r", 2)] = _Window("r", 2, rows=chunk(1))
     assert m.on_watermark(mark("high", chunk=1)) is None  # an older chunk replayed after a restart
     other = mark("high", chunk=2)
     other = other._replace(new={**other.new, "run_id": "someone-else"})
