@@ -115,7 +115,13 @@ def test_backfill_concurrent_with_live_writes_updates_and_deletes_ends_at_the_fi
             t.join(30)
         wait_for(_caught_up(cur, scratch_db.slot), 60, "the pipeline to catch up")
     final = apply_in_order(sink.events)
-    assert {i: (e.duration_ms, e.device) for i, e in final.items()} == source_state(cur)
+    got = {i: (e.duration_ms, e.device) for i, e in final.items()}
+    want = source_state(cur)
+    bad = sorted(i for i in set(got) | set(want) if got.get(i) != want.get(i))
+    assert not bad, f"{len(bad)} rows differ; " + "; ".join(
+        f"id {i}: sink {got.get(i)}, source {want.get(i)}, received "
+        f"{[(e.op, tuple(e.position), e.backfill, e.duration_ms) for e in sink.events if e.event_id == i]}"
+        for i in bad[:3])
     with conn.cursor() as c2:
         info = get_run(c2, scratch_db.config(), run["run_id"])
     # Bounded at the ids that existed when it was submitted; rows deleted before

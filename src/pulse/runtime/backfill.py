@@ -170,13 +170,28 @@ PIPELINE_DEPTH = 2
 
 @dataclass(frozen=True)
 class _Done:
-    """A chunk handed to the sinks, awaiting durability before its progress is recorded."""
+    """A chunk read, awaiting its emission at the high watermark, then durability, before its progress is recorded."""
 
-    chunk: int
-    last: Position | None
+    window: "_Window"
     last_id: int
     read: int
-    superseded: int
+
+
+class Invisible:
+    """The transactions a chunk's snapshot does not see: its in-progress xids and everything from xmax on.
+
+    From `pg_current_snapshot()` (64-bit xid8) in the read transaction; the
+    stream gives 32-bit xids, compared modulo 2^32 as PostgreSQL does.
+    """
+
+    __slots__ = ("xmax", "xip")
+
+    def __init__(self, xmax: int, xip: set[int]) -> None:
+        self.xmax = xmax & 0xFFFFFFFF
+        self.xip = {x & 0xFFFFFFFF for x in xip}
+
+    def __contains__(self, xid: int) -> bool:
+        return xid in self.xip or (xid - self.xmax) & 0xFFFFFFFF < 0x80000000
 
 
 @dataclass
@@ -187,6 +202,11 @@ class _Window:
     extras: ChunkExtras | None = None  # the extra source columns in `rows` (columnar.read_extra)
     low_seen: bool = False
     changed: set[int] = field(default_factory=set)
+    # (event id, top-level xid) of changes seen after the window opened but
+    # before its low watermark, and the chunk snapshot's invisible xids: see
+    # `BackfillManager.observe`.
+    early: list[tuple[int, int | None]] = field(default_factory=list)
+    invisible: "Invisible | None" = None
     emitted: threading.Event = field(default_factory=threading.Event)
     last_position: Position | None = None
     superseded: int = 0
@@ -198,7 +218,10 @@ class BackfillManager:
     def __init__(self, pipeline: "Pipeline") -> None:
         self.pipeline = pipeline
         self.cfg = pipeline.settings.database
-        self.windows: dict[str, _Window] = {}  # run_id -> the open chunk (dispatcher and jobs)
+        # (run_id, chunk) -> an open chunk (dispatcher and jobs). A job keeps at
+        # most two: one whose high watermark travels the stream while the next
+        # one is read.
+        self.windows: dict[tuple[str, int], _Window] = {}
         self._lock = threading.Lock()
         self.jobs: dict[str, BackfillJob] = {}
         self._conn = None
@@ -237,23 +260,37 @@ class BackfillManager:
 
     # -- the dispatcher's part ---------------------------------------------------
 
-    def observe(self, change: Change) -> None:
-        """An engagement_events change: remember its id in every open window."""
+    def observe(self, change: Change, xid: int | None = None) -> None:
+        """An engagement_events change (of top-level transaction `xid`): remember its id in every open window.
+
+        After the low watermark every change supersedes the chunk's row
+        (DBLog). Before it, from the moment the window opened, the change is
+        noted with its xid: a transaction whose commit record precedes the
+        low watermark can still be invisible to the chunk's snapshot (it
+        waits between its WAL flush and marking the commit log, e.g. a
+        backend descheduled on a loaded machine), and `_begin_after` cannot
+        tell it from a running one. At the high watermark such a change
+        supersedes the row when the snapshot did not see its transaction
+        (`test_backfill_concurrent_with_live_writes_updates_and_deletes_ends_at_the_final_state`
+        ended one change behind about one run in five at load 20 without it).
+        """
         row = change.new if change.new is not None else change.old
         if not row:
             return
         event_id = row.get("id")
-        for window in self.windows.values():
+        for window in list(self.windows.values()):  # a job may open the next window meanwhile
             if window.low_seen:
                 window.changed.add(event_id)
+            else:
+                window.early.append((event_id, xid))
 
     def on_watermark(self, change: Change) -> EventChunk | None:
         """A watermark passed in the stream; at a high watermark, the chunk's surviving rows."""
         row = change.new
         if not row:
             return None
-        window = self.windows.get(row["run_id"])
-        if window is None or window.chunk != row["chunk"]:
+        window = self.windows.get((row["run_id"], row["chunk"]))
+        if window is None:
             return None  # a replay of an older run's watermark, or another process's run
         if row["kind"] == "low":
             window.low_seen = True
@@ -261,6 +298,11 @@ class BackfillManager:
         if not window.low_seen or window.rows is None:
             return None
         raw = window.rows
+        invisible = window.invisible
+        for event_id, xid in window.early:
+            if xid is None or invisible is None or xid in invisible:
+                window.changed.add(event_id)  # unknown counts as unseen: the stream's value wins
+        window.early = []
         changed = [i for i in window.changed if i is not None]
         if changed:
             keep = pc.invert(pc.is_in(raw.column("id"), value_set=pa.array(changed, pa.int64())))
@@ -273,7 +315,7 @@ class BackfillManager:
                               extras=window.extras)
         window.last_position = Position(change.position.lsn, change.position.seq + raw.num_rows)
         with self._lock:
-            self.windows.pop(window.run_id, None)
+            self.windows.pop((window.run_id, window.chunk), None)
         window.emitted.set()
         return chunk if raw.num_rows else None
 
@@ -412,11 +454,15 @@ class BackfillJob(threading.Thread):
                 started = time.monotonic()
                 window = _Window(self.run_id, chunk)
                 with self.manager._lock:
-                    self.manager.windows[self.run_id] = window
+                    self.manager.windows[(self.run_id, chunk)] = window
                 self._watermark(cur, chunk, "low")
                 where, params = _where(run)
                 self._begin_after(cur)
                 try:
+                    cur.execute("SELECT pg_snapshot_xmax(s)::text::bigint, "
+                                "ARRAY(SELECT pg_snapshot_xip(s)::text::bigint) FROM pg_current_snapshot() s")
+                    xmax, xip = cur.fetchone()
+                    window.invisible = Invisible(xmax, set(xip))
                     rows = read_chunk(cur, chunk_query(self.cfg.source_schema, where), [*params, run["chunk_size"]])
                     # Columns beyond the known ones (the table had them before the
                     # first start, or gained them since): read for the chunk's ids.
@@ -429,7 +475,7 @@ class BackfillJob(threading.Thread):
                 window.rows = rows
                 if window.rows.num_rows == 0:
                     with self.manager._lock:
-                        self.manager.windows.pop(self.run_id, None)
+                        self.manager.windows.pop((self.run_id, chunk), None)
                     if not self._record(cur, pending, keep=0):
                         return
                     cur.execute(sql.SQL("UPDATE {}.backfill_runs SET state = 'done', finished_at = now(), "
@@ -439,44 +485,60 @@ class BackfillJob(threading.Thread):
                              rows=self.progress.rows)
                     return
                 self._watermark(cur, chunk, "high")
-                if not self._wait(window.emitted.is_set):
-                    return
-                read = window.rows.num_rows
                 run["last_id"] = window.rows.column("id")[-1].as_py()
-                pending.append(_Done(chunk, window.last_position, run["last_id"], read, window.superseded))
+                pending.append(_Done(window, run["last_id"], window.rows.num_rows))
+                # The next chunk is read while this one's high watermark travels
+                # the stream: at most two windows open, the older one emitted
+                # before a third is opened (the stream emits them in order).
+                if len(pending) > 1 and not self._wait(pending[-2].window.emitted.is_set):
+                    return
                 if not self._record(cur, pending, keep=PIPELINE_DEPTH):
                     return
                 if run["rate_limit"] > 0:
                     # Rows per second over the chunk, including the read and the wait.
-                    pause = read / run["rate_limit"] - (time.monotonic() - started)
+                    pause = window.rows.num_rows / run["rate_limit"] - (time.monotonic() - started)
                     if pause > 0:
                         self.stop_event.wait(pause)
         finally:
             with self.manager._lock:
-                self.manager.windows.pop(self.run_id, None)
+                for key in [k for k in self.manager.windows if k[0] == self.run_id]:
+                    self.manager.windows.pop(key, None)
             conn.close()
 
     def _record(self, cur, pending: "collections.deque[_Done]", keep: int) -> bool:
         """Record the progress of the oldest pending chunks, in order, until at most `keep` remain.
 
-        A chunk is recorded once it is durable in every target (waiting for
-        it when more than `keep` are pending); False when stopping.
+        A chunk is recorded once it was emitted at its high watermark and is
+        durable in every target (waiting for both when more than `keep` are
+        pending); False when stopping. The progress row is committed without
+        waiting for its WAL flush (`synchronous_commit = off` for that
+        statement): the next high watermark's commit flushes it, and a
+        progress row lost to a server crash only makes the run read a chunk
+        again, which every target absorbs as after a kill (see the module
+        docstring).
         """
         st = sql.Identifier(self.cfg.state_schema)
         while pending:
             done = pending[0]
-            if len(pending) <= keep and not (done.last is None or self._durable(done.last)):
+            ready = done.window.emitted.is_set() and (done.window.last_position is None
+                                                      or self._durable(done.window.last_position))
+            if len(pending) <= keep and not ready:
                 return True
-            if done.last is not None and not self._wait(lambda: self._durable(done.last)):
+            if not self._wait(done.window.emitted.is_set):
+                return False
+            last = done.window.last_position
+            if last is not None and not self._wait(lambda: self._durable(last)):
                 return False
             pending.popleft()
+            superseded = done.window.superseded
             cur.execute(
-                sql.SQL("UPDATE {}.backfill_runs SET last_id = %s, rows_read = rows_read + %s, "
+                sql.SQL("SET LOCAL synchronous_commit = off; "
+                        "UPDATE {}.backfill_runs SET last_id = %s, rows_read = rows_read + %s, "
                         "rows_emitted = rows_emitted + %s, rows_superseded = rows_superseded + %s, "
                         "chunks = %s, updated_at = now() WHERE run_id = %s").format(st),
-                (done.last_id, done.read, done.read - done.superseded, done.superseded, done.chunk, self.run_id),
+                (done.last_id, done.read, done.read - superseded, superseded, done.window.chunk, self.run_id),
             )
-            self.progress.advance(done.read, done.read - done.superseded, self.run_id)
+            self.progress.advance(done.read, done.read - superseded, self.run_id)
         return True
 
     # Attempts at a snapshot without a committing transaction before going on anyway (each waits up to 20 ms).
@@ -513,6 +575,22 @@ class BackfillJob(threading.Thread):
         cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def _watermark(self, cur, chunk: int, kind: str) -> None:
+        """Write a watermark into the stream (an upsert of the run's row in the publication).
+
+        Both watermarks wait for their WAL flush (synchronous commit). The
+        low one must: with an asynchronous commit it becomes visible at once,
+        while a transaction T whose commit record precedes it in the WAL may
+        still wait for its own flush, invisible and not yet "committed" in the
+        commit log, so `_begin_after` cannot see it; the chunk's snapshot then
+        misses T, the stream shows T before the window opens, and the chunk
+        carries a row's value from before T at a position after T (found by
+        `test_backfill_concurrent_with_live_writes_updates_and_deletes_ends_at_the_final_state`,
+        1 run in 3). A synchronous low watermark flushes T's record with its
+        own, so by the time the job opens its snapshot T has (in practice)
+        marked itself committed and the check sees it. What remains is the
+        instant between that shared flush and T's backend updating the commit
+        log, a hazard the unpipelined code had too (see docs/backfill.md).
+        """
         cur.execute(sql.SQL("INSERT INTO {}.backfill_watermarks (run_id, chunk, kind) VALUES (%s, %s, %s) "
                             "ON CONFLICT (run_id) DO UPDATE SET chunk = EXCLUDED.chunk, kind = EXCLUDED.kind, "
                             "updated_at = clock_timestamp()").format(sql.Identifier(self.cfg.state_schema)),

@@ -188,6 +188,7 @@ class Pipeline:
         self.workers: dict[str, SinkWorker] = {}
         self.backfill: BackfillManager | None = None
         self.rebuilder: WindowRebuilder | None = None
+        self._assembler: ChangeAssembler | None = None
         self.slot_created = False
         self.reader: ReplicationReader | None = None
         self.tracker: AckTracker | None = None
@@ -275,6 +276,7 @@ class Pipeline:
         decoder = PgOutputDecoder(self.settings.database.protocol_version)
         assembler = ChangeAssembler(self.settings.database.source_schema,
                                     state_schema=self.settings.database.state_schema)
+        self._assembler = assembler  # its xid: the transaction of the change being handled
         try:
             while not self.stop_event.is_set():
                 try:
@@ -351,7 +353,7 @@ class Pipeline:
                     hook(change)
                 return
             if self.backfill is not None and self.backfill.windows:
-                self.backfill.observe(change)
+                self.backfill.observe(change, self._assembler.xid if self._assembler is not None else None)
             event = enrich_change(change, self.cache, self.clock())
             if event.problems:
                 for problem in event.problems:

@@ -81,6 +81,8 @@ class ChangeAssembler:
         self.spill_dir = Path(spill_dir) if spill_dir else Path(tempfile.gettempdir())
         self._txn: pg.Begin | None = None
         self._seq = 0
+        #: The top-level xid of the transaction whose changes are being handed on (None between them).
+        self.xid: int | None = None
         self._spills: dict[int, _Spill] = {}
         self._stream_top = 0
         self.spilled_total = 0
@@ -90,6 +92,7 @@ class ChangeAssembler:
     def reset(self) -> None:
         """Forget partial state (after a reconnect the server resends from the slot)."""
         self._txn = None
+        self.xid = None
         self._seq = 0
         for spill in self._spills.values():
             self._discard(spill)
@@ -133,8 +136,10 @@ class ChangeAssembler:
         elif t is pg.Begin:
             self._txn = rec  # type: ignore[assignment]
             self._seq = 0
+            self.xid = rec.xid  # type: ignore[attr-defined]
         elif t is pg.Commit:
             self._txn = None
+            self.xid = None
             yield TxnEnd(rec.commit_lsn, rec.end_lsn, rec.commit_ts)  # type: ignore[attr-defined]
         elif t is pg.StreamStart:
             self._stream_top = rec.xid  # type: ignore[attr-defined]
@@ -173,6 +178,7 @@ class ChangeAssembler:
     def _replay(self, rec: pg.StreamCommit) -> Iterator[Change | TxnEnd | Truncated]:
         spill = self._spills.pop(rec.xid, None)
         seq = 0
+        self.xid = rec.xid
         if spill is not None:
             try:
                 spill.fh.close()
@@ -188,6 +194,7 @@ class ChangeAssembler:
             finally:
                 self._discard(spill)
             log.debug("stream.replayed", xid=rec.xid, changes=seq)
+        self.xid = None
         yield TxnEnd(rec.commit_lsn, rec.end_lsn, rec.commit_ts, streamed=True)
 
     def _abort(self, rec: pg.StreamAbort) -> None:
