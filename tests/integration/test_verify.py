@@ -234,6 +234,14 @@ def test_redis_board_verified_then_a_changed_entry_found_and_rebuilt(scratch_db,
         assert [(f.kind, f.key) for f in r.findings] == [("different", f"top/{ids[1]}")]
         [r] = run_verify(settings, ["redis"], OPTS, repair=True)
         assert r.ok and r.repair["findings_before"] == 1, r.findings
+        # A delete under the default replica identity: the board cannot take the event out, and
+        # verify says why and how to fix it.
+        with Running(Pipeline(settings, [RedisSink(settings.redis)])):
+            cur.execute("DELETE FROM engagement_events WHERE id = (SELECT min(id) FROM engagement_events)")
+            conn.commit()
+            wait_for(lambda: int(client.hget(prefix + "stats", "uncorrectable") or 0) >= 1, 30, "the delete counted")
+        [r] = run_verify(settings, ["redis"], OPTS)
+        assert not r.ok and any("--replica-identity-full" in n for n in r.notes), (r.findings, r.notes)
         conn.close()
     finally:
         for key in client.scan_iter(match=prefix + "*", count=1000):

@@ -77,7 +77,8 @@ def run(rate: float = 200.0, seconds: float = 15.0, history: int = 20_000) -> No
     url = env["PULSE_DATABASE_URL"]
 
     _section("2. schema and preflight")
-    subprocess.run([_pulse(), "db", "init"], env=env, check=True)
+    # FULL identity: the generator's updates and deletes carry the old row, so the board corrects for them.
+    subprocess.run([_pulse(), "db", "init", "--replica-identity-full"], env=env, check=True)
     subprocess.run([_pulse(), "doctor"], env=env, check=False)
 
     _section(f"2b. history before Pulse's first start: {history:,} events over the last 2 hours")
@@ -142,7 +143,8 @@ def run(rate: float = 200.0, seconds: float = 15.0, history: int = 20_000) -> No
         subprocess.run([_pulse(), "status"], env=env, check=False)
 
         _section("10. does every destination equal the source? (pulse verify)")
-        subprocess.run([_pulse(), "verify", "--sink", "bigquery", "--sink", "redis"], env=env, check=False)
+        subprocess.run([_pulse(), "verify", "--sink", "bigquery", "--sink", "redis", "--sink", "external"], env=env,
+                       check=False)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -137,7 +137,28 @@ def verify_redis(settings: Settings, settle_s: float = 30.0) -> Result:
             findings = again
         else:
             result.notes.append(why)
+    if findings:
+        uncorrectable = _uncorrectable(settings)
+        if uncorrectable:
+            result.notes.append(
+                f"the board could not apply {uncorrectable:,} updates or deletes (stats.uncorrectable: without "
+                "REPLICA IDENTITY FULL the old row is unknown); set it (`pulse db init --replica-identity-full`) "
+                "and rebuild the window (`pulse verify --sink redis --repair`)")
     result.findings = findings
     result.seconds = time.monotonic() - started
     return result
+
+
+def _uncorrectable(settings: Settings) -> int:
+    """The board's count of changes it could not apply (old values unknown, or never counted)."""
+    import redis as redis_lib
+
+    from pulse.sinks.redis_board import Keys
+
+    cfg = settings.redis
+    client = redis_lib.Redis.from_url(cfg.url.get_secret_value(), socket_timeout=cfg.socket_timeout_s)
+    try:
+        return int(client.hget(Keys(cfg.prefix, cfg.window_s).stats, "uncorrectable") or 0)
+    finally:
+        client.close()
 
