@@ -125,7 +125,7 @@ def render(snap: dict[str, Any], keys):
     for name, n in snap["event_types"]:
         et.add_row(_plain(name, 20), f"{n:,}")
     s = snap["stats"]
-    foot = Text(f"not counted: late {s.get('late', 0):,}, future {s.get('future', 0):,}, "
+    foot = Text(f"not counted: late {s.get('late', 0):,}, future-dated (held) {s.get('future', 0):,}, "
                 f"uncorrectable updates/deletes {s.get('uncorrectable', 0):,}; replayed batches "
                 f"{s.get('batches_replayed', 0):,}; position {snap['position'] or '-'}", style="dim")
     return Group(head, top, Columns(per_type), Columns([dev, et]), foot)

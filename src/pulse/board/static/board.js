@@ -252,7 +252,7 @@ function renderAlerts(state) {
 function renderFoot(board) {
   if (!board) { $("foot").textContent = ""; return; }
   const s = board.stats || {};
-  $("foot").textContent = `Not counted: late ${fmtInt(s.late || 0)}, future ${fmtInt(s.future || 0)}, uncorrectable ` +
+  $("foot").textContent = `Not counted: late ${fmtInt(s.late || 0)}, future-dated (held until their time) ${fmtInt(s.future || 0)}, uncorrectable ` +
     `${fmtInt(s.uncorrectable || 0)} · last write ${fmtDuration(board.last_write_s)} ago · position ${board.position || "–"}`;
   $("board-key").textContent = board.keys ? board.keys.top : "";
   const w = board.series ? board.series.window_s : 600;
