@@ -439,7 +439,7 @@ class RedisSink(Sink):
             for reason, n in (("late", late), ("uncorrectable", agg.uncorrectable + refused)):
                 if n:
                     BOARD_SKIPPED.labels(reason).inc(n)
-            if held:
+            if held > 0:  # net of corrections: a delete of a held event makes it negative
                 BOARD_HELD.inc(held)
             written_at = time.monotonic()
             for cid, _key, _mapping, value in meta:
