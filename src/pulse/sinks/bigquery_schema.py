@@ -387,7 +387,12 @@ def partition_filter(days: "Iterable[date | None]", alias: str = "T") -> str:
     """A predicate on `alias`.event_ts naming these day partitions (None: the NULL partition); FALSE when none.
 
     Consecutive days become one range, written on the column itself with
-    constant bounds: the form BigQuery prunes partitions with.
+    constant bounds: the form BigQuery prunes partitions with. A run that
+    ends on 9999-12-31, the last day a TIMESTAMP (and a Python date) holds,
+    has no day after it: it is bounded below only, which names the same
+    partitions. (A row's day is always in 0001-01-01 .. 9999-12-31: an
+    event_ts outside the range reaches the spool as NULL, flagged
+    `event_ts_out_of_range`, and lies in the NULL partition.)
     """
     ds = sorted({d for d in days if d is not None})
     parts: list[str] = []
@@ -396,8 +401,12 @@ def partition_filter(days: "Iterable[date | None]", alias: str = "T") -> str:
         j = i
         while j + 1 < len(ds) and ds[j + 1] == ds[j] + timedelta(days=1):
             j += 1
-        parts.append(f"({alias}.event_ts >= TIMESTAMP '{ds[i].isoformat()} 00:00:00+00' AND {alias}.event_ts < "
-                     f"TIMESTAMP '{(ds[j] + timedelta(days=1)).isoformat()} 00:00:00+00')")
+        low = f"{alias}.event_ts >= TIMESTAMP '{ds[i].isoformat()} 00:00:00+00'"
+        if ds[j] == date.max:
+            parts.append(f"({low})")
+        else:
+            parts.append(f"({low} AND {alias}.event_ts < "
+                         f"TIMESTAMP '{(ds[j] + timedelta(days=1)).isoformat()} 00:00:00+00')")
         i = j + 1
     if any(d is None for d in days):
         parts.append(f"{alias}.event_ts IS NULL")

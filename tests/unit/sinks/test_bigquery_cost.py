@@ -98,6 +98,15 @@ def test_partition_filter_names_runs_of_days_and_the_null_partition():
     assert S.partition_filter(set()) == "FALSE"
 
 
+def test_partition_filter_at_the_edges_of_the_date_range():
+    """Rows on BigQuery's first and last days (0001-01-01, 9999-12-31: `event_ts_at_limit`) have
+    partitions too; the day after the last one is not a date, so that run is bounded below only."""
+    f = S.partition_filter({date(9999, 12, 30), date(9999, 12, 31), date(1, 1, 1)})
+    assert f == ("((T.event_ts >= TIMESTAMP '0001-01-01 00:00:00+00' AND T.event_ts < TIMESTAMP "
+                 "'0001-01-02 00:00:00+00') OR (T.event_ts >= TIMESTAMP '9999-12-30 00:00:00+00'))")
+    assert S.partition_filter({date.max}) == "((T.event_ts >= TIMESTAMP '9999-12-31 00:00:00+00'))"
+
+
 def test_the_merge_carries_the_filter_and_the_state_row_the_mark_and_the_count():
     sql = S.apply_script(final="F", source="X", dead_letter="D", state="ST", table_name="t", position=(5, 1),
                          target_filter="(T.event_ts IS NULL)",
