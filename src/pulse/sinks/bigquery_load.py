@@ -98,6 +98,30 @@ def make_client(cfg: BigQueryConfig) -> "bigquery.Client":
                                "for an emulator") from exc
 
 
+def retries(deadline_s: float):
+    """(retry, job_retry) for the client's calls: API calls retried for `deadline_s`
+    (bigquery.request_timeout_s), whole jobs not re-run by the client.
+
+    google-cloud-bigquery's default `job_retry` re-runs a failed query job for
+    up to 40 minutes, and while it is set, the job's insert is retried for 10
+    minutes whatever `retry` says (connection errors included): a loader sat
+    inside one query for the whole of an emulator outage and reported
+    nothing. With `job_retry=None` a failed job raises at once; `classify`
+    calls the reasons the client would have re-run (`JOB_RETRY_REASONS`)
+    transient, and the caller's own backoff (`LoaderThread`) runs the step
+    again, which is safe: every step is idempotent (docs/sinks/bigquery.md).
+    """
+    from google.cloud.bigquery.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_deadline(deadline_s), None
+
+
+# Error reasons of a failed job that running it again may cure: the ones
+# google-cloud-bigquery's default job_retry re-runs (its `retry.py`).
+JOB_RETRY_REASONS = frozenset({"rateLimitExceeded", "backendError", "internalError", "badGateway",
+                               "jobBackendError", "jobInternalError", "jobRateLimitExceeded"})
+
+
 def query_config(cfg: BigQueryConfig, slot: str | None, path: str, params: list | None = None):
     """A QueryJobConfig with the labels pulse_slot / pulse_path and bigquery.maximum_bytes_billed."""
     bigquery = import_bigquery()
@@ -168,6 +192,9 @@ def classify(exc: BaseException, what: str) -> PulseError:
         return TransientError(f"BigQuery {what}: the job vanished while polled: {text}")
     if isinstance(exc, g.Forbidden) and "rateLimitExceeded" in str(exc):
         return TransientError(f"BigQuery {what}: rate limited: {text}")
+    reasons = {e.get("reason") for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)}
+    if reasons & JOB_RETRY_REASONS:
+        return TransientError(f"BigQuery {what}: {'/'.join(sorted(reasons & JOB_RETRY_REASONS))}: {text}")
     if isinstance(exc, (g.Forbidden, g.Unauthorized)):
         return TerminalError(f"BigQuery {what}: permission denied: {text}",
                              hint="grant the service account BigQuery Data Editor and Job User on the project, "
@@ -195,9 +222,7 @@ class Tables:
         self.dataset = S.check_identifier("dataset", cfg.dataset)
         self.table = S.check_identifier("table", cfg.table)
         self.timeout = cfg.request_timeout_s
-        from google.cloud.bigquery import DEFAULT_RETRY
-
-        self.retry = DEFAULT_RETRY.with_deadline(cfg.request_timeout_s)
+        self.retry, self.job_retry = retries(cfg.request_timeout_s)
         self._final_types: dict[str, str] = {}  # lower-cased column -> type, once extra columns appear
         self._side_columns: dict[str, set[str]] = {}  # dead-letter / changelog table -> its columns (lower)
         self._warned: set[str] = set()
@@ -391,8 +416,8 @@ class Tables:
         config = query_config(self.cfg, self.slot, path, params)
         try:
             job = self.client.query(sql, job_config=config, retry=self.retry, timeout=self.timeout,
-                                    job_id_prefix="pulse_")
-            rows = list(job.result(timeout=self.timeout, retry=self.retry))
+                                    job_id_prefix="pulse_", job_retry=self.job_retry)
+            rows = list(job.result(timeout=self.timeout, retry=self.retry, job_retry=self.job_retry))
         except Exception as exc:
             raise query_error(exc, self.cfg, what, sql) from exc
         billed = getattr(job, "total_bytes_billed", None)
@@ -863,4 +888,4 @@ class LoaderThread(threading.Thread):
         self.join(timeout)
 
 
-__all__ = ["LoadState", "Loader", "LoaderThread", "Tables", "classify", "make_client"]
+__all__ = ["LoadState", "Loader", "LoaderThread", "Tables", "classify", "JOB_RETRY_REASONS", "make_client", "retries"]

@@ -184,14 +184,15 @@ class BigQuerySide:
     def _run(self, q: str, params: list) -> list[tuple]:
         from google.cloud import bigquery
 
-        from pulse.sinks.bigquery_load import classify, query_config, query_error
+        from pulse.sinks.bigquery_load import classify, query_config, query_error, retries
 
         self.queries += 1
         config = (query_config(self.cfg, self.slot, "verify", params) if self.cfg is not None
                   else bigquery.QueryJobConfig(query_parameters=params))
+        retry, job_retry = retries(self.timeout)
         try:
-            job = self.client.query(q, job_config=config)
-            return [tuple(r.values()) for r in job.result(timeout=self.timeout)]
+            job = self.client.query(q, job_config=config, retry=retry, job_retry=job_retry)
+            return [tuple(r.values()) for r in job.result(timeout=self.timeout, retry=retry, job_retry=job_retry)]
         except Exception as exc:
             raise (query_error(exc, self.cfg, "verify query", q) if self.cfg is not None
                    else classify(exc, "verify query")) from exc
