@@ -7,7 +7,7 @@ checks are on that record:
 
 - a steady stream of fresh inserts issues no query that reads the table;
 - ids that are not monotonic (a transaction committing a lower id later,
-  an explicit id, a sequence reset, a delete and re-insert, an update that
+  an explicit id above the sequence and one below the mark, a sequence reset, a delete and re-insert, an update that
   moves the partition), from real PostgreSQL through pgoutput, land exactly
   once, and every query on the table names its partitions where the cost
   model says it can;
@@ -193,6 +193,9 @@ def test_ids_that_are_not_monotonic_land_exactly_once(scratch_db, services, bq, 
         converge("the explicit id")
         _insert(cur, content, 10)
         converge("sequence ids below the explicit one")
+        # An explicit id below the mark that the table never held (in an absent range).
+        _insert(cur, content, 0, explicit_id=top + 5_000)
+        converge("an explicit id below the mark")
         no_table_reads(start, "ids below an explicit id (in the absent ranges)")
 
         # 3. A sequence reset: ids deleted, then handed out again.
