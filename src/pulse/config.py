@@ -287,14 +287,15 @@ class BigQueryConfig(_Section):
         "refuses to open for another table, slot, topic or group.",
     )
     load_interval_s: float = Field(
-        default=60.0, ge=0.2, description="Seconds between load jobs (BigQuery allows 1,500 per table per day)."
+        default=60.0, ge=0.2, description="Seconds between load jobs (BigQuery allows 1,500 per table per day; "
+        "load_jobs_per_day paces them further when they go faster)."
     )
     backfill_load_interval_s: float = Field(
         default=0.5, ge=0.2,
         description="While a backfill is being spooled (and for 30 s after its last chunk), seconds between "
         "load jobs instead of load_interval_s, so that a backfill does not wait a minute per load. Each load "
         "takes everything spooled, so a long backfill makes about one load job per load job's duration "
-        "(mind the quota of 1,500 per table per day).",
+        "(never beyond load_jobs_per_day).",
     )
     load_max_bytes: int = Field(
         default=256 * 1024 * 1024, ge=1024,
@@ -320,6 +321,20 @@ class BigQueryConfig(_Section):
     )
     request_timeout_s: float = Field(
         default=60.0, gt=0, description="Deadline of one BigQuery request or job wait, retries included."
+    )
+    maximum_bytes_billed: int | None = Field(
+        default=1024**4, ge=100 * 1024**2,
+        description="Every query job Pulse runs carries this maximumBytesBilled (bytes): BigQuery refuses to "
+        "run a query that would bill more, and Pulse stops with an error naming the query (the spool keeps "
+        "the rows). Default 1 TiB; unset: no limit. Load jobs bill no bytes (docs/sinks/bigquery.md, "
+        "\"Cost model\").",
+    )
+    load_jobs_per_day: int = Field(
+        default=1400, ge=1,
+        description="Batch mode: most jobs that write the table (direct loads and MERGEs) in any 24 hours, paced "
+        "by the state table. The loader may spend a fifth of it at once, the rest evenly over the day "
+        "(widening the interval between loads), and never more (BigQuery allows 1,500 table operations "
+        "per table per day).",
     )
     max_row_bytes: int | None = Field(
         default=None, ge=1024,

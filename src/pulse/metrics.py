@@ -74,6 +74,12 @@ EXTERNAL_OUTBOX_EVENTS = Gauge("pulse_external_outbox_events", "Events in the ex
                               "delivered or dead-lettered", ["sink"])
 EXTERNAL_OUTBOX_OLDEST = Gauge("pulse_external_outbox_oldest_seconds", "Age of the oldest event waiting in the "
                               "external sink's outbox (0: none)", ["sink"])
+BQ_TABLE_JOBS = Gauge("pulse_bigquery_table_jobs", "Jobs that wrote the BigQuery table today (UTC): direct loads "
+                      "and MERGEs, as counted in the state table", ["table"])
+BQ_TABLE_JOBS_BUDGET = Gauge("pulse_bigquery_table_jobs_budget", "bigquery.load_jobs_per_day: the most jobs that "
+                             "may write the table per day", ["table"])
+BQ_BYTES_BILLED = Counter("pulse_bigquery_bytes_billed_total", "Bytes BigQuery billed for Pulse's query jobs, by "
+                          "job path (the pulse_path label)", ["path"])
 TRUNCATES = Counter("pulse_truncates_total", "TRUNCATEs of captured tables seen", ["table"])
 REPLICATION_DISCONNECTS = Counter("pulse_replication_disconnects_total",
                                   "Replication connections lost (server restart, walsender terminated, network); "

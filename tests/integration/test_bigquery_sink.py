@@ -323,6 +323,11 @@ def _upload_cmd() -> list[str]:
     return [sys.executable, "-m", "pulse.cli.upload"]
 
 
+def _logged(p, event: str) -> bool:
+    """The process's log file (`start` in the kill -9 test) has a line of this event."""
+    return f" {event} " in p.log_file.read_text()
+
+
 def test_kill_9_of_run_and_upload_at_random_moments(scratch_db, services, bq, tmp_path):
     client, dataset = bq
     rng = random.Random()
@@ -390,13 +395,18 @@ def test_kill_9_of_run_and_upload_at_random_moments(scratch_db, services, bq, tm
         assert done.is_set()
         run_p = start(pulse_cmd("run", "--sink", "bigquery"))
         up_p = start(_upload_cmd())
-        wait_for(lambda: _converged(client, dataset, cur) or run_p.poll() is not None or up_p.poll() is not None,
-                 120, f"the table to match the source (seed {seed})", interval=0.5)
-        assert run_p.poll() is None and up_p.poll() is None, f"a worker died (seed {seed})"
+        # The SIGTERM below must find both started (their handlers set, which each logs just after):
+        # the table may match the source before the new `pulse run` has even imported its modules
+        # (the processes killed last had loaded everything), and a SIGTERM then ends it with -15.
+        wait_for(lambda: (_converged(client, dataset, cur) and _logged(run_p, "run.starting")
+                          and _logged(up_p, "upload.starting")) or run_p.poll() is not None
+                 or up_p.poll() is not None, 120, f"the table to match the source (seed {seed})", interval=0.5)
+        assert run_p.poll() is None, f"pulse run died with {run_p.returncode} (seed {seed}): {why(run_p)}"
+        assert up_p.poll() is None, f"pulse upload died with {up_p.returncode} (seed {seed}): {why(up_p)}"
         for p in (run_p, up_p):
             p.send_signal(signal.SIGTERM)
         for p in (run_p, up_p):
-            assert p.wait(60) == 0
+            assert p.wait(60) == 0, f"{p.args} ended with {p.returncode} (seed {seed}): {why(p)}"
     finally:
         for p in procs:
             if p.poll() is None:

@@ -65,7 +65,7 @@ def upload(
         # A worker started next to its sink may come first: wait on an empty folder.
         log.warning("upload.spool_missing", spool=str(bq.spool_dir), action="created; waiting for files")
         bq.spool_dir.mkdir(parents=True, exist_ok=True)
-    tables = Tables(make_client(bq), bq)
+    tables = Tables(make_client(bq), bq, slot=cfg.database.slot)
     # The run spool (pulse run) and one folder per Kafka partition (pulse
     # consume --sink bigquery keeps one spool and position per partition);
     # each must belong to this table (its owner.json).
@@ -87,6 +87,7 @@ def upload(
             # loader is the table's single writer; always MERGE.
             for loader in loaders.values():
                 loader.direct = False
+                loader.single_writer = False
         return list(loaders.values())
 
     refresh()

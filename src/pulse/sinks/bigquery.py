@@ -54,6 +54,7 @@ class BigQuerySink(Sink):
                  slot: str | None = None, group: str | None = None, db: DatabaseConfig | None = None) -> None:
         self.cfg = cfg
         self.name = name
+        self.slot = slot
         # Whose spool this is: the table, and the slot (or Kafka topic, partition, group) it spools.
         self.owner = SpoolOwner.of(cfg.project, cfg.dataset, cfg.table, name, slot=slot, group=group)
         self.max_row_bytes = cfg.max_row_bytes or MAX_ROW_BYTES[cfg.mode]
@@ -80,7 +81,7 @@ class BigQuerySink(Sink):
         cfg = self.cfg
         client = self._client or make_client(cfg)
         self._client = client
-        self.tables = Tables(client, cfg)
+        self.tables = Tables(client, cfg, slot=self.slot)
         if cfg.mode == "stream":
             return self._open_stream()
         return self._open_batch()
@@ -211,6 +212,12 @@ class BigQuerySink(Sink):
         self._check_background()
         return None
 
+    def status(self) -> dict[str, object]:
+        """For `pulse status`: the jobs that wrote the table today against the day's budget (batch mode)."""
+        if self.loader is None:
+            return {}
+        return {"table jobs today": f"{self.loader.jobs_today}/{self.cfg.load_jobs_per_day}"}
+
     def _check_background(self) -> None:
         for t in (self.loader_thread, self.merger):
             if t is not None and t.failure is not None:
@@ -250,6 +257,21 @@ def _full_payload_table(docs: list[dict]):
     })
 
 
+def _days(docs: list[dict]) -> set:
+    """The UTC day partitions of the events' event_ts (None: NULL), as datetimes or ISO text."""
+    from datetime import datetime, timezone
+
+    out = set()
+    for d in docs:
+        ts = d.get("event_ts")
+        if isinstance(ts, str):
+            ts = datetime.fromisoformat(ts)
+        if ts is not None and ts.tzinfo is None:
+            ts = ts.replace(tzinfo=timezone.utc)
+        out.add(ts.astimezone(timezone.utc).date() if ts is not None else None)
+    return out
+
+
 def not_loaded_yet(tables: Tables, docs: list[dict]) -> list[int]:
     """Event ids whose marker row is not in the table yet (still spooled or in the changelog).
 
@@ -257,9 +279,12 @@ def not_loaded_yet(tables: Tables, docs: list[dict]) -> list[int]:
     past it), is not waited for: the replay has nothing to correct there.
     """
     ids = sorted({int(d["event_id"]) for d in docs})
+    # Only the partitions of the replayed changes: a row holding one of them, or an older change
+    # of its event, lies there or is waited for anyway; a newer change is past the state position.
     found = {int(r[0]): Position(int(r[1]), int(r[2])) for r in tables.query(
-        f"SELECT event_id, source_lsn, source_seq FROM {tables.ref(tables.table)} "
-        f"WHERE event_id IN ({', '.join(str(i) for i in ids)})", "replay check")}
+        f"SELECT event_id, source_lsn, source_seq FROM {tables.ref(tables.table)} T "
+        f"WHERE event_id IN ({', '.join(str(i) for i in ids)}) AND {S.partition_filter(_days(docs))}",
+        "replay check", path="replay")}
     applied = tables.state_position()
     waiting = []
     for d in docs:
@@ -298,8 +323,9 @@ def merge_full_payloads(tables: Tables, docs: list[dict]) -> None:
         tables.query(
             f"MERGE {tables.ref(tables.table)} T USING {tables.ref(scratch)} S "
             "ON T.event_id = S.event_id AND T.source_lsn = S.source_lsn AND T.source_seq = S.source_seq "
+            f"AND {S.partition_filter(_days(docs))} "  # the row of that very change: its event_ts
             "WHEN MATCHED THEN UPDATE SET raw_payload = SAFE.PARSE_JSON(S.raw_payload), problems = S.problems",
-            "dead-letter replay")
+            "dead-letter replay", path="replay")
     finally:
         try:
             tables.client.delete_table(tables.id(scratch), not_found_ok=True)

@@ -38,18 +38,22 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import numpy as np
+
+from pulse import metrics
 from pulse.config import BigQueryConfig
 from pulse.errors import ConfigError, PulseError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
 from pulse.sinks import bigquery_schema as S
+from pulse.sinks.bigquery_cost import IdMark, job_labels, next_load_at, pacing, utc_day
 from pulse.sinks.bigquery_spool import UPLOAD_TMP_PREFIX, Spool, SpoolFile, parquet_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,6 +98,75 @@ def make_client(cfg: BigQueryConfig) -> "bigquery.Client":
                                "for an emulator") from exc
 
 
+def retries(deadline_s: float):
+    """(retry, job_retry) for the client's calls: API calls retried for `deadline_s`
+    (bigquery.request_timeout_s), whole jobs not re-run by the client.
+
+    google-cloud-bigquery's default `job_retry` re-runs a failed query job for
+    up to 40 minutes, and while it is set, the job's insert is retried for 10
+    minutes whatever `retry` says (connection errors included): a loader sat
+    inside one query for the whole of an emulator outage and reported
+    nothing. With `job_retry=None` a failed job raises at once; `classify`
+    calls the reasons the client would have re-run (`JOB_RETRY_REASONS`)
+    transient, and the caller's own backoff (`LoaderThread`) runs the step
+    again, which is safe: every step is idempotent (docs/sinks/bigquery.md).
+    """
+    from google.cloud.bigquery.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_deadline(deadline_s), None
+
+
+# Error reasons of a failed job that running it again may cure: the ones
+# google-cloud-bigquery's default job_retry re-runs (its `retry.py`).
+JOB_RETRY_REASONS = frozenset({"rateLimitExceeded", "backendError", "internalError", "badGateway",
+                               "jobBackendError", "jobInternalError", "jobRateLimitExceeded"})
+
+
+def query_config(cfg: BigQueryConfig, slot: str | None, path: str, params: list | None = None):
+    """A QueryJobConfig with the labels pulse_slot / pulse_path and bigquery.maximum_bytes_billed."""
+    bigquery = import_bigquery()
+    config = bigquery.QueryJobConfig(labels=job_labels(slot, path), query_parameters=params or [])
+    if cfg.maximum_bytes_billed is not None:
+        config.maximum_bytes_billed = int(cfg.maximum_bytes_billed)
+    return config
+
+
+def query_error(exc: BaseException, cfg: BigQueryConfig, what: str, sql: str) -> PulseError:
+    """`classify`, and for a query BigQuery refused over maximum_bytes_billed an error naming the query."""
+    if _over_billing_limit(exc):
+        return TerminalError(
+            f"BigQuery {what}: the query would bill more than bigquery.maximum_bytes_billed "
+            f"({cfg.maximum_bytes_billed or 0:,} bytes): {' '.join(sql.split())[:300]}",
+            hint="raise bigquery.maximum_bytes_billed (PULSE_BIGQUERY__MAXIMUM_BYTES_BILLED) or unset it; "
+                 "docs/sinks/bigquery.md, \"Cost model\", says what each query reads. The spool keeps "
+                 "the rows until the load succeeds")
+    return classify(exc, what)
+
+
+def _over_billing_limit(exc: BaseException) -> bool:
+    """BigQuery refused a query over its maximumBytesBilled (reason bytesBilledLimitExceeded)."""
+    reasons = [e.get("reason") for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)]
+    return "bytesBilledLimitExceeded" in reasons or "limit for bytes billed" in str(exc)
+
+
+class LoadState(NamedTuple):
+    """The table's state row as the loader reads it."""
+
+    position: Position
+    mark: IdMark | None  # None: not known yet (a table from before the mark, or a new one)
+    jobs_day: "date | None"
+    jobs_today: int
+    jobs_tat: float | None = None  # the budget's pacing clock (epoch seconds; `bigquery_cost.pacing`)
+
+    def jobs_on(self, day: "date") -> int:
+        return self.jobs_today if self.jobs_day == day else 0
+
+
+# Most ids named one by one in the staged-partition check (a query parameter); a larger
+# group is checked by id ranges in every partition.
+LOCATE_MAX_IDS = 50_000
+
+
 def classify(exc: BaseException, what: str) -> PulseError:
     """Sort a client error into transient (retry) or terminal (operator)."""
     from google.api_core import exceptions as g
@@ -119,6 +192,9 @@ def classify(exc: BaseException, what: str) -> PulseError:
         return TransientError(f"BigQuery {what}: the job vanished while polled: {text}")
     if isinstance(exc, g.Forbidden) and "rateLimitExceeded" in str(exc):
         return TransientError(f"BigQuery {what}: rate limited: {text}")
+    reasons = {e.get("reason") for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)}
+    if reasons & JOB_RETRY_REASONS:
+        return TransientError(f"BigQuery {what}: {'/'.join(sorted(reasons & JOB_RETRY_REASONS))}: {text}")
     if isinstance(exc, (g.Forbidden, g.Unauthorized)):
         return TerminalError(f"BigQuery {what}: permission denied: {text}",
                              hint="grant the service account BigQuery Data Editor and Job User on the project, "
@@ -138,16 +214,15 @@ def _vanished_job(exc: BaseException) -> bool:
 class Tables:
     """Names, creation and schema evolution of the sink's tables in one dataset."""
 
-    def __init__(self, client: "bigquery.Client", cfg: BigQueryConfig) -> None:
+    def __init__(self, client: "bigquery.Client", cfg: BigQueryConfig, slot: str | None = None) -> None:
         self.client = client
         self.cfg = cfg
+        self.slot = slot  # the `pulse_slot` label of every job
         self.project = client.project
         self.dataset = S.check_identifier("dataset", cfg.dataset)
         self.table = S.check_identifier("table", cfg.table)
         self.timeout = cfg.request_timeout_s
-        from google.cloud.bigquery import DEFAULT_RETRY
-
-        self.retry = DEFAULT_RETRY.with_deadline(cfg.request_timeout_s)
+        self.retry, self.job_retry = retries(cfg.request_timeout_s)
         self._final_types: dict[str, str] = {}  # lower-cased column -> type, once extra columns appear
         self._side_columns: dict[str, set[str]] = {}  # dead-letter / changelog table -> its columns (lower)
         self._warned: set[str] = set()
@@ -186,10 +261,12 @@ class Tables:
                                                                 field=S.PARTITION_FIELD)
             final.clustering_fields = S.CLUSTERING
             final.description = "Pulse: one row per engagement event (docs/sinks/bigquery.md)"
-            self._ensure_table(final, S.final_schema())
+            created = self._ensure_table(final, S.final_schema())
             self._ensure_table(bigquery.Table(self.id(self.dead_letter), schema=S.dead_letter_schema()),
                                S.dead_letter_schema())
             self._ensure_table(bigquery.Table(self.id(S.STATE_TABLE), schema=S.state_schema()), S.state_schema())
+            if created:  # an empty table: its high-water mark is known without reading it
+                self.claim(S.StateUpdate(mark=0, absent=()))
             if changelog:
                 cl = bigquery.Table(self.id(self.changelog), schema=S.staging_schema())
                 cl.time_partitioning = bigquery.TimePartitioning(
@@ -203,7 +280,8 @@ class Tables:
         except Exception as exc:
             raise classify(exc, "table set-up") from exc
 
-    def _ensure_table(self, table: "bigquery.Table", wanted: list) -> None:
+    def _ensure_table(self, table: "bigquery.Table", wanted: list) -> bool:
+        """Create the table, or add the columns it lacks; True when it was created."""
         from google.api_core import exceptions as g
 
         try:
@@ -212,14 +290,14 @@ class Tables:
             try:
                 self.client.create_table(table, retry=self.retry, timeout=self.timeout)
                 log.info("bigquery.table_created", table=table.table_id)
-                return
+                return True
             except g.Conflict:
                 current = self.client.get_table(table.reference, retry=self.retry, timeout=self.timeout)
         add = S.plan_schema(current.schema, wanted, table.table_id)
         if add:
-            current.schema = list(current.schema) + add
-            self.client.update_table(current, ["schema"], retry=self.retry, timeout=self.timeout)
-            log.warning("bigquery.columns_added", table=table.table_id, columns=",".join(f.name for f in add))
+            # Through _add_columns: the emulator's query engine sees a column only after its DDL.
+            self._add_columns(table.table_id, add)
+        return False
 
     # -- state -----------------------------------------------------------------------------
 
@@ -294,47 +372,108 @@ class Tables:
                 # emulator's query engine only sees columns added this way.
                 col_type = f"ARRAY<{f.field_type}>" if f.mode == "REPEATED" else f.field_type
                 self.query(f"ALTER TABLE {self.ref(table_name)} ADD COLUMN IF NOT EXISTS "
-                           f"`{S.check_identifier('column', f.name)}` {col_type}", "adding a column")
+                           f"`{S.check_identifier('column', f.name)}` {col_type}", "adding a column", path="ddl")
             log.warning("bigquery.columns_added", table=table_name, columns=",".join(f.name for f in add))
         return {f.name.lower(): S._norm(f.field_type) for f in current.schema} | {
             f.name.lower(): S._norm(f.field_type) for f in add}
 
     def state_position(self) -> Position:
+        # Only the position columns: readers that do not run ensure() first (`pulse dlq replay`)
+        # may meet a state table from an earlier Pulse.
         rows = self.query(
             f"SELECT source_lsn, source_seq FROM {self.ref(S.STATE_TABLE)} WHERE table_name = '{self.table}'",
-            "state read")
+            "state read", path="state")
         return max((Position(int(r[0]), int(r[1])) for r in rows), default=ZERO)
+
+    def read_state(self) -> "LoadState":
+        """The table's state row: position, high-water mark, the day's job count (one query of the state table)."""
+        rows = self.query(
+            f"SELECT source_lsn, source_seq, max_event_id, absent_ids, jobs_day, jobs_today, jobs_tat "
+            f"FROM {self.ref(S.STATE_TABLE)} WHERE table_name = '{self.table}'", "state read", path="state")
+        if not rows:
+            return LoadState(ZERO, None, None, 0, None)
+        r = max(rows, key=lambda r: (int(r[0]), int(r[1])))
+        return LoadState(Position(int(r[0]), int(r[1])), IdMark.parse(r[2], r[3]), r[4], int(r[5] or 0),
+                         r[6].timestamp() if r[6] is not None else None)
+
+    def highest_id(self) -> int:
+        """The table's highest event_id (0: empty): once per table, to start its high-water mark."""
+        rows = self.query(f"SELECT MAX(event_id) FROM {self.ref(self.table)}", "high-water mark start",
+                          path="mark-start")
+        return int(rows[0][0] or 0) if rows else 0
 
     def changelog_position(self) -> Position:
         rows = self.query(
             f"SELECT source_lsn, source_seq FROM {self.ref(self.changelog)} "
-            "ORDER BY source_lsn DESC, source_seq DESC LIMIT 1", "changelog read")
+            "ORDER BY source_lsn DESC, source_seq DESC LIMIT 1", "changelog read", path="stream")
         return Position(int(rows[0][0]), int(rows[0][1])) if rows else ZERO
 
-    def query(self, sql: str, what: str) -> list:
+    def job_labels(self, path: str) -> dict[str, str]:
+        return job_labels(self.slot, path)
+
+    def query(self, sql: str, what: str, path: str = "other", params: list | None = None) -> list:
+        """Run one query job (labelled, under bigquery.maximum_bytes_billed); its rows."""
+        config = query_config(self.cfg, self.slot, path, params)
         try:
-            job = self.client.query(sql, retry=self.retry, timeout=self.timeout,
-                                    job_id_prefix="pulse_")
-            return list(job.result(timeout=self.timeout, retry=self.retry))
+            job = self.client.query(sql, job_config=config, retry=self.retry, timeout=self.timeout,
+                                    job_id_prefix="pulse_", job_retry=self.job_retry)
+            rows = list(job.result(timeout=self.timeout, retry=self.retry, job_retry=self.job_retry))
         except Exception as exc:
-            raise classify(exc, what) from exc
+            raise query_error(exc, self.cfg, what, sql) from exc
+        billed = getattr(job, "total_bytes_billed", None)
+        if billed:
+            metrics.BQ_BYTES_BILLED.labels(path=path).inc(int(billed))
+        return rows
 
     def apply(self, source: str, position: Position, extras: list[S.Extra] = (),  # type: ignore[assignment]
-              unchanged: bool = False) -> None:
+              unchanged: bool = False, target_filter: str | None = None,
+              state_update: S.StateUpdate | None = None) -> None:
         script = S.apply_script(final=self.ref(self.table), source=source, dead_letter=self.ref(self.dead_letter),
                                 state=self.ref(S.STATE_TABLE), table_name=self.table,
-                                position=(position.lsn, position.seq), extras=extras, unchanged=unchanged)
-        self.query(script, "apply (MERGE)")
+                                position=(position.lsn, position.seq), extras=extras, unchanged=unchanged,
+                                target_filter=target_filter, state_update=state_update)
+        self.query(script, "apply (MERGE)", path="merge")
 
-    def rows_in_id_ranges(self, ranges: list[tuple[int, int]]) -> int:
-        """Rows of the table whose event_id lies in one of the (low, high) ranges (integers only)."""
-        where = " OR ".join(f"event_id BETWEEN {int(lo)} AND {int(hi)}" for lo, hi in ranges)
-        rows = self.query(f"SELECT count(*) FROM {self.ref(self.table)} WHERE {where}", "id range check")
-        return int(rows[0][0])
+    def locate(self, ids: "np.ndarray", days: set) -> tuple[int, set]:
+        """Where the table holds rows of these event ids: (how many rows, their day partitions; None: NULL).
 
-    def store_position(self, position: Position) -> None:
+        First in the partitions of `days` only (the staged rows' own, where a
+        row of a re-run group, or a row an update did not move, lies): each id
+        is in the table at most once, so an id found there is nowhere else.
+        Only ids not found there are then looked up in every partition (two
+        columns read: event_id and event_ts), by id ranges covering them.
+        """
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        found_days: set = set()
+        found = 0
+        rest = ids
+        bigquery = import_bigquery()
+        if days and len(ids) <= LOCATE_MAX_IDS:
+            rows = self.query(
+                f"SELECT event_id, DATE(event_ts) FROM {self.ref(self.table)} T "
+                f"WHERE {S.partition_filter(days)} AND event_id IN UNNEST(@ids)", "id check (staged partitions)",
+                path="check", params=[bigquery.ArrayQueryParameter("ids", "INT64", ids.tolist())])
+            seen = np.array(sorted({int(r[0]) for r in rows}), dtype=np.int64)
+            found += len(rows)
+            found_days.update(r[1] for r in rows)
+            rest = np.setdiff1d(ids, seen, assume_unique=True)
+        if len(rest):
+            where = " OR ".join(f"event_id BETWEEN {lo} AND {hi}" for lo, hi in id_ranges(pa.array(rest)))
+            rows = self.query(
+                f"SELECT DATE(event_ts), count(*) FROM {self.ref(self.table)} T WHERE {where} GROUP BY 1",
+                "id check (every partition)", path="check-all")
+            found += sum(int(r[1]) for r in rows)
+            found_days.update(r[0] for r in rows)
+        return found, found_days
+
+    def store_position(self, position: Position, update: S.StateUpdate | None = None) -> None:
         self.query(S.state_script(state=self.ref(S.STATE_TABLE), table_name=self.table,
-                                  position=(position.lsn, position.seq)), "state row")
+                                  position=(position.lsn, position.seq), update=update), "state row", path="state")
+
+    def claim(self, update: S.StateUpdate) -> None:
+        """Before a direct load: raise the mark over the group's ids and count the job (the position stays)."""
+        self.query(S.state_script(state=self.ref(S.STATE_TABLE), table_name=self.table, position=(0, 0),
+                                  update=update), "state row (claim)", path="state")
 
     def load_parquet(self, path, destination, schema: list, disposition: str, prefix: str, what: str) -> int:
         """One load job of a Parquet file into `destination` (atomic); returns the rows loaded."""
@@ -344,6 +483,7 @@ class Tables:
             schema=schema,
             write_disposition=disposition,
             create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
+            labels=self.job_labels(prefix.strip("_").removeprefix("pulse_") or "load"),
         )
         opts = bigquery.ParquetOptions()
         opts.enable_list_inference = True
@@ -369,31 +509,50 @@ HURRY_S = 30.0
 
 
 class Loader:
-    """Applies spool files to the table: the sink's background thread and `pulse upload`."""
+    """Applies spool files to the table: the sink's background thread and `pulse upload`.
 
-    def __init__(self, tables: Tables, spool: Spool, cfg: BigQueryConfig, *, direct: bool | None = None) -> None:
+    `direct`: this loader is the table's single writer (not a Kafka partition
+    instance), so it may load fresh groups straight into the table and trust
+    the high-water mark it keeps. `clock`: epoch seconds (driven in tests).
+    """
+
+    def __init__(self, tables: Tables, spool: Spool, cfg: BigQueryConfig, *, direct: bool | None = None,
+                 clock=time.time) -> None:
         self.tables = tables
         self.spool = spool
         self.cfg = cfg
+        self.single_writer = direct is not False
         self.direct = cfg.direct_load if direct is None else (direct and cfg.direct_load)
+        self.clock = clock
         self.loaded_files = 0
         self.loaded_rows = 0
         self.direct_loads = 0
         self.merge_loads = 0
+        self.checks = 0  # loads that had to look ids up in the table
         self.last_error: str | None = None
         self.hurry_until = 0.0
+        self.jobs_today = 0  # jobs that wrote the table today (UTC), as the state row counts them
+        self.next_at = 0.0  # the budget's earliest time for the next load
+        self.jobs_tat: float | None = None
+        self._state: LoadState | None = None
+        # (spool position after this loader's last load, the state row as that load wrote it): while
+        # the spool's position is still that one, no other loader of this spool (the only writers of
+        # the table) has run since, and the state row needs no read.
+        self._wrote: tuple[Position, LoadState] | None = None
 
     def hurry(self, now: float | None = None) -> None:
         """A backfill is being spooled: load every backfill_load_interval_s for the next HURRY_S seconds."""
-        self.hurry_until = (time.time() if now is None else now) + HURRY_S
+        self.hurry_until = (self.clock() if now is None else now) + HURRY_S
 
     def due(self, now: float | None = None) -> bool:
         """A load is due when the oldest file is load_interval_s old (backfill_load_interval_s while
-        hurried), or the spool is big enough."""
+        hurried), or the spool is big enough; and never before the day's job budget allows it."""
+        now = self.clock() if now is None else now
+        if now < self.next_at:
+            return False
         files = self.spool.files()
         if not files:
             return False
-        now = time.time() if now is None else now
         interval = self.cfg.backfill_load_interval_s if now < self.hurry_until else self.cfg.load_interval_s
         oldest = min(f.mtime for f in files)
         return now - oldest >= interval or sum(f.size for f in files) >= self.cfg.load_max_bytes
@@ -408,8 +567,17 @@ class Loader:
             size += f.size
         return group
 
+    def _note_jobs(self, used: int, tat: float | None, now: float) -> None:
+        budget = self.cfg.load_jobs_per_day
+        self.jobs_today = used
+        self.jobs_tat = tat
+        self.next_at = next_load_at(tat, budget, now)
+        metrics.BQ_TABLE_JOBS.labels(table=self.tables.table).set(used)
+        metrics.BQ_TABLE_JOBS_BUDGET.labels(table=self.tables.table).set(budget)
+
     def load_once(self, wait_lock: bool = True) -> int:
-        """Apply the oldest group of files; return how many files were applied (0: nothing to do)."""
+        """Apply the oldest group of files; return how many files were applied (0: nothing to do, or the
+        day's job budget allows no load yet)."""
         with self.spool.locked(wait=wait_lock) as got:
             if not got:
                 return 0
@@ -426,6 +594,18 @@ class Loader:
                 files = [f for f in files if f.last > applied]
                 if not files:
                     return len(stale)
+            now = self.clock()
+            wrote = self._wrote
+            self._state = (wrote[1] if self.single_writer and wrote is not None and wrote[0] == applied
+                           else self.tables.read_state())
+            self._note_jobs(self._state.jobs_on(utc_day(now)), self._state.jobs_tat, now)
+            if now < self.next_at:
+                log.warning("bigquery.job_budget_wait", jobs_today=self.jobs_today,
+                            budget=self.cfg.load_jobs_per_day, spooled_files=len(files),
+                            next_load_in_s=round(self.next_at - now, 1),
+                            hint="bigquery.load_jobs_per_day paces the loads; a larger load_max_bytes makes "
+                                 "each load take more")
+                return len(stale)
             group = self._group(files)
             self._apply(group)
             return len(stale) + len(group)
@@ -440,41 +620,74 @@ class Loader:
 
     def _apply(self, group: list[SpoolFile]) -> None:
         t0 = time.monotonic()
+        now = self.clock()
+        day = utc_day(now)
+        state = self._state if self._state is not None else self.tables.read_state()
+        self._state = None
+        self._wrote = None
+        interval = pacing(self.cfg.load_jobs_per_day)[0]
         last = group[-1].last
         upload = self._combined(group)
         t_upload = time.monotonic() - t0
         timings: dict[str, float] = {}  # of the direct path's steps, for the log line
+        jobs = 0
         try:
             schema = pq.read_schema(upload)
             unchanged = S.UNCHANGED in schema.names
             extras = self.tables.extra_columns(S.extra_fields(schema), unchanged)
+            keys = _group_keys(self.spool, group)
+            # The mark: trusted only by the table's single writer (partition
+            # instances race each other); started once from the table's highest id.
+            mark = state.mark if self.single_writer else None
+            if self.single_writer and mark is None:
+                mark = IdMark(self.tables.highest_id())
+            fresh = mark.fresh(keys.ids) if mark is not None else np.zeros(len(keys.ids), bool)
+            unknown = keys.ids[~fresh]
+            present, days = 0, set()
+            if len(unknown):
+                t1 = time.monotonic()
+                present, days = self.tables.locate(unknown, keys.days)
+                self.checks += 1
+                timings["check_s"] = round(time.monotonic() - t1, 3)
+            after = mark.after(keys.ids) if mark is not None else None
+            update = S.StateUpdate(after.mark if after else None, after.absent if after else None, day, 1,
+                                   int(now * 1_000_000), int(interval * 1_000_000))
             rows = None
-            if self.direct and not unchanged and all(e.table_type in ("STRING", "JSON") for e in extras):
-                bounds = _direct_bounds(self.spool, group)
-                if bounds is not None:
-                    rows = self._try_direct(upload, bounds, last, timings, extras)
+            if (self.direct and keys.plain and present == 0 and not unchanged
+                    and all(e.table_type in ("STRING", "JSON") for e in extras)):
+                jobs += 1  # the claim counts the load
+                rows = self._try_direct(upload, last, update, timings, extras)
             path = "direct" if rows is not None else "merge"
             if rows is None:
-                rows = self._apply_merge(group, upload, last, extras, unchanged)
+                jobs += 1
+                rows = self._apply_merge(group, upload, last, extras, unchanged, S.partition_filter(days), update)
         finally:
             if upload != group[0].path:
                 upload.unlink(missing_ok=True)
+            if jobs:
+                tat = max(state.jobs_tat or now, now) + jobs * interval
+                self._note_jobs(state.jobs_on(day) + jobs, tat, now)
         # Order: the table (and its state row) first, then the local position, then the files.
         self.spool.write_position(last)
+        self._wrote = (last, LoadState(last, after, day, self.jobs_today, self.jobs_tat))
         self.spool.remove(group)
         self.loaded_files += len(group)
         self.loaded_rows += rows
         self.last_error = None
         log.info("bigquery.loaded", files=len(group), rows=rows, path=path, position=str(last),
+                 checked_ids=int(len(unknown)), partitions=len(days), jobs_today=self.jobs_today,
                  seconds=round(time.monotonic() - t0, 3), combine_s=round(t_upload, 3), **timings)
 
-    def _try_direct(self, upload, bounds: list[tuple[int, int]], last: Position, timings: dict[str, float],
+    def _try_direct(self, upload, last: Position, update: S.StateUpdate, timings: dict[str, float],
                     extras: list[S.Extra]) -> int | None:
-        """Load the group into the table when none of its ids are there; None when the MERGE path must run."""
+        """Load the group into the table (none of its ids are there); None when the MERGE path must run.
+
+        The claim (mark raised over the group, the job counted) is stored
+        first: from then on the group's ids count as possibly present, so a
+        crash after the load sends the re-run to the checked path.
+        """
         t0 = time.monotonic()
-        if self.tables.rows_in_id_ranges(bounds) != 0:
-            self.merge_loads += 1
-            return None
+        self.tables.claim(update)
         t1 = time.monotonic()
         try:
             rows = self.tables.load_direct(upload, extras)
@@ -484,21 +697,22 @@ class Loader:
             # A value the table refuses (e.g. a payload its JSON type rejects):
             # the job changed nothing; the MERGE path dead-letters the bad rows.
             log.warning("bigquery.direct_load_refused", error=str(exc)[:300], action="applying with MERGE")
-            self.merge_loads += 1
             return None
         t2 = time.monotonic()
         self.tables.store_position(last)
         self.direct_loads += 1
-        timings.update(check_s=round(t1 - t0, 3), load_s=round(t2 - t1, 3),
+        timings.update(claim_s=round(t1 - t0, 3), load_s=round(t2 - t1, 3),
                        state_s=round(time.monotonic() - t2, 3))
         return rows
 
     def _apply_merge(self, group: list[SpoolFile], upload, last: Position, extras: list[S.Extra],
-                     unchanged: bool) -> int:
+                     unchanged: bool, target_filter: str | None = None, update: S.StateUpdate | None = None) -> int:
         key = group[0].path.stem.replace("-", "_")  # deterministic: the same group reuses its staging table
         staging = self.tables.staging(key)
         rows = self._load_staging(staging, upload, S.staging_schema() + S.staging_extra_schema(extras, unchanged))
-        self.tables.apply(self.tables.ref(staging), last, extras, unchanged)
+        self.tables.apply(self.tables.ref(staging), last, extras, unchanged, target_filter=target_filter,
+                          state_update=update)
+        self.merge_loads += 1
         try:
             self.tables.client.delete_table(self.tables.id(staging), not_found_ok=True, retry=self.tables.retry,
                                             timeout=self.tables.timeout)
@@ -606,25 +820,31 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def _direct_bounds(spool: Spool, group: list[SpoolFile]) -> list[tuple[int, int]] | None:
-    """The ranges covering the group's event ids when it is one insert / update per id and no delete, else None.
+class GroupKeys(NamedTuple):
+    ids: np.ndarray  # every event id of the group (repeats included)
+    days: set  # the day partitions of its rows' event_ts (None: NULL)
+    plain: bool  # one insert / update per id and no delete: a plain load does what the MERGE would
 
-    Only the two columns are read: a MERGE into a table without these ids
+
+def _group_keys(spool: Spool, group: list[SpoolFile]) -> GroupKeys:
+    """The group's ids, its rows' partitions, and whether a plain load can apply it.
+
+    Only three columns are read: a MERGE into a table without these ids
     would insert exactly these rows, so a plain load does the same.
     """
-    ids, ops = [], []
+    ids, ops, ts = [], [], []
     for f in group:
-        t = spool.read(f, columns=["event_id", "op"])
-        ids.append(t.column("event_id"))
-        ops.append(t.column("op"))
-    all_ids = pa.chunked_array([c for col in ids for c in col.chunks], pa.int64())
+        t = spool.read(f, columns=["event_id", "op", "event_ts"])
+        ids.extend(t.column("event_id").chunks)
+        ops.extend(t.column("op").chunks)
+        ts.extend(t.column("event_ts").chunks)
+    all_ids = pa.chunked_array(ids, pa.int64())
     n = len(all_ids)
-    if n == 0 or pc.any(pc.equal(pa.chunked_array([c for col in ops for c in col.chunks], pa.string()),
-                                 "delete")).as_py():
-        return None
-    if pc.count_distinct(all_ids).as_py() != n:
-        return None
-    return id_ranges(all_ids)
+    plain = n > 0 and not pc.any(pc.equal(pa.chunked_array(ops, pa.string()), "delete")).as_py() \
+        and pc.count_distinct(all_ids).as_py() == n
+    stamps = pa.chunked_array(ts, pa.timestamp("us", tz="UTC"))
+    days = set(pc.unique(pc.cast(stamps, pa.date32())).to_pylist()) if n else set()
+    return GroupKeys(all_ids.to_numpy(), days, plain)
 
 
 class LoaderThread(threading.Thread):
@@ -668,4 +888,4 @@ class LoaderThread(threading.Thread):
         self.join(timeout)
 
 
-__all__ = ["Loader", "LoaderThread", "Tables", "classify", "make_client"]
+__all__ = ["LoadState", "Loader", "LoaderThread", "Tables", "classify", "JOB_RETRY_REASONS", "make_client", "retries"]

@@ -28,8 +28,8 @@ the `unchanged` column (staging only) and the MERGE keeps their stored value.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from datetime import timezone
+from collections.abc import Iterable, Sequence
+from datetime import date, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
@@ -211,6 +211,15 @@ def state_schema() -> list["bigquery.SchemaField"]:
         bigquery.SchemaField("source_lsn", "INT64", mode="REQUIRED"),
         bigquery.SchemaField("source_seq", "INT64", mode="REQUIRED"),
         bigquery.SchemaField("updated_ts", "TIMESTAMP"),
+        # The high-water mark (docs/sinks/bigquery.md, "Fresh inserts"): no event_id above it is in the
+        # table, nor any id in `absent_ids` (JSON [[low, high], ...]); NULL: not known yet.
+        bigquery.SchemaField("max_event_id", "INT64"),
+        bigquery.SchemaField("absent_ids", "STRING"),
+        # The load-job budget: jobs that wrote the table on `jobs_day` (UTC), and the pacing
+        # clock (`bigquery_cost.pacing`: the next job's theoretical time).
+        bigquery.SchemaField("jobs_day", "DATE"),
+        bigquery.SchemaField("jobs_today", "INT64"),
+        bigquery.SchemaField("jobs_tat", "TIMESTAMP"),
     ]
 
 
@@ -355,8 +364,58 @@ _SENT_NULL = "'\\x00null'"  # a NUL character: never in a PostgreSQL text value
 KEEPABLE = ("event_type", "device", "raw_payload")
 
 
+class StateUpdate(NamedTuple):
+    """What a state-row write changes besides the position.
+
+    `mark` / `absent`: the new high-water mark and absent ranges, computed by
+    the single writer that read them (None: a writer that does not keep them
+    raises the mark to the highest id it inserts, in SQL, and forgets the
+    absent ranges, which only sends more groups down the checked path).
+    `day` / `jobs`: add `jobs` to the count of jobs that wrote the table on
+    `day` (None: leave the count).
+    """
+
+    mark: int | None = None
+    absent: Sequence[tuple[int, int]] | None = None
+    day: "date | None" = None
+    jobs: int = 0
+    now_us: int = 0  # with `day`: the time of the jobs (epoch microseconds) ...
+    interval_us: int = 0  # ... and the pacing interval: jobs_tat = max(jobs_tat, now) + jobs * interval
+
+
+def partition_filter(days: "Iterable[date | None]", alias: str = "T") -> str:
+    """A predicate on `alias`.event_ts naming these day partitions (None: the NULL partition); FALSE when none.
+
+    Consecutive days become one range, written on the column itself with
+    constant bounds: the form BigQuery prunes partitions with. A run that
+    ends on 9999-12-31, the last day a TIMESTAMP (and a Python date) holds,
+    has no day after it: it is bounded below only, which names the same
+    partitions. (A row's day is always in 0001-01-01 .. 9999-12-31: an
+    event_ts outside the range reaches the spool as NULL, flagged
+    `event_ts_out_of_range`, and lies in the NULL partition.)
+    """
+    ds = sorted({d for d in days if d is not None})
+    parts: list[str] = []
+    i = 0
+    while i < len(ds):
+        j = i
+        while j + 1 < len(ds) and ds[j + 1] == ds[j] + timedelta(days=1):
+            j += 1
+        low = f"{alias}.event_ts >= TIMESTAMP '{ds[i].isoformat()} 00:00:00+00'"
+        if ds[j] == date.max:
+            parts.append(f"({low})")
+        else:
+            parts.append(f"({low} AND {alias}.event_ts < "
+                         f"TIMESTAMP '{(ds[j] + timedelta(days=1)).isoformat()} 00:00:00+00')")
+        i = j + 1
+    if any(d is None for d in days):
+        parts.append(f"{alias}.event_ts IS NULL")
+    return "(" + " OR ".join(parts) + ")" if parts else "FALSE"
+
+
 def apply_script(*, final: str, source: str, dead_letter: str, state: str, table_name: str,
-                 position: tuple[int, int], extras: Sequence[Extra] = (), unchanged: bool = False) -> str:
+                 position: tuple[int, int], extras: Sequence[Extra] = (), unchanged: bool = False,
+                 target_filter: str | None = None, state_update: StateUpdate | None = None) -> str:
     """One script that applies the changes in `source` (a table or a subquery) to `final`.
 
     1. rows whose value BigQuery would reject (raw_payload not JSON, an extra
@@ -371,6 +430,12 @@ def apply_script(*, final: str, source: str, dead_letter: str, state: str, table
 
     `extras`: the source's extra columns in `source` (text) with their type
     in `final`; columns of `final` not named are left as they are.
+    `target_filter`: a predicate on `T` (the partitions that can hold a row
+    of these event ids, `partition_filter`), in the MERGE's ON clause so
+    BigQuery reads only those partitions; it must cover every stored row of
+    an event id in `source`, or the MERGE would insert a second row.
+    `state_update`: the high-water mark and the job count, written with the
+    state row in the same transaction.
     """
     lsn, seq = int(position[0]), int(position[1])
     ex = [e._replace(name=check_identifier("column", e.name)) for e in extras]
@@ -415,6 +480,7 @@ def apply_script(*, final: str, source: str, dead_letter: str, state: str, table
     def value(n: str) -> str:
         return f"IF(S.`_keep_{n}`, T.{q[n]}, {conv[n]})" if n in keep else conv[n]
 
+    on_filter = f" AND {target_filter}" if target_filter is not None else ""
     values = ", ".join(conv[n] for n in names)
     updates = ", ".join(f"{q[n]} = {value(n)}" for n in names if n != "event_id")
     name = table_name.replace("'", "")
@@ -429,27 +495,60 @@ MERGE {final} T
 USING (
   {using}
 ) S
-ON T.event_id = S.event_id
+ON T.event_id = S.event_id{on_filter}
 WHEN MATCHED AND S.op = 'delete' AND {_NEWER} THEN DELETE
 WHEN MATCHED AND S.op != 'delete' AND {_NEWER} THEN UPDATE SET {updates}
 WHEN NOT MATCHED AND S.op != 'delete' THEN INSERT ({cols}) VALUES ({values});
-{_state_merge(state, name, lsn, seq)}
+{_state_merge(state, name, lsn, seq, state_update or StateUpdate(),
+              f"(SELECT MAX(X.event_id) FROM {source} X WHERE X.op != 'delete')")}
 COMMIT TRANSACTION;"""
 
 
-def _state_merge(state: str, name: str, lsn: int, seq: int) -> str:
+def absent_json(ranges: Sequence[tuple[int, int]]) -> str:
+    return "[" + ",".join(f"[{int(lo)},{int(hi)}]" for lo, hi in ranges) + "]"
+
+
+def _state_merge(state: str, name: str, lsn: int, seq: int, update: StateUpdate,
+                 source_max: str | None = None) -> str:
+    """The state row: the position only forward; the mark, the absent ranges and the job count per `update`."""
+    if update.mark is not None:
+        mark = str(int(update.mark))
+        absent = "'" + absent_json(update.absent or ()) + "'"
+        new_mark, new_absent = mark, absent
+    elif source_max is not None:  # a writer that does not keep the mark: raise it, forget the absent ranges
+        mark = f"IF(T.max_event_id IS NULL, NULL, GREATEST(T.max_event_id, IFNULL({source_max}, T.max_event_id)))"
+        absent, new_mark, new_absent = "CAST(NULL AS STRING)", "CAST(NULL AS INT64)", "CAST(NULL AS STRING)"
+    else:
+        mark, absent = "T.max_event_id", "T.absent_ids"
+        new_mark, new_absent = "CAST(NULL AS INT64)", "CAST(NULL AS STRING)"
+    if update.day is not None:
+        day = f"DATE '{update.day.isoformat()}'"
+        k = int(update.jobs)
+        jobs_day, jobs = day, f"IF(T.jobs_day = {day}, IFNULL(T.jobs_today, 0) + {k}, {k})"
+        now = f"TIMESTAMP_MICROS({int(update.now_us)})"
+        step = f"INTERVAL {k * int(update.interval_us)} MICROSECOND"
+        tat = f"TIMESTAMP_ADD(GREATEST(IFNULL(T.jobs_tat, {now}), {now}), {step})"
+        new_day, new_jobs, new_tat = day, str(k), f"TIMESTAMP_ADD({now}, {step})"
+    else:
+        jobs_day, jobs, new_day, new_jobs = "T.jobs_day", "T.jobs_today", "CAST(NULL AS DATE)", "CAST(NULL AS INT64)"
+        tat, new_tat = "T.jobs_tat", "CAST(NULL AS TIMESTAMP)"
     return f"""MERGE {state} T
 USING (SELECT '{name}' AS table_name, {lsn} AS source_lsn, {seq} AS source_seq) S
 ON T.table_name = S.table_name
-WHEN MATCHED AND {_NEWER} THEN UPDATE SET source_lsn = S.source_lsn, source_seq = S.source_seq,
-  updated_ts = CURRENT_TIMESTAMP()
-WHEN NOT MATCHED THEN INSERT (table_name, source_lsn, source_seq, updated_ts)
-  VALUES (S.table_name, S.source_lsn, S.source_seq, CURRENT_TIMESTAMP());"""
+WHEN MATCHED THEN UPDATE SET source_lsn = IF({_NEWER}, S.source_lsn, T.source_lsn),
+  source_seq = IF({_NEWER}, S.source_seq, T.source_seq), updated_ts = CURRENT_TIMESTAMP(),
+  max_event_id = {mark}, absent_ids = {absent}, jobs_day = {jobs_day}, jobs_today = {jobs}, jobs_tat = {tat}
+WHEN NOT MATCHED THEN INSERT (table_name, source_lsn, source_seq, updated_ts, max_event_id, absent_ids, jobs_day,
+  jobs_today, jobs_tat)
+  VALUES (S.table_name, S.source_lsn, S.source_seq, CURRENT_TIMESTAMP(), {new_mark}, {new_absent}, {new_day},
+  {new_jobs}, {new_tat});"""
 
 
-def state_script(*, state: str, table_name: str, position: tuple[int, int]) -> str:
-    """The state row alone (after a direct load): moves only forward."""
-    return _state_merge(state, table_name.replace("'", ""), int(position[0]), int(position[1]))
+def state_script(*, state: str, table_name: str, position: tuple[int, int],
+                 update: StateUpdate | None = None) -> str:
+    """The state row alone (around a direct load): the position moves only forward."""
+    return _state_merge(state, table_name.replace("'", ""), int(position[0]), int(position[1]),
+                        update or StateUpdate())
 
 
 def changelog_window(changelog: str, low: tuple[int, int], high: tuple[int, int]) -> str:

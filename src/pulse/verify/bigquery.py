@@ -130,8 +130,10 @@ class BigQuerySide:
     """The Pulse table in BigQuery (`bigquery.project / dataset / table`)."""
 
     def __init__(self, client, table_ref: str, since: datetime | None, until: datetime | None,
-                 bucket_us: int, timeout_s: float = 120.0) -> None:
+                 bucket_us: int, timeout_s: float = 120.0, cfg=None, slot: str | None = None) -> None:
         self.client = client
+        self.cfg = cfg  # BigQueryConfig: the jobs' labels and maximum_bytes_billed (None: neither)
+        self.slot = slot
         self.table = table_ref
         self.since, self.until = since, until
         self.bucket_us = bucket_us
@@ -182,14 +184,18 @@ class BigQuerySide:
     def _run(self, q: str, params: list) -> list[tuple]:
         from google.cloud import bigquery
 
-        from pulse.sinks.bigquery_load import classify
+        from pulse.sinks.bigquery_load import classify, query_config, query_error, retries
 
         self.queries += 1
+        config = (query_config(self.cfg, self.slot, "verify", params) if self.cfg is not None
+                  else bigquery.QueryJobConfig(query_parameters=params))
+        retry, job_retry = retries(self.timeout)
         try:
-            job = self.client.query(q, job_config=bigquery.QueryJobConfig(query_parameters=params))
-            return [tuple(r.values()) for r in job.result(timeout=self.timeout)]
+            job = self.client.query(q, job_config=config, retry=retry, job_retry=job_retry)
+            return [tuple(r.values()) for r in job.result(timeout=self.timeout, retry=retry, job_retry=job_retry)]
         except Exception as exc:
-            raise classify(exc, "verify query") from exc
+            raise (query_error(exc, self.cfg, "verify query", q) if self.cfg is not None
+                   else classify(exc, "verify query")) from exc
 
 
 def compare_rows(src: Rows, dst: Rows) -> list[Finding]:
@@ -338,7 +344,8 @@ def verify_bigquery(settings: Settings, *, since: datetime | None, until: dateti
     conn.autocommit = True
     try:
         source = SourceSide(conn, settings.database.source_schema, since, until, bucket_s * 1_000_000)
-        dest = BigQuerySide(client, table, since, until, bucket_s * 1_000_000, cfg.request_timeout_s)
+        dest = BigQuerySide(client, table, since, until, bucket_s * 1_000_000, cfg.request_timeout_s, cfg=cfg,
+                            slot=settings.database.slot)
         walk = Bisection(source, dest, fanout=fanout, leaf_rows=leaf_rows)
         findings = walk.run()
         result = Result("bigquery", rows_source=walk.rows_source, rows_destination=walk.rows_destination,

@@ -46,7 +46,7 @@ def repair_bigquery(settings: Settings, result: Result, timeout_s: float = 600.0
 
     from pulse.schema import connect
     from pulse.sinks import bigquery_schema as S
-    from pulse.sinks.bigquery_load import make_client
+    from pulse.sinks.bigquery_load import make_client, query_config, retries
 
     ids = {k: sorted(int(f.key) for f in result.findings if f.kind == k) for k in (MISSING, DIFFERENT, EXTRA,
                                                                                      DUPLICATE)}
@@ -70,12 +70,14 @@ def repair_bigquery(settings: Settings, result: Result, timeout_s: float = 600.0
         cfg = settings.bigquery
         own = client is None
         client = client or make_client(cfg)
+        retry, job_retry = retries(cfg.request_timeout_s)
         try:
             table = S.ref(client.project, S.check_identifier("dataset", cfg.dataset),
                           S.check_identifier("table", cfg.table))
-            job = client.query(f"DELETE FROM {table} WHERE event_id IN UNNEST(@ids)", job_config=bigquery.QueryJobConfig(
-                query_parameters=[bigquery.ArrayQueryParameter("ids", "INT64", sorted(delete))]))
-            job.result(timeout=cfg.request_timeout_s)
+            job = client.query(f"DELETE FROM {table} WHERE event_id IN UNNEST(@ids)", job_config=query_config(
+                cfg, settings.database.slot, "verify-repair",
+                [bigquery.ArrayQueryParameter("ids", "INT64", sorted(delete))]), retry=retry, job_retry=job_retry)
+            job.result(timeout=cfg.request_timeout_s, retry=retry, job_retry=job_retry)
             done["deleted"] = int(job.num_dml_affected_rows or 0)
         finally:
             if own:
@@ -137,7 +139,7 @@ def execute_runs(settings: Settings, run_ids: list[str], targets: list[str], tim
 
         cfg = settings.bigquery
         if Path(cfg.spool_dir).exists():
-            tables = Tables(make_client(cfg), cfg)
+            tables = Tables(make_client(cfg), cfg, slot=settings.database.slot)
             try:
                 Loader(tables, Spool(Path(cfg.spool_dir)), cfg).drain()
             finally:

@@ -19,3 +19,44 @@ def test_a_missing_table_or_dataset_stays_terminal() -> None:
                      "Not found: Dataset p:d")
     out = classify(exc, "load")
     assert isinstance(out, TerminalError) and out.hint
+
+
+
+def test_the_client_neither_retries_a_call_nor_reruns_a_job_for_longer_than_the_request_timeout() -> None:
+    """google-cloud-bigquery re-runs a failed query job for up to 40 minutes by default (`job_retry`),
+    and while job_retry is set retries the job's insert for 10 minutes, connection errors included:
+    the loader sat in one query for the whole of an emulator outage and never reported it."""
+    from types import SimpleNamespace
+
+    from pulse.config import BigQueryConfig
+    from pulse.sinks.bigquery_load import Tables
+
+    seen = {}
+
+    class Job:
+        total_bytes_billed = 0
+
+        def result(self, **kw):
+            seen["result"] = kw
+            return []
+
+    def query(sql, **kw):
+        seen["query"] = kw
+        return Job()
+
+    tables = Tables(SimpleNamespace(project="p", query=query), BigQueryConfig(request_timeout_s=20))
+    tables.query("SELECT 1", "a test")
+    for call in ("query", "result"):
+        assert "job_retry" in seen[call] and seen[call]["job_retry"] is None, call
+        assert seen[call]["retry"].deadline == 20, call
+
+
+def test_a_job_failure_the_client_would_have_rerun_is_transient() -> None:
+    # Without the client's job_retry these reach Pulse; its loader's backoff runs the step again.
+    for exc in (g.Forbidden("Exceeded rate limits: too many table update operations",
+                            errors=[{"reason": "jobRateLimitExceeded"}]),
+                g.BadRequest("Job failed", errors=[{"reason": "jobBackendError"}]),
+                g.InternalServerError("backend", errors=[{"reason": "backendError"}])):
+        assert isinstance(classify(exc, "merge"), TransientError), exc
+    assert isinstance(classify(g.BadRequest("Syntax error", errors=[{"reason": "invalidQuery"}]), "merge"),
+                      TerminalError)

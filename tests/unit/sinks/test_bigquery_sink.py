@@ -14,6 +14,7 @@ from pulse.errors import TerminalError, TransientError
 from pulse.model import Batch, EnrichedEvent, Position
 from pulse.sinks import bigquery_load as L
 from pulse.sinks.bigquery import BigQuerySink
+from pulse.sinks.bigquery_cost import IdMark
 from pulse.sinks.bigquery_spool import Spool
 
 NOW = datetime(2024, 8, 1, tzinfo=timezone.utc)
@@ -32,11 +33,13 @@ def test_classify_sorts_errors():
 
 
 class FakeTables:
-    def __init__(self, fail=None, present=0, direct_fail=None):
+    def __init__(self, fail=None, present=0, direct_fail=None, mark=IdMark(0)):
         self.applied = []
         self.fail = fail
-        self.present = present  # rows the fake table holds in any id range
+        self.present = present  # rows the fake table holds of any ids looked up
         self.direct_fail = direct_fail
+        self.mark = mark  # the state row's IdMark (None: not known yet)
+        self.table = "t"
         self.calls = []
         self.client = SimpleNamespace(delete_table=lambda *a, **k: None)
         self.retry = None
@@ -52,9 +55,19 @@ class FakeTables:
     def id(self, t):
         return t
 
-    def rows_in_id_ranges(self, ranges):
-        self.calls.append(("range", ranges))
-        return self.present
+    def read_state(self):
+        return L.LoadState(Position(0, 0), self.mark, None, 0)
+
+    def highest_id(self):
+        self.calls.append(("highest",))
+        return 0
+
+    def locate(self, ids, days):
+        self.calls.append(("range", sorted(set(int(i) for i in ids))))
+        return self.present, ({days and min(days)} if self.present else set())
+
+    def claim(self, update):
+        self.calls.append(("claim", update.mark))
 
     def extra_columns(self, extras, unchanged=False):
         self.calls.append(("extras", tuple(e.name for e in extras), unchanged)) if extras or unchanged else None
@@ -66,11 +79,12 @@ class FakeTables:
             raise self.direct_fail
         return 1
 
-    def store_position(self, pos):
+    def store_position(self, pos, update=None):
         self.calls.append(("state", pos))
 
-    def apply(self, src, pos, extras=(), unchanged=False):
+    def apply(self, src, pos, extras=(), unchanged=False, target_filter=None, state_update=None):
         self.calls.append(("merge", pos))
+        self.filters = getattr(self, "filters", []) + [target_filter]
 
 
 class FakeLoader(L.Loader):
@@ -98,7 +112,7 @@ def _spool_with(tmp_path, n):
 def test_loader_applies_files_in_order_records_position_then_deletes(tmp_path):
     spool = _spool_with(tmp_path, 3)
     tables = FakeTables()
-    tables.apply = lambda src, pos: tables.applied.append(("apply", pos))
+    tables.apply = lambda src, pos, *a, **k: tables.applied.append(("apply", pos))
     loader = FakeLoader(tables, spool, BigQueryConfig(load_max_bytes=10**9))
     assert loader.drain() == 3
     assert spool.files() == [] and spool.read_position() == Position(3, 0)
@@ -139,21 +153,35 @@ def _kinds(tables):
 
 def test_fresh_inserts_are_loaded_directly_then_the_state_row(tmp_path):
     spool = _spool_of(tmp_path, [_ev(i, Position(i, 0)) for i in (5, 3, 9)])
-    tables = FakeTables(present=0)
+    tables = FakeTables(present=0, mark=IdMark(2))
     loader = L.Loader(tables, spool, BigQueryConfig(load_max_bytes=10**9))
     assert loader.drain() == 3
-    assert tables.calls[0] == ("range", [(3, 3), (5, 5), (9, 9)])
-    assert _kinds(tables) == ["range", "direct", "state"] and tables.calls[-1] == ("state", Position(9, 0))
+    # Above the mark: no look-up; the claim raises the mark first, then the load, then the position.
+    assert _kinds(tables) == ["claim", "direct", "state"] and tables.calls[0] == ("claim", 9)
+    assert tables.calls[-1] == ("state", Position(9, 0))
     assert loader.direct_loads == 1 and spool.files() == [] and spool.read_position() == Position(9, 0)
+
+
+def test_ids_below_the_mark_are_looked_up_and_a_table_without_a_mark_starts_one(tmp_path):
+    spool = _spool_of(tmp_path, [_ev(i, Position(i, 0)) for i in (5, 3, 9)])
+    tables = FakeTables(present=0, mark=IdMark(8, ((1, 3),)))
+    L.Loader(tables, spool, BigQueryConfig(load_max_bytes=10**9)).drain()
+    assert tables.calls[0] == ("range", [5])  # 3 is in an absent range, 9 above the mark
+    assert _kinds(tables) == ["range", "claim", "direct", "state"]
+    tables = FakeTables(present=0, mark=None)  # a table from before the mark
+    L.Loader(tables, _spool_of(tmp_path / "b", [_ev(4, Position(1, 0))]), BigQueryConfig()).drain()
+    assert _kinds(tables) == ["highest", "claim", "direct", "state"]
 
 
 def test_ids_already_in_the_table_take_the_merge(tmp_path):
     # Also the crash after a direct load and before its state row: the rows are there now.
     spool = _spool_of(tmp_path, [_ev(i, Position(i, 0)) for i in (1, 2)])
-    tables = FakeTables(present=2)
+    tables = FakeTables(present=2, mark=IdMark(2))
     loader = FakeLoader(tables, spool, BigQueryConfig(load_max_bytes=10**9))
     assert loader.drain() == 2
     assert _kinds(tables) == ["range", "merge"] and loader.merge_loads == 1
+    assert tables.filters == ["((T.event_ts >= TIMESTAMP '2024-08-01 00:00:00+00' AND T.event_ts < "
+                              "TIMESTAMP '2024-08-02 00:00:00+00'))"]
 
 
 @pytest.mark.parametrize("events", [
@@ -171,7 +199,7 @@ def test_a_refused_direct_load_falls_back_to_the_merge(tmp_path):
     tables = FakeTables(present=0, direct_fail=TerminalError("BigQuery direct load: Malformed JSON"))
     loader = FakeLoader(tables, _spool_of(tmp_path, [_ev(1, Position(1, 0))]), BigQueryConfig())
     loader.drain()
-    assert _kinds(tables) == ["range", "direct", "merge"]
+    assert _kinds(tables) == ["claim", "direct", "merge"]
 
 
 def test_an_unreachable_table_during_a_direct_load_keeps_the_files(tmp_path):
