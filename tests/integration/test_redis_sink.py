@@ -274,6 +274,41 @@ def test_future_dated_events_are_held_and_counted_when_the_clock_reaches_them(sc
         _assert_board_equals_sql(client, prefix, cur, clock.at)
 
 
+def test_a_flush_that_only_deletes_held_events_keeps_the_sink_running(scratch_db, services, rprefix):
+    """A flush whose held events are net negative: the held cells shrink and the sink goes on.
+
+    Found by the soak: such a flush passed a negative amount to the
+    `pulse_redis_future_events_total` counter, whose ValueError stopped
+    `pulse run`. The deletes come in their own transaction, after the held
+    inserts are written, so they are a flush of their own.
+    """
+    from pulse.sinks.redis import BOARD_HELD
+
+    prefix, client = rprefix
+    conn = scratch_db.connect()
+    cur = conn.cursor()
+    cur.execute("ALTER TABLE engagement_events REPLICA IDENTITY FULL")
+    base = math.floor(time.time() / BUCKET) * BUCKET
+    clock = Clock(datetime.fromtimestamp(base + 1, timezone.utc))
+    ahead = datetime.fromtimestamp(base + 300.5, timezone.utc)  # beyond the 60 s skew: held
+    sink = RedisSink(_config(_redis_url(services), prefix), clock=clock)
+    held_before = BOARD_HELD._value.get()
+    with Running(Pipeline(settings_for(scratch_db), [sink])) as running:
+        [a] = insert_content(cur, 1)
+        held = insert_events(cur, [a], 3, duration_ms=2000, event_ts=ahead)
+        wait_for(lambda: _stats(client, prefix).get("future", 0) == 3, 30, "3 held events in Redis")
+        assert BOARD_HELD._value.get() - held_before == 3
+        cur.execute("DELETE FROM engagement_events WHERE id = ANY(%s)", (held[:2],))
+        wait_for(lambda: _stats(client, prefix).get("future") == 1 or running.error, 30, "2 held events deleted")
+        assert running.error is None
+        # The sink still writes: an event of now reaches the board.
+        insert_events(cur, [a], 1, duration_ms=1000, event_ts=clock.at)
+        wait_for(lambda: _board(client, prefix + "top:10m") == {a: 1.0} or running.error, 30, "a live event")
+        assert running.error is None
+        _assert_board_equals_sql(client, prefix, cur, clock.at)
+    assert BOARD_HELD._value.get() - held_before == 3  # a counter of events held, never decreased
+
+
 # -- 3. kill -9 of `pulse run --sink redis` ----------------------------------------------------------------
 
 
