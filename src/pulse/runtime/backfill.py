@@ -198,6 +198,12 @@ class Invisible:
 class _Window:
     run_id: str
     chunk: int
+    # The ids the chunk can hold: (after, upto] (the run's last_id when the
+    # window opened, its max_id). A change outside them cannot supersede a
+    # row of the chunk and is not remembered, so a window's memory grows with
+    # the updates and deletes of its own id range, not with live inserts.
+    after: int = 0
+    upto: int | None = None
     rows: pa.Table | None = None  # the chunk as read (columnar.RAW_SCHEMA, then any `extra:` columns)
     extras: ChunkExtras | None = None  # the extra source columns in `rows` (columnar.read_extra)
     low_seen: bool = False
@@ -278,7 +284,11 @@ class BackfillManager:
         if not row:
             return
         event_id = row.get("id")
+        if event_id is None:
+            return
         for window in list(self.windows.values()):  # a job may open the next window meanwhile
+            if event_id <= window.after or (window.upto is not None and event_id > window.upto):
+                continue
             if window.low_seen:
                 window.changed.add(event_id)
             else:
@@ -303,7 +313,7 @@ class BackfillManager:
             if xid is None or invisible is None or xid in invisible:
                 window.changed.add(event_id)  # unknown counts as unseen: the stream's value wins
         window.early = []
-        changed = [i for i in window.changed if i is not None]
+        changed = list(window.changed)
         if changed:
             keep = pc.invert(pc.is_in(raw.column("id"), value_set=pa.array(changed, pa.int64())))
             raw = raw.filter(keep)
@@ -452,7 +462,7 @@ class BackfillJob(threading.Thread):
             while not self.stop_event.is_set() and not pipeline.stop_event.is_set():
                 chunk += 1
                 started = time.monotonic()
-                window = _Window(self.run_id, chunk)
+                window = _Window(self.run_id, chunk, after=run["last_id"], upto=run["max_id"])
                 with self.manager._lock:
                     self.manager.windows[(self.run_id, chunk)] = window
                 self._watermark(cur, chunk, "low")

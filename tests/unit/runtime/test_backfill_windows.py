@@ -130,3 +130,22 @@ def test_invisible_compares_xids_modulo_two_to_the_32() -> None:
     # Just below xmax across the 32-bit wrap: seen.
     wrap = Invisible(xmax=(2 << 32) + 3, xip=set())
     assert 0xFFFFFFFF not in wrap and 3 in wrap and 2 not in wrap
+
+
+def test_a_window_remembers_only_changes_of_ids_its_chunk_can_hold() -> None:
+    # Live inserts during a snapshot have ids above the run's max_id, and
+    # changes below the run's last_id belong to chunks already emitted: a
+    # window keeps neither, so its memory does not grow with the live stream.
+    m = manager()
+    w = m.windows[("r", 1)] = _Window("r", 1, after=10, upto=20)
+    for i in (5, 10, 11, 20, 21, 10_000):
+        m.observe(event_change(i), xid=3)
+    assert [i for i, _ in w.early] == [11, 20]
+    assert m.on_watermark(mark("low", lsn=50)) is None
+    for i in range(21, 5_021):  # a burst of live inserts
+        m.observe(event_change(i, "insert"))
+    m.observe(event_change(15))
+    assert w.changed == {15}
+    w.invisible = Invisible(xmax=10, xip={3})
+    w.rows = chunk(11, 15, 19, 20)
+    assert m.on_watermark(mark("high", lsn=200)).table().column("event_id").to_pylist() == [19]
