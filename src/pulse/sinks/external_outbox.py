@@ -22,6 +22,7 @@ attributes and data, serialised once), and the SQL of `pulse dlq`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
@@ -251,12 +252,19 @@ class Outbox:
 
     _MATCH = "sink = %s AND (lsn, seq) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))"
 
-    def delete(self, conn, rows: Sequence[OutboxRow]) -> None:
-        """Remove delivered rows and add their ids to the ledger, in one transaction (`conn` in autocommit)."""
+    @contextlib.contextmanager
+    def _resolving(self, conn, rows: Sequence[OutboxRow]):
+        """One transaction that removes `rows` from the outbox and adds their ids to the ledger.
+
+        The caller's statements (run on the yielded cursor, with the rows'
+        match parameters) come first; on any error the transaction is rolled
+        back (`conn` in autocommit).
+        """
         lsns, seqs = self._keys(rows)
         with conn.cursor() as cur:
             cur.execute("BEGIN")
             try:
+                yield cur, (self.sink_key, lsns, seqs)
                 cur.execute(sql.SQL("DELETE FROM {} WHERE " + self._MATCH).format(self.t_outbox),
                             (self.sink_key, lsns, seqs))
                 self.record_resolved(cur, [r.event_id for r in rows])
@@ -265,6 +273,11 @@ class Outbox:
                 if not conn.closed:
                     cur.execute("ROLLBACK")
                 raise
+
+    def delete(self, conn, rows: Sequence[OutboxRow]) -> None:
+        """Remove delivered rows and add their ids to the ledger, in one transaction (`conn` in autocommit)."""
+        with self._resolving(conn, rows):
+            pass
 
     # -- the ledger (what `pulse verify` reads) --------------------------------------
 
@@ -309,26 +322,15 @@ class Outbox:
 
     def dead_letter(self, conn, rows: Sequence[OutboxRow], status: int | None, error: str) -> None:
         """Move rows from the outbox to the dead-letter store, in one transaction."""
-        lsns, seqs = self._keys(rows)
-        with conn.cursor() as cur:
-            cur.execute("BEGIN")
-            try:
-                cur.execute(
-                    sql.SQL("INSERT INTO {} (sink, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, "
-                            "enqueued_at, attempts, last_status, last_error) "
-                            "SELECT sink, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, enqueued_at, "
-                            "attempts, %s, %s FROM {} WHERE " + self._MATCH + " ORDER BY lsn, seq").format(
-                        self.t_dead, self.t_outbox),
-                    (status, error[:2000], self.sink_key, lsns, seqs),
-                )
-                cur.execute(sql.SQL("DELETE FROM {} WHERE " + self._MATCH).format(self.t_outbox),
-                            (self.sink_key, lsns, seqs))
-                self.record_resolved(cur, [r.event_id for r in rows])
-                cur.execute("COMMIT")
-            except BaseException:
-                if not conn.closed:
-                    cur.execute("ROLLBACK")
-                raise
+        with self._resolving(conn, rows) as (cur, match):
+            cur.execute(
+                sql.SQL("INSERT INTO {} (sink, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, "
+                        "enqueued_at, attempts, last_status, last_error) "
+                        "SELECT sink, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, enqueued_at, "
+                        "attempts, %s, %s FROM {} WHERE " + self._MATCH + " ORDER BY lsn, seq").format(
+                    self.t_dead, self.t_outbox),
+                (status, error[:2000], *match),
+            )
 
     def add_dead(self, conn, rows: Sequence[OutboxRow], status: int | None, error: str) -> None:
         """Store rows in the dead-letter store directly (the local outbox's lanes; `conn` in autocommit).
