@@ -190,6 +190,11 @@ def classify(exc: BaseException, what: str) -> PulseError:
         # mid-job). Running the step again is safe: a MERGE is guarded by position, and a
         # direct load's ids are at or below its claimed mark, so the retry checks them first.
         return TransientError(f"BigQuery {what}: the job vanished while polled: {text}")
+    if isinstance(exc, g.NotFound) and _vanished_upload(exc):
+        # A resumable upload whose session the server forgot mid-upload (the emulator restarted
+        # between the session's start and its PUT; BigQuery lets sessions expire too). No job
+        # was created from it; the step starts a new upload, its ids checked as above.
+        return TransientError(f"BigQuery {what}: the upload session vanished: {text}")
     if isinstance(exc, g.Forbidden) and "rateLimitExceeded" in str(exc):
         return TransientError(f"BigQuery {what}: rate limited: {text}")
     reasons = {e.get("reason") for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)}
@@ -209,6 +214,12 @@ def _vanished_job(exc: BaseException) -> bool:
     """A 404 about a job (its URL names /jobs/ or /queries/, or the message says "Not found: Job")."""
     text = str(exc)
     return "/jobs/" in text or "/queries/" in text or "not found: job" in text.lower()
+
+
+def _vanished_upload(exc: BaseException) -> bool:
+    """A 404 about a resumable upload session (`upload_id=` in its URL, or "upload session ... not found")."""
+    text = str(exc).lower()
+    return "upload_id=" in text or ("upload session" in text and "not found" in text)
 
 
 class Tables:

@@ -14,6 +14,15 @@ def test_a_job_that_vanished_while_polled_is_transient() -> None:
     assert isinstance(classify(exc, "merge"), TransientError)
 
 
+def test_an_upload_session_that_vanished_is_transient() -> None:
+    # What the client raised when the emulator restarted during a resumable load upload (the
+    # 60-minute in-process soak: `pulse run` exited twice on it before the fix).
+    exc = g.NotFound("PUT http://127.0.0.1:37119/upload/bigquery/v2/projects/pulse-local/jobs?uploadType=resumable"
+                     "&upload_id=fdc8b5d1b6ba4865a976968941b957b2: Upload session fdc8b5d1b6ba4865a976968941b957b2 "
+                     "not found")
+    assert isinstance(classify(exc, "load job"), TransientError)
+
+
 def test_a_missing_table_or_dataset_stays_terminal() -> None:
     exc = g.NotFound("POST https://bigquery.googleapis.com/bigquery/v2/projects/p/datasets/d/tables: "
                      "Not found: Dataset p:d")
