@@ -257,19 +257,34 @@ def _full_payload_table(docs: list[dict]):
     })
 
 
-def _days(docs: list[dict]) -> set:
-    """The UTC day partitions of the events' event_ts (None: NULL), as datetimes or ISO text."""
+def _days(docs: list[dict]) -> set | None:
+    """The UTC day partitions of the events' event_ts (None: NULL), as dates; None when one cannot be told.
+
+    A dead-letter document's event_ts is ISO text or a datetime; one that does
+    not parse, or overflows on its way to UTC (a date at the edge of the
+    range with an offset), names no partition: the caller then reads every
+    partition rather than miss the row.
+    """
     from datetime import datetime, timezone
 
     out = set()
     for d in docs:
         ts = d.get("event_ts")
-        if isinstance(ts, str):
-            ts = datetime.fromisoformat(ts)
-        if ts is not None and ts.tzinfo is None:
-            ts = ts.replace(tzinfo=timezone.utc)
-        out.add(ts.astimezone(timezone.utc).date() if ts is not None else None)
+        try:
+            if isinstance(ts, str):
+                ts = datetime.fromisoformat(ts)
+            if ts is not None and ts.tzinfo is None:
+                ts = ts.replace(tzinfo=timezone.utc)
+            out.add(ts.astimezone(timezone.utc).date() if ts is not None else None)
+        except (ValueError, OverflowError, TypeError, AttributeError):
+            return None
     return out
+
+
+def _partitions(docs: list[dict]) -> str:
+    """The partition predicate of the documents' rows (`_days`), or TRUE when a day cannot be told."""
+    days = _days(docs)
+    return "TRUE" if days is None else S.partition_filter(days)
 
 
 def not_loaded_yet(tables: Tables, docs: list[dict]) -> list[int]:
@@ -283,7 +298,7 @@ def not_loaded_yet(tables: Tables, docs: list[dict]) -> list[int]:
     # of its event, lies there or is waited for anyway; a newer change is past the state position.
     found = {int(r[0]): Position(int(r[1]), int(r[2])) for r in tables.query(
         f"SELECT event_id, source_lsn, source_seq FROM {tables.ref(tables.table)} T "
-        f"WHERE event_id IN ({', '.join(str(i) for i in ids)}) AND {S.partition_filter(_days(docs))}",
+        f"WHERE event_id IN ({', '.join(str(i) for i in ids)}) AND {_partitions(docs)}",
         "replay check", path="replay")}
     applied = tables.state_position()
     waiting = []
@@ -323,7 +338,7 @@ def merge_full_payloads(tables: Tables, docs: list[dict]) -> None:
         tables.query(
             f"MERGE {tables.ref(tables.table)} T USING {tables.ref(scratch)} S "
             "ON T.event_id = S.event_id AND T.source_lsn = S.source_lsn AND T.source_seq = S.source_seq "
-            f"AND {S.partition_filter(_days(docs))} "  # the row of that very change: its event_ts
+            f"AND {_partitions(docs)} "  # the row of that very change: its event_ts
             "WHEN MATCHED THEN UPDATE SET raw_payload = SAFE.PARSE_JSON(S.raw_payload), problems = S.problems",
             "dead-letter replay", path="replay")
     finally:
