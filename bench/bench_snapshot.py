@@ -48,34 +48,74 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class LiveProbe:
-    """Commits `rate` events/s in transactions of `txn`, each with a marker content; times them onto the board."""
+    """Commits `rate` events/s in transactions of `txn`, each with a marker content; times them onto the board.
+
+    It runs in a process of its own: in the pipeline's process its writer and
+    its prober (polling every 5 ms) took about a fifth of the samples of a
+    py-spy profile and competed with the pipeline for the GIL, which a
+    deployed Pulse never shares with a latency probe.
+    """
 
     def __init__(self, db: ScratchDatabase, redis_url: str, prefix: str, content: list[str], rate: float,
                  txn: int) -> None:
+        import multiprocessing
+
         import redis
 
-        self.db, self.content, self.rate, self.txn = db, content, rate, txn
-        self.client = redis.Redis.from_url(redis_url)
-        self.key = prefix + "events:10m"
-        self.pending: dict[str, float] = {}
-        self.latencies: list[float] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.committed = 0
-        self.threads = [threading.Thread(target=self._write, daemon=True),
-                        threading.Thread(target=self._probe, daemon=True)]
+        self.client = redis.Redis.from_url(redis_url)  # the caller's cleanup of the prefix
+        ctx = multiprocessing.get_context("spawn")
+        self._results = ctx.Queue()
+        self._stop, self._ready, self._go = ctx.Event(), ctx.Event(), ctx.Event()
+        self.process = ctx.Process(target=_probe_main, daemon=True, args=(
+            db.url, redis_url, prefix + "events:10m", content, rate, txn, self._ready, self._go, self._stop,
+            self._results))
+        self.records: list[tuple[float, float | None]] | None = None  # (commit returned, seen on the board)
+
+    def prepare(self) -> None:
+        """Start the process and wait until it is connected (its imports take seconds on a busy machine)."""
+        self.process.start()
+        if not self._ready.wait(120):
+            raise SystemExit("the live probe did not start")
 
     def start(self) -> None:
-        for t in self.threads:
-            t.start()
+        self._go.set()
 
-    def _write(self) -> None:
-        conn = self.db.connect()
+    def finish(self, grace_s: float = 30) -> list[tuple[float, float | None]]:
+        """Stop writing, wait up to `grace_s` for the pending markers; every transaction's times."""
+        if self.records is None:
+            self._stop.set()
+            self.records = self._results.get(timeout=grace_s + 30) if self.process.is_alive() else []
+            self.process.join(10)
+        return self.records
+
+
+def _probe_main(url: str, redis_url: str, key: str, content: list[str], rate: float, txn: int,
+                ready, go, stop, results) -> None:
+    """The probe process: a writer thread and a prober thread; sends [(committed, seen | None)] when stopped."""
+    import psycopg2
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    pending: dict[str, float] = {}
+    records: list[tuple[float, float | None]] = []
+    lock = threading.Lock()
+    done_writing = threading.Event()
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    client.ping()
+    ready.set()
+    while not go.wait(0.1):
+        if stop.is_set():  # stopped before it started
+            results.put([])
+            return
+
+    def write() -> None:
         cur = conn.cursor()
-        interval = self.txn / self.rate
+        interval = txn / rate
         start = time.monotonic()
         k = 0
-        while not self.stop.is_set():
+        while not stop.is_set():
             marker = str(uuid.uuid4())
             cur.execute("INSERT INTO content (id, slug, title, content_type, length_seconds, publish_ts) "
                         "VALUES (%s, %s, 'marker', 'video', 600, now())", (marker, f"m-{marker}"))
@@ -84,40 +124,36 @@ class LiveProbe:
                 "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device) "
                 "SELECT CASE WHEN g = 0 THEN %s::uuid ELSE (%s::uuid[])[1 + g %% %s] END, gen_random_uuid(), "
                 "'play', now(), 1000 + g, 'ios' FROM generate_series(0, %s - 1) g",
-                (marker, self.content, len(self.content), self.txn))
+                (marker, content, len(content), txn))
             cur.execute("COMMIT")
-            with self.lock:
-                self.pending[marker] = time.time()
-            self.committed += 1
+            with lock:
+                pending[marker] = time.time()
             k += 1
-            delay = start + k * interval - time.monotonic()
-            if delay > 0:
-                self.stop.wait(delay)
+            stop.wait(max(0.0, start + k * interval - time.monotonic()))
         conn.close()
+        done_writing.set()
 
-    def _probe(self) -> None:
-        while not self.stop.is_set() or self.pending:
-            with self.lock:
-                items = list(self.pending.items())
-            if items:
-                scores = self.client.zmscore(self.key, [k for k, _ in items])
-                seen = time.time()
-                with self.lock:
-                    for (cid, t), got in zip(items, scores):
-                        if got is not None:
-                            self.latencies.append(seen - t)
-                            self.pending.pop(cid, None)
-            if self.stop.is_set() and time.time() > self.deadline:
-                return
-            time.sleep(0.005)
-
-    def finish(self, grace_s: float = 30) -> None:
-        self.deadline = time.time() + grace_s
-        self.stop.set()
-        for t in self.threads:
-            t.join(grace_s + 5)
-
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
     deadline = float("inf")
+    while True:
+        if done_writing.is_set() and deadline == float("inf"):
+            deadline = time.time() + 30
+        with lock:
+            items = list(pending.items())
+        if items:
+            scores = client.zmscore(key, [k for k, _ in items])
+            seen = time.time()
+            with lock:
+                for (cid, t), got in zip(items, scores):
+                    if got is not None:
+                        records.append((t, seen))
+                        pending.pop(cid, None)
+        if done_writing.is_set() and (not pending or time.time() > deadline):
+            break
+        time.sleep(0.005)
+    records.extend((t, None) for t in pending.values())
+    results.put(records)
 
 
 def main() -> None:
@@ -190,6 +226,7 @@ def run(args, db: ScratchDatabase, endpoint: str) -> None:
     probe = LiveProbe(db, redis_url, prefix, content, args.rate, args.txn)
     runner = threading.Thread(target=pipeline.run, daemon=True)
     try:
+        probe.prepare()
         t0 = time.perf_counter()
         busy0, total0 = _cpu_ticks()
         runner.start()
@@ -198,12 +235,14 @@ def run(args, db: ScratchDatabase, endpoint: str) -> None:
         probe.start()
         _wait(snapshot_done, args.timeout, 0.2)
         read_s = time.perf_counter() - t0
-        with probe.lock:
-            during, lat_during = probe.committed, list(probe.latencies)
+        snapshot_end = time.time()
         _wait(loaded, args.timeout, 0.2)
         elapsed = time.perf_counter() - t0
         busy1, total1 = _cpu_ticks()
-        probe.finish()
+        # The transactions committed while the snapshot ran, and their time to the board.
+        records = [r for r in probe.finish() if r[0] <= snapshot_end]
+        during = len(records)
+        lat_during = [seen - t for t, seen in records if seen is not None]
         print(f"  machine CPU busy during the snapshot: {100 * (busy1 - busy0) / max(1, total1 - total0):.0f}% "
               f"of {os.cpu_count()} cores")
         scur.execute("SELECT extract(epoch FROM finished_at - started_at) FROM pulse.backfill_runs "
