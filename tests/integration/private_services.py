@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -188,10 +190,21 @@ class PrivateBigQuery:
     def _start(self) -> None:
         self.pid = dev.start_bigquery(self.rest_port, self.grpc_port, self.home).pid
 
-    def stop(self, sig: int = 15) -> None:
+    def stop(self, sig: int = 15, grace_s: float = 120) -> None:
+        """Stop the emulator with `sig`; SIGKILL after `grace_s` if it is still there.
+
+        On SIGTERM its web server finishes the requests in flight first: a load
+        job took it past 30 s once on a loaded machine (the kafka soak stopped
+        on it).
+        """
         if self.pid and dev._alive(self.pid):
             os.kill(self.pid, sig)
-            _wait(lambda: not dev._alive(self.pid), "the emulator to die", 30)
+            try:
+                _wait(lambda: not dev._alive(self.pid), "the emulator to die", grace_s)
+            except AssertionError:
+                print(f"the emulator ignored signal {sig} for {grace_s:.0f} s: SIGKILL", file=sys.stderr)
+                os.kill(self.pid, signal.SIGKILL)
+                _wait(lambda: not dev._alive(self.pid), "the emulator to die after SIGKILL", 30)
 
     def start(self) -> None:
         self._start()
