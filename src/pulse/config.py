@@ -286,6 +286,13 @@ class BigQueryConfig(_Section):
         "`pulse consume`, so two pipelines never share one. The folder records its owner (owner.json) and "
         "refuses to open for another table, slot, topic or group.",
     )
+    write_linger_s: float = Field(
+        default=1.0, ge=0, le=60,
+        description="Batch mode, `pulse run`: seconds the sink gathers events (up to runtime.batch_max_events) "
+        "into one spool file before writing it. A file per transaction under a trickle of small transactions "
+        "made tens of thousands of files that every load had to combine; rows are loaded every "
+        "load_interval_s anyway. 0: a file per write.",
+    )
     load_interval_s: float = Field(
         default=60.0, ge=0.2, description="Seconds between load jobs (BigQuery allows 1,500 per table per day; "
         "load_jobs_per_day paces them further when they go faster)."
@@ -301,6 +308,12 @@ class BigQueryConfig(_Section):
         default=256 * 1024 * 1024, ge=1024,
         description="Load earlier than load_interval_s once the spool holds this many bytes; also the most "
         "Parquet bytes one load job takes.",
+    )
+    load_max_files: int = Field(
+        default=5_000, ge=1,
+        description="Most spool files one load job takes. Each file is read and combined into the upload: "
+        "an unbounded group of tiny files took minutes to combine, long enough for a restart to lose the "
+        "work and start over (the chaos soak's loader never caught up).",
     )
     direct_load: bool = Field(
         default=True,

@@ -139,11 +139,28 @@ class SinkWorker(threading.Thread):
         self.written += len(part)
         metrics.EVENTS_OUT.labels(self.sink.name).inc(len(part))
 
+    def _linger(self, events: list) -> None:
+        """Add to `events` what arrives within the sink's `linger_s`, up to `batch_max` events.
+
+        Not while draining or aborting: a shutdown writes what it has at once.
+        """
+        deadline = time.monotonic() + self.sink.linger_s
+        n = sum(len(e) if type(e) is EventChunk else 1 for e in events)
+        while n < self.batch_max and not self.draining.is_set() and not self.abort.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            more = self.queue.get_many(self.batch_max - n, timeout=min(remaining, 0.2))
+            events.extend(more)
+            n += sum(len(e) if type(e) is EventChunk else 1 for e in more)
+
     def run(self) -> None:
         name = self.sink.name
         try:
             while not self.abort.is_set():
                 events = self.queue.get_many(self.batch_max, timeout=0.2)
+                if events and self.sink.linger_s > 0:
+                    self._linger(events)
                 metrics.QUEUE_BYTES.labels(name).set(self.queue.bytes)
                 metrics.QUEUE_EVENTS.labels(name).set(len(self.queue))
                 if not events:

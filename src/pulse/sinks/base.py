@@ -48,6 +48,12 @@ class Sink(ABC):
     #: Takes backfill chunks as Arrow tables (`write_columns`) rather than events.
     accepts_columns: bool = False
 
+    #: Seconds the runtime keeps gathering events for one `write` once the
+    #: first is there (up to `runtime.batch_max_events`), for a sink whose
+    #: write has a fixed cost worth sharing (a spool file and its fsyncs) and
+    #: whose data is not visible sooner anyway. 0: write what is there at once.
+    linger_s: float = 0.0
+
     #: Can correct an event it already holds (`replay`): over Kafka, a dead
     #: letter published again in full after its size limit was raised.
     takes_replays: bool = False

@@ -58,6 +58,9 @@ class BigQuerySink(Sink):
         # Whose spool this is: the table, and the slot (or Kafka topic, partition, group) it spools.
         self.owner = SpoolOwner.of(cfg.project, cfg.dataset, cfg.table, name, slot=slot, group=group)
         self.max_row_bytes = cfg.max_row_bytes or MAX_ROW_BYTES[cfg.mode]
+        # Batch mode: one spool file (and two fsyncs) per write; rows reach the table at the next
+        # load (load_interval_s) anyway, so the runtime gathers a write's events this long.
+        self.linger_s = cfg.write_linger_s if cfg.mode == "batch" else 0.0
         self.dead_letters = (dl.DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{name}")
                              if db is not None else None)
         self.truncated = 0

@@ -572,7 +572,7 @@ class Loader:
         group: list[SpoolFile] = []
         size = 0
         for f in files:
-            if group and size + f.size > self.cfg.load_max_bytes:
+            if group and (size + f.size > self.cfg.load_max_bytes or len(group) >= self.cfg.load_max_files):
                 break
             group.append(f)
             size += f.size

@@ -118,6 +118,18 @@ def test_loader_applies_files_in_order_records_position_then_deletes(tmp_path):
     assert spool.files() == [] and spool.read_position() == Position(3, 0)
 
 
+def test_a_load_takes_at_most_load_max_files_files(tmp_path):
+    # A backlog of tiny files: each load combines a bounded number, so it ends in bounded time
+    # and its progress survives a restart (the chaos soak's loader combined 50,000 files at once).
+    spool = _spool_with(tmp_path, 7)
+    tables = FakeTables()
+    tables.apply = lambda src, pos, *a, **k: None
+    loader = FakeLoader(tables, spool, BigQueryConfig(load_max_bytes=10**9, load_max_files=3))
+    assert loader.drain() == 7
+    assert [len(g) for g in tables.applied] == [3, 3, 1]
+    assert spool.files() == [] and spool.read_position() == Position(7, 0)
+
+
 def _spool_of(tmp_path, events):
     from pulse.sinks.bigquery_schema import to_arrow
 
