@@ -30,6 +30,10 @@ FINDINGS = Gauge("pulse_verify_findings", "Findings of the last pulse verify rou
 LAST_CLEAN = Gauge("pulse_verify_last_clean_timestamp_seconds", "Epoch seconds of the last round with no finding",
                    ["sink"])
 RUNS = Counter("pulse_verify_runs_total", "pulse verify rounds by outcome", ["sink", "outcome"])
+EXTERNAL_IDS = Gauge("pulse_verify_external_ids", "Source event ids of the last pulse verify round of an external "
+                     "sink, by state: delivered, pending, dead_lettered, missing, unaccountable (retention cut "
+                     "the topic before its offsets were committed)", ["sink", "state"])
+ACCOUNTING_STATES = ("delivered", "pending", "dead_lettered", "missing", "unaccountable")
 
 
 def record(results: list[Result], now: float | None = None) -> None:
@@ -40,6 +44,8 @@ def record(results: list[Result], now: float | None = None) -> None:
         counts = r.by_kind()
         for kind in KINDS:
             FINDINGS.labels(r.sink, kind).set(counts.get(kind, 0))
+        for state in ACCOUNTING_STATES if r.accounting else ():
+            EXTERNAL_IDS.labels(r.sink, state).set(r.accounting.get(state, 0))
         if r.ok:
             LAST_CLEAN.labels(r.sink).set(now)
         RUNS.labels(r.sink, "equal" if r.ok else "differs").inc()

@@ -69,3 +69,15 @@ def test_readyz_is_ready_once_a_round_completed_and_not_after_watch_stops():
     watch(_round, 0.0, stop, sinks=("wready",))
     assert states == [False, True]
     assert "verify" not in health.READINESS.check()[1]
+
+
+def test_an_external_rounds_accounting_is_exported_unaccountable_ids_included():
+    from pulse.verify.watch import record
+
+    accounting = {"outbox": "kafka", "delivered": 90, "pending": 4, "dead_lettered": 1, "missing": 0,
+                  "unaccountable": 5, "oldest_pending_s": 2.0}
+    record([Result("wext", rows_source=100, accounting=accounting)])
+    for state, n in (("delivered", 90), ("pending", 4), ("dead_lettered", 1), ("missing", 0), ("unaccountable", 5)):
+        assert _value("pulse_verify_external_ids", sink="wext", state=state) == n, state
+    record([Result("wbq", rows_source=100)])  # no accounting (not an external sink): no series
+    assert REGISTRY.get_sample_value("pulse_verify_external_ids", {"sink": "wbq", "state": "missing"}) is None
