@@ -301,6 +301,7 @@ def main() -> int:
                        "rx_lost": t.rx_lost, "rx_extra": t.rx_extra, "rx_unstable_ids": t.rx_unstable,
                        "rx_conflicts": t.rx_conflicts, "rx_redelivered": t.rx_redelivered,
                        "verify_ok": t.verify_ok},
+            "rx_conflict_samples": stats.get("conflict_samples", []),
             "max_freshness_s": round(stats.get("latency_max_s") or 0, 1),
             "p99_freshness_s": round(stats.get("latency_p99_s") or 0, 2),
             "converge_after_quiesce_s": round(converge_s, 1),

@@ -77,6 +77,17 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass
+def _brief(event: Any, limit: int = 300) -> Any:
+    """The event with long strings cut (a conflict sample must not hold megabyte payloads)."""
+    if isinstance(event, dict):
+        return {k: _brief(v, limit) for k, v in event.items()}
+    if isinstance(event, list):
+        return [_brief(v, limit) for v in event]
+    if isinstance(event, str) and len(event) > limit:
+        return event[:limit] + f"...({len(event)} chars)"
+    return event
+
+
 class Faults:
     """How the receiver misbehaves; rates are fractions of POST requests (drawn independently per request)."""
 
@@ -126,6 +137,7 @@ class ReceiverState:
         self.duplicates = 0
         self.conflicts = 0
         self.conflicting_ids: list[str] = []
+        self.conflict_samples: list[dict[str, Any]] = []
         self.order_violations = 0
         self.signature_ok = 0
         self.signature_failures = 0
@@ -150,6 +162,9 @@ class ReceiverState:
                     if seen["digest"] != digest:
                         self.conflicts += 1
                         self.conflicting_ids.append(ce_id)
+                        if len(self.conflict_samples) < 20:  # what differed, for diagnosis (bounded)
+                            self.conflict_samples.append({"id": ce_id, "first": _brief(seen["event"]),
+                                                          "again": _brief(event)})
                     continue
                 self.events[ce_id] = {"event": event, "digest": digest, "count": 1, "first_at": now}
                 self.order.append(ce_id)
@@ -183,6 +198,7 @@ class ReceiverState:
                 "duplicates": self.duplicates,
                 "conflicts": self.conflicts,
                 "conflicting_ids": self.conflicting_ids[:100],
+                "conflict_samples": list(self.conflict_samples),
                 "order_violations": self.order_violations,
                 "signature_ok": self.signature_ok,
                 "signature_failures": self.signature_failures,
