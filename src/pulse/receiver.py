@@ -76,7 +76,6 @@ def is_loopback(host: str) -> bool:
         return False  # a host name or "" (every interface): treat as reachable from elsewhere
 
 
-@dataclass
 def _brief(event: Any, limit: int = 300) -> Any:
     """The event with long strings cut (a conflict sample must not hold megabyte payloads)."""
     if isinstance(event, dict):
@@ -88,6 +87,7 @@ def _brief(event: Any, limit: int = 300) -> Any:
     return event
 
 
+@dataclass
 class Faults:
     """How the receiver misbehaves; rates are fractions of POST requests (drawn independently per request)."""
 
