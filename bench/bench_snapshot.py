@@ -159,7 +159,7 @@ def _probe_main(url: str, redis_url: str, key: str, content: list[str], rate: fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--chunk-size", type=int, default=10_000, help="snapshot.chunk_size (default: the config's)")
+    ap.add_argument("--chunk-size", type=int, default=None, help="snapshot.chunk_size (default: the config's)")
     ap.add_argument("--rate", type=float, default=1_000, help="live events/s during the snapshot")
     ap.add_argument("--txn", type=int, default=20, help="events per live transaction")
     ap.add_argument("--history-days", type=float, default=30, help="event_ts of the history spread over this")
@@ -201,7 +201,7 @@ def run(args, db: ScratchDatabase, endpoint: str) -> None:
         redis=RedisConfig(url=redis_url, prefix=prefix),
         bigquery={"project": os.environ["PULSE_BIGQUERY_PROJECT"], "dataset": dataset, "endpoint": endpoint,
                   "spool_dir": str(Path(".pulse") / "bench" / dataset)},
-        snapshot={"chunk_size": args.chunk_size},
+        snapshot={"chunk_size": args.chunk_size} if args.chunk_size else {},
     )
     client = make_client(settings.bigquery)
 

@@ -502,8 +502,11 @@ class SnapshotConfig(_Section):
         description="initial: on the run that creates the slot, copy the rows that already exist to every "
                     "destination (BigQuery and the external system get the rows, the Redis board is rebuilt for "
                     "its window), consistently with the stream; never: start from the slot's creation.")
-    chunk_size: int = Field(default=10_000, ge=1, le=1_000_000,
-                            description="Rows read per chunk (one DBLog watermark window each).")
+    chunk_size: int = Field(default=50_000, ge=1, le=1_000_000,
+                            description="Rows read per chunk (one DBLog watermark window each; at most three "
+                                        "chunks are in memory at once). 50,000: a chunk's fixed costs (two "
+                                        "watermark commits, a spool file and its fsyncs) are shared by more "
+                                        "rows; docs/benchmarks.md, \"Initial snapshot\".")
     rate_limit: float = Field(default=0.0, ge=0,
                               description="Most rows per second the snapshot reads; 0 = unlimited.")
 
