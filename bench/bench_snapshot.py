@@ -80,13 +80,25 @@ class LiveProbe:
     def start(self) -> None:
         self._go.set()
 
-    def finish(self, grace_s: float = 30) -> list[tuple[float, float | None]]:
-        """Stop writing, wait up to `grace_s` for the pending markers; every transaction's times."""
+    def finish(self) -> list[tuple[float, float | None]]:
+        """Stop writing; every transaction's times once the process has waited for the pending markers.
+
+        The process gives markers still missing from the board `PENDING_GRACE_S`, then sends what it has.
+        """
         if self.records is None:
             self._stop.set()
-            self.records = self._results.get(timeout=grace_s + 30) if self.process.is_alive() else []
+            self.records = self._results.get(timeout=PENDING_GRACE_S + 30) if self.process.is_alive() else []
             self.process.join(10)
         return self.records
+
+    def close(self) -> None:
+        """On a failed run: stop the process without waiting for its markers."""
+        if self.records is None and self.process.is_alive():
+            self.process.terminate()
+            self.process.join(10)
+
+
+PENDING_GRACE_S = 30.0
 
 
 def _probe_main(url: str, redis_url: str, key: str, content: list[str], rate: float, txn: int,
@@ -138,7 +150,7 @@ def _probe_main(url: str, redis_url: str, key: str, content: list[str], rate: fl
     deadline = float("inf")
     while True:
         if done_writing.is_set() and deadline == float("inf"):
-            deadline = time.time() + 30
+            deadline = time.time() + PENDING_GRACE_S
         with lock:
             items = list(pending.items())
         if items:
@@ -258,7 +270,7 @@ def run(args, db: ScratchDatabase, endpoint: str) -> None:
               f"commit-to-board p50 {1000 * _pct(lat_during, 0.5):.0f} ms, p99 {1000 * _pct(lat_during, 0.99):.0f} "
               f"ms, max {1000 * max(lat_during or [float('nan')]):.0f} ms")
     finally:
-        probe.finish(1)
+        probe.close()
         pipeline.stop()
         runner.join(120)
         state.close()

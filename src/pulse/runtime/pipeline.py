@@ -145,14 +145,14 @@ class SinkWorker(threading.Thread):
         Not while draining or aborting: a shutdown writes what it has at once.
         """
         deadline = time.monotonic() + self.sink.linger_s
-        n = sum(len(e) if type(e) is EventChunk else 1 for e in events)
+        n = _events_in(events)
         while n < self.batch_max and not self.draining.is_set() and not self.abort.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             more = self.queue.get_many(self.batch_max - n, timeout=min(remaining, 0.2))
             events.extend(more)
-            n += sum(len(e) if type(e) is EventChunk else 1 for e in more)
+            n += _events_in(more)
 
     def run(self) -> None:
         name = self.sink.name
@@ -601,6 +601,11 @@ class Pipeline:
             self._status_conn.close()
         log.info("pipeline.stopped", events_in=self.events_in,
                  acked=lsn_to_str(reader.acked) if reader else None, graceful=graceful)
+
+
+def _events_in(items: list) -> int:
+    """Events in a queue read: a chunk counts its rows (an event is a tuple: its len is not a count)."""
+    return sum(len(e) if type(e) is EventChunk else 1 for e in items)
 
 
 def _runs(items: list) -> list:
