@@ -11,7 +11,11 @@ Kafka's offsets:
 - a message at or below that position is skipped: a redelivery after a
   rebalance, or a duplicate written by a producer that restarted, changes
   nothing;
-- offsets are committed only up to what the sink reported durable;
+- offsets are committed only up to what the sink reported durable, with that
+  position as the offset's metadata: a sink that keeps no position of its
+  own (`Sink.holds_position` False: the external sink, whose outbox is the
+  topic) is re-opened from it, so the copies a restarted producer published
+  again are skipped by it too, never sent a second time with a new body;
 - a replayed dead letter (header `pulse-replay`: an event the producer had
   to publish with a marker, published again in full) is at or below the
   sink's position: a sink that can correct an event it holds
@@ -37,7 +41,7 @@ from pulse.bus.codec import NULL_PARTITION, decode, header_position, is_broadcas
 from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
-from pulse.model import Batch, Position
+from pulse.model import ZERO, Batch, Position
 from pulse.sinks.base import Sink
 from pulse.sinks.kafka import client_config, ensure_topics
 
@@ -50,7 +54,7 @@ STATS_INTERVAL_MS = 2_000
 
 
 class _Partition:
-    __slots__ = ("sink", "position", "pending", "durable_offset")
+    __slots__ = ("sink", "position", "pending", "durable_offset", "durable_position")
 
     def __init__(self, sink: Sink, position: Position) -> None:
         self.sink = sink
@@ -58,6 +62,7 @@ class _Partition:
         # (position, next offset) of messages written but maybe not durable yet.
         self.pending: deque[tuple[Position, int]] = deque()
         self.durable_offset: int | None = None  # next offset to commit
+        self.durable_position: Position | None = None  # the position durable up to it (its metadata)
 
 
 class SinkConsumer:
@@ -91,10 +96,28 @@ class SinkConsumer:
             name = f"{self.sink_name}@{tp.topic}/{tp.partition}"
             sink = self.factory(name)
             position = self._retrying()(sink.open)
+            if not sink.holds_position:
+                position = max(position, self._retrying()(self._committed_position, consumer, tp.partition))
             self.parts[tp.partition] = _Partition(sink, position)
             self._start_window_rebuilder(sink)
             log.info("consume.assigned", sink=name, position=str(position))
         self.ready.set()
+
+    def _committed_position(self, consumer, partition: int) -> Position:
+        """The position committed with the group's offset of `partition` (ZERO: none yet, or an older Pulse)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            (tp,) = consumer.committed([TopicPartition(self.cfg.topic, partition)], timeout=10)
+        except KafkaException as exc:
+            raise TransientError(f"reading the committed offset of {self.cfg.topic}/{partition}: {exc}") from exc
+        if tp.error is not None:
+            raise TransientError(f"reading the committed offset of {self.cfg.topic}/{partition}: {tp.error}")
+        try:
+            return Position.parse(tp.metadata) if tp.metadata else ZERO
+        except ValueError:
+            log.warning("consume.foreign_offset_metadata", partition=partition, metadata=tp.metadata[:80])
+            return ZERO
 
     def _on_revoke(self, consumer, partitions) -> None:
         for tp in partitions:
@@ -337,6 +360,7 @@ class SinkConsumer:
                 self._advance(part, durable)
             elif not part.pending:
                 part.durable_offset = next_offset  # everything here was already in the sink
+                part.durable_position = part.position
 
     def _observe(self, events: list) -> None:
         """The same per-sink series as `pulse run`: events out and commit-to-sink latency."""
@@ -352,7 +376,7 @@ class SinkConsumer:
         if durable is None:
             return
         while part.pending and part.pending[0][0] <= durable:
-            part.durable_offset = part.pending.popleft()[1]
+            part.durable_position, part.durable_offset = part.pending.popleft()
 
     def _flush(self, part: _Partition, idle: bool = False) -> None:
         if part.pending or idle:
@@ -361,7 +385,7 @@ class SinkConsumer:
     def _commit(self, parts: dict[int, _Partition]) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        offsets = [TopicPartition(self.cfg.topic, p, part.durable_offset)
+        offsets = [TopicPartition(self.cfg.topic, p, part.durable_offset, metadata=str(part.durable_position or ZERO))
                    for p, part in parts.items() if part.durable_offset is not None]
         if not offsets or self.consumer is None:
             return
@@ -372,7 +396,7 @@ class SinkConsumer:
             # Not fatal: the positions in the destination keep the sink exact.
             log.warning("consume.commit_failed", error=str(exc))
         for part in parts.values():
-            part.durable_offset = None
+            part.durable_offset = part.durable_position = None
 
 
 def _forget_lag(sink: str, partition: int) -> None:

@@ -58,6 +58,12 @@ class Sink(ABC):
     #: letter published again in full after its size limit was raised.
     takes_replays: bool = False
 
+    #: Stores its position with its data, so `open()` says where it stands.
+    #: False for a sink whose durable state is the Kafka topic itself (the
+    #: external sink with `outbox = "kafka"`): `pulse consume` then resumes it
+    #: from the position committed with the group's offsets (bus/consumer.py).
+    holds_position: bool = True
+
     #: What the initial snapshot does for this sink (`runtime/snapshot.py`):
     #: "rows" (it receives the existing rows, as backfill batches), "window"
     #: (it keeps only a recent window and is rebuilt from the source through

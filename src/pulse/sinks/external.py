@@ -17,7 +17,8 @@ slot advances whatever the endpoint does; delivery lanes send from it.
   source database, except dead letters (`external_dead_letter`).
 - `outbox = "kafka"` (the default under `pulse consume`): the topic is the
   log; frames wait in memory and the sink's position is the delivered one,
-  so the consumer commits offsets only for acknowledged events.
+  so the consumer commits offsets only for acknowledged events, with that
+  position, from which it resumes the sink (`holds_position` False).
 - `outbox = "postgres"`: the outbox tables in Pulse's schema, one
   transaction per batch (`external_outbox.py`), lanes of `external_delivery.py`;
   a delivered batch's rows are deleted and its ids merged into the ledger
@@ -101,6 +102,7 @@ class ExternalSink(Sink):
         self.cfg = cfg
         self.db = db
         self.kind = outbox_kind(cfg, name)
+        self.holds_position = self.kind != "kafka"  # over Kafka the consumer keeps it with its offsets
         self.snapshot_mode = "rows" if cfg.snapshot else "none"  # external.snapshot
         # The dead-letter store (and, with outbox = postgres, the outbox) in Pulse's schema.
         self.outbox = Outbox(db.dsn(), db.state_schema, sink_key(db, name))
