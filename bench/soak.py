@@ -20,7 +20,8 @@ and checks them: BigQuery against the source id by id, `pulse verify` on the
 table and the Redis board, the receiver's ids. Prints one summary (JSON with
 --json): minutes, events, faults by kind, lost, duplicated, max freshness,
 RSS of each process at start and end, unexpected exits. Exit 1 when anything
-was lost or duplicated. The same seed gives the same fault schedule (the
+was lost or duplicated, verify differs, an id reached the receiver with two
+different bodies, or a process exited unexpectedly. The same seed gives the same fault schedule (the
 traffic's timing follows the machine).
 """
 
@@ -56,6 +57,23 @@ from tests.integration.private_services import (  # noqa: E402
 )
 
 PULSE = str(Path(sys.executable).parent / "pulse")
+
+#: Kafka mode: the topic's and the producer's message limit. The generator's anomalies include raw
+#: payloads of about 1 MB, over Kafka's default limit (1 MB less headroom): with it, `produce` would
+#: publish those events with a marker and dead-letter them in full, by design (tested in
+#: tests/integration/test_oversized_events.py), and verify would report them until `pulse dlq replay
+#: --sink kafka`. The soak is about faults, so it raises the limit as a deployment expecting such rows would.
+KAFKA_MESSAGE_MAX_BYTES = 4 * 1024 * 1024
+
+
+def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """The events topic, with room for the anomalies' largest events (KAFKA_MESSAGE_MAX_BYTES)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(topic, partitions, 1,
+                                            config={"max.message.bytes": str(KAFKA_MESSAGE_MAX_BYTES)})])
+    futures[topic].result(60)
 
 
 def rss_kb(pid: int) -> int | None:
@@ -192,7 +210,9 @@ def main() -> int:
         if kafka:
             env.update(PULSE_KAFKA_BOOTSTRAP=kafka.bootstrap, PULSE_KAFKA__TOPIC="pulse_soak",
                        PULSE_KAFKA__CONTENT_TOPIC="pulse_soak_content", PULSE_KAFKA__PARTITIONS="4",
-                       PULSE_KAFKA__GROUP_PREFIX="pulse_soak")
+                       PULSE_KAFKA__GROUP_PREFIX="pulse_soak",
+                       PULSE_KAFKA__MESSAGE_MAX_BYTES=str(KAFKA_MESSAGE_MAX_BYTES))
+            _create_topic(kafka.bootstrap, "pulse_soak", 4)
         gen_env = dict(env)
         gen_seed = [args.seed * 1000]
 
@@ -336,7 +356,7 @@ def main() -> int:
         print(render(summary))
     (work / "summary.json").write_text(json.dumps({**summary, "fault_log": fault_log}, indent=2) + "\n")
     ok = summary.get("lost") == 0 and summary.get("duplicated") == 0 and summary["detail"]["verify_ok"] \
-        and not summary["unexpected_exits"]
+        and summary["detail"]["rx_conflicts"] == 0 and not summary["unexpected_exits"]
     return 0 if ok else 1
 
 
