@@ -11,6 +11,10 @@ Kafka's offsets:
 - a message at or below that position is skipped: a redelivery after a
   rebalance, or a duplicate written by a producer that restarted, changes
   nothing;
+- a sink that gathers a trickle into one write (`Sink.linger_s`: BigQuery's
+  spool file) gets the events of a partition held up to that long, up to
+  `kafka.batch_max_messages`, as `pulse run` does: otherwise every poll of
+  a few messages was a spool file of its own;
 - offsets are committed only up to what the sink reported durable, with that
   position as the offset's metadata: a sink that keeps no position of its
   own (`Sink.holds_position` False: the external sink, whose outbox is the
@@ -54,7 +58,8 @@ STATS_INTERVAL_MS = 2_000
 
 
 class _Partition:
-    __slots__ = ("sink", "position", "pending", "durable_offset", "durable_position")
+    __slots__ = ("sink", "position", "pending", "durable_offset", "durable_position", "held", "held_since",
+                 "held_offset")
 
     def __init__(self, sink: Sink, position: Position) -> None:
         self.sink = sink
@@ -63,6 +68,10 @@ class _Partition:
         self.pending: deque[tuple[Position, int]] = deque()
         self.durable_offset: int | None = None  # next offset to commit
         self.durable_position: Position | None = None  # the position durable up to it (its metadata)
+        # Events held for the sink's linger_s (not written yet), since when, and the offset after them.
+        self.held: list = []
+        self.held_since = 0.0
+        self.held_offset = 0
 
 
 class SinkConsumer:
@@ -125,6 +134,7 @@ class SinkConsumer:
             if part is None:
                 continue
             _forget_lag(self.sink_name, tp.partition)
+            self._write_held(part)
             self._flush(part)
             self._commit({tp.partition: part})
             try:
@@ -229,6 +239,10 @@ class SinkConsumer:
                         msgs += consumer.consume(num_messages=self.cfg.batch_max_messages - 1, timeout=0)
                 if msgs:
                     self._handle(msgs)
+                now = time.monotonic()
+                for part in self.parts.values():
+                    if part.held and now - part.held_since >= part.sink.linger_s:
+                        self._write_held(part)
                 if time.monotonic() - last_flush > 1.0 or not msgs:
                     # Idle, a sink is flushed even with nothing pending, at most every second:
                     # a windowed sink (the Redis board) moves its window with the clock only
@@ -240,7 +254,8 @@ class SinkConsumer:
                         last_idle_flush = time.monotonic()
                     self._commit(self.parts)
                     last_flush = time.monotonic()
-                    if not any(part.pending or part.durable_offset is not None for part in self.parts.values()):
+                    if not any(part.pending or part.held or part.durable_offset is not None
+                               for part in self.parts.values()):
                         self.progress_at = last_flush  # everything written is durable and committed
                 if time.monotonic() - last_export > 2.0:
                     self.export_metrics()
@@ -249,6 +264,7 @@ class SinkConsumer:
             health.READINESS.unregister("consumer")
             for part in self.parts.values():
                 try:
+                    self._write_held(part)
                     self._flush(part)
                 except TransientError as exc:
                     log.warning("consume.final_flush_failed", sink=part.sink.name, error=str(exc))
@@ -353,14 +369,30 @@ class SinkConsumer:
                 self._retrying()(part.sink.replay, Batch(tuple(replays)))
                 log.info("consume.replayed", sink=part.sink.name, events=len(replays))
             if events:
-                durable = self._retrying()(part.sink.write, Batch(tuple(events), backfill=events[0].backfill))
-                self.written += len(events)
-                self._observe(events)
-                part.pending.append((part.position, next_offset))
-                self._advance(part, durable)
-            elif not part.pending:
+                if part.held and part.held[0].backfill != events[0].backfill:
+                    self._write_held(part)  # one batch is live or backfill, never both
+                if not part.held:
+                    part.held_since = time.monotonic()
+                part.held.extend(events)
+                part.held_offset = next_offset
+                linger = part.sink.linger_s
+                if (linger <= 0 or len(part.held) >= self.cfg.batch_max_messages
+                        or time.monotonic() - part.held_since >= linger):
+                    self._write_held(part)
+            elif not part.pending and not part.held:
                 part.durable_offset = next_offset  # everything here was already in the sink
                 part.durable_position = part.position
+
+    def _write_held(self, part: _Partition) -> None:
+        """Write the events held for `part`'s sink; their offsets wait in `pending` until durable."""
+        if not part.held:
+            return
+        events, part.held = part.held, []
+        durable = self._retrying()(part.sink.write, Batch(tuple(events), backfill=events[0].backfill))
+        self.written += len(events)
+        self._observe(events)
+        part.pending.append((part.position, part.held_offset))  # the last held event's
+        self._advance(part, durable)
 
     def _observe(self, events: list) -> None:
         """The same per-sink series as `pulse run`: events out and commit-to-sink latency."""
