@@ -307,7 +307,9 @@ class BigQueryConfig(_Section):
     load_max_bytes: int = Field(
         default=256 * 1024 * 1024, ge=1024,
         description="Load earlier than load_interval_s once the spool holds this many bytes; also the most "
-        "Parquet bytes one load job takes.",
+        "Parquet bytes one load job takes, and the memory in which the process keeps the tables it just "
+        "spooled for the loader (one budget for every BigQuery sink of the process: `pulse consume` has one "
+        "per partition).",
     )
     load_max_files: int = Field(
         default=5_000, ge=1,

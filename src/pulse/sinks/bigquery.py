@@ -37,7 +37,7 @@ from pulse.sinks import bigquery_schema as S
 from pulse.sinks import dead_letter as dl
 from pulse.sinks.base import Sink
 from pulse.sinks.bigquery_load import Loader, LoaderThread, Tables, make_client
-from pulse.sinks.bigquery_spool import DEFAULT_ROOT, Spool, SpoolOwner, holds_batches, spool_folder
+from pulse.sinks.bigquery_spool import DEFAULT_ROOT, Spool, SpoolOwner, holds_batches, process_budget, spool_folder
 
 log = get_logger(__name__)
 
@@ -105,7 +105,8 @@ class BigQuerySink(Sink):
             log.warning("bigquery.old_spool", spool=str(DEFAULT_ROOT),
                         fix=f"an earlier Pulse spooled into {DEFAULT_ROOT}/ itself, which nothing loads now: "
                             f"pulse upload --once --spool-dir {DEFAULT_ROOT}")
-        self.spool = Spool(self._spool_dir(), memory_bytes=self.cfg.load_max_bytes, owner=self.owner)
+        # One memory budget for the process: `pulse consume` opens a sink per partition.
+        self.spool = Spool(self._spool_dir(), owner=self.owner, budget=process_budget(self.cfg.load_max_bytes))
         removed = self.spool.clean_partial()
         if removed:
             log.info("bigquery.spool_partial_removed", files=removed)
@@ -236,6 +237,8 @@ class BigQuerySink(Sink):
                 t.stop()
         self.loader_thread = None
         self.merger = None
+        if self.spool is not None:
+            self.spool.forget()
         if self._client is not None:
             try:
                 self._client.close()

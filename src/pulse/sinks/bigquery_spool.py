@@ -189,14 +189,48 @@ def held_bytes(table: pa.Table) -> int:
     return int(table.nbytes) + TABLE_OVERHEAD_PER_COLUMN * table.num_columns
 
 
+class MemoryBudget:
+    """Bytes of recent tables that spools may hold, shared by every spool given the same budget:
+    `pulse consume --sink bigquery` has a sink, hence a spool, per partition, and one process-wide
+    budget keeps its memory independent of the partition count."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
+
+
+_PROCESS_BUDGETS: dict[int, MemoryBudget] = {}
+_PROCESS_BUDGETS_LOCK = threading.Lock()
+
+
+def process_budget(limit: int) -> MemoryBudget:
+    """The budget every spool of this process with the same limit shares."""
+    with _PROCESS_BUDGETS_LOCK:
+        return _PROCESS_BUDGETS.setdefault(limit, MemoryBudget(limit))
+
+
 class Spool:
     """A folder of Parquet files, each one batch, named by position."""
 
     def __init__(self, directory: Path, compression: str = "snappy", memory_bytes: int = 256 * 1024 * 1024,
-                 owner: SpoolOwner | None = None, *, table_only: bool = False) -> None:
+                 owner: SpoolOwner | None = None, *, table_only: bool = False,
+                 budget: MemoryBudget | None = None) -> None:
         self.dir = Path(directory)
         self.compression = compression
-        self.memory_bytes = memory_bytes
+        self.budget = budget or MemoryBudget(memory_bytes)
+        self.memory_bytes = self.budget.limit
         self._recent: OrderedDict[str, pa.Table] = OrderedDict()
         self._recent_bytes = 0
         self._recent_lock = threading.Lock()
@@ -286,15 +320,26 @@ class Spool:
         return final
 
     def _remember(self, name: str, table: pa.Table) -> None:
+        """Keep a table just written for the loader, within the budget: this spool's oldest tables make
+        room first; when the budget is held by other spools, the table is read from disk when loaded."""
         size = held_bytes(table)
-        if size > self.memory_bytes:
-            return
         with self._recent_lock:
+            while not self.budget.take(size):
+                if not self._recent:
+                    return
+                _, old = self._recent.popitem(last=False)
+                freed = held_bytes(old)
+                self._recent_bytes -= freed
+                self.budget.give(freed)
             self._recent[name] = table
             self._recent_bytes += size
-            while self._recent_bytes > self.memory_bytes:
-                _, old = self._recent.popitem(last=False)
-                self._recent_bytes -= held_bytes(old)
+
+    def forget(self) -> None:
+        """Drop the tables held in memory (the files stay): a closed sink gives its budget back."""
+        with self._recent_lock:
+            self._recent.clear()
+            self.budget.give(self._recent_bytes)
+            self._recent_bytes = 0
 
     def read(self, f: "SpoolFile", columns: list[str] | None = None) -> pa.Table:
         """A spool file's rows: from memory when this process just wrote it, else from disk."""
@@ -366,7 +411,9 @@ class Spool:
             with self._recent_lock:
                 old = self._recent.pop(f.path.name, None)
                 if old is not None:
-                    self._recent_bytes -= held_bytes(old)
+                    freed = held_bytes(old)
+                    self._recent_bytes -= freed
+                    self.budget.give(freed)
         _fsync_dir(self.dir)
 
     @contextmanager

@@ -358,3 +358,20 @@ def test_a_trickle_of_one_row_tables_stays_within_the_memory_budget(tmp_path):
     grown = rss() - before
     assert spool._recent_bytes <= budget
     assert grown < 4 * budget, f"{grown / 2**20:.0f} MiB for a {budget / 2**20:.0f} MiB budget"
+
+
+def test_spools_sharing_a_budget_hold_no_more_than_it_together_and_a_forgotten_spool_gives_it_back(tmp_path):
+    """`pulse consume --sink bigquery` has a spool per partition: one process-wide budget bounds them all."""
+    from pulse.sinks.bigquery_schema import to_arrow
+    from pulse.sinks.bigquery_spool import MemoryBudget, held_bytes
+
+    one = held_bytes(to_arrow([_ev(1, Position(1, 0))]))
+    budget = MemoryBudget(one * 10)
+    spools = [Spool(tmp_path / f"p{k}", budget=budget) for k in range(4)]
+    for i in range(1, 101):
+        spools[i % 4]._remember(f"f{i}", to_arrow([_ev(i, Position(i, 0))]))
+    assert sum(len(s._recent) for s in spools) <= 10 and budget.used <= budget.limit
+    assert budget.used == sum(s._recent_bytes for s in spools)
+    for s in spools:
+        s.forget()
+    assert budget.used == 0
