@@ -199,3 +199,92 @@ def test_sliced_table():
     _assert_same(part, 3)
     whole = encode_table(chunk.table().slice(58), SOURCE)
     assert whole.part.to_pylist() == encode_table(part.table(), SOURCE).part.to_pylist()
+
+
+# -- the sink: write_columns keeps write's contract -----------------------------------
+
+
+class _Frames:
+    """A FrameLog that keeps what is appended."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[bytes, Position]] = []
+
+    def append(self, frame: bytes, last: Position) -> None:
+        self.frames.append((frame, last))
+
+    def bytes(self) -> int:
+        return sum(len(f) for f, _ in self.frames)
+
+    def events(self, lanes: int) -> list:
+        out = []
+        for frame, _last in self.frames:
+            _info, chunks = parse_frame(frame[12:], lanes, None)
+            out += [c.event(k) for group in chunks.values() for c in group for k in range(len(c))]
+        return sorted(out, key=lambda e: (e.lsn, e.seq))
+
+
+class _Flow:
+    error = None
+    lane_count = 3
+    inflight_bytes = 0
+    delivered = Position(0, 0)
+
+    def __init__(self) -> None:
+        self.appended: list[tuple[Position, int]] = []
+
+    def appended_frame(self, last: Position, held: int) -> None:
+        self.appended.append((last, held))
+
+
+def _sink(outbox: str = "local"):
+    from pulse.config import DatabaseConfig, ExternalConfig
+    from pulse.sinks.external import ExternalSink
+
+    sink = ExternalSink(ExternalConfig(url="http://127.0.0.1:9/", outbox=outbox, source=SOURCE), DatabaseConfig())
+    sink.frames, sink.flow = _Frames(), _Flow()  # the write contract without a delivery thread
+    return sink
+
+
+def _a_chunk(seed: int) -> EventChunk:
+    rng = random.Random(seed)
+    items = _catalogue(rng)
+    rows = _generated_rows(700, rng, items, 1) + _odd_rows(100, rng, [c.id for c in items], 10_000)
+    return _chunk(rows, _cache(items, rng), rng, backfill=True)
+
+
+@pytest.mark.parametrize("outbox", ["local", "kafka"])
+def test_write_columns_appends_what_write_appends_in_frames_of_at_most_frame_events(monkeypatch, outbox):
+    import pulse.sinks.external as X
+    from pulse.model import Batch
+
+    monkeypatch.setattr(X, "FRAME_EVENTS", 300)
+    chunk = _a_chunk(11)
+    by_rows, by_cols = _sink(outbox), _sink(outbox)
+    assert by_cols.accepts_columns
+    by_rows.write(Batch(tuple(chunk.events()), backfill=True))
+    by_cols.write_columns(chunk.table(), chunk.first, chunk.position)
+    assert by_rows._appended == by_cols._appended == chunk.position
+    assert [len(f) for f, _ in by_cols.frames.frames] and len(by_cols.frames.frames) == 3  # 800 rows / 300
+    assert [held for _, held in by_cols.flow.appended] == [300, 300, 200]
+    assert by_cols.flow.appended[-1][0] == chunk.position
+    assert by_cols.frames.events(3) == by_rows.frames.events(3)
+
+
+def test_write_columns_skips_what_is_already_appended():
+    from pulse.model import Batch
+
+    chunk = _a_chunk(12)
+    events = chunk.events()
+    sink, reference = _sink(), _sink()
+    reference.write(Batch(tuple(events)))
+    sink.write(Batch(tuple(events[:321])))  # a restart, or a retry after the first part was durable
+    assert sink.write_columns(chunk.table(), chunk.first, chunk.position) == chunk.position
+    assert sink.frames.events(3) == reference.frames.events(3)  # the rest once, nothing twice
+    frames = len(sink.frames.frames)
+    assert sink.write_columns(chunk.table(), chunk.first, chunk.position) == chunk.position  # a retry: nothing
+    assert len(sink.frames.frames) == frames
+
+
+def test_the_postgres_outbox_takes_events():
+    assert not _sink("postgres").accepts_columns
