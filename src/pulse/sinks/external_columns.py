@@ -369,7 +369,7 @@ def encode_table(table: pa.Table, source: str) -> EncodedColumns:
     text_parts: list[pa.Array] = []
     attrs_len = np.zeros(n, np.int64)
     if len(common):
-        ce, part, alen = _encode_common(table.take(pa.array(common)), source)
+        ce, part, alen = _encode_common(table if not len(rare) else table.take(pa.array(common)), source)
         ce_parts.append(ce)
         text_parts.append(part)
         attrs_len[common] = alen
@@ -378,13 +378,17 @@ def encode_table(table: pa.Table, source: str) -> EncodedColumns:
         ce_parts.append(pa.array([e.ce_id for e in encoded], _L))
         text_parts.append(pa.array([e.part.decode() for e in encoded], _L))
         attrs_len[rare] = [e.attrs_len for e in encoded]
-    # back to row order: common rows first, then the rare ones, in the concatenation
-    where = np.empty(n, np.int64)
-    where[common] = np.arange(len(common))
-    where[rare] = len(common) + np.arange(len(rare))
-    take = pa.array(where)
-    ce_id = pc.take(pa.concat_arrays(ce_parts), take) if n else pa.array([], _L)
-    part = pc.take(pa.concat_arrays(text_parts), take) if n else pa.array([], _L)
+    if n == 0:
+        ce_id = part = pa.array([], _L)
+    elif len(ce_parts) == 1:  # one path took every row, in row order
+        ce_id, part = ce_parts[0], text_parts[0]
+    else:  # back to row order: the concatenation holds the common rows, then the rare ones
+        where = np.empty(n, np.int64)
+        where[common] = np.arange(len(common))
+        where[rare] = len(common) + np.arange(len(rare))
+        take = pa.array(where)
+        ce_id = pc.take(pa.concat_arrays(ce_parts), take)
+        part = pc.take(pa.concat_arrays(text_parts), take)
     cid = _arr(table.column("content_id")).cast(_L)
     return EncodedColumns(_ints(_arr(table.column("source_lsn"))), _ints(_arr(table.column("source_seq"))),
                           _ints(_arr(table.column("event_id"))), _lane_keys(cid), cid, ce_id, part, attrs_len)

@@ -179,6 +179,13 @@ def test_plain_generated_rows_take_no_fallback():
     assert not bad.any()
 
 
+def test_a_chunk_of_only_fallback_rows():
+    rng = random.Random(5)
+    items = _catalogue(rng)
+    rows = [{**r, "device": "roku\nbox"} for r in _odd_rows(200, rng, [c.id for c in items], 1)]
+    assert _assert_same(_chunk(rows, _cache(items, rng), rng, backfill=False), 2).all()
+
+
 def test_empty_table():
     rng = random.Random(1)
     chunk = _chunk([], ContentCache({}), rng, backfill=True)
