@@ -26,7 +26,7 @@ Rows whose exact text the kernels cannot promise take the per-event encoder
 is right first and fast on the common rows. `fallback_mask` says which:
 a control character in a string (orjson's `\\n` / `\\u00XX` escapes), a
 payload that is not a flat JSON object of strings, integers, booleans and
-nulls in PostgreSQL's jsonb text form, a duration of 10^15 ms or more
+nulls in PostgreSQL's jsonb text form (or names a key twice), a duration of 10^15 ms or more
 (float reprs with 16+ digits), an op other than insert, a timestamp
 outside years 1..9999.
 """
@@ -203,18 +203,19 @@ def _lane_keys(cid: pa.Array) -> np.ndarray:
     return keys[idx]  # a null content id hashes as "" (0)
 
 
-def _canonical_payloads(raw: pa.Array) -> pa.Array:
+def _canonical_payloads(raw: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """Flat jsonb objects as `orjson.dumps(orjson.loads(text), option=OPT_SORT_KEYS)` prints them.
 
     Every value must match `_FLAT_OBJECT`. Members are split on `, "`, their
-    keys sorted per row (bytewise, as orjson sorts), joined compactly.
+    keys sorted per row (bytewise, as orjson sorts), joined compactly. Also
+    returns the rows that name a key twice (orjson keeps the last value: their
+    text would differ; jsonb never has them, json text could).
     """
     inner = pc.utf8_slice_codeunits(raw.cast(_L), 1, -1)  # without { }
-    tokens = pc.split_pattern(_join(', ', inner), ', "')  # '', 'key": value', ...
+    tokens = pc.split_pattern(_join(", ", inner), ', "')  # '', 'key": value', ...
     flat = pc.list_flatten(tokens)
-    parent = pc.list_parent_indices(tokens)
     keep = pc.not_equal(pc.binary_length(flat), 0)  # the empty token before the first member
-    flat, parent = flat.filter(keep), parent.filter(keep)
+    flat, parent = flat.filter(keep), pc.list_parent_indices(tokens).filter(keep)
     pair = pc.split_pattern(flat, '": ', max_splits=1)
     key, value = pc.list_element(pair, 0), pc.list_element(pair, 1)
     order = pc.sort_indices(pa.table({"p": parent, "k": key}), sort_keys=[("p", "ascending"), ("k", "ascending")])
@@ -223,26 +224,12 @@ def _canonical_payloads(raw: pa.Array) -> pa.Array:
     offsets = np.zeros(len(raw) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     rows = pa.LargeListArray.from_arrays(pa.array(offsets), members)
-    return _join("{", pc.binary_join(rows, pa.scalar(",", _L)), "}")
-
-
-def _duplicate_keys(raw: pa.Array) -> np.ndarray:
-    """Rows whose payload names a key twice (orjson keeps the last: the canonical text would differ)."""
-    n = len(raw)
-    if n == 0:
-        return np.zeros(0, bool)
-    tokens = pc.split_pattern(_join(', ', pc.utf8_slice_codeunits(raw.cast(_L), 1, -1)), ', "')
-    flat = pc.list_flatten(tokens)
-    parent = pc.list_parent_indices(tokens).to_numpy(zero_copy_only=False)
-    key = pc.list_element(pc.split_pattern(flat, '": ', max_splits=1), 0)
-    order = pc.sort_indices(pa.table({"p": pa.array(parent), "k": key}),
-                            sort_keys=[("p", "ascending"), ("k", "ascending")]).to_numpy()
-    k = pc.take(key, pa.array(order))
-    p = parent[order]
-    same = np.asarray(pc.equal(k.slice(1), k.slice(0, len(k) - 1)).to_numpy(zero_copy_only=False)) & (p[1:] == p[:-1])
-    out = np.zeros(n, bool)
-    out[p[1:][same]] = True
-    return out
+    sorted_keys = pc.take(key, order)
+    sorted_parent = pc.take(parent, order).to_numpy(zero_copy_only=False)
+    same = pc.equal(sorted_keys.slice(1), sorted_keys.slice(0, max(len(key) - 1, 0))).to_numpy(zero_copy_only=False)
+    twice = np.zeros(len(raw), bool)
+    twice[sorted_parent[1:][same & (sorted_parent[1:] == sorted_parent[:-1])]] = True
+    return _join("{", pc.binary_join(rows, pa.scalar(",", _L)), "}"), twice
 
 
 def _digests(states: pa.Array) -> pa.Array:
@@ -262,21 +249,16 @@ def _digests(states: pa.Array) -> pa.Array:
 # -- the encoder --------------------------------------------------------------------
 
 
-def fallback_mask(table: pa.Table) -> np.ndarray:
-    """Rows the kernels cannot promise byte for byte: they take the per-event encoder."""
+def _plan(table: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """(rows that take the per-event encoder, each row's canonical payload text or "null")."""
     n = table.num_rows
     bad = np.zeros(n, bool)
+    canon = pa.repeat(pa.scalar("null", _L), n)
     if n == 0:
-        return bad
+        return bad, canon
     for name in _STRINGS:
         col = _arr(table.column(name))
         bad |= pc.fill_null(pc.match_substring_regex(col, _CONTROL), False).to_numpy(zero_copy_only=False)
-    raw = _arr(table.column("raw_payload"))
-    flat = pc.fill_null(pc.match_substring_regex(raw, _FLAT_OBJECT), False).to_numpy(zero_copy_only=False)
-    bad |= _valid(raw) & ~flat
-    if flat.any():
-        idx = np.flatnonzero(flat & ~bad)
-        bad[idx[_duplicate_keys(pc.take(raw, pa.array(idx)))]] = True
     duration = _arr(table.column("duration_ms"))
     bad |= _valid(duration) & (_ints(duration) >= _FLOAT_MAX)
     bad |= ~pc.fill_null(pc.equal(_arr(table.column("op")), "insert"), False).to_numpy(zero_copy_only=False)
@@ -284,11 +266,24 @@ def fallback_mask(table: pa.Table) -> np.ndarray:
         col = _arr(table.column(name))
         us = _ints(col.cast(pa.int64()))
         bad |= _valid(col) & ((us < _TS_MIN_US) | (us >= _TS_END_US))
-    return bad
+    raw = _arr(table.column("raw_payload"))
+    flat = pc.fill_null(pc.match_substring_regex(raw, _FLAT_OBJECT), False).to_numpy(zero_copy_only=False)
+    bad |= _valid(raw) & ~flat
+    todo = flat & ~bad
+    if todo.any():
+        text, twice = _canonical_payloads(raw.filter(pa.array(todo)))
+        canon = pc.replace_with_mask(canon, pa.array(todo), text)
+        bad[np.flatnonzero(todo)[twice]] = True
+    return bad, canon
 
 
-def _encode_common(t: pa.Table, source: str) -> tuple[pa.Array, pa.Array, np.ndarray]:
-    """(ce ids, CloudEvent texts, attrs lengths) of rows that passed `fallback_mask`."""
+def fallback_mask(table: pa.Table) -> np.ndarray:
+    """Rows the kernels cannot promise byte for byte: they take the per-event encoder."""
+    return _plan(table)[0]
+
+
+def _encode_common(t: pa.Table, canon: pa.Array, source: str) -> tuple[pa.Array, pa.Array, np.ndarray]:
+    """(ce ids, CloudEvent texts, attrs lengths) of rows that passed `fallback_mask` (`canon`: their payloads)."""
     col = {name: _arr(t.column(name)) for name in t.column_names}
     eid = col["event_id"].cast(_L)
     cid = _json_string(col["content_id"])
@@ -299,10 +294,6 @@ def _encode_common(t: pa.Table, source: str) -> tuple[pa.Array, pa.Array, np.nda
     duration = _json_int(col["duration_ms"])
 
     raw = col["raw_payload"]
-    canon = pa.repeat(pa.scalar("null", _L), len(raw))
-    present = _valid(raw)
-    if present.any():
-        canon = pc.replace_with_mask(canon, pa.array(present), _canonical_payloads(raw.filter(pa.array(present))))
     state = _join("[", cid, ",", uid, ",", etype, ",", ts, ",", duration, ",", device, ",", canon, "]")
     ce_id = _join("pulse-", eid, "-insert-", _digests(state))
 
@@ -362,14 +353,19 @@ def encode_table(table: pa.Table, source: str) -> EncodedColumns:
     from pulse.sinks.external import encode_event
 
     n = table.num_rows
-    bad = fallback_mask(table)
+    bad, canon = _plan(table)
     common = np.flatnonzero(~bad)
     rare = np.flatnonzero(bad)
     ce_parts: list[pa.Array] = []
     text_parts: list[pa.Array] = []
     attrs_len = np.zeros(n, np.int64)
     if len(common):
-        ce, part, alen = _encode_common(table if not len(rare) else table.take(pa.array(common)), source)
+        if len(rare):
+            take = pa.array(common)
+            table_common, canon = table.take(take), pc.take(canon, take)
+        else:
+            table_common = table
+        ce, part, alen = _encode_common(table_common, canon, source)
         ce_parts.append(ce)
         text_parts.append(part)
         attrs_len[common] = alen
