@@ -54,8 +54,7 @@ def test_backfill_chunks_encode_as_their_events_do(scratch_db, binary):
     chunk = EventChunk(raw, lsn=0x16B3748, first_seq=1, commit_ts=NOW, now=NOW, cache=cache)
     by_rows = [encode_event(e, "pulse/it") for e in chunk.events()]
     cols = encode_table(chunk.table(), "pulse/it")
-    parts = cols.part.to_pylist()
-    assert [p.encode() for p in parts] == [e.part for e in by_rows]
+    assert cols.parts() == [e.part for e in by_rows]
     assert cols.ce_id.to_pylist() == [e.ce_id for e in by_rows]
     assert build_frame_columns(cols, chunk.position, 1.0, 4) == build_frame(by_rows, chunk.position, 1.0, 4)
     bad = fallback_mask(chunk.table())

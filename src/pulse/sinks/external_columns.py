@@ -50,7 +50,6 @@ from pulse.transform.enrich import engagement
 _L = pa.large_string()
 _DAY_US = 86_400_000_000
 _TS_MIN_US, _TS_END_US = -62135596800000000, 253402300800000000  # 0001-01-01, 10000-01-01 UTC
-_CONTROL = r"[\x00-\x1f]"
 _FLOAT_MAX = 10**15  # integers below this as /1000 or /100 have <= 15 significant digits: repr is exact
 # A flat JSON object as PostgreSQL's jsonb prints it: keys and string values without escapes (no `"`
 # inside, so `, "` only separates members and `": ` only ends a key), integers orjson keeps as they are.
@@ -71,7 +70,7 @@ class EncodedColumns(NamedTuple):
     lane_key: np.ndarray  # int64
     content_id: pa.Array  # large_string, null for None
     ce_id: pa.Array  # large_string
-    part: pa.Array  # large_string: the structured CloudEvent JSON
+    part_sep: pa.Array  # large_string: the structured CloudEvent JSON followed by "," (a frame joins them so)
     attrs_len: np.ndarray  # int64, len() of the attrs text in characters, as `len(OutboxRow.attrs)`
 
     def __len__(self) -> int:
@@ -80,16 +79,20 @@ class EncodedColumns(NamedTuple):
     def slice(self, i: int, j: int) -> "EncodedColumns":
         return EncodedColumns(self.lsn[i:j], self.seq[i:j], self.event_id[i:j], self.lane_key[i:j],
                               self.content_id.slice(i, j - i), self.ce_id.slice(i, j - i),
-                              self.part.slice(i, j - i), self.attrs_len[i:j])
+                              self.part_sep.slice(i, j - i), self.attrs_len[i:j])
 
     def position(self, k: int) -> Position:
         return Position(int(self.lsn[k]), int(self.seq[k]))
 
+    def parts(self) -> list[bytes]:
+        """Each row's CloudEvent text (what `Encoded.part` holds)."""
+        return [p[:-1].encode() for p in self.part_sep.to_pylist()]
+
     def events(self) -> list[Encoded]:
         """Row by row (the rare paths: an overflowing outbox's dead letters)."""
-        return [Encoded(int(a), int(b), int(c), int(d), e, f, g.encode(), int(h)) for a, b, c, d, e, f, g, h in zip(
+        return [Encoded(int(a), int(b), int(c), int(d), e, f, g, int(h)) for a, b, c, d, e, f, g, h in zip(
             self.lsn, self.seq, self.event_id, self.lane_key, self.content_id.to_pylist(), self.ce_id.to_pylist(),
-            self.part.to_pylist(), self.attrs_len)]
+            self.parts(), self.attrs_len)]
 
 
 # -- small kernels -----------------------------------------------------------------
@@ -113,11 +116,37 @@ def _ints(col: pa.Array) -> np.ndarray:
     return pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
+def _bytes(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(the UTF-8 bytes of a large_string array's values, end to end; offsets into them, from 0)."""
+    bufs = col.buffers()
+    offsets = np.frombuffer(bufs[1], np.int64, len(col) + 1, col.offset * 8)
+    if bufs[2] is None:
+        return np.zeros(0, np.uint8), offsets - offsets[0]
+    data = np.frombuffer(bufs[2], np.uint8)[offsets[0]:offsets[-1]]
+    return data, offsets - offsets[0]
+
+
+def _rows_with(col: pa.Array, hit) -> np.ndarray:
+    """Rows of a string column holding a byte for which `hit(bytes)` is True (UTF-8: bytes < 0x80 are ASCII)."""
+    data, offsets = _bytes(col)
+    rows = np.zeros(len(col), bool)
+    at = np.flatnonzero(hit(data))
+    if len(at):
+        rows[np.searchsorted(offsets, at, side="right") - 1] = True
+    return rows & _valid(col)
+
+
 def _json_string(col: pa.Array) -> pa.Array:
     """orjson's text of each value (no control characters: `fallback_mask` sent those rows away)."""
     text = col.cast(_L)
-    escaped = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), '"', '\\"')
-    return pc.fill_null(_join('"', escaped, '"'), "null")
+    data, _ = _bytes(text)
+    if ((data == 0x5C) | (data == 0x22)).any():  # a backslash or a quote somewhere: escape them
+        text = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), '"', '\\"')
+    return pc.fill_null(_join('"', text, '"'), "null")
+
+
+def _lengths(col: pa.Array) -> np.ndarray:
+    return pc.binary_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _json_int(col: pa.Array) -> pa.Array:
@@ -256,9 +285,8 @@ def _plan(table: pa.Table) -> tuple[np.ndarray, pa.Array]:
     canon = pa.repeat(pa.scalar("null", _L), n)
     if n == 0:
         return bad, canon
-    for name in _STRINGS:
-        col = _arr(table.column(name))
-        bad |= pc.fill_null(pc.match_substring_regex(col, _CONTROL), False).to_numpy(zero_copy_only=False)
+    for name in _STRINGS:  # a control character: orjson writes \n, \u001f, ...
+        bad |= _rows_with(_arr(table.column(name)).cast(_L), lambda b: b < 0x20)
     duration = _arr(table.column("duration_ms"))
     bad |= _valid(duration) & (_ints(duration) >= _FLOAT_MAX)
     bad |= ~pc.fill_null(pc.equal(_arr(table.column("op")), "insert"), False).to_numpy(zero_copy_only=False)
@@ -309,7 +337,7 @@ def _encode_common(t: pa.Table, canon: pa.Array, source: str) -> tuple[pa.Array,
     problems_json = pc.if_else(pc.equal(pc.list_value_length(problems), 0), pa.scalar("[]", _L),
                                _join('["', pc.fill_null(names, ""), '"]'))
 
-    data = _join(
+    data = (
         '{"event_id":', eid, ',"content_id":', cid, ',"user_id":', uid, ',"event_type":', etype,
         ',"event_ts":', ts, ',"duration_ms":', duration, ',"device":', device,
         ',"raw_payload":', _json_string(raw), ',"content_slug":', _json_string(col["content_slug"]),
@@ -325,12 +353,14 @@ def _encode_common(t: pa.Table, canon: pa.Array, source: str) -> tuple[pa.Array,
     empty = pa.scalar("", _L)
     time_attr = pc.if_else(col["event_ts"].is_valid(), _join(',"time":"', ts_iso, '"'), empty)
     key_attr = pc.if_else(col["content_id"].is_valid(), _join(',"partitionkey":', cid), empty)
-    head = _join('{"specversion":"1.0","id":"', ce_id, '","source":' + orjson.dumps(source).decode()
-                 + ',"type":"' + TYPE_PREFIX + 'insert","subject":"', eid, '"', time_attr,
-                 ',"datacontenttype":"application/json"', key_attr)
-    part = _join(head, ',"data":', data, "}")
-    attrs_len = pc.utf8_length(head).to_numpy(zero_copy_only=False).astype(np.int64) + 1  # + the closing }
-    return ce_id, part, attrs_len
+    lead = '{"specversion":"1.0","id":"'
+    middle = '","source":' + orjson.dumps(source).decode() + ',"type":"' + TYPE_PREFIX + 'insert","subject":"'
+    tail = ',"datacontenttype":"application/json"'
+    part_sep = _join(lead, ce_id, middle, eid, '"', time_attr, tail, key_attr, ',"data":', *data, "},")
+    # len(attrs) in characters: the ids, numbers and times are ASCII, the content id may not be; + the closing }
+    attrs_len = (len(lead) + len(middle) + 1 + len(tail) + 1 + _lengths(ce_id) + _lengths(eid)
+                 + _lengths(time_attr) + pc.utf8_length(key_attr).to_numpy(zero_copy_only=False).astype(np.int64))
+    return ce_id, part_sep, attrs_len
 
 
 def table_events(table: pa.Table) -> list[EnrichedEvent]:
@@ -365,29 +395,29 @@ def encode_table(table: pa.Table, source: str) -> EncodedColumns:
             table_common, canon = table.take(take), pc.take(canon, take)
         else:
             table_common = table
-        ce, part, alen = _encode_common(table_common, canon, source)
+        ce, text, alen = _encode_common(table_common, canon, source)
         ce_parts.append(ce)
-        text_parts.append(part)
+        text_parts.append(text)
         attrs_len[common] = alen
     if len(rare):
         encoded = [encode_event(e, source) for e in table_events(table.take(pa.array(rare)))]
         ce_parts.append(pa.array([e.ce_id for e in encoded], _L))
-        text_parts.append(pa.array([e.part.decode() for e in encoded], _L))
+        text_parts.append(pa.array([e.part.decode() + "," for e in encoded], _L))
         attrs_len[rare] = [e.attrs_len for e in encoded]
     if n == 0:
-        ce_id = part = pa.array([], _L)
+        ce_id = part_sep = pa.array([], _L)
     elif len(ce_parts) == 1:  # one path took every row, in row order
-        ce_id, part = ce_parts[0], text_parts[0]
+        ce_id, part_sep = ce_parts[0], text_parts[0]
     else:  # back to row order: the concatenation holds the common rows, then the rare ones
         where = np.empty(n, np.int64)
         where[common] = np.arange(len(common))
         where[rare] = len(common) + np.arange(len(rare))
         take = pa.array(where)
         ce_id = pc.take(pa.concat_arrays(ce_parts), take)
-        part = pc.take(pa.concat_arrays(text_parts), take)
+        part_sep = pc.take(pa.concat_arrays(text_parts), take)
     cid = _arr(table.column("content_id")).cast(_L)
     return EncodedColumns(_ints(_arr(table.column("source_lsn"))), _ints(_arr(table.column("source_seq"))),
-                          _ints(_arr(table.column("event_id"))), _lane_keys(cid), cid, ce_id, part, attrs_len)
+                          _ints(_arr(table.column("event_id"))), _lane_keys(cid), cid, ce_id, part_sep, attrs_len)
 
 
 __all__ = ["EncodedColumns", "encode_table", "fallback_mask", "table_events"]
