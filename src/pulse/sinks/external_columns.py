@@ -26,9 +26,13 @@ Rows whose exact text the kernels cannot promise take the per-event encoder
 is right first and fast on the common rows. `fallback_mask` says which:
 a control character in a string (orjson's `\\n` / `\\u00XX` escapes), a
 payload that is not a flat JSON object of strings, integers, booleans and
-nulls in PostgreSQL's jsonb text form (or names a key twice), a duration of 10^15 ms or more
-(float reprs with 16+ digits), an op other than insert, a timestamp
-outside years 1..9999.
+nulls in PostgreSQL's jsonb text form (or names a key twice), a duration
+of 10^15 ms or more (float reprs with 16+ digits), an op other than
+insert, a timestamp outside years 1..9999.
+
+The table keeps instants, not offsets: `commit_ts` and `processed_ts` are
+written as the per-event path writes aware UTC datetimes (`+00:00`), which
+is what the decoder (pgoutput) and the runtime clock (`utcnow`) make.
 """
 
 from __future__ import annotations

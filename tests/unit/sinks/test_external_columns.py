@@ -100,8 +100,8 @@ def _odd_rows(n: int, rng: random.Random, cids: list[str | None], start_id: int)
             "duration_ms": rng.choice([None, 0, 1, 5, 999, 1000, 1005, 1010, -1, -600_000, 2**31 - 1,
                                        10**15 - 1, 10**15, 2**62, rng.randrange(0, 10**rng.randrange(1, 16))]),
             "device": rng.choice([None, *ODD_DEVICES, *_ODD_STRINGS]),
-            "raw_payload": rng.choice(_ODD_PAYLOADS + [_jsonb_text({"x": rng.choice(_ODD_STRINGS),
-                                                                    rng.choice(_ODD_STRINGS): rng.randrange(-99, 99)})]),
+            "raw_payload": rng.choice(_ODD_PAYLOADS + [_jsonb_text(
+                {"x": rng.choice(_ODD_STRINGS), rng.choice(_ODD_STRINGS): rng.randrange(-99, 99)})]),
         })
     return rows
 
