@@ -271,8 +271,8 @@ def _digests(states: pa.Array) -> pa.Array:
     offsets = np.frombuffer(bufs[1], np.int64, len(states) + 1, states.offset * 8).tolist()
     data = memoryview(bufs[2]) if bufs[2] is not None else memoryview(b"")
     sha = hashlib.sha256
-    joined = b"".join([sha(data[a:b]).digest()[:10] for a, b in zip(offsets[:-1], offsets[1:])])
-    d = np.frombuffer(joined, np.uint8).reshape(-1, 10)
+    joined = b"".join([sha(data[a:b]).digest() for a, b in zip(offsets, offsets[1:])])
+    d = np.frombuffer(joined, np.uint8).reshape(-1, 32)[:, :10]  # hexdigest()[:20]
     m = np.empty((len(states), 20), np.uint8)
     m[:, 0::2] = _HEX[d >> 4]
     m[:, 1::2] = _HEX[d & 15]
