@@ -142,6 +142,7 @@ def _assert_same(chunk: EventChunk, lanes: int) -> np.ndarray:
         assert (ces[k], int(cols.attrs_len[k]), int(cols.lane_key[k]), cids[k]) == (
             e.ce_id, e.attrs_len, e.lane_key, e.content_id), k
         assert (int(cols.lsn[k]), int(cols.seq[k]), int(cols.event_id[k])) == (e.lsn, e.seq, e.event_id), k
+    assert cols.slice(1, 40).events() == by_rows[1:40]  # what an overflowing outbox dead-letters
     frame = build_frame_columns(cols, chunk.position, 1722600000.5, lanes)
     assert frame == build_frame(by_rows, chunk.position, 1722600000.5, lanes)
     parse_frame(frame[12:], lanes, None)  # and it reads back
