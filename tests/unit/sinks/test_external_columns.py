@@ -296,3 +296,23 @@ def test_write_columns_skips_what_is_already_appended():
 
 def test_the_postgres_outbox_takes_events():
     assert not _sink("postgres").accepts_columns
+
+
+def test_the_digests_in_c_and_in_hashlib_agree(monkeypatch):
+    """`_wire.sha256_many` (the common path) against hashlib, on lengths around the block edges."""
+    import hashlib
+
+    from pulse.sinks import external_columns as X
+    from pulse.source import native
+
+    rng = random.Random(9)
+    texts = ["".join(rng.choice("ab\u00e9\u2603") for _ in range(rng.choice([0, 1, 55, 56, 63, 64, 65, 119, 120,
+                                                                             rng.randrange(0, 3000)])))
+             for _ in range(500)]
+    states = pa.array(["x"] * 7 + texts, pa.large_string()).slice(7)  # an offset into the buffers, too
+    expected = b"".join(hashlib.sha256(t.encode()).digest() for t in texts)
+    assert native.module() is not None and hasattr(native.module(), "sha256_many"), "_wire was not rebuilt"
+    assert X._sha256_rows(states) == expected
+    monkeypatch.setattr(native, "module", lambda: None)
+    assert X._sha256_rows(states) == expected
+    assert X._digests(states).to_pylist() == [hashlib.sha256(t.encode()).hexdigest()[:20] for t in texts]
