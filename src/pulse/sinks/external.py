@@ -33,9 +33,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pulse.config import DatabaseConfig, ExternalConfig, Settings
 from pulse import metrics
@@ -44,8 +47,13 @@ from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks.base import Sink
 from pulse.sinks.external_delivery import CircuitBreaker, HttpClient, Lane, LaneStats, RetryPolicy
-from pulse.sinks.external_local import Encoded, FrameLog, LocalLog, MemoryLog, build_frame
+from pulse.sinks.external_columns import encode_table, table_events
+from pulse.sinks.external_local import Encoded, FrameLog, LocalLog, MemoryLog, build_frame, build_frame_columns
 from pulse.sinks.external_outbox import Outbox, encode
+
+#: Most events in one frame of a chunk written as columns (a backfill chunk holds up to 50,000; the row
+#: path's frames hold up to runtime.batch_max_events, 5,000 by default).
+FRAME_EVENTS = 5_000
 
 #: Root of the default local outbox folders, relative to the working directory.
 DEFAULT_OUTBOX_ROOT = Path("external_outbox")
@@ -92,6 +100,9 @@ class ExternalSink(Sink):
 
     takes_broadcast_copies = False  # each event once, in order per content id
     takes_replays = True  # a dead letter replayed over Kafka goes out again in full, under its id
+    # Live runs and backfill chunks arrive as enriched tables and are encoded column-wise
+    # (external_columns): the same bytes as `write`. Not with outbox = postgres (set in __init__).
+    accepts_columns = True
 
     def __init__(self, cfg: ExternalConfig, db: DatabaseConfig, *, name: str = "external",
                  client: HttpClient | None = None) -> None:
@@ -103,6 +114,8 @@ class ExternalSink(Sink):
         self.db = db
         self.kind = outbox_kind(cfg, name)
         self.holds_position = self.kind != "kafka"  # over Kafka the consumer keeps it with its offsets
+        # The PostgreSQL outbox stores rows, not frames: it takes the events the other sinks share.
+        self.accepts_columns = self.kind != "postgres"
         self.snapshot_mode = "rows" if cfg.snapshot else "none"  # external.snapshot
         # The dead-letter store (and, with outbox = postgres, the outbox) in Pulse's schema.
         self.outbox = Outbox(db.dsn(), db.state_schema, sink_key(db, name))
@@ -188,29 +201,63 @@ class ExternalSink(Sink):
     def write(self, batch: Batch) -> Position:
         if self.kind == "postgres":
             return self._write_postgres(batch)
-        flow, frames = self.flow, self.frames
-        assert flow is not None and frames is not None, "open() first"
-        if flow.error is not None:
-            raise TerminalError(f"external sink: delivery stopped: {flow.error}",
-                                hint=getattr(flow.error, "hint", None) or "see the log")
+        flow = self._flow()
         last = batch.last
         if last <= self._appended:  # a batch retried after it was durable
             return self._durable()
         appended = self._appended
         events = [encode_event(e, self.cfg.source) for e in batch.events if e.position > appended]
-        frame = build_frame(events, last, time.time(), flow.lane_count)
-        held = len(events)
+        self._append(build_frame(events, last, time.time(), flow.lane_count), len(events), last, lambda: events)
+        return self._durable()
+
+    def write_columns(self, table: pa.Table, first: Position, last: Position) -> Position:
+        """A live run or backfill chunk (inserts, `enrich_table`'s columns), encoded column-wise.
+
+        The same texts as `write` makes of the same events (`external_columns`),
+        the same contract: rows at or below the appended position are skipped,
+        the return is the durable position. A chunk goes out in frames of at
+        most FRAME_EVENTS events, each durable on its own (a retry skips those).
+        """
+        if self.kind == "postgres":  # not declared (accepts_columns), but correct if called
+            if table.num_rows == 0:
+                return ZERO
+            return self._write_postgres(Batch(tuple(table_events(table))))
+        flow = self._flow()
+        if last <= self._appended:
+            return self._durable()
+        appended = self._appended
+        if first <= appended:
+            lsn, seq = pc.field("source_lsn"), pc.field("source_seq")
+            table = table.filter((lsn > appended.lsn) | ((lsn == appended.lsn) & (seq > appended.seq)))
+        cols = encode_table(table, self.cfg.source)
+        n = len(cols)
+        for i in range(0, max(n, 1), FRAME_EVENTS):
+            part = cols.slice(i, i + FRAME_EVENTS)
+            end = last if i + FRAME_EVENTS >= n else part.position(len(part) - 1)
+            self._append(build_frame_columns(part, end, time.time(), flow.lane_count), len(part), end, part.events)
+        return self._durable()
+
+    def _flow(self):
+        flow = self.flow
+        assert flow is not None and self.frames is not None, "open() first"
+        if flow.error is not None:
+            raise TerminalError(f"external sink: delivery stopped: {flow.error}",
+                                hint=getattr(flow.error, "hint", None) or "see the log")
+        return flow
+
+    def _append(self, frame: bytes, held: int, last: Position, encoded: Callable[[], list[Encoded]]) -> None:
+        """Append one frame of `held` events up to `last` (`encoded()`: its events, should they overflow)."""
+        flow, frames = self.flow, self.frames
         if self.kind == "kafka":
             self._wait_for_room(len(frame))
-        elif frames.bytes() + len(frame) > self.cfg.outbox_max_bytes and events and not self._room(len(frame)):
-            frame = self._outbox_full(events, last, frame)
+        elif frames.bytes() + len(frame) > self.cfg.outbox_max_bytes and held and not self._room(len(frame)):
+            frame = self._outbox_full(encoded(), last, frame)
             held = 0
         else:
             self._full_since = None
         frames.append(frame, last)
         self._appended = last
         flow.appended_frame(last, held)
-        return self._durable()
 
     def _durable(self) -> Position:
         if self.kind == "local":

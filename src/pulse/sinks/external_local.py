@@ -128,6 +128,57 @@ def build_frame(events: Sequence[Encoded], last: Position, enqueued_at: float, l
     return MAGIC + struct.pack("<II", len(rest), zlib.crc32(rest)) + rest
 
 
+def build_frame_columns(cols, last: Position, enqueued_at: float, lanes: int) -> bytes:
+    """`build_frame` of `external_columns.EncodedColumns`: the same bytes, without a Python object per event.
+
+    The rows are taken once in lane order (stable: source order within a
+    lane); each lane's texts, ids and content ids are then slices of those
+    buffers, and the frame is joined once.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(cols)
+    lane = cols.lane_key % lanes
+    order = np.argsort(lane, kind="stable")
+    lane_sorted = lane[order]
+    starts = np.flatnonzero(np.r_[True, lane_sorted[1:] != lane_sorted[:-1]]) if n else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], n].astype(np.int64)
+    large = pa.large_string()
+    take = pa.array(order)
+    parts = _values(pc.take(cols.part_sep, take))  # each text followed by ","
+    ces = _values(pc.take(pc.binary_join_element_wise(cols.ce_id, pa.scalar("\n", large), pa.scalar("", large)),
+                          take))
+    cids = _values(pc.take(pc.fill_null(cols.content_id, ""), take))
+    meta = np.zeros(n, META)
+    meta["lsn"], meta["seq"], meta["event_id"] = cols.lsn[order], cols.seq[order], cols.event_id[order]
+    meta["lane_key"], meta["attrs_len"] = cols.lane_key[order], cols.attrs_len[order]
+    meta["part_len"] = np.diff(parts[1]) - 1
+    meta["ce_len"] = np.diff(ces[1]) - 1
+    meta["cid_len"] = np.diff(cids[1])
+    head = struct.pack("<QIdHH", last.lsn, last.seq, enqueued_at, lanes, len(starts))
+    pieces: list = [head]
+    size, crc = len(head), zlib.crc32(head)
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        p = parts[0][parts[1][a]:parts[1][b] - 1]  # without the last separator
+        c = ces[0][ces[1][a]:ces[1][b] - 1]
+        d = cids[0][cids[1][a]:cids[1][b]]
+        block = [BLOCK.pack(int(lane_sorted[a]), b - a, len(p), len(c), len(d)), meta[a:b].tobytes(), p, c, d]
+        for x in block:
+            crc = zlib.crc32(x, crc)
+            size += len(x)
+        pieces += block
+    return b"".join([MAGIC, struct.pack("<II", size, crc), *pieces])
+
+
+def _values(arr) -> tuple[memoryview, np.ndarray]:
+    """(the bytes of a large_string array's values, end to end; offsets into them from 0), without a copy."""
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], np.int64, len(arr) + 1, arr.offset * 8)
+    data = memoryview(bufs[2]) if bufs[2] is not None else memoryview(b"")
+    return data[int(offsets[0]):int(offsets[-1])], offsets - offsets[0]
+
+
 class Chunk:
     """One lane's events of one frame (shared, read-only): enough to build request bodies from slices."""
 

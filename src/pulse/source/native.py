@@ -65,6 +65,11 @@ def available() -> bool:
     return _wire is not None
 
 
+def module():
+    """The extension without binding libpq (its helpers that need no connection), or None without it."""
+    return _wire
+
+
 def load():
     """The extension, bound to psycopg2's libpq; None when it was not built."""
     global _bound

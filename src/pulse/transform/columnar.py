@@ -319,7 +319,7 @@ class EventChunk:
     """
 
     __slots__ = ("raw", "lsn", "first_seq", "commit_ts", "now", "cache", "targets", "backfill", "_table",
-                 "_events", "_lock", "_problems", "extras")
+                 "_events", "_lock", "_events_lock", "_problems_lock", "_problems", "extras")
 
     def __init__(self, raw: pa.Table, *, lsn: int, first_seq: int, commit_ts: datetime | None, now: datetime,
                  cache: ContentCache, targets: tuple[str, ...] | None = None, backfill: bool = True,
@@ -335,7 +335,11 @@ class EventChunk:
         self.backfill = backfill
         self._table: pa.Table | None = None
         self._events: list[EnrichedEvent] | None = None
+        # One lock per form: a worker building the table (kernels, the GIL released) does not wait for
+        # another building the events (Python), nor the other way round.
         self._lock = threading.Lock()
+        self._events_lock = threading.Lock()
+        self._problems_lock = threading.Lock()
         self._problems: dict[str, int] | None = None
 
     @property
@@ -375,11 +379,11 @@ class EventChunk:
                 if self._problems is None:
                     flat = pc.list_flatten(self._table.column("problems"))
                     counts = pc.value_counts(flat) if len(flat) else []
-                    self._problems = {c["values"].as_py(): c["counts"].as_py() for c in counts}
+                    self._count_problems({c["values"].as_py(): c["counts"].as_py() for c in counts})
             return self._table
 
     def events(self) -> list[EnrichedEvent]:
-        with self._lock:
+        with self._events_lock:
             if self._events is None:
                 lsn, seq, commit_ts, cache, now, backfill = (self.lsn, self.first_seq, self.commit_ts, self.cache,
                                                              self.now, self.backfill)
@@ -397,8 +401,14 @@ class EventChunk:
                     for ev in self._events:
                         for problem in ev.problems:
                             counts[problem] = counts.get(problem, 0) + 1
-                    self._problems = counts
+                    self._count_problems(counts)
             return self._events
+
+    def _count_problems(self, counts: dict[str, int]) -> None:
+        """The chunk's problem counts, kept once whichever form is built first."""
+        with self._problems_lock:
+            if self._problems is None:
+                self._problems = counts
 
     def _extra_events(self) -> list[EnrichedEvent]:
         """The events of a chunk with extra source columns: rows as `enrich_row` takes them."""
@@ -431,7 +441,7 @@ class EventChunk:
 
     def take_problems(self) -> dict[str, int]:
         """Problem counts of the chunk's rows, once (for metrics): empty on later calls or before a build."""
-        with self._lock:
+        with self._problems_lock:
             if not self._problems:
                 return {}
             counts, self._problems = self._problems, {}
