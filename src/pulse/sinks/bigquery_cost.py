@@ -24,6 +24,8 @@ from datetime import date, datetime, timezone
 
 import numpy as np
 
+from pulse.arrays import unique_ints
+
 #: Most absent ranges kept in the state row (about 25 bytes each); past it the narrowest,
 #: then the oldest, are forgotten (their ids then take the checked path: slower, still exact).
 MAX_ABSENT_RANGES = 1000
@@ -64,7 +66,7 @@ class IdMark:
     def after(self, ids: np.ndarray, keep: int = MAX_ABSENT_RANGES) -> "IdMark":
         """The mark once `ids` may be in the table: raised to their highest, the ids taken out of `absent`,
         the ids skipped between the old and the new mark added to it (a transaction still open, or rolled back)."""
-        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        ids = unique_ints(ids)
         if len(ids) == 0:
             return self
         top = max(self.mark, int(ids[-1]))

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 import numpy as np
 
 from pulse import metrics
+from pulse.arrays import unique_ints
 from pulse.config import BigQueryConfig
 from pulse.errors import ConfigError, PulseError, TerminalError, TransientError
 from pulse.log import get_logger
@@ -454,7 +455,7 @@ class Tables:
         Only ids not found there are then looked up in every partition (two
         columns read: event_id and event_ts), by id ranges covering them.
         """
-        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        ids = unique_ints(ids)
         found_days: set = set()
         found = 0
         rest = ids
@@ -469,7 +470,7 @@ class Tables:
             found_days.update(r[1] for r in rows)
             rest = np.setdiff1d(ids, seen, assume_unique=True)
         if len(rest):
-            where = " OR ".join(f"event_id BETWEEN {lo} AND {hi}" for lo, hi in id_ranges(pa.array(rest)))
+            where = " OR ".join(f"event_id BETWEEN {lo} AND {hi}" for lo, hi in id_ranges(rest))
             rows = self.query(
                 f"SELECT DATE(event_ts), count(*) FROM {self.ref(self.table)} T WHERE {where} GROUP BY 1",
                 "id check (every partition)", path="check-all")
@@ -773,25 +774,19 @@ class Loader:
 MAX_ID_RANGES = 16
 
 
-def id_ranges(ids: "pa.Array | pa.ChunkedArray", max_ranges: int = MAX_ID_RANGES) -> list[tuple[int, int]]:
+def id_ranges(ids, max_ranges: int = MAX_ID_RANGES) -> list[tuple[int, int]]:
     """The fewest (low, high) ranges, at most `max_ranges`, that cover `ids` and leave out the widest gaps."""
-    values = pc.unique(ids).sort()
+    values = unique_ints(ids)
     n = len(values)
     if n == 0:
         return []
-    if n == 1:
-        v = values[0].as_py()
-        return [(v, v)]
-    gaps = pc.subtract(values.slice(1), values.slice(0, n - 1))
-    # Cut at the (max_ranges - 1) widest gaps wider than 1 (adjacent ids need no cut).
-    order = pc.array_sort_indices(gaps, order="descending")
-    cuts = sorted(i for i in order.slice(0, max_ranges - 1).to_pylist() if gaps[i].as_py() > 1)
-    out, start = [], 0
-    for i in cuts:
-        out.append((values[start].as_py(), values[i].as_py()))
-        start = i + 1
-    out.append((values[start].as_py(), values[n - 1].as_py()))
-    return out
+    gaps = np.diff(values)
+    # Cut at the (max_ranges - 1) widest gaps wider than 1 (adjacent ids need no cut); of equal gaps, the lowest.
+    order = np.argsort(-gaps, kind="stable")[:max_ranges - 1]
+    cuts = np.sort(order[gaps[order] > 1])
+    starts = np.concatenate(([0], cuts + 1))
+    ends = np.concatenate((cuts, [n - 1]))
+    return list(zip(values[starts].tolist(), values[ends].tolist()))
 
 
 def _group_schema(schemas: list[pa.Schema]) -> pa.Schema:
@@ -849,13 +844,13 @@ def _group_keys(spool: Spool, group: list[SpoolFile]) -> GroupKeys:
         ids.extend(t.column("event_id").chunks)
         ops.extend(t.column("op").chunks)
         ts.extend(t.column("event_ts").chunks)
-    all_ids = pa.chunked_array(ids, pa.int64())
+    all_ids = pa.chunked_array(ids, pa.int64()).to_numpy()
     n = len(all_ids)
     plain = n > 0 and not pc.any(pc.equal(pa.chunked_array(ops, pa.string()), "delete")).as_py() \
-        and pc.count_distinct(all_ids).as_py() == n
+        and len(unique_ints(all_ids)) == n
     stamps = pa.chunked_array(ts, pa.timestamp("us", tz="UTC"))
     days = set(pc.unique(pc.cast(stamps, pa.date32())).to_pylist()) if n else set()
-    return GroupKeys(all_ids.to_numpy(), days, plain)
+    return GroupKeys(all_ids, days, plain)
 
 
 class LoaderThread(threading.Thread):

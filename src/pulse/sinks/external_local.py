@@ -64,6 +64,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pulse.arrays import unique_ints
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
@@ -285,7 +286,7 @@ class Ledger:
     def add(self, ids: np.ndarray) -> None:
         if not len(ids):
             return
-        ids = np.unique(ids)
+        ids = unique_ints(ids)
         breaks = np.nonzero(np.diff(ids) != 1)[0]
         starts = np.concatenate(([ids[0]], ids[breaks + 1]))
         ends = np.concatenate((ids[breaks], [ids[-1]]))

@@ -35,6 +35,7 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
+from pulse.arrays import unique_ints
 from pulse.errors import TerminalError, TransientError
 from pulse.model import ZERO, EnrichedEvent, Position
 
@@ -291,11 +292,11 @@ class Outbox:
         """
         from pulse.sinks.external_local import Ledger
 
-        ids = np.unique(np.asarray(event_ids, np.int64))
+        ids = unique_ints(event_ids)
         if not len(ids):
             return
         blocks = ids >> LEDGER_BLOCK_BITS
-        for block in np.unique(blocks).tolist():
+        for block in unique_ints(blocks).tolist():
             cur.execute(sql.SQL("INSERT INTO {} (sink, block) VALUES (%s, %s) ON CONFLICT (sink, block) "
                                 "DO UPDATE SET updated_at = now() RETURNING ranges").format(self.t_delivered),
                         (self.sink_key, block))

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from psycopg2 import sql
 
+from pulse.arrays import unique_ints
 from pulse.config import Settings
 from pulse.errors import ConfigError
 from pulse.verify.report import MISSING, Finding, Result
@@ -87,7 +88,7 @@ class LocalAccounting:
         pending, oldest = frame_ids(self.folder, read_state(self.folder).delivered) if self.folder.is_dir() else (
             np.empty(0, np.int64), None)
         state = read_state(self.folder)  # after the segments (see the module's docstring)
-        self.pending = np.unique(pending)
+        self.pending = unique_ints(pending)
         self.oldest = oldest
         self.ledger = state.ledger
         self.dead = dead_ids(self.conn, self.settings, [self.key])
