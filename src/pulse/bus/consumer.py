@@ -73,6 +73,11 @@ class _Partition:
         self.held_since = 0.0
         self.held_offset = 0
 
+    def due(self, now: float, max_events: int) -> bool:
+        """Whether the held events are to be written now: the sink's linger is over, or the batch is full."""
+        linger = self.sink.linger_s
+        return bool(self.held) and (linger <= 0 or len(self.held) >= max_events or now - self.held_since >= linger)
+
 
 class SinkConsumer:
     def __init__(self, settings: Settings, sink_name: str, factory: SinkFactory,
@@ -241,7 +246,7 @@ class SinkConsumer:
                     self._handle(msgs)
                 now = time.monotonic()
                 for part in self.parts.values():
-                    if part.held and now - part.held_since >= part.sink.linger_s:
+                    if part.due(now, self.cfg.batch_max_messages):
                         self._write_held(part)
                 if time.monotonic() - last_flush > 1.0 or not msgs:
                     # Idle, a sink is flushed even with nothing pending, at most every second:
@@ -375,9 +380,7 @@ class SinkConsumer:
                     part.held_since = time.monotonic()
                 part.held.extend(events)
                 part.held_offset = next_offset
-                linger = part.sink.linger_s
-                if (linger <= 0 or len(part.held) >= self.cfg.batch_max_messages
-                        or time.monotonic() - part.held_since >= linger):
+                if part.due(time.monotonic(), self.cfg.batch_max_messages):
                     self._write_held(part)
             elif not part.pending and not part.held:
                 part.durable_offset = next_offset  # everything here was already in the sink

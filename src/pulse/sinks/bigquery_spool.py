@@ -230,7 +230,6 @@ class Spool:
         self.dir = Path(directory)
         self.compression = compression
         self.budget = budget or MemoryBudget(memory_bytes)
-        self.memory_bytes = self.budget.limit
         self._recent: OrderedDict[str, pa.Table] = OrderedDict()
         self._recent_bytes = 0
         self._recent_lock = threading.Lock()

@@ -336,7 +336,7 @@ def test_spool_memory_is_bounded(tmp_path):
     spool = Spool(tmp_path, memory_bytes=held_bytes(table) * 2)
     for i in range(1, 6):
         spool.append(to_arrow([_ev(i, Position(i, 0))]), Position(i, 0), Position(i, 0))
-    assert len(spool._recent) == 2 and spool._recent_bytes <= spool.memory_bytes
+    assert len(spool._recent) == 2 and spool._recent_bytes <= spool.budget.limit
     assert [f.last.lsn for f in spool.files()] == [1, 2, 3, 4, 5]  # the files are all there
 
 
