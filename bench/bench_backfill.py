@@ -71,8 +71,9 @@ def raw_load(cur, settings: Settings, dataset: str) -> tuple[float, float]:
 
     from pulse.sinks import bigquery_schema as S
     from pulse.sinks.bigquery_load import Tables, make_client
-    from pulse.transform.columnar import ContentColumns, chunk_query, enrich_table, read_chunk
-    from pulse.transform.content_cache import load_content
+    from pulse.source.chunks import chunk_query, read_chunk
+    from pulse.transform.columnar import ContentColumns, enrich_table
+    from pulse.source.content import load_content
 
     cache = load_content(cur, "public")
     raw = read_chunk(cur, chunk_query("public", sql.SQL("id > %s")), [0, 10**12])

@@ -29,7 +29,8 @@ from pulse.generator.events import EventFactory
 from pulse.sinks.external import encode_event
 from pulse.sinks.external_columns import encode_table, fallback_mask
 from pulse.sinks.external_local import build_frame, build_frame_columns
-from pulse.transform.columnar import RAW_SCHEMA, EventChunk
+from pulse.model_arrow import RAW_SCHEMA
+from pulse.transform.columnar import EventChunk
 from pulse.transform.content_cache import ContentCache, ContentInfo
 
 NOW = datetime(2024, 8, 2, 12, 0, 0, 123456, tzinfo=timezone.utc)

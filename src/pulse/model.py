@@ -18,9 +18,32 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 Op = Literal["insert", "update", "delete"]
+
+
+class _UnchangedToast:
+    """Type of ``UNCHANGED_TOAST``; there is exactly one instance."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+    def __reduce__(self) -> str:
+        # Pickle and copy by global name so the singleton identity survives.
+        return "UNCHANGED_TOAST"
+
+
+UNCHANGED_TOAST: Final = _UnchangedToast()
+"""Column value for an unchanged TOASTed datum that the server did not send.
+
+It is not ``None``: ``None`` means SQL NULL, while this means "same as
+before, value unknown here". Downstream must not overwrite the stored value.
+The decoder (`pulse.source.pgoutput`) produces it; the enrichment and the
+sinks read it, so it belongs to the event model.
+"""
 
 
 class Position(NamedTuple):

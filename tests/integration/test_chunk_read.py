@@ -6,7 +6,7 @@ import pytest
 from psycopg2 import sql
 
 from pulse.source import native
-from pulse.transform.columnar import chunk_query, read_chunk
+from pulse.source.chunks import chunk_query, read_chunk
 from tests.integration.pipeline_helpers import insert_content
 
 ODD_TS = ["infinity", "-infinity", "2026-01-01 00:00:00+00 BC", "10000-01-01 00:00:00+00",
@@ -54,6 +54,6 @@ def test_an_empty_chunk_reads_as_an_empty_table(scratch_db) -> None:
 
 @pytest.mark.parametrize("data", [b"", b"PGCOPY\n\xff\r\n\x00" + bytes(8) + b"\xff\xff"])
 def test_parse_of_no_rows(data: bytes) -> None:
-    from pulse.transform.columnar import parse_binary_chunk
+    from pulse.source.chunks import parse_binary_chunk
 
     assert parse_binary_chunk(data).num_rows == 0

@@ -20,8 +20,9 @@ from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.external import ExternalSink, encode_event
 from pulse.sinks.external_columns import encode_table, fallback_mask
 from pulse.sinks.external_local import build_frame, build_frame_columns
-from pulse.transform.columnar import EventChunk, chunk_query, read_chunk
-from pulse.transform.content_cache import load_content
+from pulse.source.chunks import chunk_query, read_chunk
+from pulse.transform.columnar import EventChunk
+from pulse.source.content import load_content
 
 from .pipeline_helpers import Running, wait_for
 from .test_external_sink import receiver, received_by_event, settings, source_ids  # noqa: F401

@@ -11,7 +11,8 @@ from pulse.bus import codec
 from pulse.model import Change, Position, content_extra_columns, extra_columns
 from pulse.sinks import bigquery_schema as S
 from pulse.source.pgoutput import UNCHANGED_TOAST, type_name
-from pulse.transform.content_cache import ContentCache, load_content
+from pulse.source.content import load_content
+from pulse.transform.content_cache import ContentCache
 from pulse.transform.enrich import enrich_change
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -197,7 +198,9 @@ def test_a_chunk_with_extra_columns_gives_the_events_enrich_row_gives():
     import pyarrow as pa
 
     from pulse.source.catalog import CatalogColumn
-    from pulse.transform.columnar import EXTRA_PREFIX, RAW_SCHEMA, ChunkExtras, EventChunk
+    from pulse.model_arrow import EXTRA_PREFIX, RAW_SCHEMA
+    from pulse.source.chunks import ChunkExtras
+    from pulse.transform.columnar import EventChunk
     from pulse.transform.enrich import enrich_row
 
     us = int(NOW.timestamp() * 1_000_000)
@@ -231,7 +234,8 @@ def test_a_column_dropped_between_the_catalog_and_the_extras_query_is_read_again
     import psycopg2.errors
     import pyarrow as pa
 
-    from pulse.transform.columnar import RAW_SCHEMA, read_extra
+    from pulse.model_arrow import RAW_SCHEMA
+    from pulse.source.chunks import read_extra
 
     known = [(name, 25, -1) for name in ("id", "content_id", "user_id", "event_type", "event_ts", "duration_ms",
                                          "device", "raw_payload")]

@@ -49,10 +49,12 @@ def backfill(
                                                       "(the run, and the Redis rebuild if any)."),
 ) -> None:
     """Re-process historical events (by event_ts or id range) into the chosen destinations."""
-    from pulse.runtime.backfill import DEFAULT_SINKS, BackfillSpec, submit
+    from pulse.runtime.backfill import BackfillSpec, submit
+    from pulse.sinks import DEFAULT_BACKFILL_TARGETS, build_sink, rebuilt_not_replayed
 
-    targets = tuple(s.strip() for s in sinks.split(",") if s.strip()) if sinks else DEFAULT_SINKS
-    if since is None and until is None and min_id is None and max_id is None and targets != ("redis",):
+    targets = tuple(s.strip() for s in sinks.split(",") if s.strip()) if sinks else DEFAULT_BACKFILL_TARGETS
+    window = tuple(t for t in targets if rebuilt_not_replayed(t))
+    if since is None and until is None and min_id is None and max_id is None and len(window) < len(targets):
         raise typer.BadParameter("give a range: --since/--until and/or --min-id/--max-id")
     cfg = common.settings(database={"url": database_url, "slot": slot},
                           backfill={"chunk_size": chunk_size, "rate_limit": rate_limit})
@@ -60,17 +62,17 @@ def backfill(
 
     require_database(cfg.database)  # read-only; `pulse db init` applies the schema
     report: dict = {}
-    if "redis" in targets:
-        # The board holds only the last window: rebuilt from a snapshot at an
-        # exact stream position, not replayed (pulse.runtime.rebuild).
-        from pulse.runtime.rebuild import rebuild_redis
-
-        summary = rebuild_redis(cfg)
-        report["redis"] = summary
+    for name in window:
+        # A sink that keeps only the last window (the Redis board) is rebuilt
+        # from a snapshot at an exact stream position, not replayed (Sink.rebuild_window).
+        summary = build_sink(name, cfg).rebuild_window(cfg.database)
+        report[name] = summary
         if not as_json:
-            typer.echo(f"redis board under {summary['prefix']!r} rebuilt from {summary['since']}: "
+            where = f" under {summary['prefix']!r}" if "prefix" in summary else ""
+            typer.echo(f"{name} window{where} rebuilt from {summary['since']}: "
                        f"{summary['events']:,} events, live stream continues after {summary['position']}")
-        targets = tuple(t for t in targets if t != "redis")
+    if window:
+        targets = tuple(t for t in targets if t not in window)
         if not targets:
             _print_json(report, as_json)
             return
@@ -90,8 +92,6 @@ def backfill(
         _follow(cfg, run["run_id"], None, report if as_json else None)
         return
     from pulse.runtime.pipeline import Pipeline
-    from pulse.sinks import build_sink
-
     from pulse.sinks import pipeline_sinks
 
     named = list(sink) if sink else pipeline_sinks(cfg, required=False)

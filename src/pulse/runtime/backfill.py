@@ -19,7 +19,7 @@ position, `(hw_lsn, hw_seq + i)`: after every change the read saw, before
 every change it did not. Each destination, applying changes by event id in
 position order, therefore ends with every event's latest committed state.
 
-Chunks are read with `COPY ... (FORMAT csv)` into Arrow (`transform/columnar.py`)
+Chunks are read with `COPY` into Arrow (`source/chunks.py`)
 and leave the dispatcher as one `EventChunk`: a sink that takes columns
 (BigQuery) gets it enriched column-wise, the others as events, enriched by
 their own worker thread with the content cache copied at the watermark.
@@ -55,14 +55,14 @@ from pulse.errors import ConfigError
 from pulse.log import get_logger
 from pulse.model import Change, Position
 from pulse.schema import connect
-from pulse.transform.columnar import ChunkExtras, EventChunk, chunk_query, read_chunk, read_extra
+from pulse.sinks import DEFAULT_BACKFILL_TARGETS
+from pulse.source.chunks import ChunkExtras, chunk_query, read_chunk, read_extra
+from pulse.transform.columnar import EventChunk
 
 if TYPE_CHECKING:
     from pulse.runtime.pipeline import Pipeline
 
 log = get_logger(__name__)
-
-DEFAULT_SINKS = ("bigquery", "external")
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class BackfillSpec:
     until: datetime | None = None
     min_id: int | None = None
     max_id: int | None = None
-    sinks: tuple[str, ...] = DEFAULT_SINKS
+    sinks: tuple[str, ...] = DEFAULT_BACKFILL_TARGETS  # the registry's rows that declare it
     chunk_size: int = 10_000
     rate_limit: float = 0.0  # rows per second; 0 = unlimited
 
@@ -204,8 +204,8 @@ class _Window:
     # the updates and deletes of its own id range, not with live inserts.
     after: int = 0
     upto: int | None = None
-    rows: pa.Table | None = None  # the chunk as read (columnar.RAW_SCHEMA, then any `extra:` columns)
-    extras: ChunkExtras | None = None  # the extra source columns in `rows` (columnar.read_extra)
+    rows: pa.Table | None = None  # the chunk as read (model_arrow.RAW_SCHEMA, then any `extra:` columns)
+    extras: ChunkExtras | None = None  # the extra source columns in `rows` (chunks.read_extra)
     low_seen: bool = False
     changed: set[int] = field(default_factory=set)
     # (event id, top-level xid) of changes seen after the window opened but

@@ -50,7 +50,8 @@ from pulse.source.replication import ReaderFailed, Reconnected, ReplicationReade
 from pulse.source.slot import slot_info
 from pulse.runtime.snapshot import WindowRebuilder, plan_targets, prepare_slot
 from pulse.transform.columnar import EventChunk
-from pulse.transform.content_cache import ContentCache, load_content
+from pulse.source.content import load_content
+from pulse.transform.content_cache import ContentCache
 from pulse.transform.enrich import enrich_change
 
 log = get_logger(__name__)
@@ -212,8 +213,8 @@ class Pipeline:
         self.cache = ContentCache()
         self.events_in = 0
         self.truncates = 0
-        # Sinks that also want content rows (the Kafka producer's compacted topic).
-        self._content_hooks = [s.publish_content for s in self.sinks if hasattr(s, "publish_content")]
+        # Relaying sinks forward content rows too (the Kafka producer's compacted topic).
+        self._content_hooks = [s.publish_content for s in self.sinks if s.relays]
         self._pending: list[EnrichedEvent] = []
         self._pending_bytes = 0
         self._status_conn = None

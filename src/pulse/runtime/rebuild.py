@@ -43,7 +43,7 @@ from pulse.config import DatabaseConfig, RedisConfig, Settings
 from pulse.log import get_logger
 from pulse.model import EnrichedEvent, Position
 from pulse.source.snapshot import exported_snapshot
-from pulse.transform.content_cache import load_content
+from pulse.source.content import load_content
 from pulse.transform.enrich import enrich_row
 
 log = get_logger(__name__)

@@ -13,6 +13,9 @@ for nothing.
 
 from __future__ import annotations
 
+import importlib
+from typing import NamedTuple
+
 from pulse.config import Settings, env_name_for
 from pulse.errors import ConfigError
 from pulse.log import get_logger
@@ -20,25 +23,45 @@ from pulse.sinks.base import Sink
 
 log = get_logger(__name__)
 
-BUILTIN = ("memory", "pgtable", "redis", "bigquery", "external", "kafka", "jsonl")
+class Registration(NamedTuple):
+    """One sink kind: where its class is, the pip extra its client needs, and the endpoint setting
+    (section, key) whose presence, set by the user, makes `pulse run` run it when no sink is named."""
+
+    module: str
+    cls: str  # a `Sink` subclass with `from_settings(settings, name=...)`
+    extra: str | None = None  # None: core dependencies only
+    endpoint: tuple[str, str] | None = None  # None: runs only when named
+    backfill_default: bool = False  # a target of `pulse backfill` when none is named
+    window: bool = False  # keeps only a recent window: a backfill rebuilds it (`Sink.rebuild_window`)
+
+
+# Every sink kind, one row each. Endpoints are tried in this order when no sink is named.
+REGISTRY: dict[str, Registration] = {
+    "redis": Registration("pulse.sinks.redis", "RedisSink", "redis", ("redis", "url"), window=True),
+    "bigquery": Registration("pulse.sinks.bigquery", "BigQuerySink", "bigquery", ("bigquery", "project"),
+                             backfill_default=True),
+    "external": Registration("pulse.sinks.external", "ExternalSink", "external", ("external", "url"),
+                             backfill_default=True),
+    "jsonl": Registration("pulse.sinks.jsonl", "JsonLinesSink", None, ("jsonl", "path")),
+    "kafka": Registration("pulse.sinks.kafka", "KafkaSink", "kafka"),
+    # Test doubles: never a default (memory keeps nothing; pgtable writes into a database of the tests).
+    "memory": Registration("pulse.sinks.memory", "MemorySink"),
+    "pgtable": Registration("pulse.sinks.pgtable", "PgTableSink"),
+}
+
+BUILTIN = tuple(REGISTRY)
 
 # The destinations `pulse run` runs when no sink is named, in this order, and
 # the endpoint setting whose presence (set by the user, not a default) enables each.
-ENDPOINTS: dict[str, tuple[str, str]] = {
-    "redis": ("redis", "url"),
-    "bigquery": ("bigquery", "project"),
-    "external": ("external", "url"),
-    "jsonl": ("jsonl", "path"),
-}
+ENDPOINTS: dict[str, tuple[str, str]] = {name: r.endpoint for name, r in REGISTRY.items() if r.endpoint}
+# What `pulse backfill` targets when no sink is named.
+DEFAULT_BACKFILL_TARGETS = tuple(name for name, r in REGISTRY.items() if r.backfill_default)
 
-# name -> (module, class, pip extra or None); each class has `from_settings(settings)`.
-_DESTINATIONS = {
-    "redis": ("pulse.sinks.redis", "RedisSink", "redis"),
-    "bigquery": ("pulse.sinks.bigquery", "BigQuerySink", "bigquery"),
-    "external": ("pulse.sinks.external", "ExternalSink", "external"),
-    "kafka": ("pulse.sinks.kafka", "KafkaSink", "kafka"),
-    "jsonl": ("pulse.sinks.jsonl", "JsonLinesSink", None),  # core dependencies only
-}
+
+def rebuilt_not_replayed(name: str) -> bool:
+    """Whether a backfill for sink kind `name` rebuilds its window instead of replaying rows."""
+    reg = REGISTRY.get(name)
+    return reg is not None and reg.window
 
 
 def build_sink(name: str, settings: Settings, instance: str | None = None) -> Sink:
@@ -47,34 +70,19 @@ def build_sink(name: str, settings: Settings, instance: str | None = None) -> Si
     `instance` names this instance when several run side by side (one per
     Kafka partition): sinks store their position under their instance name.
     """
-    instance = instance or name
-    if name == "memory":
-        from pulse.sinks.memory import MemorySink
-
-        return MemorySink(instance, keep=False)
-    if name == "pgtable":
-        from pulse.sinks.pgtable import PgTableSink
-
-        url = settings.testsinks.pgtable_url
-        if url is None:
-            raise ConfigError("the pgtable sink needs a database URL",
-                              hint="set PULSE_TESTSINKS__PGTABLE_URL (a database other than the source)")
-        return PgTableSink(url.get_secret_value(), table=settings.testsinks.pgtable_table, name=instance)
-    if name in _DESTINATIONS:
-        import importlib
-
-        module, cls, extra = _DESTINATIONS[name]
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("pulse."):
-                raise ConfigError(f"the {name} sink is not available in this build", hint="upgrade Pulse") from exc
-            raise ConfigError(
-                f"the {name} sink needs {exc.name}, which is not installed",
-                hint=f"pip install 'pulse-cdc[{extra}]'" if extra else "reinstall Pulse (a core dependency is missing)",
-            ) from exc
-        return getattr(mod, cls).from_settings(settings, name=instance)
-    raise ConfigError(f"unknown sink {name!r}", hint=f"choose from: {', '.join(BUILTIN)}")
+    reg = REGISTRY.get(name)
+    if reg is None:
+        raise ConfigError(f"unknown sink {name!r}", hint=f"choose from: {', '.join(BUILTIN)}")
+    try:
+        mod = importlib.import_module(reg.module)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("pulse."):
+            raise ConfigError(f"the {name} sink is not available in this build", hint="upgrade Pulse") from exc
+        raise ConfigError(
+            f"the {name} sink needs {exc.name}, which is not installed",
+            hint=f"pip install 'pulse-cdc[{reg.extra}]'" if reg.extra else "reinstall Pulse (a core dependency is missing)",
+        ) from exc
+    return getattr(mod, reg.cls).from_settings(settings, name=instance or name)
 
 
 def configured_destinations(settings: Settings) -> dict[str, str]:
@@ -114,4 +122,5 @@ def pipeline_sinks(settings: Settings, *, required: bool = True) -> list[str]:
     return list(found)
 
 
-__all__ = ["BUILTIN", "ENDPOINTS", "Sink", "build_sink", "configured_destinations", "pipeline_sinks"]
+__all__ = ["BUILTIN", "DEFAULT_BACKFILL_TARGETS", "ENDPOINTS", "REGISTRY", "Registration", "Sink", "build_sink", "configured_destinations", "pipeline_sinks",
+           "rebuilt_not_replayed"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
-from pulse.model import ZERO, Batch, Position
+from pulse.model import ZERO, Batch, Change, Position
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -73,6 +73,10 @@ class Sink(ABC):
     def rebuild_window(self, database: "DatabaseConfig") -> dict[str, object]:
         """Rebuild this sink's window from the source (snapshot_mode "window"); returns a summary for the log."""
         raise NotImplementedError(f"sink {self.name} keeps no window")
+
+    def publish_content(self, change: "Change") -> None:
+        """For a relaying sink: forward a `content` row change, so the other side's content cache follows."""
+        raise NotImplementedError(f"sink {self.name} relays nothing")
 
     def relay_snapshot_targets(self, settings: "Settings") -> tuple[tuple[str, ...], tuple[str, ...]]:
         """For a relaying sink: (destinations taking the snapshot's rows, destinations rebuilt for their window)."""

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from pulse.errors import ConfigError, TerminalError
 from pulse.model import EnrichedEvent
+from pulse.model_arrow import ENRICHED_SCHEMA, NUMERIC, TIMESTAMP
 
 if TYPE_CHECKING:  # pragma: no cover
     from google.cloud import bigquery
@@ -49,37 +50,46 @@ class Column(NamedTuple):
     description: str = ""
 
 
-_TS = pa.timestamp("us", tz="UTC")
-_DEC = pa.decimal128(38, 9)  # BigQuery NUMERIC: precision 38, scale 9
+_TS = TIMESTAMP
+_DEC = NUMERIC
 
-COLUMNS: tuple[Column, ...] = (
-    Column("event_id", "INT64", pa.int64(), "REQUIRED", "engagement_events.id in the source"),
-    Column("content_id", "STRING", pa.string(), description="content.id (uuid)"),
-    Column("user_id", "STRING", pa.string(), description="uuid of the user"),
-    Column("event_type", "STRING", pa.string(), description="play / pause / finish / click"),
-    Column("event_ts", "TIMESTAMP", _TS, description="when the event happened (partitioning column)"),
-    Column("duration_ms", "INT64", pa.int64(), description="as sent; may be NULL or negative"),
-    Column("device", "STRING", pa.string(), description="as sent"),
-    Column("raw_payload", "JSON", pa.string(), description="the client's extra JSON"),
-    Column("content_slug", "STRING", pa.string(), description="content.slug"),
-    Column("content_title", "STRING", pa.string(), description="content.title"),
-    Column("content_type", "STRING", pa.string(), description="podcast / newsletter / video (clustering)"),
-    Column("length_seconds", "INT64", pa.int64(), description="content.length_seconds"),
-    Column("engagement_seconds", "NUMERIC", _DEC, description="duration_ms / 1000, exact"),
-    Column("engagement_pct", "NUMERIC", _DEC, description="engagement_seconds / length_seconds, 2 decimals"),
-    Column("op", "STRING", pa.string(), description="last operation applied: insert or update"),
-    Column("source_lsn", "INT64", pa.int64(), "REQUIRED", "commit LSN of the change applied"),
-    Column("source_seq", "INT64", pa.int64(), "REQUIRED", "ordinal of the change in its transaction"),
-    Column("commit_ts", "TIMESTAMP", _TS, description="commit time in the source"),
-    Column("processed_ts", "TIMESTAMP", _TS, description="when Pulse enriched the change"),
-    Column("backfill", "BOOL", pa.bool_(), description="came from a backfill"),
-    Column("problems", "STRING", pa.list_(pa.string()), "REPEATED", "what was odd about the event"),
-)
+# The table's type and description of each column of the enriched event (model_arrow.ENRICHED_SCHEMA).
+_TABLE: dict[str, tuple[str, str]] = {
+    "event_id": ("INT64", "engagement_events.id in the source"),
+    "content_id": ("STRING", "content.id (uuid)"),
+    "user_id": ("STRING", "uuid of the user"),
+    "event_type": ("STRING", "play / pause / finish / click"),
+    "event_ts": ("TIMESTAMP", "when the event happened (partitioning column)"),
+    "duration_ms": ("INT64", "as sent; may be NULL or negative"),
+    "device": ("STRING", "as sent"),
+    "raw_payload": ("JSON", "the client's extra JSON"),
+    "content_slug": ("STRING", "content.slug"),
+    "content_title": ("STRING", "content.title"),
+    "content_type": ("STRING", "podcast / newsletter / video (clustering)"),
+    "length_seconds": ("INT64", "content.length_seconds"),
+    "engagement_seconds": ("NUMERIC", "duration_ms / 1000, exact"),
+    "engagement_pct": ("NUMERIC", "engagement_seconds / length_seconds, 2 decimals"),
+    "op": ("STRING", "last operation applied: insert or update"),
+    "source_lsn": ("INT64", "commit LSN of the change applied"),
+    "source_seq": ("INT64", "ordinal of the change in its transaction"),
+    "commit_ts": ("TIMESTAMP", "commit time in the source"),
+    "processed_ts": ("TIMESTAMP", "when Pulse enriched the change"),
+    "backfill": ("BOOL", "came from a backfill"),
+    "problems": ("STRING", "what was odd about the event"),
+}
+
+
+def _mode(f: pa.Field) -> str:
+    return "REPEATED" if pa.types.is_list(f.type) else "NULLABLE" if f.nullable else "REQUIRED"
+
+
+COLUMNS: tuple[Column, ...] = tuple(Column(f.name, _TABLE[f.name][0], f.type, _mode(f), _TABLE[f.name][1])
+                                    for f in ENRICHED_SCHEMA)
 NAMES = tuple(c.name for c in COLUMNS)
 # Staging / changelog hold raw_payload as text: PARSE_JSON happens in the MERGE,
 # where a bad value can be routed to the dead-letter table instead of failing the load.
 STAGING_TYPES = {"raw_payload": "STRING"}
-ARROW_SCHEMA = pa.schema([pa.field(c.name, c.arrow, nullable=c.mode != "REQUIRED") for c in COLUMNS])
+ARROW_SCHEMA = ENRICHED_SCHEMA  # the spool files and Storage Write appends store the event as it is
 
 PARTITION_FIELD = "event_ts"
 CLUSTERING = ["content_type", "content_id"]

@@ -22,6 +22,11 @@ from pulse.sinks.base import Sink
 class MemorySink(Sink):
     """Keeps events (or, with `columns=True`, the enriched Arrow tables a columnar sink gets)."""
 
+    @classmethod
+    def from_settings(cls, settings, name: str = "memory") -> "MemorySink":
+        """`--sink memory`: keeps nothing (a throughput probe), so it is never a default (`pipeline_sinks`)."""
+        return cls(name, keep=False)
+
     def __init__(self, name: str = "memory", keep: bool = True, start: Position = ZERO,
                  columns: bool = False) -> None:
         self.name = name

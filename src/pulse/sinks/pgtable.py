@@ -13,12 +13,20 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
-from pulse.errors import TransientError
+from pulse.errors import ConfigError, TransientError
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks.base import Sink
 
 
 class PgTableSink(Sink):
+    @classmethod
+    def from_settings(cls, settings, name: str = "pgtable") -> "PgTableSink":
+        url = settings.testsinks.pgtable_url
+        if url is None:
+            raise ConfigError("the pgtable sink needs a database URL",
+                              hint="set PULSE_TESTSINKS__PGTABLE_URL (a database other than the source)")
+        return cls(url.get_secret_value(), table=settings.testsinks.pgtable_table, name=name)
+
     def __init__(self, url: str, table: str = "pulse_sink_events", name: str = "pgtable") -> None:
         self.url = url
         self.table = table

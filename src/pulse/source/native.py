@@ -12,7 +12,7 @@ This module is its Python side:
   is read (`'i'` integer, `'t'` timestamptz, `'s'` text, `'x'` skipped); a
   relation whose columns are not the expected ones is not decoded natively
   at all, so the Python decoder stays the reference for anything unusual;
-- `run_table` turns a decoded run into a table of `columnar.RAW_SCHEMA`,
+- `run_table` turns a decoded run into a table of `model_arrow.RAW_SCHEMA`,
   the shape the columnar enrichment takes; `run_payloads` gives back the
   original payloads, for the row path.
 
@@ -172,8 +172,8 @@ def arrays(n: int, kinds: str, cols: tuple) -> list[pa.Array]:
 
 
 def run_table(run: tuple, columns: tuple[str, ...], kinds: bytes) -> pa.Table:
-    """A decoded run as a table of `columnar.RAW_SCHEMA` (`event_ts` as `event_us`)."""
-    from pulse.transform.columnar import RAW_SCHEMA
+    """A decoded run as a table of `model_arrow.RAW_SCHEMA` (`event_ts` as `event_us`)."""
+    from pulse.model_arrow import RAW_SCHEMA
 
     n, _raw, _offsets, cols = run
     named: dict[str, Any] = dict(zip(columns, arrays(n, kinds.decode(), cols)))

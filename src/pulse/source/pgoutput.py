@@ -46,6 +46,8 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Final, Union
 
+from pulse.model import UNCHANGED_TOAST  # noqa: F401  (re-exported: what the decoder puts for an unsent value)
+
 __all__ = [
     "DEFAULT_CONVERTERS",
     "Converter",
@@ -77,27 +79,6 @@ __all__ = [
 
 class PgOutputError(ValueError):
     """A payload that is not a valid pgoutput message for the decoder's state."""
-
-
-class _UnchangedToast:
-    """Type of ``UNCHANGED_TOAST``; there is exactly one instance."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "UNCHANGED_TOAST"
-
-    def __reduce__(self) -> str:
-        # Pickle and copy by global name so the singleton identity survives.
-        return "UNCHANGED_TOAST"
-
-
-UNCHANGED_TOAST: Final = _UnchangedToast()
-"""Column value for an unchanged TOASTed datum that the server did not send.
-
-It is not ``None``: ``None`` means SQL NULL, while this means "same as
-before, value unknown here". Downstream must not overwrite the stored value.
-"""
 
 
 # --- LSN and timestamp helpers -------------------------------------------------

@@ -1,12 +1,11 @@
 """Enrichment on columns: a chunk of inserts as one Arrow table, column by column.
 
 The warehouse path of a backfill (issue: >= 200k rows/s) cannot afford a
-Python object per row. A chunk is read with `COPY ... TO STDOUT (FORMAT
-binary)` and parsed by the native extension (`parse_binary_chunk`), or, without
-it, read as CSV and parsed by Arrow's CSV reader (`parse_chunk`); the native
-reader's live runs of inserts arrive in the same shape (`RAW_SCHEMA`). Both
-are enriched here with vectorised kernels into the BigQuery row shape
-(`bigquery_schema.ARROW_SCHEMA`, the columnar form of `EnrichedEvent`). The
+Python object per row. A snapshot or backfill chunk, read with COPY
+(`pulse.source.chunks`), and the native reader's live runs of inserts
+(`pulse.source.native`) arrive as tables of `model_arrow.RAW_SCHEMA`. Both
+are enriched here with vectorised kernels into `model_arrow.ENRICHED_SCHEMA`
+(the columnar form of `EnrichedEvent`, which the BigQuery sink stores as it is). The
 rules are those of `enrich.py`, to the digit: `tests/unit/transform/
 test_columnar.py` compares both on the same rows, odd ones included.
 
@@ -26,7 +25,7 @@ turns the same parsed chunk into the dicts `enrich_row` takes.
 
 Columns beyond the known ones take the row path, for every sink:
 
-- a chunk read from a table with extra columns (`read_extra`: the catalog
+- a chunk read from a table with extra columns (`source.chunks.read_extra`: the catalog
   is checked after each chunk's COPY, and the extra columns of the chunk's
   ids are read as text by a second query) carries them as `extra:<name>`
   columns of its raw table and the relation's types;
@@ -40,160 +39,35 @@ the machinery of the row path (`EnrichedEvent.extra`).
 
 from __future__ import annotations
 
-import io
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any, Protocol
 
 import numpy as np
-import psycopg2.errors
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-from psycopg2 import sql
 
-from pulse.model import EVENT_COLUMNS, EnrichedEvent, Position, extra_columns
-from pulse.source import catalog, native
-from pulse.sinks.bigquery_schema import ARROW_SCHEMA
+from pulse.model import EnrichedEvent, Position, extra_columns
+from pulse.model_arrow import ENRICHED_SCHEMA as ARROW_SCHEMA
+from pulse.model_arrow import EXTRA_PREFIX, RAW_SCHEMA
 from pulse.transform import enrich as E
 from pulse.transform.content_cache import ContentCache
 
-# What the COPY hands out, in order. `event_us` is event_ts in microseconds
-# since the epoch (exact: extract() is numeric in PostgreSQL >= 14).
-RAW_SCHEMA = pa.schema([
-    ("id", pa.int64()), ("content_id", pa.string()), ("user_id", pa.string()), ("event_type", pa.string()),
-    ("event_us", pa.int64()), ("event_ts_bad", pa.bool_()), ("duration_ms", pa.int64()),
-    ("device", pa.string()), ("raw_payload", pa.string()),
-])
 
-_TS_OK = ("(isfinite(event_ts) AND event_ts >= '0001-01-01 00:00:00+00' "
-          "AND event_ts < '10000-01-01 00:00:00+00')")
+class ChunkExtras(Protocol):
+    """The extra source columns a raw chunk carries (`pulse.source.chunks.ChunkExtras` builds them)."""
+
+    columns: tuple[Any, ...]  # each with a `name`
+    types: dict[str, str]  # the relation's PostgreSQL type names, every column
+
+    def values(self, raw: pa.Table, column: Any) -> list[Any]:
+        """`column`'s values in `raw`, converted as the stream's decoder converts them."""
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _TS_MIN_US, _TS_END_US = -62135596800000000, 253402300800000000  # 0001-01-01, 10000-01-01 UTC (as _TS_OK)
 _TS = pa.timestamp("us", tz="UTC")
 _DEC = pa.decimal128(38, 9)
 _BAD_TS_TEXT = "out of range"  # what `raw_rows` puts in event_ts so enrich_row flags it
-
-
-class ChunkQuery(NamedTuple):
-    """The SELECT of one keyset chunk and the COPY format it is read in."""
-
-    sql: sql.Composed
-    binary: bool
-
-
-def chunk_query(schema: str, where: sql.Composable, *, binary: bool | None = None) -> ChunkQuery:
-    """The SELECT of one keyset chunk (`where` ends before ORDER BY; LIMIT is the last parameter).
-
-    Binary COPY (the default when the native extension is built) hands out
-    values as PostgreSQL stores them: no text formatting of timestamps,
-    integers and uuids on the server, no CSV parse here (about 40% less
-    server time per chunk). The CSV form is the fallback without it.
-    """
-    if binary is None:
-        binary = native.available()
-    if binary:
-        return ChunkQuery(sql.SQL(
-            "SELECT id::int8, content_id::uuid, user_id::uuid, event_type::text, event_ts::timestamptz, "
-            "duration_ms::int8, device::text, raw_payload::jsonb FROM {}.engagement_events WHERE "
-        ).format(sql.Identifier(schema)) + where + sql.SQL(" ORDER BY id LIMIT %s"), True)
-    return ChunkQuery(sql.SQL(
-        "SELECT id, content_id::text, user_id::text, event_type, "
-        "CASE WHEN " + _TS_OK + " THEN (extract(epoch FROM event_ts) * 1000000)::bigint END, "
-        "NOT " + _TS_OK + ", duration_ms, device, raw_payload::text "
-        "FROM {}.engagement_events WHERE "
-    ).format(sql.Identifier(schema)) + where + sql.SQL(" ORDER BY id LIMIT %s"), False)
-
-
-def read_chunk(cur, query: ChunkQuery, params: list[Any]) -> pa.Table:
-    """Run `query` as a COPY on `cur` and parse it (parameters bound by psycopg2)."""
-    buf = io.BytesIO()
-    select = cur.mogrify(query.sql, params).decode()
-    fmt = "binary" if query.binary else "csv"
-    cur.copy_expert(f"COPY ({select}) TO STDOUT WITH (FORMAT {fmt})", buf)
-    return parse_binary_chunk(buf.getbuffer()) if query.binary else parse_chunk(buf.getvalue())
-
-
-EXTRA_PREFIX = "extra:"  # raw column name of an extra source column (no RAW_SCHEMA name has a ':')
-
-
-class ChunkExtras(NamedTuple):
-    """The extra columns a chunk carries: catalog columns and the relation's types (all columns)."""
-
-    columns: tuple[catalog.CatalogColumn, ...]
-    types: dict[str, str]
-
-
-def read_extra(cur, schema: str, raw: pa.Table, previous: ChunkExtras | None = None
-               ) -> tuple[pa.Table, ChunkExtras | None]:
-    """`raw` with the table's extra columns for its ids (`extra:<name>`, text), or as it is without any.
-
-    The catalog is read after the chunk's COPY: a column added before the
-    COPY is seen. Both reads sit in the chunk's watermark window, so a row
-    changed between them is dropped from the chunk by the window (DBLog) as
-    any row changed during the read is. `previous` is reused when the
-    columns did not change (one types mapping per relation shape).
-    Without extra columns this costs one catalog query per chunk. A column
-    dropped between the catalog read and the query: read again (autocommit
-    cursor), at most twice.
-    """
-    for attempt in range(3):
-        try:
-            return _read_extra(cur, schema, raw, previous)
-        except psycopg2.errors.UndefinedColumn:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _read_extra(cur, schema: str, raw: pa.Table, previous: ChunkExtras | None) -> tuple[pa.Table, ChunkExtras | None]:
-    columns = catalog.table_columns(cur, schema, "engagement_events")
-    extras = tuple(c for c in columns if c.name not in EVENT_COLUMNS)
-    if not extras:
-        return raw, None
-    types = {c.name: c.type_name for c in columns}
-    found = previous if previous is not None and previous.types == types else ChunkExtras(extras, types)
-    if raw.num_rows == 0:
-        return raw, found
-    ids = raw.column("id").to_pylist()
-    # The ids as one int8[] literal (a parameter list of 10,000 would be parsed as 10,000 expressions).
-    cur.execute(sql.SQL("SELECT id::int8, {} FROM {}.engagement_events WHERE id = ANY(%s::int8[])").format(
-        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in extras),
-        sql.Identifier(schema)), ("{" + ",".join(map(str, ids)) + "}",))
-    by_id = {row[0]: row[1:] for row in cur.fetchall()}
-    missing = (None,) * len(extras)
-    values = [by_id.get(i, missing) for i in ids]  # a row gone since: dropped by the window
-    for k, col in enumerate(extras):
-        raw = raw.append_column(EXTRA_PREFIX + col.name, pa.array([v[k] for v in values], pa.string()))
-    return raw, found
-
-
-# Binary COPY fields of the binary chunk query, as `_wire.parse_copy_binary` kinds.
-_BINARY_KINDS = b"iuustisj"
-
-
-def parse_binary_chunk(data) -> pa.Table:
-    """Binary COPY of the binary `chunk_query` -> a table of RAW_SCHEMA."""
-    n, cols = native.load().parse_copy_binary(data, _BINARY_KINDS)
-    bad = pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(cols[4][2])])
-    ident, cid, uid, etype, event_us, duration, device, payload = native.arrays(n, _BINARY_KINDS.decode(), cols)
-    return pa.Table.from_arrays([ident, cid, uid, etype, event_us, bad, duration, device, payload],
-                                schema=RAW_SCHEMA)
-
-
-def parse_chunk(data: bytes) -> pa.Table:
-    """CSV of `chunk_query` -> a table of RAW_SCHEMA (unquoted empty is NULL, "" an empty string)."""
-    if not data:
-        return RAW_SCHEMA.empty_table()
-    return pacsv.read_csv(
-        io.BytesIO(data),
-        read_options=pacsv.ReadOptions(column_names=RAW_SCHEMA.names, block_size=8 << 20),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=RAW_SCHEMA, null_values=[""], strings_can_be_null=True,
-            quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"],
-        ),
-    ).cast(RAW_SCHEMA)
 
 
 _ROW_NAMES = ("id", "content_id", "user_id", "event_type", "event_ts", "duration_ms", "device", "raw_payload")
@@ -416,8 +290,7 @@ class EventChunk:
         assert extras is not None
         names = [*_ROW_NAMES, *(c.name for c in extras.columns)]
         columns = raw_columns(self.raw) + [
-            [catalog.from_text(c.type_oid, v) for v in self.raw.column(EXTRA_PREFIX + c.name).to_pylist()]
-            for c in extras.columns
+            extras.values(self.raw, c) for c in extras.columns
         ]
         lsn, seq, commit_ts, cache, now, backfill = (self.lsn, self.first_seq, self.commit_ts, self.cache,
                                                      self.now, self.backfill)

@@ -1,6 +1,6 @@
 """The content cache: `content` rows by id, for enrichment.
 
-Loaded once at start (`load_content`), then kept fresh by the content
+Loaded once at start (`pulse.source.content.load_content`), then kept fresh by the content
 changes of the same replication stream (`apply`), which arrive in commit
 order: an event never sees content older than what was committed before it.
 
@@ -18,11 +18,7 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
 
-from psycopg2 import sql
-
-from pulse.model import CONTENT_COLUMNS, content_extra_columns
-from pulse.source import catalog
-from pulse.source.pgoutput import UNCHANGED_TOAST
+from pulse.model import UNCHANGED_TOAST, content_extra_columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,31 +160,3 @@ class ContentCache:
         self._changed()
         self._rows.clear()
         self._extra_rows = 0
-
-
-def load_content(cur, schema: str) -> ContentCache:
-    """Read the whole `content` table (it is a catalogue: thousands of rows, not millions).
-
-    Columns beyond the known ones (found in the catalog) are read as text
-    and converted as the stream converts them, typed as its Relation
-    message types them.
-    """
-    columns = catalog.table_columns(cur, schema, "content")
-    extras = [c for c in columns if c.name not in CONTENT_COLUMNS]
-    query = sql.SQL("SELECT id::text, slug, title, content_type, length_seconds{} FROM {}.content").format(
-        sql.SQL("").join(sql.SQL(", {}::text").format(sql.Identifier(c.name)) for c in extras),
-        sql.Identifier(schema),
-    )
-    cur.execute(query)
-    cache = ContentCache()
-    if not extras:
-        for cid, slug, title, ctype, length in cur.fetchall():
-            cache._rows[cid] = ContentInfo(slug, title, ctype, length)
-        return cache
-    types = {c.name: c.type_name for c in columns}
-    names = [c.name for c in content_extra_columns(types)]
-    extra_types = _extra_types(types)
-    for cid, slug, title, ctype, length, *values in cur.fetchall():
-        extra = {n: catalog.from_text(c.type_oid, v) for n, c, v in zip(names, extras, values)}
-        cache._store(cid, ContentInfo(slug, title, ctype, length, extra, extra_types))
-    return cache

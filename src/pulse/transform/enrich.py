@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
-from pulse.source.pgoutput import UNCHANGED_TOAST
+from pulse.model import UNCHANGED_TOAST
 from pulse.model import COLLISION_PREFIX, EVENT_COLUMNS, Change, EnrichedEvent, Position, extra_columns
 from pulse.transform.content_cache import ContentCache, ContentInfo
 

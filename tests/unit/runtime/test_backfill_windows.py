@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from pulse.model import Change, Position
 from pulse.runtime.backfill import BackfillManager, BackfillSpec, Invisible, _Window
-from pulse.transform.columnar import RAW_SCHEMA
+from pulse.model_arrow import RAW_SCHEMA
 from pulse.transform.content_cache import ContentCache
 
 TS = datetime(2024, 8, 1, tzinfo=timezone.utc)

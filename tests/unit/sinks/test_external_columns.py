@@ -26,7 +26,8 @@ from pulse.model import Position
 from pulse.sinks.external import encode_event
 from pulse.sinks.external_columns import encode_table, fallback_mask
 from pulse.sinks.external_local import build_frame, build_frame_columns, parse_frame
-from pulse.transform.columnar import RAW_SCHEMA, EventChunk
+from pulse.model_arrow import RAW_SCHEMA
+from pulse.transform.columnar import EventChunk
 from pulse.transform.content_cache import ContentCache, ContentInfo
 
 UTC = timezone.utc

@@ -16,7 +16,9 @@ import pytest
 
 from pulse.model import Position
 from pulse.sinks.bigquery_schema import to_arrow
-from pulse.transform.columnar import RAW_SCHEMA, ContentColumns, enrich_table, parse_chunk, raw_rows
+from pulse.model_arrow import RAW_SCHEMA
+from pulse.source.chunks import parse_chunk
+from pulse.transform.columnar import ContentColumns, enrich_table, raw_rows
 from pulse.transform.content_cache import ContentCache, ContentInfo
 from pulse.transform.enrich import enrich_row
 

@@ -6,7 +6,8 @@ import pytest
 from psycopg2 import sql
 
 from pulse.source.pgoutput import UNCHANGED_TOAST
-from pulse.transform.content_cache import ContentCache, ContentInfo, load_content
+from pulse.source.content import load_content
+from pulse.transform.content_cache import ContentCache, ContentInfo
 
 A = "11111111-1111-1111-1111-111111111111"
 B = "22222222-2222-2222-2222-222222222222"
