@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+import psycopg2
+
 from pulse.config import Settings
+from pulse.runtime.backfill import get_run
 from pulse.runtime.pipeline import Pipeline
+from pulse.source.slot import slot_info
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition",
@@ -122,3 +128,51 @@ def kill_at_random(cmd: list[str], env: dict[str, str], rng, times: int, low: fl
             proc.wait(30)
             kills += 1
     return kills
+
+
+def backfill_done(db, run_id: str) -> bool:
+    conn = psycopg2.connect(db.url)
+    try:
+        with conn.cursor() as cur:
+            return get_run(cur, db.config(), run_id)["state"] == "done"
+    finally:
+        conn.close()
+
+
+def sink_counts(sink_url: str) -> tuple[int, int]:
+    conn = psycopg2.connect(sink_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('pulse_sink_events') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return 0, 0
+            cur.execute("SELECT count(*), count(DISTINCT event_id) FROM pulse_sink_events")
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
+def reported_pid(cur, slot: str) -> int | None:
+    cur.execute("SELECT (doc->>'pid')::int FROM pulse.runtime_status WHERE slot_name = %s", (slot,))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def pulse_env(db, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+    env.update({
+        "PULSE_DATABASE_URL": db.url, "PULSE_SLOT": db.slot, "PULSE_PUBLICATION": db.publication,
+        "PULSE_DATABASE__HEARTBEAT_INTERVAL_S": "1", "PULSE_DATABASE__STATUS_INTERVAL_S": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def pulse_cmd(*args: str) -> list[str]:
+    return [os.path.join(os.path.dirname(sys.executable), "pulse"), *args]
+
+
+def slot_streaming(cur, slot: str) -> bool:
+    """The slot exists, is consistent and a walsender is attached."""
+    info = slot_info(cur, slot)
+    return info is not None and info.active and info.confirmed_flush_lsn is not None

@@ -15,7 +15,7 @@ from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.memory import MemorySink
 
 from .pipeline_helpers import Running, insert_content, insert_events_bulk, settings_for, wait_for
-from .test_source import _streaming, pulse_cmd, pulse_env
+from .pipeline_helpers import backfill_done, pulse_cmd, pulse_env, slot_streaming
 
 
 def apply_in_order(events) -> dict[int, object]:
@@ -32,15 +32,6 @@ def apply_in_order(events) -> dict[int, object]:
 def source_state(cur) -> dict[int, tuple]:
     cur.execute("SELECT id, duration_ms, device FROM engagement_events")
     return {r[0]: (r[1], r[2]) for r in cur.fetchall()}
-
-
-def _done(db, run_id: str) -> bool:
-    conn = psycopg2.connect(db.url)
-    try:
-        with conn.cursor() as cur:
-            return get_run(cur, db.config(), run_id)["state"] == "done"
-    finally:
-        conn.close()
 
 
 def _caught_up(cur, slot: str):
@@ -65,7 +56,7 @@ def test_backfill_over_streamed_events_sends_each_once_and_only_to_its_targets(s
         insert_events_bulk(cur, content, 0, 500)
         wait_for(lambda: target.count >= 500 and other.count >= 500, 30, "the live events")
         run = submit(scratch_db.config(), BackfillSpec(min_id=1, sinks=("bq",), chunk_size=120))
-        wait_for(lambda: _done(scratch_db, run["run_id"]), 60, "the backfill to finish")
+        wait_for(lambda: backfill_done(scratch_db, run["run_id"]), 60, "the backfill to finish")
         wait_for(lambda: target.count >= 1000, 30, "the backfilled events")
         assert running.pipeline.failure is None
     backfilled = [e for e in target.events if e.backfill]
@@ -109,7 +100,7 @@ def test_backfill_concurrent_with_live_writes_updates_and_deletes_ends_at_the_fi
         t.start()
         try:
             run = submit(scratch_db.config(), BackfillSpec(min_id=1, sinks=("bq",), chunk_size=150))
-            wait_for(lambda: _done(scratch_db, run["run_id"]), 120, "the backfill to finish")
+            wait_for(lambda: backfill_done(scratch_db, run["run_id"]), 120, "the backfill to finish")
         finally:
             stop.set()
             t.join(30)
@@ -190,7 +181,7 @@ def test_backfill_killed_at_random_moments_and_rerun_finishes_exact(scratch_db, 
     assert written_at_kill == sorted(written_at_kill) and written_at_kill[0] > 0
     cur.execute("SELECT count(*) FROM engagement_events")
     assert written_at_kill[-1] < cur.fetchone()[0]  # the last kill still left work for the rerun
-    wait_for(lambda: not _streaming(cur, scratch_db.slot), 30, "the killed walsender to go")
+    wait_for(lambda: not slot_streaming(cur, scratch_db.slot), 30, "the killed walsender to go")
     final = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]
     assert "done" in final.stdout

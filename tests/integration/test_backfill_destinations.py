@@ -14,7 +14,7 @@ from pulse.sinks.bigquery_load import make_client
 from pulse.sinks.redis import RedisSink
 
 from .pipeline_helpers import Running, insert_content, insert_events_bulk, settings_for, wait_for
-from .test_redis_sink import _config, _stats, rprefix  # noqa: F401  (fixture)
+from .redis_helpers import board_stats, redis_config
 
 
 def test_backfill_overlapping_streamed_events_leaves_bigquery_exact_and_redis_unchanged(
@@ -36,13 +36,13 @@ def test_backfill_overlapping_streamed_events_leaves_bigquery_exact_and_redis_un
 
     try:
         with Running(Pipeline(settings_for(scratch_db), [BigQuerySink(bq_cfg), RedisSink(
-                _config(services["PULSE_REDIS_URL"], prefix))])):
+                redis_config(services["PULSE_REDIS_URL"], prefix))])):
             content = insert_content(cur, 6, length=600)
             insert_events_bulk(cur, content, 0, 800)
             wait_for(lambda: len(table()) == 800, 90, "800 rows in BigQuery")
-            wait_for(lambda: _stats(client, prefix).get("events", 0) >= 800, 30, "800 events on the board")
+            wait_for(lambda: board_stats(client, prefix).get("events", 0) >= 800, 30, "800 events on the board")
             board_before = client.zrange(prefix + "top:10m", 0, -1, withscores=True)
-            stats_before = _stats(client, prefix)["events"]
+            stats_before = board_stats(client, prefix)["events"]
             cur.execute("UPDATE engagement_events SET duration_ms = 4242 WHERE id % 10 = 0")
             run = submit(scratch_db.config(), BackfillSpec(min_id=1, sinks=("bigquery",), chunk_size=250))
             conn = psycopg2.connect(scratch_db.url)
@@ -55,6 +55,6 @@ def test_backfill_overlapping_streamed_events_leaves_bigquery_exact_and_redis_un
         assert {i: d for i, (d, _b) in rows.items()} == dict(cur.fetchall())  # each id once, latest values
         # Redis saw the 80 live updates (uncorrectable without old values) but no backfilled event.
         assert client.zrange(prefix + "top:10m", 0, -1, withscores=True) == board_before
-        assert _stats(client, prefix)["events"] == stats_before + 80
+        assert board_stats(client, prefix)["events"] == stats_before + 80
     finally:
         bq.delete_dataset(dataset, delete_contents=True, not_found_ok=True)

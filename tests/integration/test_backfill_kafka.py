@@ -13,8 +13,8 @@ from pulse.sinks.memory import MemorySink
 from tests.conftest import unique
 
 from .pipeline_helpers import Running, insert_content, insert_events_bulk, wait_for
-from .test_backfill import _done
-from .test_kafka_bus import drop_topics
+from .kafka_helpers import drop_topics
+from .pipeline_helpers import backfill_done
 
 
 def test_backfill_published_to_kafka_is_taken_by_its_targets_only(scratch_db, services):
@@ -44,7 +44,7 @@ def test_backfill_published_to_kafka_is_taken_by_its_targets_only(scratch_db, se
             for t in threads:
                 t.start()
             run = submit(scratch_db.config(), BackfillSpec(min_id=1, sinks=("ext",), chunk_size=70))
-            wait_for(lambda: _done(scratch_db, run["run_id"]), 60, "the backfill to be published")
+            wait_for(lambda: backfill_done(scratch_db, run["run_id"]), 60, "the backfill to be published")
 
             def counts(kind):
                 events = [e for s in made[kind] for e in s.events]

@@ -29,7 +29,7 @@ from pulse.sinks.bigquery import BigQuerySink
 from pulse.sinks.bigquery_cost import DAY_S, pacing
 
 from .pipeline_helpers import Running, insert_content, wait_for
-from .test_bigquery_sink import _bq_settings, bq  # noqa: F401  (the fixture)
+from .bigquery_helpers import bq_settings
 
 LIMIT = 5 * 1024**3
 
@@ -153,7 +153,7 @@ def test_ids_that_are_not_monotonic_land_exactly_once(scratch_db, services, bq, 
     """Through PostgreSQL and pgoutput: changes arrive in commit order, not id order."""
     client, dataset = bq
     rec = Recorder(client)
-    settings = _bq_settings(scratch_db, services, dataset, tmp_path / "spool", load_interval_s=0.3,
+    settings = bq_settings(scratch_db, services, dataset, tmp_path / "spool", load_interval_s=0.3,
                             maximum_bytes_billed=LIMIT)
     table_ref = f"`{client.project}.{dataset}.engagement_events`"
     conn = scratch_db.connect()

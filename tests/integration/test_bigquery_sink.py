@@ -23,80 +23,15 @@ from decimal import Decimal
 import psycopg2
 import pytest
 
-from pulse.config import Settings
 from pulse.generator import GenerateSpec, run as generate
-from pulse.model import Batch, EnrichedEvent, Position
+from pulse.model import Batch, Position
 from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.bigquery import BigQuerySink
 from pulse.source.slot import ensure_slot
 
-from ..conftest import need, unique
 from .pipeline_helpers import Running, insert_content, insert_events_bulk, wait_for
-from .test_source import pulse_cmd, pulse_env
-
-
-@pytest.fixture
-def bq(services):
-    """(client, dataset name): a fresh dataset on the emulator, deleted afterwards."""
-    need("PULSE_BIGQUERY_ENDPOINT" in services, "the BigQuery emulator")
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery
-
-    client = bigquery.Client(project=services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"),
-                             credentials=AnonymousCredentials(),
-                             client_options=ClientOptions(api_endpoint=services["PULSE_BIGQUERY_ENDPOINT"]))
-    dataset = unique("pulse_bq")
-    yield client, dataset
-    _ensure_emulator_running()
-    client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
-    client.close()
-
-
-def _ensure_emulator_running() -> None:
-    from pulse.dev import services as dev
-
-    rows = {r["name"]: r for r in dev.status()}
-    if not rows.get("bigquery", {}).get("running"):
-        dev.up(("bigquery",))
-
-
-def _bq_settings(scratch_db, services, dataset, spool, **bigquery) -> Settings:
-    return Settings(
-        database=scratch_db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
-        runtime={"sinks": ["bigquery"]},
-        bigquery={"project": services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), "dataset": dataset,
-                  "endpoint": services["PULSE_BIGQUERY_ENDPOINT"],
-                  "grpc_endpoint": services.get("PULSE_BIGQUERY__GRPC_ENDPOINT"),
-                  "spool_dir": str(spool), "load_interval_s": 0.5, "merge_interval_s": 0.5,
-                  "request_timeout_s": 20, **bigquery},
-    )
-
-
-def _table_rows(client, dataset) -> list | None:
-    try:
-        return list(client.query(
-            f"SELECT event_id, content_type, length_seconds, duration_ms, device, engagement_seconds, "
-            f"engagement_pct, op FROM `{dataset}.engagement_events`").result())
-    except Exception:  # table not there yet / emulator restarting
-        return None
-
-
-# The oracle: MISSION.md's rules in SQL, evaluated by PostgreSQL on the exact numeric values.
-# engagement_seconds = duration_ms / 1000 (NULL when NULL or negative); engagement_pct = that over
-# length_seconds rounded to 2 decimals half away from zero (NULL when either is NULL, length <= 0).
-EXPECTED_SQL = """
-SELECT e.id, c.content_type, c.length_seconds, e.duration_ms, e.device,
-       CASE WHEN e.duration_ms >= 0 THEN e.duration_ms::numeric / 1000 END,
-       CASE WHEN e.duration_ms >= 0 AND c.length_seconds > 0
-            THEN round(e.duration_ms::numeric / (1000 * c.length_seconds), 2) END
-FROM engagement_events e LEFT JOIN content c ON c.id = e.content_id
-"""
-
-
-def _source(cur) -> dict[int, tuple]:
-    cur.execute(EXPECTED_SQL)
-    return {r[0]: r[1:] for r in cur.fetchall()}
+from .bigquery_helpers import bq_converged, bq_event, bq_settings, bq_table_rows, ensure_emulator_running, source_rows
+from .pipeline_helpers import pulse_cmd, pulse_env
 
 
 def test_the_sql_oracle_applies_the_rules(scratch_db):
@@ -125,26 +60,17 @@ def test_the_sql_oracle_applies_the_rules(scratch_db):
             content = cur.fetchone()[0]
         cur.execute("INSERT INTO engagement_events (id, content_id, event_type, event_ts, duration_ms) "
                     "VALUES (%s, %s, 'play', now(), %s)", (i, content, duration))
-    got = _source(cur)
+    got = source_rows(cur)
     for i, ((duration, length), want) in enumerate(cases.items(), start=1):
         assert got[i][2] == duration and got[i][1] == length
         assert got[i][4:] == want, ((duration, length), got[i][4:], want)
     conn.rollback()
 
 
-def _converged(client, dataset, cur):
-    """True when the table holds exactly the source ids, once each."""
-    rows = _table_rows(client, dataset)
-    if rows is None:
-        return False
-    ids = [r[0] for r in rows]
-    return len(ids) == len(set(ids)) and set(ids) == set(_source(cur))
-
-
 def _assert_exact(client, dataset, cur) -> int:
-    rows = _table_rows(client, dataset)
+    rows = bq_table_rows(client, dataset)
     assert rows is not None
-    source = _source(cur)
+    source = source_rows(cur)
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} duplicate rows"
     assert set(ids) == set(source), (f"missing {sorted(set(source) - set(ids))[:10]}, "
@@ -165,7 +91,7 @@ def _assert_exact(client, dataset, cur) -> int:
 @pytest.mark.parametrize("mode", ["batch", "stream"])
 def test_generator_run_with_anomalies_lands_exactly_once(scratch_db, services, bq, tmp_path, mode):
     client, dataset = bq
-    settings = _bq_settings(scratch_db, services, dataset, tmp_path / "spool", mode=mode)
+    settings = bq_settings(scratch_db, services, dataset, tmp_path / "spool", mode=mode)
     conn = scratch_db.connect()
     cur = conn.cursor()
     now = datetime.now(timezone.utc)
@@ -180,12 +106,12 @@ def test_generator_run_with_anomalies_lands_exactly_once(scratch_db, services, b
                     (some[:20],))
         cur.execute("DELETE FROM engagement_events WHERE id = ANY(%s)", (some[20:],))
         cur.execute("UPDATE engagement_events SET duration_ms = 888 WHERE id = %s", (some[0],))
-        wait_for(lambda: _converged(client, dataset, cur), 90, f"{mode}: the table to match the source",
+        wait_for(lambda: bq_converged(client, dataset, cur), 90, f"{mode}: the table to match the source",
                  interval=0.5)
     assert summary.rows_written == 4000
     n = _assert_exact(client, dataset, cur)
     assert n == 4000 - summary.deleted - 20
-    updated = {r[0]: r for r in _table_rows(client, dataset) if r[0] in some[:20]}
+    updated = {r[0]: r for r in bq_table_rows(client, dataset) if r[0] in some[:20]}
     assert updated[some[0]][3] == 888 and all(updated[i][4] == "updated" for i in some[:20])
     assert all(r[7] == "update" for r in updated.values())
     # The table is partitioned by day of event_ts and clustered for the common filters.
@@ -210,12 +136,6 @@ EXPECTED_SCHEMA = {
 }
 
 
-def _event(i: int, pos: Position, payload: str | None, op: str = "insert") -> EnrichedEvent:
-    now = datetime.now(timezone.utc)
-    return EnrichedEvent(i, None, None, "play", now, 1000, "web", payload, None, None, None, None, 1.0, None, op,
-                         pos, now, now, problems=("null_content_id",))
-
-
 def test_a_rejected_row_goes_to_the_dead_letter_table_and_the_rest_lands(services, bq, tmp_path):
     client, dataset = bq
     from pulse.config import BigQueryConfig
@@ -224,8 +144,8 @@ def test_a_rejected_row_goes_to_the_dead_letter_table_and_the_rest_lands(service
                          endpoint=services["PULSE_BIGQUERY_ENDPOINT"], spool_dir=tmp_path, load_interval_s=0.2)
     sink = BigQuerySink(cfg)
     assert sink.open() == Position(0, 0)
-    events = [_event(1, Position(10, 1), '{"ok": true}'), _event(2, Position(10, 2), "{not json"),
-              _event(3, Position(10, 3), None)]
+    events = [bq_event(1, Position(10, 1), '{"ok": true}'), bq_event(2, Position(10, 2), "{not json"),
+              bq_event(3, Position(10, 3), None)]
     assert sink.write(Batch(tuple(events))) == Position(10, 3)
     try:
         wait_for(lambda: not sink.spool.files(), 30, "the spool to be loaded")
@@ -256,7 +176,7 @@ def test_a_crash_between_a_direct_load_and_its_state_row_leaves_each_row_once(se
 
     sink = BigQuerySink(cfg)
     sink.open()
-    sink.write(Batch(tuple(_event(i, Position(10, i), '{"i": %d}' % i) for i in range(1, 51))))
+    sink.write(Batch(tuple(bq_event(i, Position(10, i), '{"i": %d}' % i) for i in range(1, 51))))
 
     class Killed(Exception):
         pass
@@ -275,7 +195,7 @@ def test_a_crash_between_a_direct_load_and_its_state_row_leaves_each_row_once(se
     again.loader.drain()
     assert (again.loader.direct_loads, again.loader.merge_loads) == (0, 1)  # the ids are there: MERGE, a no-op
     assert ids() == list(range(1, 51)) and again.loader.tables.state_position() == Position(10, 50)
-    again.write(Batch(tuple(_event(i, Position(11, i), None) for i in range(51, 61))))
+    again.write(Batch(tuple(bq_event(i, Position(11, i), None) for i in range(51, 61))))
     again.loader.drain()
     assert again.loader.direct_loads == 1
     assert ids() == list(range(1, 61)) and again.loader.tables.state_position() == Position(11, 60)
@@ -286,7 +206,7 @@ def test_emulator_stopped_and_restarted_mid_run(scratch_db, services, bq, tmp_pa
     from pulse.dev import services as dev
 
     client, dataset = bq
-    settings = _bq_settings(scratch_db, services, dataset, tmp_path / "spool")
+    settings = bq_settings(scratch_db, services, dataset, tmp_path / "spool")
     conn = scratch_db.connect()
     cur = conn.cursor()
     sink = BigQuerySink(settings.bigquery)
@@ -295,7 +215,7 @@ def test_emulator_stopped_and_restarted_mid_run(scratch_db, services, bq, tmp_pa
         with Running(pipeline):
             content = insert_content(cur, 5)
             insert_events_bulk(cur, content, 0, 1000)
-            wait_for(lambda: _converged(client, dataset, cur), 60, "the first events in BigQuery", interval=0.3)
+            wait_for(lambda: bq_converged(client, dataset, cur), 60, "the first events in BigQuery", interval=0.3)
             info = dev._load_state()["services"]["bigquery"]
             os.kill(info["pid"], signal.SIGTERM)
             wait_for(lambda: not dev._alive(info["pid"]), 30, "the emulator to stop")
@@ -309,10 +229,10 @@ def test_emulator_stopped_and_restarted_mid_run(scratch_db, services, bq, tmp_pa
                      and sink.spool.files(), 30, "the spool to hold the new batches")
             wait_for(lambda: sink.loader.last_error is not None, 30, "the loader to notice the outage")
             dev.up(("bigquery",))
-            wait_for(lambda: _converged(client, dataset, cur), 90, "the table to catch up after the restart",
+            wait_for(lambda: bq_converged(client, dataset, cur), 90, "the table to catch up after the restart",
                      interval=0.5)
     finally:
-        _ensure_emulator_running()
+        ensure_emulator_running()
     assert _assert_exact(client, dataset, cur) == 3995
 
 
@@ -398,7 +318,7 @@ def test_kill_9_of_run_and_upload_at_random_moments(scratch_db, services, bq, tm
         # The SIGTERM below must find both started (their handlers set, which each logs just after):
         # the table may match the source before the new `pulse run` has even imported its modules
         # (the processes killed last had loaded everything), and a SIGTERM then ends it with -15.
-        wait_for(lambda: (_converged(client, dataset, cur) and _logged(run_p, "run.starting")
+        wait_for(lambda: (bq_converged(client, dataset, cur) and _logged(run_p, "run.starting")
                           and _logged(up_p, "upload.starting")) or run_p.poll() is not None
                  or up_p.poll() is not None, 120, f"the table to match the source (seed {seed})", interval=0.5)
         assert run_p.poll() is None, f"pulse run died with {run_p.returncode} (seed {seed}): {why(run_p)}"

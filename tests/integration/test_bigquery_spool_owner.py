@@ -23,8 +23,8 @@ from pulse.sinks.bigquery import BigQuerySink
 
 from ..conftest import unique
 from .pipeline_helpers import wait_for
-from .test_bigquery_sink import _event, bq  # noqa: F401  (bq is a fixture)
-from .test_source import pulse_cmd
+from .bigquery_helpers import bq_event
+from .pipeline_helpers import pulse_cmd
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def _ids(client, dataset: str) -> list[int]:
 
 
 def _batch(ids: range, lsn: int) -> Batch:
-    return Batch(tuple(_event(i, Position(lsn, i), '{"i": %d}' % i) for i in ids))
+    return Batch(tuple(bq_event(i, Position(lsn, i), '{"i": %d}' % i) for i in ids))
 
 
 def test_two_pipelines_with_different_slots_in_one_directory_get_two_spools(services, bq, in_tmp):  # noqa: F811

@@ -32,8 +32,7 @@ import pytest
 from tests.conftest import need
 
 from .pipeline_helpers import wait_for
-from .test_redis_sink import rprefix  # noqa: F401  (fixture)
-from .test_source import _streaming, pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env, slot_streaming
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 TITLES = [("The Quiet Hour: Sleep and Memory", "podcast"), ("Weekly Markets Digest", "newsletter"),
@@ -165,7 +164,7 @@ def test_board_page_shows_the_sql_first_and_updates_live(scratch_db, services, r
     board_port = _free_port()
     board = None
     try:
-        wait_for(lambda: _streaming(cur, scratch_db.slot) or run.poll() is not None, 60, "replication start")
+        wait_for(lambda: slot_streaming(cur, scratch_db.slot) or run.poll() is not None, 60, "replication start")
         assert run.poll() is None, run.stderr.read()
         rng = random.Random(20)
         ids = [_insert_content(cur, title, ctype) for title, ctype in TITLES]

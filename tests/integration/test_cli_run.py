@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import urllib.request
 
 from .pipeline_helpers import insert_content, insert_events, wait_for
-from .test_source import _streaming, pulse_cmd, pulse_env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .pipeline_helpers import pulse_cmd, pulse_env, slot_streaming
+from .private_services import free_port
 
 
 def _metric(text: str, name: str) -> float:
@@ -28,12 +22,12 @@ def _metric(text: str, name: str) -> float:
 def test_run_status_and_metrics(scratch_db):
     conn = scratch_db.connect()
     cur = conn.cursor()
-    port = _free_port()
+    port = free_port()
     env = pulse_env(scratch_db)
     proc = subprocess.Popen(pulse_cmd("run", "--sink", "memory", "--metrics-port", str(port)), env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: _streaming(cur, scratch_db.slot) or proc.poll() is not None, 60, "replication start")
+        wait_for(lambda: slot_streaming(cur, scratch_db.slot) or proc.poll() is not None, 60, "replication start")
         assert proc.poll() is None, proc.stderr.read()
         [c1] = insert_content(cur, 1)
         insert_events(cur, [c1, None], 40)

@@ -21,7 +21,7 @@ from pulse.sinks.memory import MemorySink
 from tests.conftest import unique
 
 from .pipeline_helpers import wait_for
-from .test_kafka_bus import drop_topics
+from .kafka_helpers import drop_topics
 
 
 def _event(i: int) -> EnrichedEvent:

@@ -12,29 +12,10 @@ import psycopg2
 from pulse.source.slot import ensure_slot
 
 from .pipeline_helpers import insert_content, insert_events_bulk, kill_at_random, wait_for
-from .test_source import pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env, reported_pid, sink_counts
 
 TOTAL = 100_000
 PER_TXN = 1_000
-
-
-def _sink_counts(sink_url: str) -> tuple[int, int]:
-    conn = psycopg2.connect(sink_url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass('pulse_sink_events') IS NOT NULL")
-            if not cur.fetchone()[0]:
-                return 0, 0
-            cur.execute("SELECT count(*), count(DISTINCT event_id) FROM pulse_sink_events")
-            return cur.fetchone()
-    finally:
-        conn.close()
-
-
-def _reported_pid(cur, slot: str) -> int | None:
-    cur.execute("SELECT (doc->>'pid')::int FROM pulse.runtime_status WHERE slot_name = %s", (slot,))
-    row = cur.fetchone()
-    return row[0] if row else None
 
 
 def _diagnose(cur, sink_url: str, slot: str) -> str:
@@ -97,12 +78,12 @@ def test_kill_9_at_random_moments_loses_and_repeats_nothing(scratch_db, sink_db)
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             try:
-                wait_for(lambda: _reported_pid(cur, scratch_db.slot) == final.pid or final.poll() is not None, 60,
+                wait_for(lambda: reported_pid(cur, scratch_db.slot) == final.pid or final.poll() is not None, 60,
                          "the final run to start streaming")
-                wait_for(lambda: _sink_counts(sink_db)[1] >= TOTAL or final.poll() is not None, 60,
+                wait_for(lambda: sink_counts(sink_db)[1] >= TOTAL or final.poll() is not None, 60,
                          f"all {TOTAL} events in the sink (seed {seed})", interval=0.5)
             except AssertionError as exc:
-                raise AssertionError(f"{exc}; sink (rows, distinct) = {_sink_counts(sink_db)}; "
+                raise AssertionError(f"{exc}; sink (rows, distinct) = {sink_counts(sink_db)}; "
                                      f"{_diagnose(cur, sink_db, scratch_db.slot)}") from None
         finally:
             final.send_signal(signal.SIGTERM)
@@ -111,7 +92,7 @@ def test_kill_9_at_random_moments_loses_and_repeats_nothing(scratch_db, sink_db)
     finally:
         stop_writing.set()
 
-    rows, distinct = _sink_counts(sink_db)
+    rows, distinct = sink_counts(sink_db)
     assert kills == 6
     assert (rows, distinct) == (TOTAL, TOTAL), f"seed {seed}: {rows} rows, {distinct} distinct"
     cur.execute("SELECT array_agg(id ORDER BY id) FROM engagement_events")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+from .pipeline_helpers import pulse_cmd, pulse_env
 
-from .test_source import pulse_cmd, pulse_env
 
 
 def _identity(cur) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from .pipeline_helpers import pulse_cmd
 
-from .test_source import pulse_cmd
 
 
 def test_demo_runs_the_whole_pipeline_and_cleans_up(services):

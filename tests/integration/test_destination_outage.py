@@ -16,7 +16,7 @@ from pulse.source.slot import ensure_slot
 from .chaos_helpers import Destinations, Writer, assert_exact, scrape
 from .pipeline_helpers import insert_content, wait_for
 from .private_services import free_port, private_bigquery, private_redis  # noqa: F401  (fixtures)
-from .test_source import pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env
 
 OUTAGE_S = 30
 

@@ -25,8 +25,8 @@ from pulse.transform.columnar import EventChunk
 from pulse.source.content import load_content
 
 from .pipeline_helpers import Running, wait_for
-from .test_external_sink import receiver, received_by_event, settings, source_ids  # noqa: F401
-from .test_source import pulse_cmd, pulse_env
+from .external_helpers import received_by_event, settings, source_ids
+from .pipeline_helpers import pulse_cmd, pulse_env
 
 NOW = datetime(2024, 8, 2, 12, 0, 0, 123000, tzinfo=timezone.utc)
 

@@ -20,8 +20,8 @@ from pulse.sinks.kafka import KafkaSink
 from tests.conftest import unique
 
 from .pipeline_helpers import wait_for
-from .test_external_sink import FAST, SECRET
-from .test_kafka_bus import drop_topics
+from .external_helpers import FAST, SECRET
+from .kafka_helpers import drop_topics
 
 
 def _events(ids: range, processed: datetime) -> list[EnrichedEvent]:

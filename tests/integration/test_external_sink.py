@@ -3,12 +3,10 @@ and on the PostgreSQL outbox (`outbox = "postgres"`)."""
 
 from __future__ import annotations
 
-import base64
 import random
 import signal
 import subprocess
 import threading
-from collections import defaultdict
 
 from pathlib import Path
 
@@ -20,49 +18,14 @@ from pulse.config import Settings
 from pulse.model import Position
 from pulse.receiver import Receiver
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.external import ExternalSink, outbox_folder, sink_key
+from pulse.sinks.external import ExternalSink, outbox_folder
 from pulse.sinks.external_local import read_state
-from pulse.sinks.external_outbox import Outbox
 from pulse.sinks.external_stream import pending_after
 from pulse.source.slot import ensure_slot
 
 from .pipeline_helpers import Running, insert_content, insert_events, insert_events_bulk, kill_at_random, wait_for
-from .test_crash import _reported_pid
-from .test_source import pulse_cmd, pulse_env
-
-SECRET = "whsec_" + base64.b64encode(b"pulse-integration-test-secret-32b").decode()
-
-FAST = {  # test-speed timings; the policy is the same as in production, only faster
-    "retry_initial_s": 0.02, "retry_max_s": 0.25, "retry_after_max_s": 0.5, "connect_timeout_s": 1.0,
-    "read_timeout_s": 1.0, "breaker_open_s": 0.3, "breaker_open_max_s": 1.0, "batch_max_age_s": 0.02,
-    "poll_interval_s": 0.5,
-}
-
-
-def settings(db, rec: Receiver, **external) -> Settings:
-    return Settings(database=db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
-                    external={"url": rec.url, "secret": SECRET, **FAST, **external},
-                    runtime={"sinks": ["external"]})
-
-
-@pytest.fixture
-def receiver():
-    rec = Receiver(secret=SECRET, seed=11).start()
-    try:
-        yield rec
-    finally:
-        rec.stop()
-
-
-def outbox_for(db, name: str = "external") -> Outbox:
-    cfg = db.config()
-    return Outbox(db.url, cfg.state_schema, sink_key(cfg, name))
-
-
-def outbox_rows(cur) -> int:
-    """Events waiting in the PostgreSQL outbox (outbox = postgres)."""
-    cur.execute("SELECT count(*) FROM pulse.external_outbox")
-    return cur.fetchone()[0]
+from .external_helpers import SECRET, outbox_for, outbox_rows, received_by_event, settings, source_ids
+from .pipeline_helpers import pulse_cmd, pulse_env, reported_pid
 
 
 def local_pending(db, name: str = "external") -> int:
@@ -73,19 +36,6 @@ def local_pending(db, name: str = "external") -> int:
 
 def waiting(db, cur, outbox: str) -> int:
     return outbox_rows(cur) if outbox == "postgres" else local_pending(db)
-
-
-def source_ids(cur) -> set[int]:
-    cur.execute("SELECT id FROM engagement_events")
-    return {r[0] for r in cur.fetchall()}
-
-
-def received_by_event(rec: Receiver) -> dict[int, set[str]]:
-    """event_id -> the CloudEvent ids it arrived under."""
-    out: dict[int, set[str]] = defaultdict(set)
-    for item in rec.events():
-        out[item["event"]["data"]["event_id"]].add(item["id"])
-    return out
 
 
 def assert_per_content_order(rec: Receiver) -> None:
@@ -302,7 +252,7 @@ def test_kill_9_mid_delivery_loses_nothing_and_resends_under_the_original_ids(sc
         final = subprocess.Popen(pulse_cmd("run", "--sink", "external"), env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: _reported_pid(cur, scratch_db.slot) == final.pid or final.poll() is not None, 60,
+            wait_for(lambda: reported_pid(cur, scratch_db.slot) == final.pid or final.poll() is not None, 60,
                      "the final run to start streaming")
             wait_for(lambda: expected <= set(received_by_event(receiver)) or final.poll() is not None, 60,
                      f"all {total} events at the receiver (seed {seed})", interval=0.25)
@@ -353,8 +303,6 @@ def test_receiver_rejects_bad_signatures(receiver):
         "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"})
     assert r.status_code == 401
     assert receiver.stats()["signature_failures"] == 1 and receiver.stats()["unique"] == 0
-
-
 
 
 def _external_writes(cur) -> int:

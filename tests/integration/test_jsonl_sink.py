@@ -15,7 +15,7 @@ from collections import Counter
 import orjson
 
 from .pipeline_helpers import insert_content, insert_events_bulk, wait_for
-from .test_source import pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env
 
 
 def _lines(folder) -> list[dict]:

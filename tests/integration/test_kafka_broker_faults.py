@@ -19,7 +19,7 @@ from tests.conftest import unique
 from .chaos_helpers import Destinations, Writer, assert_exact
 from .pipeline_helpers import insert_content, wait_for
 from .private_services import private_kafka  # noqa: F401  (fixture)
-from .test_source import pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env
 
 DOWN_S = 15
 

@@ -22,10 +22,8 @@ from pulse.source.slot import ensure_slot
 from tests.conftest import unique
 
 from .pipeline_helpers import insert_content, wait_for
-from .test_kafka_bus import kafka_env  # noqa: F401  (fixture)
-from .test_kafka_sinks import bq_dataset  # noqa: F401  (fixture)
-from .test_redis_sink import _stats
-from .test_source import pulse_cmd
+from .pipeline_helpers import pulse_cmd
+from .redis_helpers import board_stats
 
 
 @pytest.fixture
@@ -115,7 +113,7 @@ def test_kafka_workers_match_the_in_process_pipeline(scratch_db, services, kafka
     try:
         writer = threading.Thread(target=_write, args=(scratch_db.url, content, total, 300, done), daemon=True)
         writer.start()
-        wait_for(lambda: _stats(r, pb).get("events", 0) > 1_500 or broken(), 90, "Kafka-fed events on board B")
+        wait_for(lambda: board_stats(r, pb).get("events", 0) > 1_500 or broken(), 90, "Kafka-fed events on board B")
         assert not broken()
         for name in killed:
             procs[name].send_signal(signal.SIGKILL)
@@ -123,7 +121,7 @@ def test_kafka_workers_match_the_in_process_pipeline(scratch_db, services, kafka
         writer.join(120)
         assert done.is_set()
         for prefix in (pa, pb):
-            wait_for(lambda p=prefix: _stats(r, p).get("events", 0) >= total or broken(), 120, f"board {prefix}")
+            wait_for(lambda p=prefix: board_stats(r, p).get("events", 0) >= total or broken(), 120, f"board {prefix}")
         for rx in (rx_a, rx_b):
             wait_for(lambda rx=rx: rx.stats()["unique"] >= total or broken(), 120, "a receiver")
         for ds in (second_dataset, kafka_ds):
@@ -144,7 +142,7 @@ def test_kafka_workers_match_the_in_process_pipeline(scratch_db, services, kafka
     try:
         for key in ("top:10m", "top:10m:video", "events:10m", "devices:10m", "event_types:10m"):
             assert board(pa, key) == board(pb, key), key
-        assert _stats(r, pa)["events"] == _stats(r, pb)["events"] == total
+        assert board_stats(r, pa)["events"] == board_stats(r, pb)["events"] == total
         cur.execute("SELECT id FROM engagement_events ORDER BY id")
         source = [row[0] for row in cur.fetchall()]
         assert ids(second_dataset) == ids(kafka_ds) == source

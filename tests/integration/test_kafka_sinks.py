@@ -7,30 +7,15 @@ import signal
 import subprocess
 from datetime import datetime, timedelta, timezone
 
-import pytest
 
-from pulse.config import BigQueryConfig
 from pulse.generator import GenerateSpec, run as generate
 from pulse.receiver import Receiver
 from pulse.source.slot import ensure_slot
 from tests.conftest import unique
 
 from .pipeline_helpers import wait_for
-from .test_kafka_bus import kafka_env  # noqa: F401  (fixture)
-from .test_redis_sink import _stats
-from .test_source import pulse_cmd
-
-
-@pytest.fixture
-def bq_dataset(services):
-    from pulse.sinks.bigquery_load import make_client
-
-    dataset = unique("pulse_kafka")
-    cfg = BigQueryConfig(project=services["PULSE_BIGQUERY_PROJECT"], dataset=dataset,
-                         endpoint=services["PULSE_BIGQUERY_ENDPOINT"])
-    client = make_client(cfg)
-    yield dataset, client
-    client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+from .pipeline_helpers import pulse_cmd
+from .redis_helpers import board_stats
 
 
 def test_redis_bigquery_and_external_consumers_are_exact(scratch_db, services, kafka_env, bq_dataset, tmp_path):
@@ -73,7 +58,7 @@ def test_redis_bigquery_and_external_consumers_are_exact(scratch_db, services, k
                 return []
 
         changes = summary.rows_written + summary.updated + summary.deleted
-        wait_for(lambda: _stats(r, prefix).get("events", 0) >= changes or failed(), 120, "Redis to see every change")
+        wait_for(lambda: board_stats(r, prefix).get("events", 0) >= changes or failed(), 120, "Redis to see every change")
         try:
             wait_for(lambda: receiver.stats()["unique"] >= changes or failed(), 120, "the receiver to hold every event")
         except AssertionError as exc:
@@ -93,7 +78,7 @@ def test_redis_bigquery_and_external_consumers_are_exact(scratch_db, services, k
     assert bq_ids() == [row[0] for row in cur.fetchall()]
     # Every change seen (a broadcast delete once per partition); the board itself
     # is checked against the in-process pipeline in test_kafka_equivalence.py.
-    assert _stats(r, prefix)["events"] >= changes
+    assert board_stats(r, prefix)["events"] >= changes
     stats = receiver.stats()
     assert stats["unique"] == changes and stats["conflicts"] == 0 and stats["order_violations"] == 0
     for key in r.scan_iter(match=prefix + "*", count=1000):

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from pulse.doctor import run as doctor_run
 
 from .pipeline_helpers import insert_content, insert_events, wait_for
-from .test_source import _streaming, pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env, slot_streaming
 
 # docs/deploy.md, "Least privilege", self-managed PostgreSQL: {role}, {db}; run as the owner of the
 # tables and of Pulse's schema (the role that ran `pulse db init`).
@@ -105,7 +105,7 @@ def test_the_documented_grants_are_enough_to_stream(scratch_db, stream_role):
 
     proc = subprocess.Popen(pulse_cmd("run", "--sink", "memory"), env=env, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: _streaming(cur, scratch_db.slot) or proc.poll() is not None, 60, "replication start")
+        wait_for(lambda: slot_streaming(cur, scratch_db.slot) or proc.poll() is not None, 60, "replication start")
         assert proc.poll() is None, proc.stderr.read()
         [c1] = insert_content(cur, 1)
         insert_events(cur, [c1], 25)

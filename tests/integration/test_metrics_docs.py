@@ -25,10 +25,9 @@ from pulse.receiver import Receiver
 from tests.conftest import need, unique
 
 from .pipeline_helpers import insert_content, insert_events, wait_for
-from .test_cli_run import _free_port
-from .test_kafka_bus import _spawn, _stop, drop_topics
-from .test_redis_sink import rprefix  # noqa: F401  (fixture)
-from .test_source import _streaming, pulse_env
+from .kafka_helpers import drop_topics, spawn_pulse, stop_process
+from .pipeline_helpers import pulse_env, slot_streaming
+from .private_services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "metrics.md"
@@ -109,7 +108,7 @@ def topic(services):
 def test_every_documented_metric_is_exported(scratch_db, services, rprefix, topic):
     prefix, _client = rprefix
     receiver = Receiver().start()
-    ports = {"run": _free_port(), "consume": _free_port(), "verify": _free_port()}
+    ports = {"run": free_port(), "consume": free_port(), "verify": free_port()}
     env = pulse_env(scratch_db, PULSE_REDIS_URL=services["PULSE_REDIS_URL"], PULSE_REDIS_PREFIX=prefix,
                     PULSE_EXTERNAL_URL=receiver.url, PULSE_KAFKA_BOOTSTRAP=services["PULSE_KAFKA_BOOTSTRAP"],
                     PULSE_KAFKA__TOPIC=topic, PULSE_KAFKA__PARTITIONS="2",
@@ -118,23 +117,23 @@ def test_every_documented_metric_is_exported(scratch_db, services, rprefix, topi
     cur = conn.cursor()
     procs = []
     try:
-        run = _spawn(env, "run", "--sink", "redis", "--sink", "external", "--sink", "memory",
+        run = spawn_pulse(env, "run", "--sink", "redis", "--sink", "external", "--sink", "memory",
                      "--metrics-port", str(ports["run"]))
         procs.append(run)
-        consume = _spawn(env, "consume", "--sink", "memory", "--metrics-port", str(ports["consume"]))
+        consume = spawn_pulse(env, "consume", "--sink", "memory", "--metrics-port", str(ports["consume"]))
         procs.append(consume)
         # A producer on its own slot feeds the topic, so the consumer's per-sink series move too.
         producer_slot = unique("slot")
-        produce = _spawn(dict(env, PULSE_SLOT=producer_slot), "produce")
+        produce = spawn_pulse(dict(env, PULSE_SLOT=producer_slot), "produce")
         procs.append(produce)
         for slot in (scratch_db.slot, producer_slot):
-            wait_for(lambda: _streaming(cur, slot) or any(p.poll() is not None for p in procs), 60,
+            wait_for(lambda: slot_streaming(cur, slot) or any(p.poll() is not None for p in procs), 60,
                      "replication start")
         assert run.poll() is None, run.stderr.read()
         assert produce.poll() is None, produce.stderr.read()
         [c1] = insert_content(cur, 1)
         insert_events(cur, [c1, None], 20)  # half without content: pulse_problems_total moves
-        verify = _spawn(env, "verify", "--watch", "--sink", "redis", "--interval", "2s", "--recent", "1h",
+        verify = spawn_pulse(env, "verify", "--watch", "--sink", "redis", "--interval", "2s", "--recent", "1h",
                         "--metrics-port", str(ports["verify"]))
         procs.append(verify)
 
@@ -173,6 +172,6 @@ def test_every_documented_metric_is_exported(scratch_db, services, rprefix, topi
         assert wait_for(consumed, 60, "pulse consume to count the 20 events")
     finally:
         for p in procs:
-            _stop(p)
+            stop_process(p)
         receiver.stop()
         conn.close()

@@ -23,10 +23,9 @@ from pulse.source.slot import ensure_slot
 from tests.conftest import unique
 
 from .pipeline_helpers import Running, insert_content, wait_for
-from .test_external_sink import FAST, SECRET, outbox_for, received_by_event, settings
-from .test_bigquery_sink import bq  # noqa: F401 (fixture)
-from .test_kafka_bus import _spawn, _stop, drop_topics
-from .test_source import pulse_cmd, pulse_env
+from .external_helpers import FAST, SECRET, outbox_for, received_by_event, settings
+from .kafka_helpers import drop_topics, spawn_pulse, stop_process
+from .pipeline_helpers import pulse_cmd, pulse_env
 
 MB = 1024 * 1024
 # The stand-in refuses bodies over 16 MiB by default; an endpoint meant to take a 20 MB event whole takes more.
@@ -84,9 +83,9 @@ def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them
     cur = conn.cursor()
     content = insert_content(cur, 2)
     ensure_slot(scratch_db.config())
-    producer = _spawn(env, "produce")
-    consumer = _spawn(env, "consume", "--sink", "external")
-    warehouse = _spawn(env, "consume", "--sink", "bigquery")
+    producer = spawn_pulse(env, "produce")
+    consumer = spawn_pulse(env, "consume", "--sink", "external")
+    warehouse = spawn_pulse(env, "consume", "--sink", "bigquery")
     procs = [producer, consumer, warehouse]
     try:
         big2, raw2 = insert_sized(cur, content[0], 2 * MB)
@@ -142,7 +141,7 @@ def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them
         assert all(p.poll() is None for p in procs), [p.stderr.read()[-3000:] for p in procs if p.poll() is not None]
     finally:
         for p in procs:
-            _stop(p)
+            stop_process(p)
         rec.stop()
         drop_topics(bootstrap, [topic, topic + "_content"])
 
@@ -320,7 +319,7 @@ def test_kafka_a_message_the_broker_refuses_as_too_large_is_published_with_the_m
     cur = scratch_db.connect().cursor()
     content = insert_content(cur, 1)
     ensure_slot(scratch_db.config())
-    producer = _spawn(env, "produce")
+    producer = spawn_pulse(env, "produce")
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("grp"), "auto.offset.reset": "earliest"})
     try:
         first, _ = insert_sized(cur, content[0], 10)
@@ -350,5 +349,5 @@ def test_kafka_a_message_the_broker_refuses_as_too_large_is_published_with_the_m
         assert [orjson.loads(line)["event_id"] for line in listed.stdout.splitlines()] == [big]
     finally:
         consumer.close()
-        _stop(producer)
+        stop_process(producer)
         drop_topics(bootstrap, [topic, topic + "_content"])

@@ -21,7 +21,7 @@ import pulse
 from pulse.sinks.redis_board import Keys
 
 from .pipeline_helpers import insert_content, insert_events, wait_for
-from .test_source import _streaming, pulse_env
+from .pipeline_helpers import pulse_env, slot_streaming
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,7 +85,7 @@ def test_the_redis_extra_alone_installs_a_working_pulse(redis_only_venv, scratch
     cur = scratch_db.connect().cursor()
     proc = subprocess.Popen([pulse_bin, "run", "--sink", "redis"], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: _streaming(cur, scratch_db.slot) or proc.poll() is not None, 60, "replication start")
+        wait_for(lambda: slot_streaming(cur, scratch_db.slot) or proc.poll() is not None, 60, "replication start")
         assert proc.poll() is None, proc.stderr.read()
         [c1] = insert_content(cur, 1)
         insert_events(cur, [c1], 12)

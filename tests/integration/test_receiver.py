@@ -19,7 +19,7 @@ import pytest
 
 from pulse.errors import ConfigError
 from pulse.receiver import Receiver
-from .test_source import pulse_cmd
+from .pipeline_helpers import pulse_cmd
 
 TOKEN = "test-control-token-0123456789abcdef"
 

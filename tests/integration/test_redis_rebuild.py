@@ -23,9 +23,8 @@ from pulse.sinks.redis import RedisSink
 from pulse.source.slot import ensure_slot
 
 from .pipeline_helpers import Running, insert_content, settings_for, wait_for
-from .test_kafka_bus import _spawn, _stop, kafka_env  # noqa: F401  (fixture)
-from .test_redis_sink import (Clock, _assert_board_equals_sql, _board, _config, _event, _meta, _stats,  # noqa: F401
-                              rprefix)
+from .kafka_helpers import spawn_pulse, stop_process
+from .redis_helpers import Clock, assert_board_equals_sql, board_event, board_meta, board_scores, board_stats, redis_config
 
 
 def _write(cur, content: list[str], n: int, now: datetime, start: int = 0) -> None:
@@ -42,7 +41,7 @@ def _write(cur, content: list[str], n: int, now: datetime, start: int = 0) -> No
 
 def _settings(db, services, prefix: str) -> Settings:
     s = settings_for(db)
-    return s.model_copy(update={"redis": _config(services["PULSE_REDIS_URL"], prefix)})
+    return s.model_copy(update={"redis": redis_config(services["PULSE_REDIS_URL"], prefix)})
 
 
 def test_a_flushed_board_is_detected_and_rebuilt_exactly(scratch_db, services, rprefix):
@@ -50,12 +49,12 @@ def test_a_flushed_board_is_detected_and_rebuilt_exactly(scratch_db, services, r
     cur = scratch_db.connect().cursor()
     now = Clock(datetime.now(timezone.utc))
     content = insert_content(cur, 12, length=600, ctype="video")
-    running = Running(Pipeline(settings_for(scratch_db), [RedisSink(_config(services["PULSE_REDIS_URL"], prefix),
+    running = Running(Pipeline(settings_for(scratch_db), [RedisSink(redis_config(services["PULSE_REDIS_URL"], prefix),
                                                                     clock=now)]))
     running.__enter__()
     try:
         _write(cur, content, 2000, now.at)
-        wait_for(lambda: _stats(client, prefix).get("events", 0) >= 2000, 30, "2000 events on the board")
+        wait_for(lambda: board_stats(client, prefix).get("events", 0) >= 2000, 30, "2000 events on the board")
         for key in client.scan_iter(match=prefix + "*", count=1000):  # Redis loses everything
             client.delete(key)
         _write(cur, content, 10, now.at, start=5000)
@@ -67,13 +66,13 @@ def test_a_flushed_board_is_detected_and_rebuilt_exactly(scratch_db, services, r
     _write(cur, content, 300, now.at, start=6000)
     summary = rebuild_redis(_settings(scratch_db, services, prefix), clock=now)
     assert summary["events"] == 2310
-    _assert_board_equals_sql(client, prefix, cur, now.at)
+    assert_board_equals_sql(client, prefix, cur, now.at)
     # The pipeline resumes after the rebuild's position: no event counted twice, none missed.
-    with Running(Pipeline(settings_for(scratch_db), [RedisSink(_config(services["PULSE_REDIS_URL"], prefix),
+    with Running(Pipeline(settings_for(scratch_db), [RedisSink(redis_config(services["PULSE_REDIS_URL"], prefix),
                                                                clock=now)])):
         _write(cur, content, 400, now.at, start=9000)
         wait_for(lambda: _board_total(client, prefix) == _sql_total(cur), 30, "the live events after the rebuild")
-    _assert_board_equals_sql(client, prefix, cur, now.at)
+    assert_board_equals_sql(client, prefix, cur, now.at)
 
 
 def _board_total(client, prefix: str) -> float:
@@ -179,7 +178,7 @@ def _settle_and_compare(client, prefix: str, cur, at: datetime) -> None:
     try:
         wait_for(lambda: _board_total(client, prefix) == _sql_total(cur), 60, "the board to catch up")
     finally:  # on a timeout too: the comparison says which ids and scores differ
-        _assert_board_equals_sql(client, prefix, cur, at)
+        assert_board_equals_sql(client, prefix, cur, at)
 
 
 def test_rebuilds_while_the_pipeline_writes_leave_the_board_exact(scratch_db, services, rprefix, monkeypatch):
@@ -197,11 +196,11 @@ def test_rebuilds_while_the_pipeline_writes_leave_the_board_exact(scratch_db, se
             summaries = _rebuild_during(writer, settings, now, times=3, every=400)
         _settle_and_compare(client, prefix, cur, now.at)
     assert running.error is None  # no LOST, no REGRESSED: the pipeline ran through
-    assert _stats(client, prefix)["rebuilds"] == 3
+    assert board_stats(client, prefix)["rebuilds"] == 3
     assert all(s["events"] >= 3000 for s in summaries)
     # The runtime saw the sink's position only move forward, and it ends at the last event.
     assert sink.reported == sorted(sink.reported)
-    meta = _meta(client, prefix)
+    meta = board_meta(client, prefix)
     assert "pause_token" not in meta and meta["rebuilt_epoch"] == meta["epoch"] == sink.epoch
     # The live sink waited in each of the three pauses (so it did write while a rebuild ran) and left it.
     assert sink.status()["rebuild pauses"] == 3 and not sink.status()["paused"]
@@ -229,7 +228,7 @@ def test_rebuilds_while_kafka_workers_write_cover_every_partition(scratch_db, se
 
     _every_pause_reaches(monkeypatch, lambda: list({i.name: i for i in instances}.values()))  # newest per partition
     ensure_slot(scratch_db.config())
-    producer = _spawn(kafka_env, "produce")
+    producer = spawn_pulse(kafka_env, "produce")
     consumer = SinkConsumer(settings, "redis", factory)
     failure: list[BaseException] = []
 
@@ -252,11 +251,11 @@ def test_rebuilds_while_kafka_workers_write_cover_every_partition(scratch_db, se
     finally:
         consumer.stop()
         thread.join(60)
-        _stop(producer)
+        stop_process(producer)
     assert not failure, failure
     assert producer.returncode == 0, producer.stderr.read()[-2000:]
-    assert _stats(client, prefix)["rebuilds"] == 3
-    fields = {k: v for k, v in _meta(client, prefix).items() if k.startswith("position:redis@")}
+    assert board_stats(client, prefix)["rebuilds"] == 3
+    fields = {k: v for k, v in board_meta(client, prefix).items() if k.startswith("position:redis@")}
     assert len(fields) >= 2, fields  # several instances wrote the board, each in its own field
     assert len({i.name for i in instances}) == 4 == len(instances)  # one instance per partition, no rebalance
     # Every partition's sink waited in each of the three pauses, and none is still paused.
@@ -301,7 +300,7 @@ def test_a_rebuild_killed_after_its_pause_frees_the_board_at_the_deadline(scratc
         rebuild_redis(settings, clock=now)
         _write(cur, content, 50, now.at, start=5000)
         wait_for(lambda: _board_total(client, prefix) == 550, 30, "the live events after the rebuild")
-    _assert_board_equals_sql(client, prefix, cur, now.at)
+    assert_board_equals_sql(client, prefix, cur, now.at)
     assert sink.status()["rebuild pauses"] >= 1 and running.error is None
 
 
@@ -314,22 +313,22 @@ def test_a_failed_rebuild_lifts_its_own_pause(scratch_db, services, rprefix):
     settings = _settings(scratch_db, services, prefix)
     first = rebuild_redis(settings, clock=now)
     assert first["events"] == 20
-    board = _board(client, prefix + "top:10m")
+    board = board_scores(client, prefix + "top:10m")
     # Fails after the pause and the slot: the snapshot read finds no source tables.
     broken = settings.model_copy(update={"database": settings.database.model_copy(
         update={"source_schema": "no_such_schema"})})
     with pytest.raises(Exception, match="no_such_schema"):
         rebuild_redis(broken, clock=now)
-    meta = _meta(client, prefix)
+    meta = board_meta(client, prefix)
     assert "pause_token" not in meta and "pause_until_ms" not in meta
-    assert _board(client, prefix + "top:10m") == board
+    assert board_scores(client, prefix + "top:10m") == board
     live = RedisSink(settings.redis, clock=now)
     live.open()
     # After the first rebuild's position (a long-lived cluster's LSN can be anywhere).
     after = Position(Position.parse(first["position"]).lsn + 1, 1)
-    live.write(Batch((_event(1, now.at, cid="x")._replace(position=after),)))
+    live.write(Batch((board_event(1, now.at, cid="x")._replace(position=after),)))
     assert live.flush() == after  # not paused: applied at once
-    assert _board(client, prefix + "top:10m")["x"] == 1.0
+    assert board_scores(client, prefix + "top:10m")["x"] == 1.0
 
 
 # -- the protocol, one sink at a time (real Redis, no database) -------------------------------------------
@@ -342,30 +341,30 @@ def _pos(i: int) -> Position:
 def test_a_live_sink_adopts_a_board_rebuilt_after_redis_lost_it_and_stays_exact(services, rprefix):
     prefix, client = rprefix
     now = Clock(datetime.now(timezone.utc))
-    cfg = _config(services["PULSE_REDIS_URL"], prefix)
+    cfg = redis_config(services["PULSE_REDIS_URL"], prefix)
     live = RedisSink(cfg, clock=now)
     live.open()
-    live.write(Batch((_event(1, now.at), _event(2, now.at))))
+    live.write(Batch((board_event(1, now.at), board_event(2, now.at))))
     assert live.flush() == _pos(2)
     for key in client.scan_iter(match=prefix + "*"):  # Redis loses everything...
         client.delete(key)
     rebuild = RedisSink(cfg, clock=now)
     rebuild.pause("t1", 30)  # ...and a rebuild starts before the live sink writes again
-    live.write(Batch((_event(3, now.at), _event(4, now.at))))
+    live.write(Batch((board_event(3, now.at), board_event(4, now.at))))
     assert live.flush() == _pos(2) and live.status()["paused"]  # PAUSED, not LOST: it waits
     old_epoch = live.epoch
     # The snapshot holds events 1..3 (its consistent point is between 3 and 4).
-    assert rebuild.rebuild([_event(i, now.at) for i in (1, 2, 3)], _pos(3), token="t1") == 3
+    assert rebuild.rebuild([board_event(i, now.at) for i in (1, 2, 3)], _pos(3), token="t1") == 3
     # Adopts the new epoch; event 3 is in the snapshot (dropped), event 4 is applied.
     wait_for(lambda: live.flush() == _pos(4), 5, "the live sink to resume on the rebuilt board")
-    assert live.epoch == _meta(client, prefix)["epoch"] != old_epoch
-    assert _board(client, prefix + "top:10m") == {"c1": 4.0}
-    assert _board(client, prefix + "events:10m") == {"c1": 4.0}
+    assert live.epoch == board_meta(client, prefix)["epoch"] != old_epoch
+    assert board_scores(client, prefix + "top:10m") == {"c1": 4.0}
+    assert board_scores(client, prefix + "events:10m") == {"c1": 4.0}
     # A board lost and started afresh (not rebuilt) is still LOST for a live sink.
     for key in client.scan_iter(match=prefix + "*"):
         client.delete(key)
     RedisSink(cfg, clock=now).open()
-    live.write(Batch((_event(5, now.at),)))
+    live.write(Batch((board_event(5, now.at),)))
     with pytest.raises(TerminalError, match="disappeared"):
         live.flush()
 
@@ -374,23 +373,23 @@ def test_the_rebuild_position_covers_an_instance_that_has_no_position_field_yet(
     """Kafka workers: a partition's sink may open (and buffer) before it ever stored a position."""
     prefix, client = rprefix
     now = Clock(datetime.now(timezone.utc))
-    cfg = _config(services["PULSE_REDIS_URL"], prefix)
+    cfg = redis_config(services["PULSE_REDIS_URL"], prefix)
     a = RedisSink(cfg, clock=now, name="redis@t/0")
     a.open()
-    a.write(Batch((_event(1, now.at),)))
+    a.write(Batch((board_event(1, now.at),)))
     a.flush()
     b = RedisSink(cfg, clock=now, name="redis@t/1")
     assert b.open() == Position(0, 0)
     rebuild = RedisSink(cfg, clock=now)
     rebuild.pause("t", 30)
-    b.write(Batch((_event(2, now.at), _event(3, now.at))))
+    b.write(Batch((board_event(2, now.at), board_event(3, now.at))))
     b.flush()  # PAUSED: held in memory, no field stored
-    assert "position:redis@t/1" not in _meta(client, prefix)
-    rebuild.rebuild([_event(1, now.at), _event(2, now.at)], _pos(2), token="t")
+    assert "position:redis@t/1" not in board_meta(client, prefix)
+    rebuild.rebuild([board_event(1, now.at), board_event(2, now.at)], _pos(2), token="t")
     # Event 2 is in the snapshot: skipped although b never stored a position; event 3 is applied.
     wait_for(lambda: b.flush() == _pos(3), 5, "the instance to resume")
-    assert _board(client, prefix + "events:10m") == {"c1": 3.0}
-    meta = _meta(client, prefix)
+    assert board_scores(client, prefix + "events:10m") == {"c1": 3.0}
+    meta = board_meta(client, prefix)
     assert meta["position:redis@t/0"] == meta["rebuilt_position"] == "0000000200000000" + "00000002"
     # An instance opened later starts from the rebuild's position too.
     assert RedisSink(cfg, clock=now, name="redis@t/2").open() == _pos(2)
@@ -399,10 +398,10 @@ def test_the_rebuild_position_covers_an_instance_that_has_no_position_field_yet(
 def test_one_rebuild_at_a_time_and_a_lost_pause_never_swaps(services, rprefix):
     prefix, client = rprefix
     now = Clock(datetime.now(timezone.utc))
-    cfg = _config(services["PULSE_REDIS_URL"], prefix)
+    cfg = redis_config(services["PULSE_REDIS_URL"], prefix)
     live = RedisSink(cfg, clock=now)
     live.open()
-    live.write(Batch((_event(1, now.at),)))
+    live.write(Batch((board_event(1, now.at),)))
     live.flush()
     first, second = RedisSink(cfg, clock=now), RedisSink(cfg, clock=now)
     first.pause("first", 30)
@@ -410,35 +409,35 @@ def test_one_rebuild_at_a_time_and_a_lost_pause_never_swaps(services, rprefix):
         second.pause("second", 30)
     assert "expires by itself" in info.value.hint
     assert not second.release_pause("second")  # a rebuild never lifts another one's pause
-    assert _meta(client, prefix)["pause_token"] == "first"
+    assert board_meta(client, prefix)["pause_token"] == "first"
     assert first.release_pause("first")
     # A pause that ends before the swap (too slow a rebuild): the swap changes nothing.
     first.pause("slow", 0.2)
-    until = int(_meta(client, prefix)["pause_until_ms"])
+    until = int(board_meta(client, prefix)["pause_until_ms"])
     wait_for(lambda: client.time()[0] * 1000 + client.time()[1] // 1000 > until, 5, "the pause to expire")
     with pytest.raises(TerminalError, match="renew|lost before the swap"):
         first.renew_pause("slow", 30)
-    live.write(Batch((_event(2, now.at),)))
+    live.write(Batch((board_event(2, now.at),)))
     assert live.flush() == _pos(2)  # the live sink writes past the snapshot the rebuild took
     with pytest.raises(TerminalError, match="lost before the swap") as info:
-        first.rebuild([_event(9, now.at, cid="snapshot")], _pos(1), token="slow")
+        first.rebuild([board_event(9, now.at, cid="snapshot")], _pos(1), token="slow")
     assert "REBUILD_PAUSE_TIMEOUT_S" in info.value.hint
-    assert _board(client, prefix + "top:10m") == {"c1": 2.0}
-    assert _meta(client, prefix)["position"] == "0000000200000000" + "00000002"
-    assert "rebuilds" not in _stats(client, prefix)
+    assert board_scores(client, prefix + "top:10m") == {"c1": 2.0}
+    assert board_meta(client, prefix)["position"] == "0000000200000000" + "00000002"
+    assert "rebuilds" not in board_stats(client, prefix)
 
 
 def test_a_paused_sink_holds_at_most_max_pending_events(services, rprefix):
     prefix, client = rprefix
     now = Clock(datetime.now(timezone.utc))
-    cfg = _config(services["PULSE_REDIS_URL"], prefix).model_copy(update={"max_pending_events": 3})
+    cfg = redis_config(services["PULSE_REDIS_URL"], prefix).model_copy(update={"max_pending_events": 3})
     live = RedisSink(cfg, clock=now)
     live.open()
     rebuild = RedisSink(cfg, clock=now)
     rebuild.pause("t", 30)
-    live.write(Batch((_event(1, now.at),)))
+    live.write(Batch((board_event(1, now.at),)))
     assert live.flush() == Position(0, 0) and live.status()["paused"]
-    batch = Batch((_event(2, now.at), _event(3, now.at)))
+    batch = Batch((board_event(2, now.at), board_event(3, now.at)))
     with pytest.raises(TransientError, match="paused by a rebuild"):
         live.write(batch)  # full: the runtime retries this batch with backoff, its queue holds the rest
     with pytest.raises(TransientError, match="paused by a rebuild"):
@@ -446,4 +445,4 @@ def test_a_paused_sink_holds_at_most_max_pending_events(services, rprefix):
     assert live._pending.events == 3
     rebuild.release_pause("t")
     assert live.write(batch) == _pos(3)  # the retry after the pause: applied, once
-    assert _board(client, prefix + "events:10m") == {"c1": 3.0}
+    assert board_scores(client, prefix + "events:10m") == {"c1": 3.0}

@@ -23,115 +23,23 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from pulse.config import RedisConfig
 from pulse.errors import TerminalError
 from pulse.generator import GenerateSpec
 from pulse.generator import run as generate
-from pulse.model import Batch, EnrichedEvent, Position
+from pulse.model import Batch, Position
 from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.memory import MemorySink
 from pulse.sinks.redis import RedisSink
-from pulse.sinks.redis_board import NULL_MEMBER, Keys
+from pulse.sinks.redis_board import Keys
 from pulse.source.slot import ensure_slot
 
 from ..conftest import need, unique
-from .test_crash import _reported_pid
 from .pipeline_helpers import (Running, insert_content, insert_events, insert_events_bulk, kill_at_random,
                                settings_for, wait_for)
-from .test_source import pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env, reported_pid
+from .redis_helpers import (BUCKET, WINDOW, Clock, assert_board_equals_sql, board_event, board_meta, board_scores,
+                            board_stats, redis_config)
 
-WINDOW, BUCKET, SKEW = 600, 10, 60
-
-
-@pytest.fixture
-def rprefix(services):
-    import redis
-
-    prefix = unique("pulse_t") + ":"
-    client = redis.Redis.from_url(services["PULSE_REDIS_URL"])
-    try:
-        yield prefix, client
-    finally:
-        for key in client.scan_iter(match=prefix + "*", count=1000):
-            client.delete(key)
-        client.close()
-
-
-class Clock:
-    """A settable clock for the sink (the pipeline's own clock stays real)."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
-
-
-def _config(url: str, prefix: str) -> RedisConfig:
-    return RedisConfig(url=url, prefix=prefix, window_s=WINDOW, bucket_s=BUCKET, future_skew_s=SKEW)
-
-
-def _meta(client, prefix: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(prefix + "meta").items()}
-
-
-def _stats(client, prefix: str) -> dict[str, int]:
-    import redis
-
-    try:
-        return {k.decode(): int(v) for k, v in client.hgetall(prefix + "stats").items()}
-    except redis.ConnectionError:  # includes "loading the dataset" right after a restart
-        return {}
-
-
-def _board(client, key: str) -> dict[str, float]:
-    return {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}
-
-
-def _sql_window(cur, now: datetime) -> dict[str, dict]:
-    """The board as SQL computes it over the source table at clock time `now`."""
-    lo = math.floor((now.timestamp() - WINDOW) / BUCKET) * BUCKET
-    start = datetime.fromtimestamp(lo, timezone.utc)
-    # The newest bucket counted is the one holding now + SKEW (later ones are held until their time).
-    end = datetime.fromtimestamp((math.floor((now.timestamp() + SKEW) / BUCKET) + 1) * BUCKET, timezone.utc)
-    where = "e.event_ts >= %(start)s AND e.event_ts < %(end)s"
-    p = {"start": start, "end": end}
-    secs = "sum(CASE WHEN e.duration_ms >= 0 THEN e.duration_ms ELSE 0 END) / 1000.0"
-    cur.execute(f"SELECT e.content_id::text, {secs}, count(*) FROM engagement_events e "
-                f"WHERE e.content_id IS NOT NULL AND {where} GROUP BY 1", p)
-    rows = cur.fetchall()
-    out: dict[str, dict] = {"top": {r[0]: float(r[1]) for r in rows}, "events": {r[0]: r[2] for r in rows}}
-    cur.execute(f"SELECT c.content_type, e.content_id::text, {secs} FROM engagement_events e "
-                f"JOIN content c ON c.id = e.content_id WHERE {where} GROUP BY 1, 2", p)
-    for ctype, cid, s in cur.fetchall():
-        out.setdefault(f"top:{ctype}", {})[cid] = float(s)
-    cur.execute(f"SELECT coalesce(e.device, %(null)s), count(*) FROM engagement_events e WHERE {where} GROUP BY 1",
-                {**p, "null": NULL_MEMBER})
-    out["devices"] = {r[0]: r[1] for r in cur.fetchall()}
-    cur.execute(f"SELECT coalesce(e.event_type, %(null)s), count(*) FROM engagement_events e WHERE {where} "
-                "GROUP BY 1", {**p, "null": NULL_MEMBER})
-    out["event_types"] = {r[0]: r[1] for r in cur.fetchall()}
-    return out
-
-
-def _assert_board_equals_sql(client, prefix: str, cur, now: datetime) -> dict[str, dict]:
-    want = _sql_window(cur, now)
-    keys = Keys(prefix, WINDOW)
-    got_top = _board(client, keys.top)
-    assert set(got_top) == set(want["top"]), (
-        f"ids differ: only in Redis {sorted(set(got_top) - set(want['top']))[:5]}, "
-        f"only in SQL {sorted(set(want['top']) - set(got_top))[:5]}")
-    bad = {k: (got_top[k], v) for k, v in want["top"].items() if abs(got_top[k] - v) > 1e-6}
-    assert not bad, f"scores differ (redis, sql): {list(bad.items())[:5]}"
-    assert _board(client, keys.events) == {k: float(v) for k, v in want["events"].items()}
-    for ctype in ("podcast", "newsletter", "video"):
-        got = _board(client, keys.top_type(ctype))
-        exp = want.get(f"top:{ctype}", {})
-        assert set(got) == set(exp), ctype
-        assert all(abs(got[k] - exp[k]) <= 1e-6 for k in exp), ctype
-    assert _board(client, keys.devices) == {k: float(v) for k, v in want["devices"].items()}
-    assert _board(client, keys.event_types) == {k: float(v) for k, v in want["event_types"].items()}
-    return want
 
 
 def _redis_url(services) -> str:
@@ -147,20 +55,20 @@ def test_board_equals_sql_after_a_generator_run_with_anomalies(scratch_db, servi
     cur = conn.cursor()
     cur.execute("ALTER TABLE engagement_events REPLICA IDENTITY FULL")  # updates / deletes are corrected
     now = Clock(datetime.now(timezone.utc).replace(microsecond=123456))
-    sink = RedisSink(_config(_redis_url(services), prefix), clock=now)
+    sink = RedisSink(redis_config(_redis_url(services), prefix), clock=now)
     with Running(Pipeline(settings_for(scratch_db), [sink])):
         summary = generate(scratch_db.config(), GenerateSpec(
             mode="bulk", count=30_000, since=now.at - timedelta(minutes=11), until=now.at, seed=11,
             anomalies=0.08, chunk_rows=5_000))
         total = summary.rows_written + summary.updated + summary.deleted
-        wait_for(lambda: _stats(client, prefix).get("events", 0) >= total, 60, f"{total} changes in Redis")
-    stats = _stats(client, prefix)
+        wait_for(lambda: board_stats(client, prefix).get("events", 0) >= total, 60, f"{total} changes in Redis")
+    stats = board_stats(client, prefix)
     assert stats["events"] == total
     assert summary.updated > 0 and summary.deleted > 0 and summary.anomalies["late_event"] > 0
     # Rows dated before the window (the first minute of the range, late_event anomalies) were not counted...
     assert stats["late"] > 0 and stats["future"] > 0 and stats["corrections"] == summary.updated + summary.deleted
     assert stats.get("uncorrectable", 0) == 0
-    want = _assert_board_equals_sql(client, prefix, cur, now.at)
+    want = assert_board_equals_sql(client, prefix, cur, now.at)
     # ...content with events but no seconds is on the board with its score.
     assert len(want["top"]) > 50
     cur.execute("SELECT e.content_id::text FROM engagement_events e WHERE e.content_id IS NOT NULL "
@@ -183,16 +91,16 @@ def test_updates_and_deletes_without_old_values_are_not_applied_and_counted(scra
     prefix, client = rprefix
     conn = scratch_db.connect()
     cur = conn.cursor()
-    sink = RedisSink(_config(_redis_url(services), prefix))
+    sink = RedisSink(redis_config(_redis_url(services), prefix))
     with Running(Pipeline(settings_for(scratch_db), [sink])):
         [c1] = insert_content(cur, 1)
         ids = insert_events(cur, [c1], 3, duration_ms=2000)
         cur.execute("UPDATE engagement_events SET duration_ms = 9000 WHERE id = %s", (ids[0],))
         cur.execute("DELETE FROM engagement_events WHERE id = %s", (ids[1],))
-        wait_for(lambda: _stats(client, prefix).get("uncorrectable", 0) >= 2, 30, "2 uncorrectable changes")
+        wait_for(lambda: board_stats(client, prefix).get("uncorrectable", 0) >= 2, 30, "2 uncorrectable changes")
     # DEFAULT replica identity: the board keeps the values it had counted.
-    assert _board(client, prefix + "top:10m") == {c1: 6.0}
-    assert _stats(client, prefix)["events"] == 5
+    assert board_scores(client, prefix + "top:10m") == {c1: 6.0}
+    assert board_stats(client, prefix)["events"] == 5
 
 
 # -- 2. the window edge, with a driven clock ---------------------------------------------------------------
@@ -206,21 +114,21 @@ def test_a_driven_clock_moves_events_out_within_one_bucket_of_their_window_age(s
     e1 = datetime.fromtimestamp(base + 3.25, timezone.utc)   # bucket [base, base + 10)
     e2 = datetime.fromtimestamp(base + 17.5, timezone.utc)   # the next bucket
     clock = Clock(datetime.fromtimestamp(base + 60, timezone.utc))
-    sink = RedisSink(_config(_redis_url(services), prefix), clock=clock)
+    sink = RedisSink(redis_config(_redis_url(services), prefix), clock=clock)
     top = prefix + "top:10m"
     with Running(Pipeline(settings_for(scratch_db), [sink])):
         [a, b] = insert_content(cur, 2)
         insert_events(cur, [a], 1, duration_ms=1500, event_ts=e1)
         insert_events(cur, [b], 1, duration_ms=None, event_ts=e2)  # no seconds: present with score 0
-        wait_for(lambda: len(_board(client, top)) == 2, 30, "both events on the board")
-        assert _board(client, top) == {a: 1.5, b: 0.0}
+        wait_for(lambda: len(board_scores(client, top)) == 2, 30, "both events on the board")
+        assert board_scores(client, top) == {a: 1.5, b: 0.0}
         left: dict[str, float] = {}
         for tenth in range(5950, 6300, 5):  # the clock walks from age 595 s to 630 s of e1, 0.5 s a step
             clock.at = e1 + timedelta(seconds=tenth / 10)
             want_ms = str(int(clock.at.timestamp() * 1000))
             # The worker's idle flush runs the expiry step at the driven time.
-            wait_for(lambda: _meta(client, prefix).get("updated_ms") == want_ms, 10, f"expiry at {want_ms}")
-            board = _board(client, top)
+            wait_for(lambda: board_meta(client, prefix).get("updated_ms") == want_ms, 10, f"expiry at {want_ms}")
+            board = board_scores(client, top)
             for cid, ts in ((a, e1), (b, e2)):
                 if cid not in board and cid not in left:
                     left[cid] = (clock.at - ts).total_seconds()
@@ -246,7 +154,7 @@ def test_future_dated_events_are_held_and_counted_when_the_clock_reaches_them(sc
     base = math.floor(time.time() / BUCKET) * BUCKET
     clock = Clock(datetime.fromtimestamp(base + 1, timezone.utc))
     ahead = datetime.fromtimestamp(base + 300.5, timezone.utc)  # 5 minutes ahead: beyond the 60 s skew
-    sink = RedisSink(_config(_redis_url(services), prefix), clock=clock)
+    sink = RedisSink(redis_config(_redis_url(services), prefix), clock=clock)
     top = prefix + "top:10m"
     with Running(Pipeline(settings_for(scratch_db), [sink])):
         [a, b] = insert_content(cur, 2)
@@ -254,24 +162,24 @@ def test_future_dated_events_are_held_and_counted_when_the_clock_reaches_them(sc
         held = insert_events(cur, [b], 3, duration_ms=2000, event_ts=ahead)
         cur.execute("UPDATE engagement_events SET duration_ms = 5000 WHERE id = %s", (held[0],))
         cur.execute("DELETE FROM engagement_events WHERE id = %s", (held[1],))
-        wait_for(lambda: _stats(client, prefix).get("events", 0) >= 6, 30, "6 changes in Redis")
-        assert _board(client, top) == {a: 1.0}
-        assert _stats(client, prefix)["future"] == 2  # held, net: three inserted, one deleted
-        _assert_board_equals_sql(client, prefix, cur, clock.at)
+        wait_for(lambda: board_stats(client, prefix).get("events", 0) >= 6, 30, "6 changes in Redis")
+        assert board_scores(client, top) == {a: 1.0}
+        assert board_stats(client, prefix)["future"] == 2  # held, net: three inserted, one deleted
+        assert_board_equals_sql(client, prefix, cur, clock.at)
         # The clock walks to the held bucket's start minus the skew: it enters the board.
         for at in (base + 240 - 0.5, base + 240 + 0.5, base + 400):
             clock.at = datetime.fromtimestamp(at, timezone.utc)
             want_ms = str(int(at * 1000))
-            wait_for(lambda: _meta(client, prefix).get("updated_ms") == want_ms, 10, f"a step at {want_ms}")
-            _assert_board_equals_sql(client, prefix, cur, clock.at)
-        assert _board(client, top) == {a: 1.0, b: 7.0}
+            wait_for(lambda: board_meta(client, prefix).get("updated_ms") == want_ms, 10, f"a step at {want_ms}")
+            assert_board_equals_sql(client, prefix, cur, clock.at)
+        assert board_scores(client, top) == {a: 1.0, b: 7.0}
         assert client.zcard(prefix + "w:fidx") == 0
         # Past the window, the held bucket leaves like any other.
         clock.at = ahead + timedelta(seconds=WINDOW + BUCKET + 1)
         want_ms = str(int(clock.at.timestamp() * 1000))
-        wait_for(lambda: _meta(client, prefix).get("updated_ms") == want_ms, 10, f"a step at {want_ms}")
-        assert _board(client, top) == {}
-        _assert_board_equals_sql(client, prefix, cur, clock.at)
+        wait_for(lambda: board_meta(client, prefix).get("updated_ms") == want_ms, 10, f"a step at {want_ms}")
+        assert board_scores(client, top) == {}
+        assert_board_equals_sql(client, prefix, cur, clock.at)
 
 
 def test_a_flush_that_only_deletes_held_events_keeps_the_sink_running(scratch_db, services, rprefix):
@@ -291,21 +199,21 @@ def test_a_flush_that_only_deletes_held_events_keeps_the_sink_running(scratch_db
     base = math.floor(time.time() / BUCKET) * BUCKET
     clock = Clock(datetime.fromtimestamp(base + 1, timezone.utc))
     ahead = datetime.fromtimestamp(base + 300.5, timezone.utc)  # beyond the 60 s skew: held
-    sink = RedisSink(_config(_redis_url(services), prefix), clock=clock)
+    sink = RedisSink(redis_config(_redis_url(services), prefix), clock=clock)
     held_before = BOARD_HELD._value.get()
     with Running(Pipeline(settings_for(scratch_db), [sink])) as running:
         [a] = insert_content(cur, 1)
         held = insert_events(cur, [a], 3, duration_ms=2000, event_ts=ahead)
-        wait_for(lambda: _stats(client, prefix).get("future", 0) == 3, 30, "3 held events in Redis")
+        wait_for(lambda: board_stats(client, prefix).get("future", 0) == 3, 30, "3 held events in Redis")
         assert BOARD_HELD._value.get() - held_before == 3
         cur.execute("DELETE FROM engagement_events WHERE id = ANY(%s)", (held[:2],))
-        wait_for(lambda: _stats(client, prefix).get("future") == 1 or running.error, 30, "2 held events deleted")
+        wait_for(lambda: board_stats(client, prefix).get("future") == 1 or running.error, 30, "2 held events deleted")
         assert running.error is None
         # The sink still writes: an event of now reaches the board.
         insert_events(cur, [a], 1, duration_ms=1000, event_ts=clock.at)
-        wait_for(lambda: _board(client, prefix + "top:10m") == {a: 1.0} or running.error, 30, "a live event")
+        wait_for(lambda: board_scores(client, prefix + "top:10m") == {a: 1.0} or running.error, 30, "a live event")
         assert running.error is None
-        _assert_board_equals_sql(client, prefix, cur, clock.at)
+        assert_board_equals_sql(client, prefix, cur, clock.at)
     assert BOARD_HELD._value.get() - held_before == 3  # a counter of events held, never decreased
 
 
@@ -355,9 +263,9 @@ def test_kill_9_at_random_moments_leaves_an_exact_board(scratch_db, services, rp
         final = subprocess.Popen(pulse_cmd("run", "--sink", "redis"), env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: _reported_pid(cur, scratch_db.slot) == final.pid or final.poll() is not None, 60,
+            wait_for(lambda: reported_pid(cur, scratch_db.slot) == final.pid or final.poll() is not None, 60,
                      "the final run to start streaming")
-            wait_for(lambda: _stats(client, prefix).get("events", 0) >= changes[0] or final.poll() is not None, 90,
+            wait_for(lambda: board_stats(client, prefix).get("events", 0) >= changes[0] or final.poll() is not None, 90,
                      f"the final run to catch up (seed {seed})", interval=0.2)
         finally:
             final.send_signal(signal.SIGTERM)
@@ -366,9 +274,9 @@ def test_kill_9_at_random_moments_leaves_an_exact_board(scratch_db, services, rp
     finally:
         stop.set()
     assert kills == 4
-    assert _stats(client, prefix)["events"] == changes[0], f"seed {seed}"
-    now = datetime.fromtimestamp(int(_meta(client, prefix)["updated_ms"]) / 1000, timezone.utc)
-    want = _assert_board_equals_sql(client, prefix, cur, now)
+    assert board_stats(client, prefix)["events"] == changes[0], f"seed {seed}"
+    now = datetime.fromtimestamp(int(board_meta(client, prefix)["updated_ms"]) / 1000, timezone.utc)
+    want = assert_board_equals_sql(client, prefix, cur, now)
     cur.execute("SELECT count(*) FROM engagement_events")
     assert sum(want["events"].values()) == cur.fetchone()[0]  # everything is inside the window
 
@@ -450,30 +358,30 @@ def test_redis_restart_mid_run_other_sinks_flow_and_the_board_catches_up_exactly
         conn = scratch_db.connect()
         cur = conn.cursor()
         content = insert_content(cur, 10)
-        sink = RedisSink(_config(private.url, prefix))
+        sink = RedisSink(redis_config(private.url, prefix))
         memory = MemorySink(keep=False)
         written = 0
         with Running(Pipeline(settings_for(scratch_db), [sink, memory])):
             for i in range(5):
                 insert_events_bulk(cur, content, i * 1000, 1000)
                 written += 1000
-            wait_for(lambda: _stats(client, prefix).get("events", 0) >= written, 30, "first events in Redis")
+            wait_for(lambda: board_stats(client, prefix).get("events", 0) >= written, 30, "first events in Redis")
             private.stop()
             # Redis is down: the other sink keeps flowing.
             for i in range(5, 10):
                 insert_events_bulk(cur, content, i * 1000, 1000)
                 written += 1000
             wait_for(lambda: memory.count >= written, 30, "the memory sink while Redis is down")
-            assert _stats(client, prefix) == {}
+            assert board_stats(client, prefix) == {}
             private.start()
             for i in range(10, 12):
                 insert_events_bulk(cur, content, i * 1000, 1000)
                 written += 1000
-            wait_for(lambda: _stats(client, prefix).get("events", 0) >= written, 90,
+            wait_for(lambda: board_stats(client, prefix).get("events", 0) >= written, 90,
                      "the Redis sink to catch up after the restart")
-        assert _stats(client, prefix)["events"] == written
-        now = datetime.fromtimestamp(int(_meta(client, prefix)["updated_ms"]) / 1000, timezone.utc)
-        want = _assert_board_equals_sql(client, prefix, cur, now)
+        assert board_stats(client, prefix)["events"] == written
+        now = datetime.fromtimestamp(int(board_meta(client, prefix)["updated_ms"]) / 1000, timezone.utc)
+        want = assert_board_equals_sql(client, prefix, cur, now)
         assert sum(want["events"].values()) == written
         assert sink.position > Position(0, 0)
     finally:
@@ -483,27 +391,22 @@ def test_redis_restart_mid_run_other_sinks_flow_and_the_board_catches_up_exactly
 # -- 5. a Redis that lost the board is detected -----------------------------------------------------------
 
 
-def _event(i: int, ts: datetime, cid: str = "c1", ms: int = 1000) -> EnrichedEvent:
-    return EnrichedEvent(i, cid, None, "play", ts, ms, "ios", None, "s", "T", "video", 100, ms / 1000, None,
-                         "insert", Position(1 << 33, i), ts, ts, False, (), None)
-
-
 def test_a_flushed_board_or_a_position_that_went_back_stops_the_sink_with_a_rebuild_hint(services, rprefix):
     prefix, client = rprefix
     now = Clock(datetime.now(timezone.utc))
-    cfg = _config(_redis_url(services), prefix)
+    cfg = redis_config(_redis_url(services), prefix)
     sink = RedisSink(cfg, clock=now)
     assert sink.open() == Position(0, 0)
-    sink.write(Batch((_event(1, now.at), _event(2, now.at))))
+    sink.write(Batch((board_event(1, now.at), board_event(2, now.at))))
     sink.flush()
     assert sink.position == Position(1 << 33, 2)
     # Replaying the same batch (a retry whose reply was lost) changes nothing.
     again = RedisSink(cfg, clock=now)
     assert again.open() == Position(1 << 33, 2)
-    again._pending.add_events((_event(1, now.at), _event(2, now.at)), now.at.timestamp())
+    again._pending.add_events((board_event(1, now.at), board_event(2, now.at)), now.at.timestamp())
     again._flush()
-    assert _board(client, prefix + "top:10m") == {"c1": 2.0}
-    assert _stats(client, prefix)["batches_replayed"] == 1
+    assert board_scores(client, prefix + "top:10m") == {"c1": 2.0}
+    assert board_stats(client, prefix)["batches_replayed"] == 1
     # Redis loses acknowledged writes (its position goes back).
     client.hset(prefix + "meta", "position", "")
     with pytest.raises(TerminalError, match="went back in time") as exc:
@@ -518,7 +421,7 @@ def test_a_flushed_board_or_a_position_that_went_back_stops_the_sink_with_a_rebu
     # A restart starts a new, clearly incomplete board.
     fresh = RedisSink(cfg, clock=now)
     assert fresh.open() == Position(0, 0)
-    meta = _meta(client, prefix)
+    meta = board_meta(client, prefix)
     assert meta["epoch"] != sink.epoch and int(meta["complete_from_ms"]) > now.at.timestamp() * 1000 + WINDOW * 1000
 
 
@@ -527,9 +430,9 @@ def test_pulse_top_once_shows_the_board(scratch_db, services, rprefix):
 
     prefix, client = rprefix
     now = Clock(datetime.now(timezone.utc))
-    sink = RedisSink(_config(_redis_url(services), prefix), clock=now)
+    sink = RedisSink(redis_config(_redis_url(services), prefix), clock=now)
     sink.open()
-    sink.write(Batch(tuple(_event(i, now.at, cid=f"c{i % 3}", ms=1000 * i) for i in range(1, 10))))
+    sink.write(Batch(tuple(board_event(i, now.at, cid=f"c{i % 3}", ms=1000 * i) for i in range(1, 10))))
     sink.flush()
     snap = snapshot(client, Keys(prefix, WINDOW), 5, now=now.at.timestamp() + 1)
     assert [r["content_id"] for r in snap["top"]] == ["c0", "c2", "c1"]
@@ -556,13 +459,13 @@ def test_a_bucket_created_between_ttl_refreshes_gets_its_ttl(services, rprefix):
     """TTLs are refreshed at most once a second: a bucket first written in between must still get one."""
     prefix, client = rprefix
     now = Clock(datetime.now(timezone.utc))
-    sink = RedisSink(_config(_redis_url(services), prefix), clock=now)
+    sink = RedisSink(redis_config(_redis_url(services), prefix), clock=now)
     sink.open()
     try:
-        sink.write(Batch((_event(1, now.at),)))
+        sink.write(Batch((board_event(1, now.at),)))
         sink.flush()
         # Well within a second of the first write, a new bucket (another 10 s slot).
-        sink.write(Batch((_event(2, now.at - timedelta(seconds=3 * BUCKET)),)))
+        sink.write(Batch((board_event(2, now.at - timedelta(seconds=3 * BUCKET)),)))
         sink.flush()
         keys = list(client.scan_iter(match=prefix + "w:b:*", count=1000))
         assert len(keys) == 2

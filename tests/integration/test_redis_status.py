@@ -10,14 +10,14 @@ from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.redis import RedisSink
 
 from .pipeline_helpers import Running, insert_content, insert_events, settings_for, wait_for
-from .test_redis_sink import _config, rprefix  # noqa: F401  (fixture)
-from .test_source import pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env
+from .redis_helpers import redis_config
 
 
 def test_late_and_future_events_are_counted_in_pulse_status(scratch_db, services, rprefix):
     prefix, _client = rprefix
     cur = scratch_db.connect().cursor()
-    sink = RedisSink(_config(services["PULSE_REDIS_URL"], prefix))
+    sink = RedisSink(redis_config(services["PULSE_REDIS_URL"], prefix))
     now = datetime.now(timezone.utc)
     with Running(Pipeline(settings_for(scratch_db), [sink])):
         [c1] = insert_content(cur, 1)

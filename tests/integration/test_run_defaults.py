@@ -13,7 +13,7 @@ import subprocess
 
 from ..conftest import unique
 from .pipeline_helpers import insert_content, insert_events_bulk, wait_for
-from .test_source import pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env
 
 
 def _slot_active(cur, slot: str) -> bool:

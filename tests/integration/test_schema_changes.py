@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import random
 import string
-import uuid
 from datetime import datetime, timezone
 
-import orjson
 import pytest
 
-from pulse.config import Settings
 from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.bigquery import BigQuerySink
 from pulse.sinks.external import ExternalSink
@@ -26,37 +23,8 @@ from pulse.sinks.kafka import KafkaSink
 
 from ..conftest import unique
 from .pipeline_helpers import Running, insert_content, wait_for
-from .test_bigquery_sink import bq  # noqa: F401  (fixture)
-from .test_external_sink import FAST, SECRET, receiver  # noqa: F401  (fixture)
-from .test_kafka_bus import drop_topics
-
-
-def _insert(cur, content_id: str, **extra) -> int:
-    cols = ["content_id", "user_id", "event_type", "event_ts", "duration_ms", "device", "raw_payload", *extra]
-    values = [content_id, str(uuid.uuid4()), "play", datetime.now(timezone.utc), 4000, "ios", '{"k": 1}',
-              *extra.values()]
-    from psycopg2 import sql
-
-    cur.execute(sql.SQL("INSERT INTO engagement_events ({}) VALUES ({}) RETURNING id").format(
-        sql.SQL(", ").join(map(sql.Identifier, cols)), sql.SQL(", ").join(sql.Placeholder() * len(cols))), values)
-    return cur.fetchone()[0]
-
-
-def _kafka_values(bootstrap: str, topic: str) -> list[dict]:
-    from confluent_kafka import Consumer
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("grp"), "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    out = []
-    try:
-        while True:
-            msgs = consumer.consume(500, timeout=2.0)
-            if not msgs:
-                return out
-            out.extend(orjson.loads(m.value()) for m in msgs if m.error() is None)
-    finally:
-        consumer.close()
+from .kafka_helpers import drop_topics
+from .schema_helpers import kafka_values, schema_insert, schema_settings
 
 
 def _bq_has(client, dataset: str, event_id: int) -> bool:
@@ -74,37 +42,21 @@ def topic(services):
     drop_topics(services["PULSE_KAFKA_BOOTSTRAP"], [name, name + "_content"])
 
 
-def _settings(scratch_db, services, dataset, receiver, topic, spool, mode="batch", **extra) -> Settings:  # noqa: F811
-    return Settings(
-        database=scratch_db.config(heartbeat_interval_s=1.0, status_interval_s=1.0),
-        runtime={"sinks": ["bigquery", "external", "kafka"]},
-        bigquery={"project": services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), "dataset": dataset,
-                  "endpoint": services["PULSE_BIGQUERY_ENDPOINT"], "spool_dir": str(spool),
-                  "grpc_endpoint": services.get("PULSE_BIGQUERY__GRPC_ENDPOINT"), "merge_interval_s": 0.5,
-                  "mode": mode,
-                  "load_interval_s": 0.3, "request_timeout_s": 20},
-        external={"url": receiver.url, "secret": SECRET, **FAST},
-        kafka={"bootstrap": services["PULSE_KAFKA_BOOTSTRAP"], "topic": topic, "content_topic": topic + "_content",
-               "partitions": 1},
-        **extra,
-    )
-
-
 @pytest.mark.parametrize("mode", ["batch", "stream"])
 def test_columns_added_renamed_dropped_retyped_reach_every_destination(
         scratch_db, services, bq, receiver, topic, tmp_path, mode):  # noqa: F811
     client, dataset = bq
-    settings = _settings(scratch_db, services, dataset, receiver, topic, tmp_path / "spool", mode)
+    settings = schema_settings(scratch_db, services, dataset, receiver, topic, tmp_path / "spool", mode)
     sinks = [BigQuerySink(settings.bigquery), ExternalSink.from_settings(settings), KafkaSink.from_settings(settings)]
     conn = scratch_db.connect()
     cur = conn.cursor()
     [content] = insert_content(cur, 1)
     ids: dict[str, int] = {}
     with Running(Pipeline(settings, sinks)) as run:
-        ids["before"] = _insert(cur, content)
+        ids["before"] = schema_insert(cur, content)
         cur.execute("ALTER TABLE engagement_events ADD COLUMN session_id text, ADD COLUMN note text, "
                     "ADD COLUMN score int, ADD COLUMN seen_at timestamptz, ADD COLUMN attrs jsonb")
-        ids["added"] = _insert(cur, content, session_id="s-1", note="n-1", score=5,
+        ids["added"] = schema_insert(cur, content, session_id="s-1", note="n-1", score=5,
                                seen_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc),
                                attrs='{"a": [1, 2]}')
         # A long run of inserts (the native reader's columnar path for the known shape) carries it too.
@@ -113,18 +65,18 @@ def test_columns_added_renamed_dropped_retyped_reach_every_destination(
                     "'bulk-' || g FROM generate_series(1, 300) g RETURNING id", (content,))
         bulk = {r[0] for r in cur.fetchall()}
         cur.execute("ALTER TABLE engagement_events RENAME COLUMN note TO memo")
-        ids["renamed"] = _insert(cur, content, session_id="s-2", memo="m-2", score=6)
+        ids["renamed"] = schema_insert(cur, content, session_id="s-2", memo="m-2", score=6)
         cur.execute("ALTER TABLE engagement_events DROP COLUMN session_id")
-        ids["dropped"] = _insert(cur, content, memo="m-3", score=7)
+        ids["dropped"] = schema_insert(cur, content, memo="m-3", score=7)
         # An update after the drop does not carry the column: the stored value stays.
         cur.execute("UPDATE engagement_events SET duration_ms = 4321 WHERE id = %s", (ids["added"],))
         # The type change comes after BigQuery has the column (as INT64).
         wait_for(lambda: _bq_has(client, dataset, ids["dropped"]), 60, "the rows before the type change in BigQuery",
                  interval=0.3)
         cur.execute("ALTER TABLE engagement_events ALTER COLUMN score TYPE text")
-        ids["fits"] = _insert(cur, content, score="8")
-        ids["misfit"] = _insert(cur, content, score="eight")
-        ids["after"] = _insert(cur, content, score="9")  # the sink keeps running
+        ids["fits"] = schema_insert(cur, content, score="8")
+        ids["misfit"] = schema_insert(cur, content, score="eight")
+        ids["after"] = schema_insert(cur, content, score="9")  # the sink keeps running
 
         state = {}
 
@@ -186,7 +138,7 @@ def test_columns_added_renamed_dropped_retyped_reach_every_destination(
     assert "session_id" not in by_id[ids["dropped"]][0] and by_id[ids["renamed"]][0]["memo"] == "m-2"
 
     # -- the Kafka value: the same ------------------------------------------------------------
-    values = _kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)
+    values = kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)
     kv = {}
     for v in values:
         kv.setdefault(v["event_id"], []).append(v)
@@ -243,7 +195,7 @@ def test_an_update_that_leaves_a_toasted_payload_keeps_it_everywhere(
     client, dataset = bq
     prefix = unique("pulse_t") + ":"
     rclient = redis.Redis.from_url(services["PULSE_REDIS_URL"])
-    settings = _settings(scratch_db, services, dataset, receiver, topic, tmp_path / "spool")
+    settings = schema_settings(scratch_db, services, dataset, receiver, topic, tmp_path / "spool")
     if same_load:  # both changes in one MERGE: the update must take the insert's payload, not NULL
         settings.bigquery.load_interval_s = 30.0
     rcfg = RedisConfig(url=services["PULSE_REDIS_URL"], prefix=prefix)
@@ -257,7 +209,7 @@ def test_an_update_that_leaves_a_toasted_payload_keeps_it_everywhere(
     big = json.dumps({"blob": "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(10_000))})
     try:
         with Running(Pipeline(settings, sinks)) as run:
-            eid = _insert(cur, content)
+            eid = schema_insert(cur, content)
             cur.execute("UPDATE engagement_events SET raw_payload = %s WHERE id = %s", (big, eid))
             if not same_load:
                 wait_for(lambda: _bq_payload(client, dataset, eid) == json.loads(big), 60,
@@ -292,7 +244,7 @@ def test_an_update_that_leaves_a_toasted_payload_keeps_it_everywhere(
         update = [i["event"]["data"] for i in receiver.events() if i["event"]["data"]["op"] == "update"
                   and i["event"]["data"]["device"] == "web"][0]
         assert update["unchanged"] == ["raw_payload"] and "raw_payload" not in update
-        kafka = [v for v in _kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)
+        kafka = [v for v in kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)
                  if v["op"] == "update" and v["device"] == "web"]
         assert kafka and kafka[0]["unchanged"] == ["raw_payload"] and "raw_payload" not in kafka[0]
     finally:

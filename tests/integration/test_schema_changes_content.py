@@ -26,11 +26,9 @@ from pulse.sinks.kafka import KafkaSink
 
 from ..conftest import unique
 from .pipeline_helpers import Running, insert_content, wait_for
-from .test_bigquery_sink import bq  # noqa: F401  (fixture)
-from .test_external_sink import receiver  # noqa: F401  (fixture)
-from .test_kafka_bus import drop_topics
-from .test_schema_changes import _insert, _kafka_values, _settings
-from .test_source import pulse_cmd, pulse_env
+from .kafka_helpers import drop_topics
+from .pipeline_helpers import pulse_cmd, pulse_env
+from .schema_helpers import kafka_values, schema_insert, schema_settings
 
 
 @pytest.fixture
@@ -52,23 +50,23 @@ def _bq_rows(client, dataset: str, columns: str) -> dict[int, dict]:
 def test_a_column_added_to_content_mid_stream_reaches_every_destination(
         scratch_db, services, bq, receiver, topic, tmp_path, mode):  # noqa: F811
     client, dataset = bq
-    settings = _settings(scratch_db, services, dataset, receiver, topic, tmp_path / "spool", mode)
+    settings = schema_settings(scratch_db, services, dataset, receiver, topic, tmp_path / "spool", mode)
     sinks = [BigQuerySink(settings.bigquery), ExternalSink.from_settings(settings), KafkaSink.from_settings(settings)]
     cur = scratch_db.connect().cursor()
     c1, c2 = insert_content(cur, 2)
     with Running(Pipeline(settings, sinks)) as run:
-        before = _insert(cur, c1)
+        before = schema_insert(cur, c1)
         cur.execute("ALTER TABLE content ADD COLUMN author text, ADD COLUMN rating int")
-        untouched = _insert(cur, c2)  # c2 is never updated: its events do not carry the columns
+        untouched = schema_insert(cur, c2)  # c2 is never updated: its events do not carry the columns
         cur.execute("UPDATE content SET author = 'Ann', rating = 4 WHERE id = %s", (c1,))
-        after = _insert(cur, c1)
+        after = schema_insert(cur, c1)
         # A long run of inserts (the native reader's columnar chunk) carries them too.
         cur.execute("INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device, "
                     "raw_payload) SELECT %s, gen_random_uuid(), 'play', now(), 1000, 'ios', '{}' "
                     "FROM generate_series(1, 300) RETURNING id", (c1,))
         bulk = {r[0] for r in cur.fetchall()}
         cur.execute("UPDATE content SET author = 'Bob' WHERE id = %s", (c1,))
-        later = _insert(cur, c1)
+        later = schema_insert(cur, c1)
         want = {before, untouched, after, later} | bulk
 
         def landed():
@@ -99,7 +97,7 @@ def test_a_column_added_to_content_mid_stream_reaches_every_destination(
     assert "content_author" not in data[before] and "content_author" not in data[untouched]
     assert {data[i]["content_author"] for i in bulk} == {"Ann"} and data[later]["content_author"] == "Bob"
 
-    values = {v["event_id"]: v for v in _kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)}
+    values = {v["event_id"]: v for v in kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)}
     assert values[after]["content_author"] == "Ann" and values[after]["extra_types"]["content_rating"] == "int4"
     assert "content_author" not in values[before] and values[later]["content_author"] == "Bob"
     assert {values[i]["content_author"] for i in bulk} == {"Ann"}
@@ -143,7 +141,7 @@ def test_the_initial_snapshot_carries_extra_columns_that_exist_before_the_first_
             def published():
                 nonlocal got
                 alive()
-                values = {v["event_id"]: v for v in _kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)}
+                values = {v["event_id"]: v for v in kafka_values(services["PULSE_KAFKA_BOOTSTRAP"], topic)}
                 got = {k: (v.get("session_id"), v.get("score"), v.get("content_author")) for k, v in values.items()}
                 return got == source and {str(v["extra_types"]) for v in values.values()} == {str(want_types)}
 

@@ -23,10 +23,8 @@ from pulse.receiver import Receiver
 from tests.conftest import unique
 
 from .pipeline_helpers import Running, insert_content, settings_for, wait_for
-from .test_kafka_bus import kafka_env  # noqa: F401  (fixture)
-from .test_kafka_sinks import bq_dataset  # noqa: F401  (fixture)
-from .test_redis_sink import _assert_board_equals_sql, _stats, rprefix  # noqa: F401  (fixture)
-from .test_source import pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env
+from .redis_helpers import assert_board_equals_sql, board_stats
 
 HISTORY = 100_000
 
@@ -188,7 +186,7 @@ def _assert_exact_everywhere(cur, slot: str, writer: _LiveWriter, bigquery: tupl
     deadline = time.monotonic() + 30
     while True:
         try:
-            _assert_board_equals_sql(redis_client, prefix, cur, datetime.now(timezone.utc))
+            assert_board_equals_sql(redis_client, prefix, cur, datetime.now(timezone.utc))
             return
         except AssertionError:
             if time.monotonic() > deadline:
@@ -354,11 +352,11 @@ def test_initial_snapshot_over_kafka_killed_twice_ends_exact_everywhere(scratch_
 def test_an_empty_table_needs_no_copy_and_no_rebuild(scratch_db, services, rprefix):
     from pulse.sinks.redis import RedisSink
 
-    from .test_redis_sink import _config
+    from .redis_helpers import redis_config
 
     prefix, client = rprefix
     cur = scratch_db.connect().cursor()
-    sink = RedisSink(_config(services["PULSE_REDIS_URL"], prefix))
+    sink = RedisSink(redis_config(services["PULSE_REDIS_URL"], prefix))
     with Running(Pipeline_(settings_for(scratch_db), [sink])) as running:
         row = _run_row(cur, scratch_db.slot)
         assert row["state"] == "done" and row["max_id"] == 0 and row["window_rebuilt_at"] is not None
@@ -367,4 +365,4 @@ def test_an_empty_table_needs_no_copy_and_no_rebuild(scratch_db, services, rpref
         [c1] = insert_content(cur, 1)
         cur.execute("INSERT INTO engagement_events (content_id, event_type, event_ts, duration_ms) "
                     "SELECT %s, 'play', now(), 1000 FROM generate_series(1, 5)", (c1,))
-        wait_for(lambda: _stats(client, prefix).get("events", 0) >= 5, 30, "the live events on the board")
+        wait_for(lambda: board_stats(client, prefix).get("events", 0) >= 5, 30, "the live events on the board")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 
 import psycopg2
 import pytest
@@ -17,6 +14,7 @@ from pulse.sinks.memory import MemorySink
 from pulse.source.slot import slot_info
 
 from .pipeline_helpers import Running, insert_content, settings_for, wait_for
+from .pipeline_helpers import pulse_cmd, pulse_env, slot_streaming
 
 
 def _lsn(cur, expr: str = "pg_current_wal_lsn()") -> int:
@@ -30,20 +28,6 @@ def _slot_lsns(cur, slot: str) -> tuple[int, int]:
         "FROM pg_replication_slots WHERE slot_name = %s", (slot,))
     row = cur.fetchone()
     return int(row[0]), int(row[1])
-
-
-def pulse_env(db, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
-    env.update({
-        "PULSE_DATABASE_URL": db.url, "PULSE_SLOT": db.slot, "PULSE_PUBLICATION": db.publication,
-        "PULSE_DATABASE__HEARTBEAT_INTERVAL_S": "1", "PULSE_DATABASE__STATUS_INTERVAL_S": "1",
-    })
-    env.update(extra)
-    return env
-
-
-def pulse_cmd(*args: str) -> list[str]:
-    return [os.path.join(os.path.dirname(sys.executable), "pulse"), *args]
 
 
 def _peak_rss_kb(pid: int) -> int:
@@ -68,7 +52,7 @@ def test_200k_row_transaction_streams_with_bounded_memory(scratch_db):
                     PULSE_RUNTIME__QUEUE_MAX_BYTES=str(8 * 1024 * 1024), PULSE_RUNTIME__QUEUE_MAX_EVENTS="20000")
     proc = subprocess.Popen(pulse_cmd("run", "--sink", "memory"), env=env, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: _streaming(cur, scratch_db.slot) or proc.poll() is not None, 60, "replication start")
+        wait_for(lambda: slot_streaming(cur, scratch_db.slot) or proc.poll() is not None, 60, "replication start")
         assert proc.poll() is None, proc.stderr.read()
         cur.execute(
             "INSERT INTO engagement_events (content_id, user_id, event_type, event_ts, duration_ms, device, raw_payload) "
@@ -98,12 +82,6 @@ def _has_slot(cur, slot: str) -> bool:
     return slot_info(cur, slot) is not None
 
 
-def _streaming(cur, slot: str) -> bool:
-    """The slot exists, is consistent and a walsender is attached."""
-    info = slot_info(cur, slot)
-    return info is not None and info.active and info.confirmed_flush_lsn is not None
-
-
 def _runtime_status(cur, db) -> dict:
     def read():
         cur.execute("SELECT doc FROM pulse.runtime_status WHERE slot_name = %s", (db.slot,))
@@ -119,7 +97,7 @@ def test_idle_heartbeat_advances_the_slot(scratch_db):
     cur.execute("CREATE TABLE not_captured (x int)")
     sink = MemorySink()
     with Running(Pipeline(settings_for(scratch_db), [sink])):
-        wait_for(lambda: _streaming(cur, scratch_db.slot), 30, "replication start")
+        wait_for(lambda: slot_streaming(cur, scratch_db.slot), 30, "replication start")
         start_confirmed, start_restart = _slot_lsns(cur, scratch_db.slot)
         # WAL moves, but nothing the publication covers: only heartbeats can move the slot.
         cur.execute("INSERT INTO not_captured SELECT generate_series(1, 50000)")

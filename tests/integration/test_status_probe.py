@@ -15,7 +15,7 @@ import psycopg2.extras
 from psycopg2.extras import Json
 
 from .pipeline_helpers import wait_for
-from .test_source import pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env
 
 
 def _status(db, *args: str) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from pulse.source.slot import ensure_slot
 from .chaos_helpers import Destinations, assert_exact, scrape
 from .pipeline_helpers import insert_content, insert_events_bulk, wait_for
 from .private_services import free_port
-from .test_source import pulse_cmd, pulse_env
+from .pipeline_helpers import pulse_cmd, pulse_env
 
 ROWS = 200_000
 

@@ -34,7 +34,7 @@ from pulse.source import native
 
 from ..conftest import need, unique
 from .pipeline_helpers import Running, insert_content, wait_for
-from .test_external_sink import FAST, SECRET
+from .external_helpers import FAST, SECRET
 
 OUT = "event_ts_out_of_range"  # the value is not representable: NULL and flagged
 LIMIT = "event_ts_at_limit"  # the value is kept, on the first or last day of the range

@@ -7,8 +7,8 @@ import subprocess
 import uuid
 
 from pulse.sinks.redis_board import Keys
+from .pipeline_helpers import pulse_cmd
 
-from .test_source import pulse_cmd
 
 
 def test_pulse_top_shows_a_device_named_like_markup(services):

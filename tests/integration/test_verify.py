@@ -21,7 +21,7 @@ from pulse.sinks.bigquery import BigQuerySink
 from pulse.verify.run import Options, run_verify
 
 from .pipeline_helpers import Running, wait_for
-from .test_bigquery_sink import _bq_settings, _converged, bq  # noqa: F401  (fixture)
+from .bigquery_helpers import bq_converged, bq_settings
 
 OPTS = Options(bucket_s=6 * 3600, leaf_rows=16, settle_s=5)
 
@@ -32,7 +32,7 @@ def _stream(scratch_db, services, dataset, tmp_path, count=3000) -> tuple[Settin
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import bigquery
 
-    settings = _bq_settings(scratch_db, services, dataset, tmp_path / "spool")
+    settings = bq_settings(scratch_db, services, dataset, tmp_path / "spool")
     client = bigquery.Client(project=settings.bigquery.project, credentials=AnonymousCredentials(),
                              client_options=ClientOptions(api_endpoint=settings.bigquery.endpoint))
     conn = scratch_db.connect()
@@ -41,7 +41,7 @@ def _stream(scratch_db, services, dataset, tmp_path, count=3000) -> tuple[Settin
     with Running(Pipeline(settings, [BigQuerySink.from_settings(settings)])):
         generate(scratch_db.config(), GenerateSpec(mode="bulk", count=count, since=now - timedelta(days=2),
                                                    until=now, seed=16, anomalies=0.1, chunk_rows=1000))
-        wait_for(lambda: _converged(client, dataset, cur), 90, "the table to match the source", interval=0.5)
+        wait_for(lambda: bq_converged(client, dataset, cur), 90, "the table to match the source", interval=0.5)
     conn.close()
     return settings, client
 
@@ -56,7 +56,7 @@ def test_rows_in_flight_while_verifying_are_settled_not_reported(scratch_db, ser
     from .pipeline_helpers import insert_content, insert_events
 
     client, dataset = bq
-    settings = _bq_settings(scratch_db, services, dataset, tmp_path / "spool")
+    settings = bq_settings(scratch_db, services, dataset, tmp_path / "spool")
     conn = scratch_db.connect()
     cur = conn.cursor()
     content = insert_content(cur, 2)
@@ -72,7 +72,7 @@ def test_rows_in_flight_while_verifying_are_settled_not_reported(scratch_db, ser
 
     monkeypatch.setattr(VB, "settle", settle_after_release)
     with Running(Pipeline(settings, [BigQuerySink.from_settings(settings)])):
-        wait_for(lambda: _converged(client, dataset, cur), 60, "the first rows in BigQuery", interval=0.5)
+        wait_for(lambda: bq_converged(client, dataset, cur), 60, "the first rows in BigQuery", interval=0.5)
         # Hold the spool's loader lock: new rows become durable in the spool (the slot is
         # acknowledged) but cannot reach the table until verify settles.
         held.enter_context(Spool(Path(settings.bigquery.spool_dir)).locked())
@@ -170,7 +170,7 @@ def test_odd_rows_hash_the_same_in_both_engines(scratch_db, services, bq, tmp_pa
     from pulse.sinks import bigquery_schema as S
 
     client, dataset = bq
-    settings = _bq_settings(scratch_db, services, dataset, tmp_path / "spool")
+    settings = bq_settings(scratch_db, services, dataset, tmp_path / "spool")
     conn = scratch_db.connect()
     cur = conn.cursor()
     now = datetime.now(timezone.utc)
@@ -184,7 +184,7 @@ def test_odd_rows_hash_the_same_in_both_engines(scratch_db, services, bq, tmp_pa
                         (cid, str(uuid.uuid4()), now - timedelta(seconds=i), duration, device, payload))
         cur.execute("INSERT INTO engagement_events (content_id, event_ts) VALUES (NULL, now())")
         conn.commit()
-        wait_for(lambda: _converged(client, dataset, cur), 60, "the odd rows in BigQuery", interval=0.5)
+        wait_for(lambda: bq_converged(client, dataset, cur), 60, "the odd rows in BigQuery", interval=0.5)
     src = SourceSide(connect(settings.database), "public", None, None, 3600 * 10**6)
     dst = BigQuerySide(client, S.ref(client.project, dataset, "engagement_events"), None, None, 3600 * 10**6)
     a, b = src.rows(Scope()), dst.rows(Scope())

@@ -14,7 +14,7 @@ from pulse.sinks.external_local import list_segments, read_state
 from pulse.sinks.external_stream import pending_after
 
 from .pipeline_helpers import Running, insert_content, insert_events, wait_for
-from .test_external_sink import SECRET, outbox_rows, received_by_event, settings, source_ids
+from .external_helpers import SECRET, outbox_rows, received_by_event, settings, source_ids
 
 
 def _verify(db, rec: Receiver, folder, *extra: str, env: dict[str, str] | None = None):
@@ -165,7 +165,7 @@ def test_postgres_ledger_merges_ranges_across_blocks_and_lanes_resolving_at_once
     from concurrent.futures import ThreadPoolExecutor
 
     from pulse.sinks.external_outbox import LEDGER_BLOCK_BITS
-    from .test_external_sink import outbox_for
+    from .external_helpers import outbox_for
 
     outbox = outbox_for(scratch_db)
     edge = 1 << LEDGER_BLOCK_BITS

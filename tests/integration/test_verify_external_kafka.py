@@ -27,8 +27,8 @@ from pulse.sinks.kafka import KafkaSink
 from tests.conftest import unique
 
 from .pipeline_helpers import Running, insert_content, insert_events, wait_for
-from .test_external_sink import FAST, SECRET, received_by_event, source_ids
-from .test_kafka_bus import drop_topics
+from .external_helpers import FAST, SECRET, received_by_event, source_ids
+from .kafka_helpers import drop_topics
 
 PARTITIONS = 2
 
