@@ -85,12 +85,11 @@ def encode(event: EnrichedEvent, targets: tuple[str, ...] | None = None) -> tupl
     return key, orjson.dumps(to_dict(event)), headers
 
 
-def is_for(headers: list[tuple[str, bytes]] | None, sink: str) -> bool:
-    """False for a backfill event whose targets leave out `sink` (its base name, before '@')."""
-    base = sink.split("@", 1)[0]
+def is_for(headers: list[tuple[str, bytes]] | None, kind: str) -> bool:
+    """False for a backfill event whose targets leave out sink kind `kind`."""
     for name, value in headers or ():
         if name == TARGETS_HEADER:
-            return base in value.decode().split(",")
+            return kind in value.decode().split(",")
     return True
 
 

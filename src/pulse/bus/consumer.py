@@ -46,12 +46,12 @@ from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
-from pulse.sinks.base import Sink
+from pulse.sinks.base import Sink, SinkInstance
 from pulse.sinks.kafka import client_config, ensure_topics
 
 log = get_logger(__name__)
 
-SinkFactory = Callable[[str], Sink]
+SinkFactory = Callable[[SinkInstance], Sink]  # the sink of one partition (`build_sink(kind, settings, instance)`)
 
 #: How often librdkafka reports its statistics (the consumer lag metric comes from them).
 STATS_INTERVAL_MS = 2_000
@@ -107,14 +107,14 @@ class SinkConsumer:
 
     def _on_assign(self, consumer, partitions) -> None:
         for tp in partitions:
-            name = f"{self.sink_name}@{tp.topic}/{tp.partition}"
-            sink = self.factory(name)
+            instance = SinkInstance(self.sink_name, tp.topic, tp.partition)
+            sink = self.factory(instance)
             position = self._retrying()(sink.open)
             if not sink.holds_position:
                 position = max(position, self._retrying()(self._committed_position, consumer, tp.partition))
             self.parts[tp.partition] = _Partition(sink, position)
             self._start_window_rebuilder(sink)
-            log.info("consume.assigned", sink=name, position=str(position))
+            log.info("consume.assigned", sink=instance.name, position=str(position))
         self.ready.set()
 
     def _committed_position(self, consumer, partition: int) -> Position:
@@ -357,14 +357,14 @@ class SinkConsumer:
                                         hint="only `pulse produce` may write to this topic")
                 headers = m.headers()
                 if is_replay(headers):
-                    if part.sink.takes_replays and is_for(headers, part.sink.name):
+                    if part.sink.takes_replays and is_for(headers, self.sink_name):
                         replays.append(decode(m.value()))
                     else:
                         self.skipped += 1
                     continue
                 if pos <= part.position or (
                         p != NULL_PARTITION and not part.sink.takes_broadcast_copies and is_broadcast_copy(headers)) or (
-                        not is_for(headers, part.sink.name)):
+                        not is_for(headers, self.sink_name)):
                     self.skipped += 1
                     continue
                 events.append(decode(m.value()))

@@ -92,10 +92,10 @@ def backfill(
         _follow(cfg, run["run_id"], None, report if as_json else None)
         return
     from pulse.runtime.pipeline import Pipeline
-    from pulse.sinks import pipeline_sinks
+    from pulse.sinks import pipeline_sinks, relay_sink
 
     named = list(sink) if sink else pipeline_sinks(cfg, required=False)
-    names = list(dict.fromkeys([*named, *targets])) if not kafka else ["kafka"]
+    names = list(dict.fromkeys([*named, *targets])) if not kafka else [relay_sink()]
     pipeline = Pipeline(cfg, [build_sink(n, cfg) for n in names])
     from pulse.cli.produce import install_stop
 

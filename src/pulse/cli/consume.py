@@ -26,9 +26,9 @@ def consume(
                           runtime={"metrics_port": metrics_port})
     build_sink(sink, cfg)  # fail at start on bad config, before joining the group
 
-    def factory(name: str):
-        # Positions are stored per partition, under the instance's name.
-        return build_sink(sink, cfg, instance=name)
+    def factory(instance):
+        # One sink per partition, each with its own position (`SinkInstance`).
+        return build_sink(sink, cfg, instance=instance)
 
     consumer = SinkConsumer(cfg, sink, factory, group=group)
     if cfg.runtime.metrics_port:

@@ -30,8 +30,15 @@ _SINK = typer.Option("external", "--sink", "--sink-name",
                      help="Sink whose dead letters to manage: external (default), kafka, ...")
 
 
+def _kind(sink_name: str) -> str:
+    """The sink kind of a name as `pulse dlq` takes it (`external`, or an instance's `external@<topic>/<p>`)."""
+    from pulse.sinks.base import SinkInstance
+
+    return SinkInstance.of(sink_name).kind
+
+
 def _is_external(sink_name: str) -> bool:
-    return sink_name.split("@", 1)[0] == "external"
+    return _kind(sink_name) == "external"
 
 
 def _store(database_url: Optional[str], slot: Optional[str], sink_name: str):
@@ -164,7 +171,7 @@ def replay(
     if not ids and not all_:
         raise TerminalError("nothing selected to replay", hint="pass --all, or --id N (see `pulse dlq list`)")
     if not _is_external(sink_name):
-        kind = sink_name.split("@", 1)[0]
+        kind = _kind(sink_name)
         if kind not in ("kafka", "bigquery"):
             raise TerminalError(f"dead letters of sink {sink_name} cannot be replayed",
                                 hint="inspect them with `pulse dlq show`; purge them when handled")

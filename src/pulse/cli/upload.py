@@ -44,8 +44,9 @@ def upload(
     from pulse import health, metrics
     from pulse.errors import TransientError
     from pulse.log import get_logger
+    from pulse.sinks.bigquery import BigQuerySink
     from pulse.sinks.bigquery_load import Loader, Tables, make_client
-    from pulse.sinks.bigquery_spool import Spool, SpoolOwner, holds_batches, upload_folders
+    from pulse.sinks.bigquery_spool import Spool, holds_batches, upload_folders
 
     cfg = common.settings(bigquery={"spool_dir": spool_dir, "project": project, "dataset": dataset,
                                     "endpoint": endpoint, "load_interval_s": load_interval_s},
@@ -69,8 +70,7 @@ def upload(
     # The run spool (pulse run) and one folder per Kafka partition (pulse
     # consume --sink bigquery keeps one spool and position per partition);
     # each must belong to this table (its owner.json).
-    owner = SpoolOwner(bq.project, bq.dataset, bq.table, slot=cfg.database.slot,
-                       group=cfg.kafka.group_for("bigquery"))
+    owner = BigQuerySink.upload_owner(cfg)
     loaders: dict[Path, Loader] = {}
 
     def refresh() -> list[Loader]:

@@ -11,7 +11,7 @@ from typing import Optional
 import orjson
 import typer
 
-VERIFIABLE = ("bigquery", "redis", "external")
+from pulse.verify.run import VERIFIABLE
 
 
 def verify(
@@ -68,8 +68,8 @@ def verify(
         raise ConfigError(f"pulse verify cannot verify {', '.join(unknown)}",
                           hint=f"choose among {', '.join(VERIFIABLE)} with --sink")
     if not names:
-        raise ConfigError("no destination to verify: none of bigquery, redis, external is configured or named",
-                          hint="name one with --sink bigquery / --sink redis / --sink external")
+        raise ConfigError(f"no destination to verify: none of {', '.join(VERIFIABLE)} is configured or named",
+                          hint="name one with " + " / ".join(f"--sink {n}" for n in VERIFIABLE))
     opts = Options(since=parse_ts(since), until=parse_ts(until), bucket_s=bucket_s, fanout=fanout,
                    leaf_rows=leaf_rows, settle_s=settle_s)
     if watch:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 from pulse.config import Settings, env_name_for
 from pulse.errors import ConfigError
 from pulse.log import get_logger
-from pulse.sinks.base import Sink
+from pulse.sinks.base import Sink, SinkInstance
 
 log = get_logger(__name__)
 
@@ -33,6 +33,7 @@ class Registration(NamedTuple):
     endpoint: tuple[str, str] | None = None  # None: runs only when named
     backfill_default: bool = False  # a target of `pulse backfill` when none is named
     window: bool = False  # keeps only a recent window: a backfill rebuilds it (`Sink.rebuild_window`)
+    relays: bool = False  # forwards to workers of the other sinks (`Sink.relays`): `--kafka` modes use it
 
 
 # Every sink kind, one row each. Endpoints are tried in this order when no sink is named.
@@ -43,7 +44,7 @@ REGISTRY: dict[str, Registration] = {
     "external": Registration("pulse.sinks.external", "ExternalSink", "external", ("external", "url"),
                              backfill_default=True),
     "jsonl": Registration("pulse.sinks.jsonl", "JsonLinesSink", None, ("jsonl", "path")),
-    "kafka": Registration("pulse.sinks.kafka", "KafkaSink", "kafka"),
+    "kafka": Registration("pulse.sinks.kafka", "KafkaSink", "kafka", relays=True),
     # Test doubles: never a default (memory keeps nothing; pgtable writes into a database of the tests).
     "memory": Registration("pulse.sinks.memory", "MemorySink"),
     "pgtable": Registration("pulse.sinks.pgtable", "PgTableSink"),
@@ -58,17 +59,23 @@ ENDPOINTS: dict[str, tuple[str, str]] = {name: r.endpoint for name, r in REGISTR
 DEFAULT_BACKFILL_TARGETS = tuple(name for name, r in REGISTRY.items() if r.backfill_default)
 
 
+def relay_sink() -> str:
+    """The sink kind that relays to separate workers (Kafka): what `pulse backfill --kafka` runs."""
+    return next(name for name, r in REGISTRY.items() if r.relays)
+
+
 def rebuilt_not_replayed(name: str) -> bool:
     """Whether a backfill for sink kind `name` rebuilds its window instead of replaying rows."""
     reg = REGISTRY.get(name)
     return reg is not None and reg.window
 
 
-def build_sink(name: str, settings: Settings, instance: str | None = None) -> Sink:
+def build_sink(name: str, settings: Settings, instance: "SinkInstance | str | None" = None) -> Sink:
     """The sink of kind `name`, configured from `settings`.
 
-    `instance` names this instance when several run side by side (one per
-    Kafka partition): sinks store their position under their instance name.
+    `instance` says which one when several run side by side (one per Kafka
+    partition, `SinkInstance(kind, topic, partition)`): each keeps its own
+    position and local state. None: `pulse run`'s one instance.
     """
     reg = REGISTRY.get(name)
     if reg is None:
@@ -122,5 +129,5 @@ def pipeline_sinks(settings: Settings, *, required: bool = True) -> list[str]:
     return list(found)
 
 
-__all__ = ["BUILTIN", "DEFAULT_BACKFILL_TARGETS", "ENDPOINTS", "REGISTRY", "Registration", "Sink", "build_sink", "configured_destinations", "pipeline_sinks",
-           "rebuilt_not_replayed"]
+__all__ = ["SinkInstance", "BUILTIN", "DEFAULT_BACKFILL_TARGETS", "ENDPOINTS", "REGISTRY", "Registration", "Sink", "build_sink", "configured_destinations", "pipeline_sinks",
+           "rebuilt_not_replayed", "relay_sink"]

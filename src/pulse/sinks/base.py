@@ -19,7 +19,7 @@ batch), `TerminalError` for what needs the operator.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pulse.model import ZERO, Batch, Change, Position
 
@@ -29,11 +29,47 @@ if TYPE_CHECKING:  # pragma: no cover
     from pulse.config import DatabaseConfig, Settings
 
 
+class SinkInstance(NamedTuple):
+    """Which instance of a sink kind a sink object is: `pulse run`'s (no partition), or, under
+    `pulse consume`, the one of a Kafka partition (each keeps its own position and local state)."""
+
+    kind: str  # the registry's name: redis, bigquery, external, ...
+    topic: str | None = None
+    partition: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The instance's name in metrics, logs and stored positions: `<kind>`, or `<kind>@<topic>/<partition>`."""
+        return self.kind if self.partition is None else f"{self.kind}@{self.topic}/{self.partition}"
+
+    @property
+    def partitioned(self) -> bool:
+        return self.partition is not None
+
+    @classmethod
+    def of(cls, name: "str | SinkInstance") -> "SinkInstance":
+        """`name` as an instance: an instance as it is; a string in the form `name` gives (a stored or typed one)."""
+        if isinstance(name, SinkInstance):
+            return name
+        kind, at, rest = name.partition("@")
+        if not at:
+            return cls(kind)
+        topic, _, partition = rest.rpartition("/")
+        return cls(kind, topic, int(partition))
+
+
 class Sink(ABC):
     """Base class of every destination (Redis, BigQuery, external HTTP, test doubles)."""
 
-    #: Short name used in config, metrics and logs.
+    #: Short name used in config, metrics and logs (`instance.name`).
     name: str = "sink"
+    #: Which instance this is (`SinkInstance`): set by `identify` in the constructor.
+    instance: SinkInstance = SinkInstance("sink")
+
+    def identify(self, name: "str | SinkInstance") -> None:
+        """Set this object's instance (and `name`): constructors take the instance the runtime gives."""
+        self.instance = SinkInstance.of(name)
+        self.name = self.instance.name
 
     #: Over Kafka, a DELETE without old values is copied to every partition so
     #: it never overtakes its insert. A sink applying deletes by event id takes

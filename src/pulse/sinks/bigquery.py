@@ -35,7 +35,7 @@ from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks import bigquery_schema as S
 from pulse.sinks import dead_letter as dl
-from pulse.sinks.base import Sink
+from pulse.sinks.base import Sink, SinkInstance
 from pulse.sinks.bigquery_load import Loader, LoaderThread, Tables, make_client
 from pulse.sinks.bigquery_spool import DEFAULT_ROOT, Spool, SpoolOwner, holds_batches, process_budget, spool_folder
 
@@ -50,18 +50,19 @@ class BigQuerySink(Sink):
     accepts_columns = True  # backfill chunks arrive enriched column-wise, already in the row shape
     takes_replays = True  # a full payload replayed over Kafka is MERGEd into the row holding its marker
 
-    def __init__(self, cfg: BigQueryConfig, *, name: str = "bigquery", client=None, write_client=None,
-                 slot: str | None = None, group: str | None = None, db: DatabaseConfig | None = None) -> None:
+    def __init__(self, cfg: BigQueryConfig, *, name: "str | SinkInstance" = "bigquery", client=None,
+                 write_client=None, slot: str | None = None, group: str | None = None,
+                 db: DatabaseConfig | None = None) -> None:
         self.cfg = cfg
-        self.name = name
+        self.identify(name)
         self.slot = slot
         # Whose spool this is: the table, and the slot (or Kafka topic, partition, group) it spools.
-        self.owner = SpoolOwner.of(cfg.project, cfg.dataset, cfg.table, name, slot=slot, group=group)
+        self.owner = SpoolOwner.of(cfg.project, cfg.dataset, cfg.table, self.instance, slot=slot, group=group)
         self.max_row_bytes = cfg.max_row_bytes or MAX_ROW_BYTES[cfg.mode]
         # Batch mode: one spool file (and two fsyncs) per write; rows reach the table at the next
         # load (load_interval_s) anyway, so the runtime gathers a write's events this long.
         self.linger_s = cfg.write_linger_s if cfg.mode == "batch" else 0.0
-        self.dead_letters = (dl.DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{name}")
+        self.dead_letters = (dl.DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{self.name}")
                              if db is not None else None)
         self.truncated = 0
         self._client = client
@@ -74,9 +75,17 @@ class BigQuerySink(Sink):
         self.merger = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, name: str = "bigquery") -> "BigQuerySink":
+    def from_settings(cls, settings: Settings, name: "str | SinkInstance" = "bigquery") -> "BigQuerySink":
         return cls(settings.bigquery, name=name, slot=settings.database.slot,
-                   group=settings.kafka.group_for(name.split("@", 1)[0]), db=settings.database)
+                   group=settings.kafka.group_for(SinkInstance.of(name).kind), db=settings.database)
+
+    @staticmethod
+    def upload_owner(settings: Settings) -> SpoolOwner:
+        """Whose spool folders `pulse upload` loads: this table, this slot's run spool and the
+        `pulse consume --sink bigquery` partitions of its consumer group."""
+        bq = settings.bigquery
+        return SpoolOwner(bq.project, bq.dataset, bq.table, slot=settings.database.slot,
+                          group=settings.kafka.group_for("bigquery"))
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -91,8 +100,8 @@ class BigQuerySink(Sink):
 
     @property
     def partitioned(self) -> bool:
-        """One instance per Kafka partition (`pulse consume` names them `bigquery@<topic>/<partition>`)."""
-        return "@" in self.name
+        """One instance per Kafka partition (`pulse consume`)."""
+        return self.instance.partitioned
 
     def _spool_dir(self) -> Path:
         # Each partition keeps its own spool and position file: positions only

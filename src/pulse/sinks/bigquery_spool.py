@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 
 from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.model import ZERO, Position
+from pulse.sinks.base import SinkInstance
 
 _NAME = re.compile(r"^([0-9a-f]{16})-(\d{10})-([0-9a-f]{16})-(\d{10})\.parquet$")
 
@@ -81,13 +82,13 @@ class SpoolOwner:
     group: str | None = None
 
     @classmethod
-    def of(cls, project: str, dataset: str, table: str, instance: str, *, slot: str | None,
+    def of(cls, project: str, dataset: str, table: str, instance: "SinkInstance | str", *, slot: str | None,
            group: str | None) -> "SpoolOwner":
-        """The owner of a sink instance: `bigquery` (a slot) or `bigquery@<topic>/<partition>` (Kafka)."""
-        if "@" not in instance:
+        """The owner of a sink instance: `pulse run`'s (a slot) or a Kafka partition's (`pulse consume`)."""
+        instance = SinkInstance.of(instance)
+        if not instance.partitioned:
             return cls(project, dataset, table, slot=slot)
-        topic, _, partition = instance.split("@", 1)[1].rpartition("/")
-        return cls(project, dataset, table, topic=topic, partition=int(partition), group=group)
+        return cls(project, dataset, table, topic=instance.topic, partition=instance.partition, group=group)
 
     @property
     def table_id(self) -> str:

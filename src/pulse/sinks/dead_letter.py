@@ -31,6 +31,7 @@ from psycopg2.extras import execute_values
 from pulse import metrics
 from pulse.errors import TerminalError, TransientError
 from pulse.model import EnrichedEvent
+from pulse.sinks.base import SinkInstance
 
 PAYLOAD_TOO_LARGE = "payload_too_large"
 MARKER_KEY = "_pulse_truncated"
@@ -60,7 +61,7 @@ def full_json(event: EnrichedEvent) -> bytes:
 
 
 def count(sink: str, reason: str, n: int = 1) -> None:
-    metrics.DEAD_LETTERS.labels(sink.split("@", 1)[0], reason).inc(n)
+    metrics.DEAD_LETTERS.labels(SinkInstance.of(sink).kind, reason).inc(n)
     if reason == PAYLOAD_TOO_LARGE:
         metrics.PROBLEMS.labels(PAYLOAD_TOO_LARGE).inc(n)
 

@@ -45,7 +45,7 @@ from pulse import metrics
 from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
-from pulse.sinks.base import Sink
+from pulse.sinks.base import Sink, SinkInstance
 from pulse.sinks.external_delivery import CircuitBreaker, HttpClient, Lane, LaneStats, RetryPolicy
 from pulse.sinks.external_columns import encode_table, table_events
 from pulse.sinks.external_local import Encoded, FrameLog, LocalLog, MemoryLog, build_frame, build_frame_columns
@@ -79,11 +79,11 @@ def outbox_folder(cfg: ExternalConfig, db: DatabaseConfig, name: str) -> Path:
     return DEFAULT_OUTBOX_ROOT / _safe(db.slot or "default") / _safe(name)
 
 
-def outbox_kind(cfg: ExternalConfig, name: str) -> str:
-    """local | postgres | kafka. `auto`: kafka for an instance fed from a topic (`<sink>@<topic>/<partition>`)."""
+def outbox_kind(cfg: ExternalConfig, instance: "SinkInstance | str") -> str:
+    """local | postgres | kafka. `auto`: kafka for an instance fed from a topic (a Kafka partition's)."""
     if cfg.outbox != "auto":
         return cfg.outbox
-    return "kafka" if "@" in name else "local"
+    return "kafka" if SinkInstance.of(instance).partitioned else "local"
 
 
 def encode_event(e, source: str, id_of=None) -> Encoded:
@@ -104,22 +104,22 @@ class ExternalSink(Sink):
     # (external_columns): the same bytes as `write`. Not with outbox = postgres (set in __init__).
     accepts_columns = True
 
-    def __init__(self, cfg: ExternalConfig, db: DatabaseConfig, *, name: str = "external",
+    def __init__(self, cfg: ExternalConfig, db: DatabaseConfig, *, name: "str | SinkInstance" = "external",
                  client: HttpClient | None = None) -> None:
         if not cfg.url:
             raise ConfigError("the external sink needs an endpoint URL",
                               hint="set PULSE_EXTERNAL_URL (e.g. the URL `pulse receiver` prints)")
-        self.name = name
+        self.identify(name)
         self.cfg = cfg
         self.db = db
-        self.kind = outbox_kind(cfg, name)
+        self.kind = outbox_kind(cfg, self.instance)
         self.holds_position = self.kind != "kafka"  # over Kafka the consumer keeps it with its offsets
         # The PostgreSQL outbox stores rows, not frames: it takes the events the other sinks share.
         self.accepts_columns = self.kind != "postgres"
         self.snapshot_mode = "rows" if cfg.snapshot else "none"  # external.snapshot
         # The dead-letter store (and, with outbox = postgres, the outbox) in Pulse's schema.
-        self.outbox = Outbox(db.dsn(), db.state_schema, sink_key(db, name))
-        self.folder = outbox_folder(cfg, db, name) if self.kind == "local" else None
+        self.outbox = Outbox(db.dsn(), db.state_schema, sink_key(db, self.name))
+        self.folder = outbox_folder(cfg, db, self.name) if self.kind == "local" else None
         self._client = client
         self.stats = LaneStats()
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_open_s, cfg.breaker_open_max_s)
@@ -136,7 +136,7 @@ class ExternalSink(Sink):
         self.overflowed = 0  # events dead-lettered because the outbox was full
 
     @classmethod
-    def from_settings(cls, settings: Settings, name: str = "external") -> "ExternalSink":
+    def from_settings(cls, settings: Settings, name: "str | SinkInstance" = "external") -> "ExternalSink":
         return cls(settings.external, settings.database, name=name)
 
     @property

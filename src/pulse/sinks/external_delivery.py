@@ -36,6 +36,7 @@ from pulse.config import ExternalConfig
 from pulse.errors import ConfigError
 from pulse.log import get_logger
 from pulse.model import ZERO
+from pulse.sinks.base import SinkInstance
 from pulse.sinks.external_outbox import Outbox, OutboxRow
 from pulse.sinks.external_signing import Signer, parse_retry_after
 
@@ -56,7 +57,7 @@ def dead_letter_metric(sink: str, reason: str, n: int) -> None:
     """Count dead letters by sink too (`pulse_dead_letters_total{sink,reason}`, shared with the other sinks)."""
     from pulse import metrics
 
-    metrics.DEAD_LETTERS.labels(sink.split("@", 1)[0], reason).inc(n)
+    metrics.DEAD_LETTERS.labels(SinkInstance.of(sink).kind, reason).inc(n)
 
 
 #: 4xx answers that mean "try again later" rather than "this request is wrong".

@@ -30,7 +30,7 @@ import orjson
 from pulse.bus.codec import to_dict
 from pulse.errors import TransientError
 from pulse.model import ZERO, Batch, Position
-from pulse.sinks.base import Sink
+from pulse.sinks.base import Sink, SinkInstance
 
 
 def segment_name(position: Position) -> str:
@@ -40,18 +40,19 @@ def segment_name(position: Position) -> str:
 
 class JsonLinesSink(Sink):
     def __init__(self, path: str | os.PathLike[str], segment_bytes: int = 256 * 1024 * 1024,
-                 name: str = "jsonl") -> None:
+                 name: "str | SinkInstance" = "jsonl") -> None:
         self.dir = Path(path)
         self.segment_bytes = segment_bytes
-        self.name = name
+        self.identify(name)
         self.position = ZERO
         self.current: Path | None = None
 
     @classmethod
-    def from_settings(cls, settings, name: str = "jsonl") -> "JsonLinesSink":
+    def from_settings(cls, settings, name: "str | SinkInstance" = "jsonl") -> "JsonLinesSink":
         cfg = settings.jsonl
         # One folder per instance when several run side by side (Kafka partitions).
-        path = Path(cfg.path) if name == "jsonl" else Path(cfg.path) / name.replace("/", "_")
+        instance = SinkInstance.of(name)
+        path = Path(cfg.path) / instance.name.replace("/", "_") if instance.partitioned else Path(cfg.path)
         return cls(path, segment_bytes=cfg.segment_bytes, name=name)
 
     def open(self) -> Position:

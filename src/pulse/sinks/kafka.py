@@ -35,7 +35,7 @@ from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Change, EnrichedEvent, Position
 from pulse.sinks import dead_letter as dl
-from pulse.sinks.base import Sink
+from pulse.sinks.base import Sink, SinkInstance
 
 log = get_logger(__name__)
 
@@ -96,9 +96,9 @@ class KafkaSink(Sink):
     relays = True
 
     def __init__(self, cfg: KafkaConfig, db: DatabaseConfig | None = None, flush_timeout_s: float = 30.0,
-                 name: str = "kafka") -> None:
+                 name: "str | SinkInstance" = "kafka") -> None:
         self.cfg = cfg
-        self.name = name
+        self.identify(name)
         self.flush_timeout_s = flush_timeout_s
         self.producer = None
         self._errors: list[str] = []
@@ -109,12 +109,12 @@ class KafkaSink(Sink):
         # Times the broker refused an event's message as too large (by position), since the last good batch.
         self._refused: dict[Position, int] = {}
         self._limit_stale = False  # a refusal: read the topic's limit again before the retry
-        self.dead_letters = (dl.DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{name}")
+        self.dead_letters = (dl.DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{self.name}")
                              if db is not None else None)
         self.truncated = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings, name: str = "kafka") -> "KafkaSink":
+    def from_settings(cls, settings: Settings, name: "str | SinkInstance" = "kafka") -> "KafkaSink":
         return cls(settings.kafka, settings.database, name=name)
 
     def relay_snapshot_targets(self, settings: Settings) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -16,20 +16,20 @@ import time
 
 from pulse.errors import TerminalError, TransientError
 from pulse.model import ZERO, Batch, EnrichedEvent, Position
-from pulse.sinks.base import Sink
+from pulse.sinks.base import Sink, SinkInstance
 
 
 class MemorySink(Sink):
     """Keeps events (or, with `columns=True`, the enriched Arrow tables a columnar sink gets)."""
 
     @classmethod
-    def from_settings(cls, settings, name: str = "memory") -> "MemorySink":
+    def from_settings(cls, settings, name: "str | SinkInstance" = "memory") -> "MemorySink":
         """`--sink memory`: keeps nothing (a throughput probe), so it is never a default (`pipeline_sinks`)."""
         return cls(name, keep=False)
 
-    def __init__(self, name: str = "memory", keep: bool = True, start: Position = ZERO,
+    def __init__(self, name: "str | SinkInstance" = "memory", keep: bool = True, start: Position = ZERO,
                  columns: bool = False) -> None:
-        self.name = name
+        self.identify(name)
         self.keep = keep
         self.accepts_columns = columns
         self.tables: list = []

@@ -15,22 +15,22 @@ from psycopg2.extras import execute_values
 
 from pulse.errors import ConfigError, TransientError
 from pulse.model import ZERO, Batch, Position
-from pulse.sinks.base import Sink
+from pulse.sinks.base import Sink, SinkInstance
 
 
 class PgTableSink(Sink):
     @classmethod
-    def from_settings(cls, settings, name: str = "pgtable") -> "PgTableSink":
+    def from_settings(cls, settings, name: "str | SinkInstance" = "pgtable") -> "PgTableSink":
         url = settings.testsinks.pgtable_url
         if url is None:
             raise ConfigError("the pgtable sink needs a database URL",
                               hint="set PULSE_TESTSINKS__PGTABLE_URL (a database other than the source)")
         return cls(url.get_secret_value(), table=settings.testsinks.pgtable_table, name=name)
 
-    def __init__(self, url: str, table: str = "pulse_sink_events", name: str = "pgtable") -> None:
+    def __init__(self, url: str, table: str = "pulse_sink_events", name: "str | SinkInstance" = "pgtable") -> None:
         self.url = url
         self.table = table
-        self.name = name
+        self.identify(name)
         self.conn = None
 
     def _connect(self):

@@ -41,7 +41,7 @@ from pulse.config import DatabaseConfig, RedisConfig, Settings
 from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, EnrichedEvent, Position
-from pulse.sinks.base import Sink
+from pulse.sinks.base import Sink, SinkInstance
 from pulse.sinks.redis_board import Aggregate, Keys, PauseState, decode_position, encode_position
 from pulse.sinks.redis_lua import APPLY, OPEN, PAUSE, RESET
 
@@ -83,7 +83,7 @@ class RedisSink(Sink):
     snapshot_mode = "window"
 
     def __init__(self, config: RedisConfig, *, clock: Clock = _utcnow, client: Any = None,
-                 name: str = "redis") -> None:
+                 name: "str | SinkInstance" = "redis") -> None:
         if config.window_s % config.bucket_s:
             raise ConfigError(f"redis.bucket_s ({config.bucket_s}) must divide redis.window_s ({config.window_s})",
                               hint="e.g. window_s 600 with bucket_s 5, 10, 15, 20, 30 or 60")
@@ -91,7 +91,7 @@ class RedisSink(Sink):
             raise ConfigError("redis.state_ttl_s must exceed window_s + bucket_s",
                               hint="raise PULSE_REDIS__STATE_TTL_S (default 3600)")
         self.config = config
-        self.name = name
+        self.identify(name)
         self.keys = Keys(config.prefix, config.window_s)
         self.clock = clock
         self._client = client
@@ -112,7 +112,7 @@ class RedisSink(Sink):
         self.last_result: dict[str, int] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings, name: str = "redis") -> "RedisSink":
+    def from_settings(cls, settings: Settings, name: "str | SinkInstance" = "redis") -> "RedisSink":
         return cls(settings.redis, name=name)
 
     def rebuild_window(self, database: DatabaseConfig) -> dict[str, object]:
@@ -163,7 +163,7 @@ class RedisSink(Sink):
     @property
     def position_field(self) -> str:
         """The meta field holding this instance's position: one per Kafka partition when consumed from Kafka."""
-        return "position" if self.name == "redis" else f"position:{self.name}"
+        return f"position:{self.name}" if self.instance.partitioned else "position"
 
     def open(self) -> Position:
         self._check_server()

@@ -249,6 +249,7 @@ _HEAD = b'{"event_id":'
 
 
 def _key(settings: Settings, name: str, topic: str, partition: int) -> str:
+    from pulse.sinks.base import SinkInstance
     from pulse.sinks.external import sink_key
 
-    return sink_key(settings.database, f"{name}@{topic}/{partition}")
+    return sink_key(settings.database, SinkInstance(name, topic, partition).name)

@@ -19,6 +19,10 @@ class Options:
     settle_s: float = 30.0
 
 
+# The destinations `pulse verify` knows how to compare with the source.
+VERIFIABLE = ("bigquery", "redis", "external")
+
+
 def verify_one(settings: Settings, name: str, opts: Options) -> Result:
     if name == "bigquery":
         from pulse.verify.bigquery import verify_bigquery

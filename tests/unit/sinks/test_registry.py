@@ -19,7 +19,7 @@ def test_each_row_names_a_sink_class_with_from_settings(name):
 
 
 def test_memory_by_name_keeps_nothing_and_is_never_a_default():
-    sink = build_sink("memory", Settings(), instance="memory@t/0")
+    sink = build_sink("memory", Settings(), instance="memory@t/0")  # a name, as stored, is taken too
     assert sink.name == "memory@t/0" and sink.keep is False
     assert "memory" not in ENDPOINTS and "pgtable" not in ENDPOINTS
 
@@ -41,5 +41,23 @@ def test_declarations_in_the_registry_agree_with_the_classes():
     for name, reg in REGISTRY.items():
         cls = getattr(importlib.import_module(reg.module), reg.cls)
         assert reg.window == (cls.snapshot_mode == "window"), name
+        assert reg.relays == cls.relays, name
         if reg.backfill_default:
             assert cls.snapshot_mode == "rows", name
+
+
+def test_an_instance_names_itself_as_stored_positions_expect_and_parses_back():
+    from pulse.sinks import SinkInstance
+
+    part = SinkInstance("bigquery", "pulse.events", 3)
+    assert part.name == "bigquery@pulse.events/3" and part.partitioned
+    assert SinkInstance.of(part.name) == part and SinkInstance.of(part) is part
+    assert SinkInstance.of("redis") == SinkInstance("redis") and not SinkInstance("redis").partitioned
+    assert SinkInstance.of("external@a/b.c/12") == SinkInstance("external", "a/b.c", 12)
+
+
+def test_build_sink_hands_the_instance_to_the_sink():
+    from pulse.sinks import SinkInstance
+
+    sink = build_sink("memory", Settings(), instance=SinkInstance("memory", "t", 2))
+    assert sink.instance == SinkInstance("memory", "t", 2) and sink.name == "memory@t/2"
