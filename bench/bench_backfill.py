@@ -69,8 +69,8 @@ def raw_load(cur, settings: Settings, dataset: str) -> tuple[float, float]:
     import pyarrow.parquet as pq
     from psycopg2 import sql
 
-    from pulse.sinks import bigquery_schema as S
-    from pulse.sinks.bigquery_load import Tables, make_client
+    from pulse.sinks.bigquery import schema as S
+    from pulse.sinks.bigquery.client import Tables, make_client
     from pulse.source.chunks import chunk_query, read_chunk
     from pulse.transform.columnar import ContentColumns, enrich_table
     from pulse.source.content import load_content
@@ -206,7 +206,7 @@ def run(args, db: ScratchDatabase, endpoint: str) -> None:
                   "spool_dir": str(Path(".pulse") / "bench" / dataset),
                   **({"load_interval_s": args.load_interval} if args.load_interval else {})},
     )
-    from pulse.sinks.bigquery_load import make_client
+    from pulse.sinks.bigquery.client import make_client
 
     client = make_client(settings.bigquery)
 

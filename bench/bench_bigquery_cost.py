@@ -43,9 +43,9 @@ import pyarrow.parquet as pq
 
 from pulse.config import load_settings
 from pulse.model import Batch, EnrichedEvent, Position
-from pulse.sinks import bigquery_schema as S
-from pulse.sinks.bigquery import BigQuerySink
-from pulse.sinks.bigquery_load import Tables, make_client
+from pulse.sinks.bigquery import schema as S
+from pulse.sinks.bigquery.sink import BigQuerySink
+from pulse.sinks.bigquery.client import Tables, make_client
 
 DAYS = 60
 

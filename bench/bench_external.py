@@ -80,9 +80,9 @@ def wait_unique(url: str, n: int, timeout: float) -> float:
 def raw_baseline(url: str, n: int, batch: int, concurrency: int) -> tuple[float, float]:
     """events/s and p99 request latency of POSTing pre-built, signed CloudEvents batches directly."""
     from pulse.model import EnrichedEvent, Position
-    from pulse.sinks.external_delivery import build_request
-    from pulse.sinks.external_outbox import encode
-    from pulse.sinks.external_signing import Signer
+    from pulse.sinks.external.delivery import build_request
+    from pulse.sinks.external.outbox import encode
+    from pulse.sinks.external.signing import Signer
 
     now = datetime.now(timezone.utc)
     rows = [encode(EnrichedEvent(i, str(uuid.UUID(int=1 + i % 200)), str(uuid.uuid4()), "play", now, 1000 + i, "ios",
@@ -165,7 +165,7 @@ def run_one(db, url: str, outbox: str, folder: Path, args) -> tuple[float, float
     """Throughput and latency of the sink on one outbox, on its own slot of the same database."""
     from pulse.config import Settings
     from pulse.runtime.pipeline import Pipeline
-    from pulse.sinks.external import ExternalSink
+    from pulse.sinks.external.sink import ExternalSink
     from pulse.source.slot import ensure_slot
 
     cfg = db.config(slot=f"bench_ext_{outbox}", heartbeat_interval_s=1.0)

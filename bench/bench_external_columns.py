@@ -26,9 +26,9 @@ import pyarrow as pa
 
 from pulse.generator.content import ContentItem
 from pulse.generator.events import EventFactory
-from pulse.sinks.external import encode_event
-from pulse.sinks.external_columns import encode_table, fallback_mask
-from pulse.sinks.external_local import build_frame, build_frame_columns
+from pulse.sinks.external.sink import encode_event
+from pulse.sinks.external.columns import encode_table, fallback_mask
+from pulse.sinks.external.local import build_frame, build_frame_columns
 from pulse.model_arrow import RAW_SCHEMA
 from pulse.transform.columnar import EventChunk
 from pulse.transform.content_cache import ContentCache, ContentInfo

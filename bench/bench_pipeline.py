@@ -97,9 +97,9 @@ def wait_unique(url: str, n: int, timeout: float, proc: subprocess.Popen | None 
 def raw_http(url: str, n: int, batch: int, concurrency: int) -> float:
     """events/s of POSTing the sink's bodies for n events of the benchmark's shape, from `concurrency` threads."""
     from pulse.model import EnrichedEvent, Position
-    from pulse.sinks.external import encode_event
-    from pulse.sinks.external_local import build_frame, parse_frame
-    from pulse.sinks.external_stream import Slices, body_of
+    from pulse.sinks.external.sink import encode_event
+    from pulse.sinks.external.local import build_frame, parse_frame
+    from pulse.sinks.external.stream import Slices, body_of
 
     now = datetime.now(timezone.utc)
     bodies: list[bytes] = []
@@ -249,7 +249,7 @@ def main() -> None:
             print(f"redis cleanup: {exc}")
         try:
             from pulse.config import Settings
-            from pulse.sinks.bigquery_load import make_client
+            from pulse.sinks.bigquery.client import make_client
 
             s = Settings(bigquery={"project": os.environ["PULSE_BIGQUERY_PROJECT"], "dataset": dataset,
                                    "endpoint": os.environ.get("PULSE_BIGQUERY_ENDPOINT") or None})

@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from pulse.config import RedisConfig, Settings  # noqa: E402
 from pulse.model import Batch, EnrichedEvent, Position  # noqa: E402
-from pulse.sinks.redis import RedisSink  # noqa: E402
-from pulse.sinks.redis_board import Keys  # noqa: E402
+from pulse.sinks.redis.sink import RedisSink  # noqa: E402
+from pulse.sinks.redis.board import Keys  # noqa: E402
 
 DEVICES = ("ios", "android", "web-chrome", "web-safari", "web-firefox", "tv", "car", "watch")
 EVENT_TYPES = ("play", "pause", "finish", "click")

@@ -199,7 +199,7 @@ def main() -> None:
 def run(args, db: ScratchDatabase, endpoint: str) -> None:
     import psycopg2
 
-    from pulse.sinks.bigquery_load import make_client
+    from pulse.sinks.bigquery.client import make_client
 
     cur = db.connect().cursor()
     content = seed_content(cur)

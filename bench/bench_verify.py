@@ -59,7 +59,7 @@ def main() -> None:
 
 
 def run(args, db: ScratchDatabase, endpoint: str) -> None:
-    from pulse.sinks.bigquery_load import make_client
+    from pulse.sinks.bigquery.client import make_client
     from pulse.verify import checksum as C
     from pulse.verify.bigquery import verify_bigquery
 

@@ -6,7 +6,7 @@
   inserts become (`pulse.source.native.run_table`);
 - `ENRICHED_SCHEMA`: an `EnrichedEvent` as columns, the output of
   `transform.columnar.enrich_table`. The BigQuery sink stores it as it is
-  (its table types and descriptions are in `sinks/bigquery_schema.py`); the
+  (its table types and descriptions are in `sinks/bigquery/schema.py`); the
   external sink encodes its CloudEvents from it.
 
 Extra source columns (beyond `model.EVENT_COLUMNS`) ride in a raw table as

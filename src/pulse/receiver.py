@@ -55,7 +55,7 @@ import orjson
 
 from pulse.errors import ConfigError
 from pulse.log import get_logger
-from pulse.sinks.external_signing import VerificationError, verify
+from pulse.sinks.external.signing import VerificationError, verify
 
 log = get_logger(__name__)
 

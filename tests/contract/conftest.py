@@ -74,7 +74,7 @@ def _pgtable(url: str) -> Harness:
 
 def _redis(redis_url: str, client) -> Harness:
     from pulse.config import RedisConfig
-    from pulse.sinks.redis import RedisSink
+    from pulse.sinks.redis.sink import RedisSink
 
     prefix = unique("contract") + ":"
 

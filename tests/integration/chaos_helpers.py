@@ -103,7 +103,7 @@ class Destinations:
 
     def bq_client(self):
         from pulse.config import BigQueryConfig
-        from pulse.sinks.bigquery_load import make_client
+        from pulse.sinks.bigquery.client import make_client
 
         return make_client(BigQueryConfig(project=self.bq_project, dataset=self.dataset, endpoint=self.bq_endpoint))
 

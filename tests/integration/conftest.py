@@ -59,7 +59,7 @@ def kafka_env(scratch_db, sink_db, services):
 
 @pytest.fixture
 def bq_dataset(services):
-    from pulse.sinks.bigquery_load import make_client
+    from pulse.sinks.bigquery.client import make_client
 
     dataset = unique("pulse_kafka")
     cfg = BigQueryConfig(project=services["PULSE_BIGQUERY_PROJECT"], dataset=dataset,

@@ -7,8 +7,8 @@ from collections import defaultdict
 
 from pulse.config import Settings
 from pulse.receiver import Receiver
-from pulse.sinks.external import sink_key
-from pulse.sinks.external_outbox import Outbox
+from pulse.sinks.external.sink import sink_key
+from pulse.sinks.external.outbox import Outbox
 
 SECRET = "whsec_" + base64.b64encode(b"pulse-integration-test-secret-32b").decode()
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from pulse.config import RedisConfig
 from pulse.model import EnrichedEvent, Position
-from pulse.sinks.redis_board import NULL_MEMBER, Keys
+from pulse.sinks.redis.board import NULL_MEMBER, Keys
 
 WINDOW, BUCKET, SKEW = 600, 10, 60  # the board's window, bucket and future skew in these tests
 

@@ -9,9 +9,9 @@ import psycopg2
 from pulse.config import BigQueryConfig
 from pulse.runtime.backfill import BackfillSpec, get_run, submit
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.bigquery import BigQuerySink
-from pulse.sinks.bigquery_load import make_client
-from pulse.sinks.redis import RedisSink
+from pulse.sinks.bigquery.sink import BigQuerySink
+from pulse.sinks.bigquery.client import make_client
+from pulse.sinks.redis.sink import RedisSink
 
 from .pipeline_helpers import Running, insert_content, insert_events_bulk, settings_for, wait_for
 from .redis_helpers import board_stats, redis_config

@@ -8,7 +8,7 @@ from pulse.bus.consumer import SinkConsumer
 from pulse.config import Settings
 from pulse.runtime.backfill import BackfillSpec, submit
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.kafka import KafkaSink
+from pulse.sinks.kafka.sink import KafkaSink
 from pulse.sinks.memory import MemorySink
 from tests.conftest import unique
 

@@ -25,8 +25,8 @@ import pytest
 from pulse.config import BigQueryConfig
 from pulse.model import Batch, EnrichedEvent, Position
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.bigquery import BigQuerySink
-from pulse.sinks.bigquery_cost import DAY_S, pacing
+from pulse.sinks.bigquery.sink import BigQuerySink
+from pulse.sinks.bigquery.cost import DAY_S, pacing
 
 from .pipeline_helpers import Running, insert_content, wait_for
 from .bigquery_helpers import bq_settings
@@ -111,7 +111,7 @@ def test_a_steady_stream_of_fresh_inserts_reads_nothing_of_the_table(services, b
     assert {j[2]["pulse_path"] for j in queries} == {"state"}
 
 
-# A predicate on the partitioning column with constant bounds (`bigquery_schema.partition_filter`).
+# A predicate on the partitioning column with constant bounds (`bigquery.schema.partition_filter`).
 PARTITION_PREDICATE = re.compile(r"T\.event_ts >= TIMESTAMP '\d{4}-\d\d-\d\d 00:00:00\+00'|T\.event_ts IS NULL|"
                                  r"AND FALSE")
 # Queries on the table that the cost model says cannot name their partitions.

@@ -26,7 +26,7 @@ import pytest
 from pulse.generator import GenerateSpec, run as generate
 from pulse.model import Batch, Position
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.bigquery import BigQuerySink
+from pulse.sinks.bigquery.sink import BigQuerySink
 from pulse.source.slot import ensure_slot
 
 from .pipeline_helpers import Running, insert_content, insert_events_bulk, wait_for
@@ -117,7 +117,7 @@ def test_generator_run_with_anomalies_lands_exactly_once(scratch_db, services, b
     # The table is partitioned by day of event_ts and clustered for the common filters.
     table = client.get_table(f"{dataset}.engagement_events")
     assert table.time_partitioning.field == "event_ts" and table.clustering_fields == ["content_type", "content_id"]
-    # The whole schema, by hand (not read from pulse.sinks.bigquery_schema). BigQuery reports the
+    # The whole schema, by hand (not read from pulse.sinks.bigquery.schema). BigQuery reports the
     # legacy names INTEGER / FLOAT / BOOLEAN for INT64 / FLOAT64 / BOOL: one type, two spellings.
     alias = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
     assert {f.name: (alias.get(f.field_type, f.field_type), f.mode) for f in table.schema} == EXPECTED_SCHEMA

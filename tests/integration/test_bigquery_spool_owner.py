@@ -19,7 +19,7 @@ import pytest
 from pulse.config import Settings
 from pulse.errors import TerminalError
 from pulse.model import Batch, Position
-from pulse.sinks.bigquery import BigQuerySink
+from pulse.sinks.bigquery.sink import BigQuerySink
 
 from ..conftest import unique
 from .pipeline_helpers import wait_for

@@ -389,7 +389,7 @@ def test_all_pulse_containers_share_the_same_pulse_environment(svcs):
 
 def test_the_pulse_environment_loads_into_pulse_settings(svcs, monkeypatch):
     from pulse.config import load_settings
-    from pulse.sinks.external_signing import decode_secret
+    from pulse.sinks.external.signing import decode_secret
 
     env = _pulse_env(svcs["producer"])
     for key in list(os.environ):
@@ -471,7 +471,7 @@ def test_compose_env_writes_private_random_secrets_and_keeps_existing_ones(tmp_p
     for key, value in values.items():
         assert value not in first.stdout + first.stderr, f"{key} printed"  # names only, never values
         if key == "PULSE_EXTERNAL_SECRET":
-            from pulse.sinks.external_signing import decode_secret
+            from pulse.sinks.external.signing import decode_secret
 
             assert len(decode_secret(value)) == 32
         else:
@@ -772,7 +772,7 @@ def test_the_documented_kafka_sasl_snippet_reaches_librdkafka(tmp_path, monkeypa
     from confluent_kafka import Producer
 
     from pulse.config import load_settings
-    from pulse.sinks.kafka import client_config
+    from pulse.sinks.kafka.sink import client_config
 
     snippet = _deploy_sasl_snippet().replace("SCRAM-SHA-512", mechanism)
     text = COMPOSE_FILE.read_text()

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pulse.bus.consumer import SinkConsumer
 from pulse.config import Settings
 from pulse.model import Batch, EnrichedEvent, Position
-from pulse.sinks.kafka import KafkaSink
+from pulse.sinks.kafka.sink import KafkaSink
 from pulse.sinks.memory import MemorySink
 from tests.conftest import unique
 

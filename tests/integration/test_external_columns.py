@@ -17,9 +17,9 @@ from psycopg2 import sql
 
 from pulse.model import Position
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.external import ExternalSink, encode_event
-from pulse.sinks.external_columns import encode_table, fallback_mask
-from pulse.sinks.external_local import build_frame, build_frame_columns
+from pulse.sinks.external.sink import ExternalSink, encode_event
+from pulse.sinks.external.columns import encode_table, fallback_mask
+from pulse.sinks.external.local import build_frame, build_frame_columns
 from pulse.source.chunks import chunk_query, read_chunk
 from pulse.transform.columnar import EventChunk
 from pulse.source.content import load_content

@@ -15,8 +15,8 @@ from pulse.bus.consumer import SinkConsumer
 from pulse.config import Settings
 from pulse.model import Batch, EnrichedEvent, Position
 from pulse.receiver import Receiver
-from pulse.sinks.external import ExternalSink
-from pulse.sinks.kafka import KafkaSink
+from pulse.sinks.external.sink import ExternalSink
+from pulse.sinks.kafka.sink import KafkaSink
 from tests.conftest import unique
 
 from .pipeline_helpers import wait_for

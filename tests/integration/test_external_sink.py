@@ -18,9 +18,9 @@ from pulse.config import Settings
 from pulse.model import Position
 from pulse.receiver import Receiver
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.external import ExternalSink, outbox_folder
-from pulse.sinks.external_local import read_state
-from pulse.sinks.external_stream import pending_after
+from pulse.sinks.external.sink import ExternalSink, outbox_folder
+from pulse.sinks.external.local import read_state
+from pulse.sinks.external.stream import pending_after
 from pulse.source.slot import ensure_slot
 
 from .pipeline_helpers import Running, insert_content, insert_events, insert_events_bulk, kill_at_random, wait_for

@@ -29,7 +29,7 @@ from .redis_helpers import board_stats
 @pytest.fixture
 def second_dataset(services):
     from pulse.config import BigQueryConfig
-    from pulse.sinks.bigquery_load import make_client
+    from pulse.sinks.bigquery.client import make_client
 
     dataset = unique("pulse_inproc")
     client = make_client(BigQueryConfig(project=services["PULSE_BIGQUERY_PROJECT"], dataset=dataset,
@@ -61,7 +61,7 @@ def test_kafka_workers_match_the_in_process_pipeline(scratch_db, services, kafka
     import redis
 
     from pulse.config import BigQueryConfig
-    from pulse.sinks.bigquery_load import make_client
+    from pulse.sinks.bigquery.client import make_client
 
     kafka_ds, _ = bq_dataset
     cur = scratch_db.connect().cursor()

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pulse.config import DatabaseConfig, Settings
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.bigquery_schema import to_arrow
+from pulse.sinks.bigquery.schema import to_arrow
 from pulse.sinks.memory import MemorySink
 from pulse.source import native
 from pulse.source.slot import ensure_slot

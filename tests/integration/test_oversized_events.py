@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from pulse.receiver import Receiver
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.external import ExternalSink
+from pulse.sinks.external.sink import ExternalSink
 from pulse.source.slot import ensure_slot
 from tests.conftest import unique
 
@@ -158,7 +158,7 @@ def test_in_process_run_delivers_2mb_and_20mb_events_past_a_413_and_to_bigquery_
         scratch_db, services, bq, tmp_path):
     """`pulse run` (in-process) to the receiver, which refuses bodies over 1 MB, and the BigQuery emulator."""
     from pulse.config import Settings
-    from pulse.sinks.bigquery import BigQuerySink
+    from pulse.sinks.bigquery.sink import BigQuerySink
 
     client, dataset = bq
     rec = Receiver(secret=SECRET, seed=5).start()
@@ -253,7 +253,7 @@ def test_bigquery_stream_mode_writes_a_20mb_event_with_the_marker_and_keeps_it_i
         scratch_db, services, bq, tmp_path):
     """The Storage Write API takes 10 MB per request: the 20 MB row goes in with the marker, the 2 MB one whole."""
     from pulse.config import Settings
-    from pulse.sinks.bigquery import BigQuerySink
+    from pulse.sinks.bigquery.sink import BigQuerySink
 
     client, dataset = bq
     cfg = Settings(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import pulse
-from pulse.sinks.redis_board import Keys
+from pulse.sinks.redis.board import Keys
 
 from .pipeline_helpers import insert_content, insert_events, wait_for
 from .pipeline_helpers import pulse_env, slot_streaming
@@ -61,7 +61,7 @@ def test_the_redis_extra_alone_installs_a_working_pulse(redis_only_venv, scratch
     assert version.returncode == 0 and version.stdout.strip() == f"pulse {pulse.__version__}", version.stderr
     meta = _py(venv, "import importlib.metadata as m; print(m.version('pulse-cdc'))")
     assert meta.stdout.strip() == pulse.__version__
-    imported = _py(venv, "import pulse.runtime.pipeline, pulse.sinks.redis")
+    imported = _py(venv, "import pulse.runtime.pipeline, pulse.sinks.redis.sink")
     assert imported.returncode == 0, imported.stderr
     # `pulse board`'s page ships in the package (package data), byte for byte.
     assets = ("index.html", "board.css", "board.js")

@@ -19,7 +19,7 @@ from pulse.errors import TerminalError, TransientError
 from pulse.model import Batch, Position
 from pulse.runtime.pipeline import Pipeline
 from pulse.runtime.rebuild import rebuild_redis
-from pulse.sinks.redis import RedisSink
+from pulse.sinks.redis.sink import RedisSink
 from pulse.source.slot import ensure_slot
 
 from .pipeline_helpers import Running, insert_content, settings_for, wait_for

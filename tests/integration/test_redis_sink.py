@@ -29,8 +29,8 @@ from pulse.generator import run as generate
 from pulse.model import Batch, Position
 from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.memory import MemorySink
-from pulse.sinks.redis import RedisSink
-from pulse.sinks.redis_board import Keys
+from pulse.sinks.redis.sink import RedisSink
+from pulse.sinks.redis.board import Keys
 from pulse.source.slot import ensure_slot
 
 from ..conftest import need, unique
@@ -190,7 +190,7 @@ def test_a_flush_that_only_deletes_held_events_keeps_the_sink_running(scratch_db
     `pulse run`. The deletes come in their own transaction, after the held
     inserts are written, so they are a flush of their own.
     """
-    from pulse.sinks.redis import BOARD_HELD
+    from pulse.sinks.redis.sink import BOARD_HELD
 
     prefix, client = rprefix
     conn = scratch_db.connect()

@@ -7,7 +7,7 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.redis import RedisSink
+from pulse.sinks.redis.sink import RedisSink
 
 from .pipeline_helpers import Running, insert_content, insert_events, settings_for, wait_for
 from .pipeline_helpers import pulse_cmd, pulse_env

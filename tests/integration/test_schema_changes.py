@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 import pytest
 
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.bigquery import BigQuerySink
-from pulse.sinks.external import ExternalSink
-from pulse.sinks.kafka import KafkaSink
+from pulse.sinks.bigquery.sink import BigQuerySink
+from pulse.sinks.external.sink import ExternalSink
+from pulse.sinks.kafka.sink import KafkaSink
 
 from ..conftest import unique
 from .pipeline_helpers import Running, insert_content, wait_for
@@ -189,8 +189,8 @@ def test_an_update_that_leaves_a_toasted_payload_keeps_it_everywhere(
     import redis
 
     from pulse.config import RedisConfig
-    from pulse.sinks.redis import RedisSink
-    from pulse.sinks.redis_board import Keys
+    from pulse.sinks.redis.sink import RedisSink
+    from pulse.sinks.redis.board import Keys
 
     client, dataset = bq
     prefix = unique("pulse_t") + ":"

@@ -20,9 +20,9 @@ import pytest
 
 from pulse.receiver import Receiver
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.bigquery import BigQuerySink
-from pulse.sinks.external import ExternalSink
-from pulse.sinks.kafka import KafkaSink
+from pulse.sinks.bigquery.sink import BigQuerySink
+from pulse.sinks.external.sink import ExternalSink
+from pulse.sinks.kafka.sink import KafkaSink
 
 from ..conftest import unique
 from .pipeline_helpers import Running, insert_content, wait_for

@@ -350,7 +350,7 @@ def test_initial_snapshot_over_kafka_killed_twice_ends_exact_everywhere(scratch_
 
 
 def test_an_empty_table_needs_no_copy_and_no_rebuild(scratch_db, services, rprefix):
-    from pulse.sinks.redis import RedisSink
+    from pulse.sinks.redis.sink import RedisSink
 
     from .redis_helpers import redis_config
 

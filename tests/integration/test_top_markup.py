@@ -6,7 +6,7 @@ import os
 import subprocess
 import uuid
 
-from pulse.sinks.redis_board import Keys
+from pulse.sinks.redis.board import Keys
 from .pipeline_helpers import pulse_cmd
 
 

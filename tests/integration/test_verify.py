@@ -17,7 +17,7 @@ import pytest
 from pulse.config import Settings
 from pulse.generator import GenerateSpec, run as generate
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.bigquery import BigQuerySink
+from pulse.sinks.bigquery.sink import BigQuerySink
 from pulse.verify.run import Options, run_verify
 
 from .pipeline_helpers import Running, wait_for
@@ -50,7 +50,7 @@ def test_rows_in_flight_while_verifying_are_settled_not_reported(scratch_db, ser
     import contextlib
     from pathlib import Path
 
-    from pulse.sinks.bigquery_spool import Spool
+    from pulse.sinks.bigquery.spool import Spool
     from pulse.verify import bigquery as VB
 
     from .pipeline_helpers import insert_content, insert_events
@@ -167,7 +167,7 @@ def test_odd_rows_hash_the_same_in_both_engines(scratch_db, services, bq, tmp_pa
     from pulse.schema import connect
     from pulse.verify import checksum as C
     from pulse.verify.bigquery import BigQuerySide, Scope, SourceSide
-    from pulse.sinks import bigquery_schema as S
+    from pulse.sinks.bigquery import schema as S
 
     client, dataset = bq
     settings = bq_settings(scratch_db, services, dataset, tmp_path / "spool")
@@ -209,7 +209,7 @@ def test_redis_board_verified_then_a_changed_entry_found_and_rebuilt(scratch_db,
 
     import redis as redis_lib
 
-    from pulse.sinks.redis import RedisSink
+    from pulse.sinks.redis.sink import RedisSink
     from .pipeline_helpers import insert_content, insert_events
 
     prefix = f"pulse_v_{uuid.uuid4().hex[:8]}:"

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from pulse.receiver import Receiver
 from pulse.runtime.pipeline import Pipeline
-from pulse.sinks.external import ExternalSink
-from pulse.sinks.external_local import list_segments, read_state
-from pulse.sinks.external_stream import pending_after
+from pulse.sinks.external.sink import ExternalSink
+from pulse.sinks.external.local import list_segments, read_state
+from pulse.sinks.external.stream import pending_after
 
 from .pipeline_helpers import Running, insert_content, insert_events, wait_for
 from .external_helpers import SECRET, outbox_rows, received_by_event, settings, source_ids
@@ -164,7 +164,7 @@ def test_postgres_outbox_lost_rows_and_ledger_entries_are_named_exactly_and_repa
 def test_postgres_ledger_merges_ranges_across_blocks_and_lanes_resolving_at_once(scratch_db):
     from concurrent.futures import ThreadPoolExecutor
 
-    from pulse.sinks.external_outbox import LEDGER_BLOCK_BITS
+    from pulse.sinks.external.outbox import LEDGER_BLOCK_BITS
     from .external_helpers import outbox_for
 
     outbox = outbox_for(scratch_db)

@@ -9,7 +9,7 @@ import pytest
 
 from pulse.bus import codec
 from pulse.model import Change, Position, content_extra_columns, extra_columns
-from pulse.sinks import bigquery_schema as S
+from pulse.sinks.bigquery import schema as S
 from pulse.source.pgoutput import UNCHANGED_TOAST, type_name
 from pulse.source.content import load_content
 from pulse.transform.content_cache import ContentCache
@@ -102,7 +102,7 @@ def test_a_change_without_a_column_lists_it_as_unchanged_in_the_rows():
     """Rows of a relation without the column (before the ADD, after the DROP, a backfill read) never write it."""
     import pyarrow as pa
 
-    from pulse.sinks.bigquery_load import _conform, _group_schema
+    from pulse.sinks.bigquery.load import _conform, _group_schema
 
     with_col = enrich_change(_change("insert", {**BASE, "sid": "s"}, {**TYPES, "sid": "text"}), ContentCache(), NOW)
     without = enrich_change(_change("update", dict(BASE, id=8), TYPES), ContentCache(), NOW)

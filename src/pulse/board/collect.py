@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable
 
 from pulse.log import get_logger
-from pulse.sinks.redis_board import Keys, lowest_bucket
+from pulse.sinks.redis.board import Keys, lowest_bucket
 
 log = get_logger(__name__)
 

@@ -47,7 +47,7 @@ from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks.base import Sink, SinkInstance
-from pulse.sinks.kafka import client_config, ensure_topics
+from pulse.sinks.kafka.sink import client_config, ensure_topics
 
 log = get_logger(__name__)
 

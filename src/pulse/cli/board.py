@@ -33,7 +33,7 @@ def board(
     from pulse.cli.status import read_status
     from pulse.cli.top import snapshot
     from pulse.log import get_logger
-    from pulse.sinks.redis_board import Keys
+    from pulse.sinks.redis.board import Keys
 
     log = get_logger("pulse.board")
     cfg = common.settings(redis={"url": redis_url, "prefix": prefix},

@@ -57,8 +57,8 @@ def _store(database_url: Optional[str], slot: Optional[str], sink_name: str):
 
 def _outbox(database_url: Optional[str], slot: Optional[str], sink_name: str, **external):
     from pulse.cli import common
-    from pulse.sinks.external import sink_key
-    from pulse.sinks.external_outbox import Outbox
+    from pulse.sinks.external.sink import sink_key
+    from pulse.sinks.external.outbox import Outbox
 
     cfg = common.settings(database={"url": database_url, "slot": slot}, external=external)
     outbox = Outbox(cfg.database.dsn(), cfg.database.state_schema, sink_key(cfg.database, sink_name))
@@ -166,7 +166,7 @@ def replay(
     the topic again; bigquery: MERGEd into the rows that hold their markers.
     """
     from pulse.errors import TerminalError
-    from pulse.sinks.external_delivery import HttpClient, replay_dead_letters
+    from pulse.sinks.external.delivery import HttpClient, replay_dead_letters
 
     if not ids and not all_:
         raise TerminalError("nothing selected to replay", hint="pass --all, or --id N (see `pulse dlq list`)")
@@ -177,11 +177,11 @@ def replay(
                                 hint="inspect them with `pulse dlq show`; purge them when handled")
         store_cfg, store = _store(database_url, slot, sink_name)
         if kind == "kafka":
-            from pulse.sinks.kafka import replay_dead_letters as replay_kafka
+            from pulse.sinks.kafka.sink import replay_dead_letters as replay_kafka
 
             published, failed, error = replay_kafka(store_cfg.kafka, store, ids=ids or None)
         else:
-            from pulse.sinks.bigquery import replay_dead_letters as replay_bigquery
+            from pulse.sinks.bigquery.sink import replay_dead_letters as replay_bigquery
 
             published, failed, error = replay_bigquery(store_cfg.bigquery, store, ids=ids or None)
         typer.echo(f"replayed {published} event(s)" + (f"; {failed} still failing: {error}" if failed else ""))

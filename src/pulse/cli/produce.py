@@ -31,7 +31,7 @@ def produce(
         return
     from pulse import metrics
     from pulse.runtime.pipeline import Pipeline
-    from pulse.sinks.kafka import KafkaSink
+    from pulse.sinks.kafka.sink import KafkaSink
 
     cfg = common.settings(
         database={"url": database_url, "slot": slot, "publication": publication},

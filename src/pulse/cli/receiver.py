@@ -53,7 +53,7 @@ def receiver(
     from pulse.cli import common
     from pulse.log import get_logger
     from pulse.receiver import Faults, Receiver
-    from pulse.sinks.external_signing import decode_secret
+    from pulse.sinks.external.signing import decode_secret
 
     cfg = common.settings(receiver={"host": host, "port": port, "max_body_bytes": max_body_bytes})
     log = get_logger("pulse.receiver")

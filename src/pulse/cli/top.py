@@ -23,7 +23,7 @@ def _s(value: Any) -> str:
 
 def snapshot(client, keys, limit: int = 10, now: float | None = None) -> dict[str, Any]:
     """One consistent-enough read of the board (a pipeline of reads; the board is maintained, not merged)."""
-    from pulse.sinks.redis_board import decode_position
+    from pulse.sinks.redis.board import decode_position
 
     now = time.time() if now is None else now
     pipe = client.pipeline(transaction=True)  # MULTI: every read sees the same state
@@ -147,7 +147,7 @@ def top(
 
     from pulse.cli import common
     from pulse.errors import TransientError
-    from pulse.sinks.redis_board import Keys
+    from pulse.sinks.redis.board import Keys
 
     cfg = common.settings(redis={"url": redis_url, "prefix": prefix}).redis
     keys = Keys(cfg.prefix, cfg.window_s)

@@ -44,9 +44,10 @@ def upload(
     from pulse import health, metrics
     from pulse.errors import TransientError
     from pulse.log import get_logger
-    from pulse.sinks.bigquery import BigQuerySink
-    from pulse.sinks.bigquery_load import Loader, Tables, make_client
-    from pulse.sinks.bigquery_spool import Spool, holds_batches, upload_folders
+    from pulse.sinks.bigquery.sink import BigQuerySink
+    from pulse.sinks.bigquery.client import Tables, make_client
+    from pulse.sinks.bigquery.load import Loader
+    from pulse.sinks.bigquery.spool import Spool, holds_batches, upload_folders
 
     cfg = common.settings(bigquery={"spool_dir": spool_dir, "project": project, "dataset": dataset,
                                     "endpoint": endpoint, "load_interval_s": load_interval_s},

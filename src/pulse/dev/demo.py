@@ -214,7 +214,7 @@ def _source_events(cur) -> int:
 
 def _bq_client(env: dict[str, str]):
     from pulse.config import BigQueryConfig
-    from pulse.sinks.bigquery_load import make_client
+    from pulse.sinks.bigquery.client import make_client
 
     return make_client(BigQueryConfig(project=env["PULSE_BIGQUERY_PROJECT"], dataset=DEMO_DATASET,
                                       endpoint=env["PULSE_BIGQUERY_ENDPOINT"]))

@@ -72,7 +72,7 @@ def rebuild_redis(settings: Settings, clock=lambda: datetime.now(timezone.utc)) 
 def rebuild_board(rcfg: "RedisConfig", cfg: "DatabaseConfig",
                   clock=lambda: datetime.now(timezone.utc)) -> dict[str, Any]:
     """Rebuild the board of `rcfg` from the source database `cfg` for its window; returns a summary."""
-    from pulse.sinks.redis import RedisSink
+    from pulse.sinks.redis.sink import RedisSink
 
     sink = RedisSink(rcfg, clock=clock)
     token = uuid.uuid4().hex

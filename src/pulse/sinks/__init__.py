@@ -38,13 +38,13 @@ class Registration(NamedTuple):
 
 # Every sink kind, one row each. Endpoints are tried in this order when no sink is named.
 REGISTRY: dict[str, Registration] = {
-    "redis": Registration("pulse.sinks.redis", "RedisSink", "redis", ("redis", "url"), window=True),
-    "bigquery": Registration("pulse.sinks.bigquery", "BigQuerySink", "bigquery", ("bigquery", "project"),
+    "redis": Registration("pulse.sinks.redis.sink", "RedisSink", "redis", ("redis", "url"), window=True),
+    "bigquery": Registration("pulse.sinks.bigquery.sink", "BigQuerySink", "bigquery", ("bigquery", "project"),
                              backfill_default=True),
-    "external": Registration("pulse.sinks.external", "ExternalSink", "external", ("external", "url"),
+    "external": Registration("pulse.sinks.external.sink", "ExternalSink", "external", ("external", "url"),
                              backfill_default=True),
     "jsonl": Registration("pulse.sinks.jsonl", "JsonLinesSink", None, ("jsonl", "path")),
-    "kafka": Registration("pulse.sinks.kafka", "KafkaSink", "kafka", relays=True),
+    "kafka": Registration("pulse.sinks.kafka.sink", "KafkaSink", "kafka", relays=True),
     # Test doubles: never a default (memory keeps nothing; pgtable writes into a database of the tests).
     "memory": Registration("pulse.sinks.memory", "MemorySink"),
     "pgtable": Registration("pulse.sinks.pgtable", "PgTableSink"),

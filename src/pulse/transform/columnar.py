@@ -49,7 +49,6 @@ import pyarrow.compute as pc
 
 from pulse.model import EnrichedEvent, Position, extra_columns
 from pulse.model_arrow import ENRICHED_SCHEMA as ARROW_SCHEMA
-from pulse.model_arrow import EXTRA_PREFIX, RAW_SCHEMA
 from pulse.transform import enrich as E
 from pulse.transform.content_cache import ContentCache
 

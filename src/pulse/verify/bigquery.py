@@ -184,7 +184,7 @@ class BigQuerySide:
     def _run(self, q: str, params: list) -> list[tuple]:
         from google.cloud import bigquery
 
-        from pulse.sinks.bigquery_load import classify, query_config, query_error, retries
+        from pulse.sinks.bigquery.client import classify, query_config, query_error, retries
 
         self.queries += 1
         config = (query_config(self.cfg, self.slot, "verify", params) if self.cfg is not None
@@ -332,8 +332,8 @@ def verify_bigquery(settings: Settings, *, since: datetime | None, until: dateti
                     client=None) -> Result:
     """Run the bisection, settle what it found, and return the result."""
     from pulse.schema import connect
-    from pulse.sinks import bigquery_schema as S
-    from pulse.sinks.bigquery_load import make_client
+    from pulse.sinks.bigquery import schema as S
+    from pulse.sinks.bigquery.client import make_client
 
     started = time.monotonic()
     cfg = settings.bigquery

@@ -83,7 +83,7 @@ class LocalAccounting:
         self.refresh()
 
     def refresh(self) -> None:
-        from pulse.sinks.external_local import frame_ids, read_state
+        from pulse.sinks.external.local import frame_ids, read_state
 
         pending, oldest = frame_ids(self.folder, read_state(self.folder).delivered) if self.folder.is_dir() else (
             np.empty(0, np.int64), None)
@@ -107,7 +107,7 @@ class PostgresAccounting:
     what = "not in the outbox table, not in its ledger of delivered ids, not dead-lettered"
 
     def __init__(self, settings: Settings, conn, key: str, lo: int, hi: int) -> None:
-        from pulse.sinks.external_outbox import Outbox
+        from pulse.sinks.external.outbox import Outbox
 
         self.settings, self.conn, self.key, self.lo, self.hi = settings, conn, key, lo, hi
         self.outbox = Outbox(settings.database.dsn(), settings.database.state_schema, key)
@@ -171,7 +171,7 @@ def outbox_of(settings: Settings, name: str = "external") -> str:
     here: with no local outbox folder it refuses rather than call every event
     missing (and have `--repair` send them all again).
     """
-    from pulse.sinks.external import outbox_folder
+    from pulse.sinks.external.sink import outbox_folder
 
     cfg = settings.external
     if cfg.outbox != "auto":
@@ -185,7 +185,7 @@ def outbox_of(settings: Settings, name: str = "external") -> str:
 
 
 def accounting(settings: Settings, conn, kind: str, src: np.ndarray, name: str = "external"):
-    from pulse.sinks.external import outbox_folder, sink_key
+    from pulse.sinks.external.sink import outbox_folder, sink_key
 
     if kind == "local":
         return LocalAccounting(settings, conn, outbox_folder(settings.external, settings.database, name),

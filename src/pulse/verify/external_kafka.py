@@ -62,7 +62,7 @@ class KafkaAccounting:
                  timeout_s: float = 30.0) -> None:
         from confluent_kafka import Consumer, KafkaException
 
-        from pulse.sinks.kafka import client_config
+        from pulse.sinks.kafka.sink import client_config
 
         self.settings, self.conn, self.src, self.name = settings, conn, src, name
         self.cfg = settings.kafka
@@ -250,6 +250,6 @@ _HEAD = b'{"event_id":'
 
 def _key(settings: Settings, name: str, topic: str, partition: int) -> str:
     from pulse.sinks.base import SinkInstance
-    from pulse.sinks.external import sink_key
+    from pulse.sinks.external.sink import sink_key
 
     return sink_key(settings.database, SinkInstance(name, topic, partition).name)

@@ -65,7 +65,7 @@ def _read(settings: Settings):
     import redis as redis_lib
 
     from pulse.schema import connect
-    from pulse.sinks.redis_board import NULL_MEMBER, Keys, bucket_of, lowest_bucket
+    from pulse.sinks.redis.board import NULL_MEMBER, Keys, bucket_of, lowest_bucket
 
     cfg = settings.redis
     keys = Keys(cfg.prefix, cfg.window_s)
@@ -153,7 +153,7 @@ def _uncorrectable(settings: Settings) -> int:
     """The board's count of changes it could not apply (old values unknown, or never counted)."""
     import redis as redis_lib
 
-    from pulse.sinks.redis_board import Keys
+    from pulse.sinks.redis.board import Keys
 
     cfg = settings.redis
     client = redis_lib.Redis.from_url(cfg.url.get_secret_value(), socket_timeout=cfg.socket_timeout_s)

@@ -45,8 +45,8 @@ def repair_bigquery(settings: Settings, result: Result, timeout_s: float = 600.0
     from psycopg2 import sql
 
     from pulse.schema import connect
-    from pulse.sinks import bigquery_schema as S
-    from pulse.sinks.bigquery_load import make_client, query_config, retries
+    from pulse.sinks.bigquery import schema as S
+    from pulse.sinks.bigquery.client import make_client, query_config, retries
 
     ids = {k: sorted(int(f.key) for f in result.findings if f.kind == k) for k in (MISSING, DIFFERENT, EXTRA,
                                                                                      DUPLICATE)}
@@ -134,8 +134,9 @@ def execute_runs(settings: Settings, run_ids: list[str], targets: list[str], tim
     if "bigquery" in names:
         # Durable in the spool is not yet in the table: load what the run left there
         # (what `pulse upload --once` does), so the verification that follows sees it.
-        from pulse.sinks.bigquery_load import Loader, Tables, make_client
-        from pulse.sinks.bigquery_spool import Spool
+        from pulse.sinks.bigquery.client import Tables, make_client
+        from pulse.sinks.bigquery.load import Loader
+        from pulse.sinks.bigquery.spool import Spool
 
         cfg = settings.bigquery
         if Path(cfg.spool_dir).exists():

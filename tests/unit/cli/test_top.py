@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from pulse.cli.top import render
-from pulse.sinks.redis_board import Keys
+from pulse.sinks.redis.board import Keys
 
 HOSTILE = ["[/]", "[bold red]x", "[link=http://evil]y[/link]", "a\x1b[31mb"]
 

@@ -43,8 +43,8 @@ def test_a_relay_names_the_workers_behind_it_and_external_snapshot_false_leaves_
 
 
 def test_the_real_sinks_declare_window_and_rows():
-    from pulse.sinks.external import ExternalSink
-    from pulse.sinks.redis import RedisSink
+    from pulse.sinks.external.sink import ExternalSink
+    from pulse.sinks.redis.sink import RedisSink
 
     s = Settings(external={"url": "http://127.0.0.1:9/x"})
     assert RedisSink.from_settings(s).snapshot_mode == "window"

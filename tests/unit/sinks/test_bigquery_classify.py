@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.api_core import exceptions as g
 
 from pulse.errors import TerminalError, TransientError
-from pulse.sinks.bigquery_load import classify
+from pulse.sinks.bigquery.client import classify
 
 
 def test_a_job_that_vanished_while_polled_is_transient() -> None:
@@ -38,7 +38,7 @@ def test_the_client_neither_retries_a_call_nor_reruns_a_job_for_longer_than_the_
     from types import SimpleNamespace
 
     from pulse.config import BigQueryConfig
-    from pulse.sinks.bigquery_load import Tables
+    from pulse.sinks.bigquery.client import Tables
 
     seen = {}
 

@@ -12,9 +12,9 @@ from google.api_core import exceptions as g
 
 from pulse.config import BigQueryConfig
 from pulse.errors import TerminalError
-from pulse.sinks import bigquery_schema as S
-from pulse.sinks.bigquery_cost import BURST, DAY_S, IdMark, job_labels, next_load_at, pacing
-from pulse.sinks.bigquery_load import Tables
+from pulse.sinks.bigquery import schema as S
+from pulse.sinks.bigquery.cost import BURST, DAY_S, IdMark, job_labels, next_load_at, pacing
+from pulse.sinks.bigquery.client import Tables
 
 
 def test_the_mark_never_calls_an_id_of_the_table_fresh():

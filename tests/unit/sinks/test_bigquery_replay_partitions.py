@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from pulse.sinks.bigquery import _partitions
+from pulse.sinks.bigquery.sink import _partitions
 
 
 def test_the_days_of_the_replayed_events_and_the_null_partition() -> None:

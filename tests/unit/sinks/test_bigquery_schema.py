@@ -10,7 +10,7 @@ from google.cloud import bigquery
 
 from pulse.errors import ConfigError, TerminalError
 from pulse.model import EnrichedEvent, Position
-from pulse.sinks import bigquery_schema as S
+from pulse.sinks.bigquery import schema as S
 
 NOW = datetime(2024, 8, 1, 12, 0, tzinfo=timezone.utc)
 

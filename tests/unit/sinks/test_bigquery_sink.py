@@ -13,10 +13,11 @@ from google.api_core import exceptions as g
 from pulse.config import BigQueryConfig
 from pulse.errors import TerminalError, TransientError
 from pulse.model import Batch, EnrichedEvent, Position
-from pulse.sinks import bigquery_load as L
-from pulse.sinks.bigquery import BigQuerySink
-from pulse.sinks.bigquery_cost import IdMark
-from pulse.sinks.bigquery_spool import Spool
+from pulse.sinks.bigquery import client as C
+from pulse.sinks.bigquery import load as L
+from pulse.sinks.bigquery.sink import BigQuerySink
+from pulse.sinks.bigquery.cost import IdMark
+from pulse.sinks.bigquery.spool import Spool
 
 NOW = datetime(2024, 8, 1, tzinfo=timezone.utc)
 
@@ -27,10 +28,10 @@ def _ev(i, pos):
 
 
 def test_classify_sorts_errors():
-    assert isinstance(L.classify(g.ServiceUnavailable("down"), "x"), TransientError)
-    assert isinstance(L.classify(ConnectionError("refused"), "x"), TransientError)
-    assert isinstance(L.classify(g.Forbidden("no"), "x"), TerminalError)
-    assert isinstance(L.classify(g.BadRequest("bad"), "x"), TerminalError)
+    assert isinstance(C.classify(g.ServiceUnavailable("down"), "x"), TransientError)
+    assert isinstance(C.classify(ConnectionError("refused"), "x"), TransientError)
+    assert isinstance(C.classify(g.Forbidden("no"), "x"), TerminalError)
+    assert isinstance(C.classify(g.BadRequest("bad"), "x"), TerminalError)
 
 
 class FakeTables:
@@ -57,7 +58,7 @@ class FakeTables:
         return t
 
     def read_state(self):
-        return L.LoadState(Position(0, 0), self.mark, None, 0)
+        return C.LoadState(Position(0, 0), self.mark, None, 0)
 
     def highest_id(self):
         self.calls.append(("highest",))
@@ -102,7 +103,7 @@ class FakeLoader(L.Loader):
 
 
 def _spool_with(tmp_path, n):
-    from pulse.sinks.bigquery_schema import to_arrow
+    from pulse.sinks.bigquery.schema import to_arrow
 
     s = Spool(tmp_path)
     for i in range(1, n + 1):
@@ -132,7 +133,7 @@ def test_a_load_takes_at_most_load_max_files_files(tmp_path):
 
 
 def _spool_of(tmp_path, events):
-    from pulse.sinks.bigquery_schema import to_arrow
+    from pulse.sinks.bigquery.schema import to_arrow
 
     s = Spool(tmp_path)
     for ev in events:
@@ -142,19 +143,19 @@ def _spool_of(tmp_path, events):
 
 def test_id_ranges_cover_the_ids_and_leave_out_the_widest_gaps():
     ids = pa.array([5, 1, 2, 3, 1000, 1001, 50_000, 7, 2_000_000], pa.int64())
-    assert L.id_ranges(ids) == [(1, 3), (5, 5), (7, 7), (1000, 1001), (50_000, 50_000), (2_000_000, 2_000_000)]
-    assert L.id_ranges(ids, max_ranges=2) == [(1, 50_000), (2_000_000, 2_000_000)]
-    assert L.id_ranges(ids, max_ranges=1) == [(1, 2_000_000)]
-    assert L.id_ranges(pa.array([], pa.int64())) == []
-    assert L.id_ranges(pa.array([4], pa.int64())) == [(4, 4)]
+    assert C.id_ranges(ids) == [(1, 3), (5, 5), (7, 7), (1000, 1001), (50_000, 50_000), (2_000_000, 2_000_000)]
+    assert C.id_ranges(ids, max_ranges=2) == [(1, 50_000), (2_000_000, 2_000_000)]
+    assert C.id_ranges(ids, max_ranges=1) == [(1, 2_000_000)]
+    assert C.id_ranges(pa.array([], pa.int64())) == []
+    assert C.id_ranges(pa.array([4], pa.int64())) == [(4, 4)]
     contiguous = pa.array(range(10, 20_000), pa.int64())
-    assert L.id_ranges(contiguous) == [(10, 19_999)]
+    assert C.id_ranges(contiguous) == [(10, 19_999)]
     for seed in range(20):
         import random
 
         rng = random.Random(seed)
         values = sorted({rng.randrange(10_000) for _ in range(rng.randrange(1, 300))})
-        ranges = L.id_ranges(pa.array(values, pa.int64()), max_ranges=rng.randrange(1, 8))
+        ranges = C.id_ranges(pa.array(values, pa.int64()), max_ranges=rng.randrange(1, 8))
         covered = {v for v in values if any(lo <= v <= hi for lo, hi in ranges)}
         assert covered == set(values)
         assert all(lo in values and hi in values for lo, hi in ranges)
@@ -290,7 +291,7 @@ def test_open_without_bigquery_uses_the_spool_position(tmp_path, monkeypatch):
     def down(self, changelog=False):
         raise TransientError("emulator down")
 
-    monkeypatch.setattr(L.Tables, "ensure", down)
+    monkeypatch.setattr(C.Tables, "ensure", down)
     sink = BigQuerySink(BigQueryConfig(spool_dir=tmp_path, upload_in_process=False),
                         client=SimpleNamespace(project="p", close=lambda: None), slot="s1")
     Spool(tmp_path, owner=sink.owner)  # the folder is this sink's (it spooled before the restart)
@@ -303,7 +304,7 @@ def test_open_without_bigquery_and_without_a_spool_is_transient(tmp_path, monkey
     def down(self, changelog=False):
         raise TransientError("emulator down")
 
-    monkeypatch.setattr(L.Tables, "ensure", down)
+    monkeypatch.setattr(C.Tables, "ensure", down)
     sink = BigQuerySink(BigQueryConfig(spool_dir=tmp_path), client=SimpleNamespace(project="p", close=lambda: None))
     with pytest.raises(TransientError):
         sink.open()
@@ -312,7 +313,7 @@ def test_open_without_bigquery_and_without_a_spool_is_transient(tmp_path, monkey
 def test_spool_serves_what_it_just_wrote_from_memory_and_the_rest_from_disk(tmp_path):
     import pyarrow.parquet as pq
 
-    from pulse.sinks.bigquery_schema import to_arrow
+    from pulse.sinks.bigquery.schema import to_arrow
 
     spool = Spool(tmp_path)
     spool.append(to_arrow([_ev(1, Position(1, 0))]), Position(1, 0), Position(1, 0))
@@ -329,8 +330,8 @@ def test_spool_serves_what_it_just_wrote_from_memory_and_the_rest_from_disk(tmp_
 
 
 def test_spool_memory_is_bounded(tmp_path):
-    from pulse.sinks.bigquery_schema import to_arrow
-    from pulse.sinks.bigquery_spool import held_bytes
+    from pulse.sinks.bigquery.schema import to_arrow
+    from pulse.sinks.bigquery.spool import held_bytes
 
     table = to_arrow([_ev(1, Position(1, 0))])
     spool = Spool(tmp_path, memory_bytes=held_bytes(table) * 2)
@@ -344,7 +345,7 @@ def test_a_trickle_of_one_row_tables_stays_within_the_memory_budget(tmp_path):
     """Tables of one row cost far more than their `nbytes` (about 17 KB against 170 bytes): counted by
     `nbytes` alone, 20,000 of them (a backlog of a trickle spooled file by file, the Kafka soak's
     consume-bigquery) fit a 16 MiB budget and took some 340 MB. The oracle is the process's RSS."""
-    from pulse.sinks.bigquery_schema import to_arrow
+    from pulse.sinks.bigquery.schema import to_arrow
 
     def rss() -> int:
         with open("/proc/self/statm") as fh:
@@ -362,8 +363,8 @@ def test_a_trickle_of_one_row_tables_stays_within_the_memory_budget(tmp_path):
 
 def test_spools_sharing_a_budget_hold_no_more_than_it_together_and_a_forgotten_spool_gives_it_back(tmp_path):
     """`pulse consume --sink bigquery` has a spool per partition: one process-wide budget bounds them all."""
-    from pulse.sinks.bigquery_schema import to_arrow
-    from pulse.sinks.bigquery_spool import MemoryBudget, held_bytes
+    from pulse.sinks.bigquery.schema import to_arrow
+    from pulse.sinks.bigquery.spool import MemoryBudget, held_bytes
 
     one = held_bytes(to_arrow([_ev(1, Position(1, 0))]))
     budget = MemoryBudget(one * 10)

@@ -10,7 +10,7 @@ import pytest
 
 from pulse.errors import TerminalError
 from pulse.model import ZERO, Position
-from pulse.sinks.bigquery_spool import Spool, SpoolOwner, file_name, spool_folder, upload_folders
+from pulse.sinks.bigquery.spool import Spool, SpoolOwner, file_name, spool_folder, upload_folders
 
 
 def _t(n=3):

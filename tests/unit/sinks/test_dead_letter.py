@@ -11,8 +11,8 @@ from pulse.bus.codec import decode, encode
 from pulse.config import BigQueryConfig, KafkaConfig
 from pulse.model import EnrichedEvent, Position
 from pulse.sinks import dead_letter as dl
-from pulse.sinks.external_delivery import truncated_row
-from pulse.sinks.external_outbox import encode as outbox_encode
+from pulse.sinks.external.delivery import truncated_row
+from pulse.sinks.external.outbox import encode as outbox_encode
 
 NOW = datetime(2024, 8, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -66,7 +66,7 @@ def test_the_external_marker_row_keeps_its_id_and_attributes():
 
 
 def test_kafka_fit_truncates_an_update_whose_old_and_new_payloads_together_exceed_the_limit():
-    from pulse.sinks.kafka import KafkaSink
+    from pulse.sinks.kafka.sink import KafkaSink
 
     sink = KafkaSink(KafkaConfig())
     sink.dead_letters = FakeStore()
@@ -96,7 +96,7 @@ def _metric(name: str, **labels: str) -> float:
 
 
 def test_kafka_truncates_an_event_the_broker_refused_twice_whatever_its_size():
-    from pulse.sinks.kafka import KafkaSink
+    from pulse.sinks.kafka.sink import KafkaSink
 
     class Refused:
         def __init__(self, value: bytes) -> None:
@@ -121,7 +121,7 @@ def test_kafka_truncates_an_event_the_broker_refused_twice_whatever_its_size():
 
 
 def test_bigquery_fit_uses_the_mode_default_and_counts_bytes_not_characters():
-    from pulse.sinks.bigquery import MAX_ROW_BYTES, BigQuerySink
+    from pulse.sinks.bigquery.sink import MAX_ROW_BYTES, BigQuerySink
 
     assert BigQuerySink(BigQueryConfig(mode="stream")).max_row_bytes == MAX_ROW_BYTES["stream"] < 10_000_000
     sink = BigQuerySink(BigQueryConfig(max_row_bytes=4096))

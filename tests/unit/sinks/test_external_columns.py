@@ -23,9 +23,9 @@ from pulse.generator.anomalies import ODD_DEVICES, AnomalyInjector, huge_debug_d
 from pulse.generator.content import ContentItem
 from pulse.generator.events import EventFactory
 from pulse.model import Position
-from pulse.sinks.external import encode_event
-from pulse.sinks.external_columns import encode_table, fallback_mask
-from pulse.sinks.external_local import build_frame, build_frame_columns, parse_frame
+from pulse.sinks.external.sink import encode_event
+from pulse.sinks.external.columns import encode_table, fallback_mask
+from pulse.sinks.external.local import build_frame, build_frame_columns, parse_frame
 from pulse.model_arrow import RAW_SCHEMA
 from pulse.transform.columnar import EventChunk
 from pulse.transform.content_cache import ContentCache, ContentInfo
@@ -248,7 +248,7 @@ class _Flow:
 
 def _sink(outbox: str = "local"):
     from pulse.config import DatabaseConfig, ExternalConfig
-    from pulse.sinks.external import ExternalSink
+    from pulse.sinks.external.sink import ExternalSink
 
     sink = ExternalSink(ExternalConfig(url="http://127.0.0.1:9/", outbox=outbox, source=SOURCE), DatabaseConfig())
     sink.frames, sink.flow = _Frames(), _Flow()  # the write contract without a delivery thread
@@ -264,7 +264,7 @@ def _a_chunk(seed: int) -> EventChunk:
 
 @pytest.mark.parametrize("outbox", ["local", "kafka"])
 def test_write_columns_appends_what_write_appends_in_frames_of_at_most_frame_events(monkeypatch, outbox):
-    import pulse.sinks.external as X
+    import pulse.sinks.external.sink as X
     from pulse.model import Batch
 
     monkeypatch.setattr(X, "FRAME_EVENTS", 300)
@@ -303,7 +303,7 @@ def test_the_digests_in_c_and_in_hashlib_agree(monkeypatch):
     """`_wire.sha256_many` (the common path) against hashlib, on lengths around the block edges."""
     import hashlib
 
-    from pulse.sinks import external_columns as X
+    from pulse.sinks.external import columns as X
     from pulse.source import native
 
     rng = random.Random(9)

@@ -7,7 +7,7 @@ import threading
 import orjson
 import pytest
 
-from pulse.sinks.external_delivery import (
+from pulse.sinks.external.delivery import (
     CircuitBreaker,
     Outcome,
     RetryPolicy,
@@ -16,7 +16,7 @@ from pulse.sinks.external_delivery import (
     deliver,
     message_id,
 )
-from pulse.sinks.external_outbox import OutboxRow
+from pulse.sinks.external.outbox import OutboxRow
 
 
 def rows(n: int, size: int = 10) -> list[OutboxRow]:

@@ -13,12 +13,12 @@ import pytest
 
 from pulse.errors import TerminalError
 from pulse.model import EnrichedEvent, Position
-from pulse.sinks.external import encode_event
-from pulse.sinks.external_delivery import build_request, message_id
-from pulse.sinks.external_local import (Ledger, LocalLog, OutboxState, build_frame, list_segments, message_id_of,
+from pulse.sinks.external.sink import encode_event
+from pulse.sinks.external.delivery import build_request, message_id
+from pulse.sinks.external.local import (Ledger, LocalLog, OutboxState, build_frame, list_segments, message_id_of,
                                         parse_frame, read_state, scan_segment, write_state)
-from pulse.sinks.external_outbox import encode
-from pulse.sinks.external_stream import Slices, StreamLane, body_of, outbox_row
+from pulse.sinks.external.outbox import encode
+from pulse.sinks.external.stream import Slices, StreamLane, body_of, outbox_row
 
 TS = datetime(2024, 8, 1, 10, 0, 0, 123000, tzinfo=timezone.utc)
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 
 from pulse.model import EnrichedEvent, Position
-from pulse.sinks.external_outbox import cloudevent_id, encode, lane_key
+from pulse.sinks.external.outbox import cloudevent_id, encode, lane_key
 
 TS = datetime(2024, 8, 1, 10, 0, 0, 123000, tzinfo=timezone.utc)
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pulse.errors import ConfigError
-from pulse.sinks.external_signing import Signer, VerificationError, parse_retry_after, verify
+from pulse.sinks.external.signing import Signer, VerificationError, parse_retry_after, verify
 
 KEY = b"0123456789abcdef0123456789abcdef"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()

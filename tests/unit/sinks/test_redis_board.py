@@ -9,7 +9,7 @@ import pytest
 from pulse.config import RedisConfig
 from pulse.errors import ConfigError
 from pulse.model import EnrichedEvent, Position
-from pulse.sinks.redis_board import (
+from pulse.sinks.redis.board import (
     NULL_MEMBER,
     Aggregate,
     Keys,
@@ -136,7 +136,7 @@ def test_script_args_layout():
 
 
 def test_sink_rejects_inconsistent_window_settings():
-    from pulse.sinks.redis import RedisSink
+    from pulse.sinks.redis.sink import RedisSink
 
     with pytest.raises(ConfigError):
         RedisSink(RedisConfig(window_s=600, bucket_s=7))

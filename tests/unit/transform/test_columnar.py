@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from pulse.model import Position
-from pulse.sinks.bigquery_schema import to_arrow
+from pulse.sinks.bigquery.schema import to_arrow
 from pulse.model_arrow import RAW_SCHEMA
 from pulse.source.chunks import parse_chunk
 from pulse.transform.columnar import ContentColumns, enrich_table, raw_rows

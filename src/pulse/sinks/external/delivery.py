@@ -37,8 +37,8 @@ from pulse.errors import ConfigError
 from pulse.log import get_logger
 from pulse.model import ZERO
 from pulse.sinks.base import SinkInstance
-from pulse.sinks.external_outbox import Outbox, OutboxRow
-from pulse.sinks.external_signing import Signer, parse_retry_after
+from pulse.sinks.external.outbox import Outbox, OutboxRow
+from pulse.sinks.external.signing import Signer, parse_retry_after
 
 log = get_logger(__name__)
 

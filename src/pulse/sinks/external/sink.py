@@ -12,15 +12,15 @@ first, so `write()` returns as soon as the batch is durable there and the
 slot advances whatever the endpoint does; delivery lanes send from it.
 
 - `outbox = "local"` (the default under `pulse run`): append-only segment
-  files on this machine, fsync'd per batch (`external_local.py`), delivered
-  by a feeder and lanes (`external_stream.py`). Nothing is written to the
+  files on this machine, fsync'd per batch (`external/local.py`), delivered
+  by a feeder and lanes (`external/stream.py`). Nothing is written to the
   source database, except dead letters (`external_dead_letter`).
 - `outbox = "kafka"` (the default under `pulse consume`): the topic is the
   log; frames wait in memory and the sink's position is the delivered one,
   so the consumer commits offsets only for acknowledged events, with that
   position, from which it resumes the sink (`holds_position` False).
 - `outbox = "postgres"`: the outbox tables in Pulse's schema, one
-  transaction per batch (`external_outbox.py`), lanes of `external_delivery.py`;
+  transaction per batch (`external/outbox.py`), lanes of `external/delivery.py`;
   a delivered batch's rows are deleted and its ids merged into the ledger
   (`external_delivered`) in one transaction.
 
@@ -46,10 +46,10 @@ from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks.base import Sink, SinkInstance
-from pulse.sinks.external_delivery import CircuitBreaker, HttpClient, Lane, LaneStats, RetryPolicy
-from pulse.sinks.external_columns import encode_table, table_events
-from pulse.sinks.external_local import Encoded, FrameLog, LocalLog, MemoryLog, build_frame, build_frame_columns
-from pulse.sinks.external_outbox import Outbox, encode
+from pulse.sinks.external.delivery import CircuitBreaker, HttpClient, Lane, LaneStats, RetryPolicy
+from pulse.sinks.external.columns import encode_table, table_events
+from pulse.sinks.external.local import Encoded, FrameLog, LocalLog, MemoryLog, build_frame, build_frame_columns
+from pulse.sinks.external.outbox import Outbox, encode
 
 #: Most events in one frame of a chunk written as columns (a backfill chunk holds up to 50,000; the row
 #: path's frames hold up to runtime.batch_max_events, 5,000 by default).
@@ -101,7 +101,7 @@ class ExternalSink(Sink):
     takes_broadcast_copies = False  # each event once, in order per content id
     takes_replays = True  # a dead letter replayed over Kafka goes out again in full, under its id
     # Live runs and backfill chunks arrive as enriched tables and are encoded column-wise
-    # (external_columns): the same bytes as `write`. Not with outbox = postgres (set in __init__).
+    # (external.columns): the same bytes as `write`. Not with outbox = postgres (set in __init__).
     accepts_columns = True
 
     def __init__(self, cfg: ExternalConfig, db: DatabaseConfig, *, name: "str | SinkInstance" = "external",
@@ -150,7 +150,7 @@ class ExternalSink(Sink):
     def open(self) -> Position:
         if self.kind == "postgres":
             return self._open_postgres()
-        from pulse.sinks.external_stream import FrameDelivery, pending_after
+        from pulse.sinks.external.stream import FrameDelivery, pending_after
 
         if self.flow is not None:
             return self._appended if self.kind == "local" else self.flow.delivered
@@ -164,7 +164,7 @@ class ExternalSink(Sink):
             frames = MemoryLog()
             top = delivered = frames.open()
             pending = 0
-            from pulse.sinks.external_local import Ledger
+            from pulse.sinks.external.local import Ledger
 
             ledger = Ledger()
         self.frames = frames
@@ -213,7 +213,7 @@ class ExternalSink(Sink):
     def write_columns(self, table: pa.Table, first: Position, last: Position) -> Position:
         """A live run or backfill chunk (inserts, `enrich_table`'s columns), encoded column-wise.
 
-        The same texts as `write` makes of the same events (`external_columns`),
+        The same texts as `write` makes of the same events (`external.columns`),
         the same contract: rows at or below the appended position are skipped,
         the return is the durable position. A chunk goes out in frames of at
         most FRAME_EVENTS events, each durable on its own (a retry skips those).
@@ -288,7 +288,7 @@ class ExternalSink(Sink):
         if self.cfg.outbox_full == "pause":
             raise TransientError(f"external outbox full ({used} of {self.cfg.outbox_max_bytes} bytes): "
                                  "waiting for the endpoint to drain it (outbox_full = pause)")
-        from pulse.sinks.external_outbox import OutboxRow
+        from pulse.sinks.external.outbox import OutboxRow
 
         now = time.time()
         rows = []
@@ -305,7 +305,7 @@ class ExternalSink(Sink):
             raise TransientError(f"external sink: dead-lettering an overflow failed: {str(exc).strip()}") from exc
         self.overflowed += len(rows)
         self.stats.dead += len(rows)
-        from pulse.sinks.external_delivery import DEAD, dead_letter_metric
+        from pulse.sinks.external.delivery import DEAD, dead_letter_metric
 
         DEAD.labels("outbox_full").inc(len(rows))
         dead_letter_metric(self.name, "outbox_full", len(rows))

@@ -1,7 +1,7 @@
 """The external sink's columnar encoder: a chunk's CloudEvent texts built from its Arrow columns.
 
 A live run or a backfill chunk reaches the external sink as the enriched
-table of `transform.columnar.enrich_table` (`bigquery_schema.ARROW_SCHEMA`,
+table of `transform.columnar.enrich_table` (`bigquery.schema.ARROW_SCHEMA`,
 inserts only). `encode_table` turns it into what `encode_event` makes of
 each event, byte for byte (the same event may be encoded by either path
 after a restart, and the receiver must see one body under one CloudEvent
@@ -15,7 +15,7 @@ event:
   `enrich.engagement` does (`duration_ms / 1000`, hundredths / 100) and
   written as their exact decimals, which are the floats' shortest repr (what
   orjson prints) while they have at most 15 significant digits;
-- the insert id's digest (`external_outbox._state_digest`): the payload
+- the insert id's digest (`external.outbox._state_digest`): the payload
   canonicalised as orjson re-serialises it (members sorted by key, compact)
   by splitting and sorting columns, then SHA-256 of every row in one call
   to the C extension with the GIL released (`_wire.sha256_many`; hashlib row
@@ -48,8 +48,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pulse.model import EnrichedEvent, Position
-from pulse.sinks.external_local import Encoded
-from pulse.sinks.external_outbox import TYPE_PREFIX
+from pulse.sinks.external.local import Encoded
+from pulse.sinks.external.outbox import TYPE_PREFIX
 from pulse.source import native
 from pulse.transform.enrich import engagement
 
@@ -231,7 +231,7 @@ def _json_decimal(value: np.ndarray, valid: np.ndarray, fractions: pa.Array) -> 
 
 
 def _lane_keys(cid: pa.Array) -> np.ndarray:
-    """`external_outbox.lane_key` of each row: crc32 of each distinct content id, taken per row."""
+    """`external.outbox.lane_key` of each row: crc32 of each distinct content id, taken per row."""
     coded = pc.dictionary_encode(cid)
     keys = np.array([zlib.crc32(v.encode()) & 0x7FFFFFFF for v in coded.dictionary.to_pylist()] + [0], np.int64)
     idx = pc.fill_null(coded.indices, len(coded.dictionary)).to_numpy(zero_copy_only=False)
@@ -394,7 +394,7 @@ def table_events(table: pa.Table) -> list[EnrichedEvent]:
 
 def encode_table(table: pa.Table, source: str) -> EncodedColumns:
     """What `encode_event(e, source)` makes of each row's event, as columns, in row order."""
-    from pulse.sinks.external import encode_event
+    from pulse.sinks.external.sink import encode_event
 
     n = table.num_rows
     bad, canon = _plan(table)

@@ -11,7 +11,7 @@ maintained incrementally from fixed-width buckets of `event_ts`:
 - a batch of events becomes one `Aggregate`: per (bucket, content type,
   content id) the sum of engagement milliseconds and the number of events,
   per (bucket, device) and per (bucket, event type) the number of events.
-  The Lua script (`redis_lua`) applies it in one atomic step, however many
+  The Lua script (`redis.lua`) applies it in one atomic step, however many
   events the batch held: the cost in Redis is per distinct key, not per event.
 
 Exact arithmetic: engagement is summed in integer milliseconds (`duration_ms`
@@ -197,7 +197,7 @@ class Aggregate:
         t = ts.timestamp()
         # A cell of a bucket beyond the allowed skew (a wrong device clock) is
         # held by the apply script until the clock reaches its bucket, so the
-        # board stays the source's window by event_ts; see redis_lua.
+        # board stays the source's window by event_ts; see redis.lua.
         b = math.floor(t / self.bucket_s)
         cid = ev.content_id
         if cid is not None:

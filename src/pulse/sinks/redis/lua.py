@@ -16,7 +16,7 @@
 2. expiry: buckets that left the window (`< lowest bucket` of the sink's
    clock, never moving backwards) are subtracted from the boards and deleted;
 3. apply: held future buckets whose time has come are applied first (see
-   below); then the pre-aggregated cells (see `redis_board.Aggregate`) are
+   below); then the pre-aggregated cells (see `redis.board.Aggregate`) are
    added to their buckets and to the window totals; a cell of a bucket
    already out of the window is late (not counted, counted in `stats.late`);
    a cell of a bucket that starts more than `future_skew_ms` after the

@@ -226,7 +226,7 @@ def state_schema() -> list["bigquery.SchemaField"]:
         bigquery.SchemaField("max_event_id", "INT64"),
         bigquery.SchemaField("absent_ids", "STRING"),
         # The load-job budget: jobs that wrote the table on `jobs_day` (UTC), and the pacing
-        # clock (`bigquery_cost.pacing`: the next job's theoretical time).
+        # clock (`bigquery.cost.pacing`: the next job's theoretical time).
         bigquery.SchemaField("jobs_day", "DATE"),
         bigquery.SchemaField("jobs_today", "INT64"),
         bigquery.SchemaField("jobs_tat", "TIMESTAMP"),

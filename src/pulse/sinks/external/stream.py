@@ -6,7 +6,7 @@
   is `[` + slices of the chunks' joined CloudEvent texts + `]` (no object per
   event), sized by `batch_max_events` and `batch_max_bytes`; the same retry
   helper, circuit breaker and 413 handling as the PostgreSQL outbox's lanes
-  (`external_delivery`).
+  (`external.delivery`).
 - **Resolution**: a frame is resolved when every lane has delivered or
   dead-lettered its part; `delivered` is the highest frame position with
   everything at or below it resolved. About once a second (and at close) the
@@ -30,12 +30,12 @@ from pulse.config import ExternalConfig
 from pulse.errors import PulseError
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
-from pulse.sinks.external_delivery import (CONTENT_TYPES, DEAD, DELIVERED, DELIVERY_LAG, TOO_LARGE, CircuitBreaker,
+from pulse.sinks.external.delivery import (CONTENT_TYPES, DEAD, DELIVERED, DELIVERY_LAG, TOO_LARGE, CircuitBreaker,
                                            HttpClient, dead_letter_metric, LaneStats, Request, RetryPolicy, Verdict, build_request,
                                            deliver, truncated_row)
-from pulse.sinks.external_local import (Chunk, FrameInfo, FrameLog, Ledger, LocalLog, OutboxState, message_id_of,
+from pulse.sinks.external.local import (Chunk, FrameInfo, FrameLog, Ledger, LocalLog, OutboxState, message_id_of,
                                         parse_frame, write_state)
-from pulse.sinks.external_outbox import Outbox, OutboxRow
+from pulse.sinks.external.outbox import Outbox, OutboxRow
 
 log = get_logger(__name__)
 
@@ -422,6 +422,6 @@ class FrameDelivery:
 
 def pending_after(directory: Path, delivered: Position) -> int:
     """Events in segments above `delivered` (status at open, tests)."""
-    from pulse.sinks.external_local import frame_ids
+    from pulse.sinks.external.local import frame_ids
 
     return len(frame_ids(directory, delivered)[0])

@@ -8,10 +8,10 @@ Two modes (`bigquery.mode`), one table, one apply step:
   pipeline. A loader thread (the same code as `pulse upload`) loads due
   files into a staging table and applies them with one idempotent script
   (dead letters, MERGE keyed by event_id keeping the highest source
-  position, state row). See `bigquery_load`.
+  position, state row). See `bigquery.load`.
 - `stream`: the Storage Write API, one PENDING stream per batch into
   `<table>_changelog` (visible atomically, position stored with the rows),
-  MERGEd into the table every `merge_interval_s`. See `bigquery_stream`.
+  MERGEd into the table every `merge_interval_s`. See `bigquery.stream`.
 
 An event whose `raw_payload` exceeds what BigQuery takes in one row
 (`bigquery.max_row_bytes`; by default the Storage Write API's 10 MB request
@@ -33,11 +33,12 @@ from pulse.config import BigQueryConfig, DatabaseConfig, Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
-from pulse.sinks import bigquery_schema as S
+from pulse.sinks.bigquery import schema as S
 from pulse.sinks import dead_letter as dl
 from pulse.sinks.base import Sink, SinkInstance
-from pulse.sinks.bigquery_load import Loader, LoaderThread, Tables, make_client
-from pulse.sinks.bigquery_spool import DEFAULT_ROOT, Spool, SpoolOwner, holds_batches, process_budget, spool_folder
+from pulse.sinks.bigquery.client import Tables, make_client
+from pulse.sinks.bigquery.load import Loader, LoaderThread
+from pulse.sinks.bigquery.spool import DEFAULT_ROOT, Spool, SpoolOwner, holds_batches, process_budget, spool_folder
 
 log = get_logger(__name__)
 
@@ -144,7 +145,7 @@ class BigQuerySink(Sink):
         return pos
 
     def _open_stream(self) -> Position:
-        from pulse.sinks.bigquery_stream import MergerThread, StreamWriter
+        from pulse.sinks.bigquery.stream import MergerThread, StreamWriter
 
         assert self.tables is not None
         self.tables.ensure(changelog=True)
@@ -338,7 +339,7 @@ def merge_full_payloads(tables: Tables, docs: list[dict]) -> None:
 
     import pyarrow.parquet as pq
 
-    from pulse.sinks.bigquery_load import import_bigquery
+    from pulse.sinks.bigquery.client import import_bigquery
 
     bigquery = import_bigquery()
     scratch = f"_pulse_replay_{tables.table}_{uuid.uuid4().hex[:12]}"

@@ -130,7 +130,7 @@ def build_frame(events: Sequence[Encoded], last: Position, enqueued_at: float, l
 
 
 def build_frame_columns(cols, last: Position, enqueued_at: float, lanes: int) -> bytes:
-    """`build_frame` of `external_columns.EncodedColumns`: the same bytes, without a Python object per event.
+    """`build_frame` of `external.columns.EncodedColumns`: the same bytes, without a Python object per event.
 
     The rows are taken once in lane order (stable: source order within a
     lane); each lane's texts, ids and content ids are then slices of those
@@ -665,7 +665,7 @@ class MemoryLog(FrameLog):
 def message_id_of(chunks: Sequence[tuple[Chunk, int, int]]) -> str:
     """webhook-id of a request: the CloudEvent id for one event, `msg_<sha256 of the ids joined by \\n>` else.
 
-    The same digest as `external_delivery.message_id` over the same events.
+    The same digest as `external.delivery.message_id` over the same events.
     """
     n = sum(j - i for _c, i, j in chunks)
     if n == 1:

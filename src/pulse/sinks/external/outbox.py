@@ -290,7 +290,7 @@ class Outbox:
         block boundary), whatever the number of events. Blocks are locked in
         ascending order, so lanes resolving at once never deadlock.
         """
-        from pulse.sinks.external_local import Ledger
+        from pulse.sinks.external.local import Ledger
 
         ids = unique_ints(event_ids)
         if not len(ids):
@@ -306,8 +306,8 @@ class Outbox:
                 self.t_delivered), (ledger.ranges.ravel().tolist(), self.sink_key, block))
 
     def ledger(self, cur, lo: int, hi: int):
-        """The resolved ids of event ids lo..hi, as an `external_local.Ledger` (read in the caller's snapshot)."""
-        from pulse.sinks.external_local import Ledger
+        """The resolved ids of event ids lo..hi, as an `external.local.Ledger` (read in the caller's snapshot)."""
+        from pulse.sinks.external.local import Ledger
 
         cur.execute(sql.SQL("SELECT ranges FROM {} WHERE sink = %s AND block BETWEEN %s AND %s ORDER BY block")
                     .format(self.t_delivered), (self.sink_key, lo >> LEDGER_BLOCK_BITS, hi >> LEDGER_BLOCK_BITS))

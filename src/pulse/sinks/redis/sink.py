@@ -6,7 +6,7 @@ the last 10 minutes of event time), the same per content type, event counts
 per content, device and event type, content metadata for display, and its
 own meta (position, epoch, freshness) and stats (late, future, ...).
 
-How (see `redis_board` and `redis_lua`):
+How (see `redis.board` and `redis.lua`):
 
 - each batch is pre-aggregated in Python into per-bucket cells (10 s buckets
   of `event_ts`); buffered batches are flushed after `flush_interval_ms`
@@ -42,8 +42,8 @@ from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, EnrichedEvent, Position
 from pulse.sinks.base import Sink, SinkInstance
-from pulse.sinks.redis_board import Aggregate, Keys, PauseState, decode_position, encode_position
-from pulse.sinks.redis_lua import APPLY, OPEN, PAUSE, RESET
+from pulse.sinks.redis.board import Aggregate, Keys, PauseState, decode_position, encode_position
+from pulse.sinks.redis.lua import APPLY, OPEN, PAUSE, RESET
 
 log = get_logger(__name__)
 

@@ -36,8 +36,8 @@ from pulse.config import BigQueryConfig
 from pulse.errors import PulseError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import Position
-from pulse.sinks import bigquery_schema as S
-from pulse.sinks.bigquery_load import Tables, classify
+from pulse.sinks.bigquery import schema as S
+from pulse.sinks.bigquery.client import Tables, classify
 
 if TYPE_CHECKING:  # pragma: no cover
     from google.cloud.bigquery_storage_v1 import BigQueryWriteClient
@@ -118,7 +118,7 @@ class StreamWriter:
         absent = self._changelog_extras - set(table.schema.names)
         if absent:
             # Rows without a column the changelog has: listed as unchanged, so the MERGE keeps the stored value.
-            from pulse.sinks.bigquery_load import _conform
+            from pulse.sinks.bigquery.load import _conform
 
             fields = list(table.schema) + ([S.UNCHANGED_FIELD] if S.UNCHANGED not in table.schema.names else [])
             table = _conform(table, pa.schema(fields + [pa.field(n, pa.string()) for n in sorted(absent)]))

@@ -65,7 +65,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-# The loader's combined upload files (bigquery_load.Loader._combined), left alone by clean_partial.
+# The loader's combined upload files (bigquery.load.Loader._combined), left alone by clean_partial.
 UPLOAD_TMP_PREFIX = ".tmp-upload-"
 
 

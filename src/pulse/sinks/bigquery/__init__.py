@@ -1,0 +1,1 @@
+"""BigQuery: the batch sink (spool, loader) and the Storage Write stream; docs/sinks/bigquery.md."""

@@ -1,0 +1,1 @@
+"""Kafka: the bus between `pulse produce` and the `pulse consume` workers; docs/sinks/kafka.md."""

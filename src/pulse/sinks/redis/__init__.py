@@ -1,0 +1,1 @@
+"""Redis: the rolling top-content board; docs/sinks/redis.md."""
