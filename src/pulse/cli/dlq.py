@@ -1,6 +1,8 @@
 """`pulse dlq list | show | replay | purge --sink NAME`: dead letters.
 
-Rows belong to one deployment (`PULSE_SLOT`) and sink name. Two stores:
+Rows belong to one deployment (`PULSE_SLOT`) and sink name; each sink says
+where its dead letters are and whether it can send them again
+(`Sink.dead_letters`). Two stores today:
 
 - `--sink external` (the default): the external sink's store, events the
   endpoint refused (terminal 4xx, a lone event refused with 413 after it was
@@ -22,47 +24,22 @@ from typing import Optional
 
 import typer
 
+from pulse.sinks import DLQ_DEFAULT
+
 dlq_app = typer.Typer(help="Dead letters of a sink (list, show, replay, purge).", no_args_is_help=True)
 
 _DB = typer.Option(None, "--database-url", envvar="PULSE_DATABASE_URL", show_default=False)
 _SLOT = typer.Option(None, "--slot", envvar="PULSE_SLOT", help="Deployment whose dead letters to manage.")
-_SINK = typer.Option("external", "--sink", "--sink-name",
-                     help="Sink whose dead letters to manage: external (default), kafka, ...")
+_SINK = typer.Option(DLQ_DEFAULT, "--sink", "--sink-name",
+                     help=f"Sink whose dead letters to manage: {DLQ_DEFAULT} (default), kafka, ...")
 
 
-def _kind(sink_name: str) -> str:
-    """The sink kind of a name as `pulse dlq` takes it (`external`, or an instance's `external@<topic>/<p>`)."""
-    from pulse.sinks.base import SinkInstance
-
-    return SinkInstance.of(sink_name).kind
-
-
-def _is_external(sink_name: str) -> bool:
-    return _kind(sink_name) == "external"
-
-
-def _store(database_url: Optional[str], slot: Optional[str], sink_name: str):
+def _access(database_url: Optional[str], slot: Optional[str], sink_name: str, **options):
     from pulse.cli import common
-    from pulse.sinks.dead_letter import DeadLetters
+    from pulse.sinks import dead_letters
 
     cfg = common.settings(database={"url": database_url, "slot": slot})
-    store = DeadLetters(cfg.database.dsn(), cfg.database.state_schema, f"{cfg.database.slot}/{sink_name}")
-    conn = store.connect(name="pulse-dlq")
-    try:
-        store.check_schema(conn)
-    finally:
-        conn.close()
-    return cfg, store
-
-
-def _outbox(database_url: Optional[str], slot: Optional[str], sink_name: str, **external):
-    from pulse.cli import common
-    from pulse.sinks.external.sink import sink_key
-    from pulse.sinks.external.outbox import Outbox
-
-    cfg = common.settings(database={"url": database_url, "slot": slot}, external=external)
-    outbox = Outbox(cfg.database.dsn(), cfg.database.state_schema, sink_key(cfg.database, sink_name))
-    return cfg, outbox
+    return dead_letters(cfg, sink_name, **options)
 
 
 @dlq_app.command("list")
@@ -74,42 +51,17 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
     """Show dead letters: position, event, reason or CloudEvent id and attempts, and the last error."""
-    if not _is_external(sink_name):
-        _cfg, store = _store(database_url, slot, sink_name)
-        conn = store.connect(name="pulse-dlq")
-        try:
-            total = store.count_rows(conn)
-            rows = store.list(conn, limit)
-        finally:
-            conn.close()
-        _print_dead_letters(total, store.sink_key, rows, as_json, lambda r: (
-            f"reason={r['reason']} bytes={r['bytes']} dead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z} "
-            f"replays={r['replays']} detail={r['detail']}" + (f" error={r['last_error']}" if r['last_error'] else "")))
-        return
-    _cfg, outbox = _outbox(database_url, slot, sink_name)
-    conn = outbox.connect(name="pulse-dlq")
-    try:
-        outbox.check_schema(conn)
-        total = outbox.dead_count(conn)
-        rows = outbox.dead_letters(conn, limit)
-    finally:
-        conn.close()
-    _print_dead_letters(total, outbox.sink_key, rows, as_json, lambda r: (
-        f"{r['ce_id']} attempts={r['attempts']} status={r['last_status']} "
-        f"dead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z} replays={r['replays']} error={r['last_error']}"))
-
-
-def _print_dead_letters(total: int, key: str, rows: list[dict], as_json: bool, describe) -> None:
-    """`pulse dlq list` output for either store: JSON lines, or a count and one line per row."""
     import orjson
 
+    access = _access(database_url, slot, sink_name)
+    total, rows = access.list(limit)
     if as_json:
         for r in rows:
             typer.echo(orjson.dumps(r, default=str).decode())
         return
-    typer.echo(f"{total} dead letter(s) for {key}" + (f"; oldest {len(rows)} shown" if rows else ""))
+    typer.echo(f"{total} dead letter(s) for {access.key}" + (f"; oldest {len(rows)} shown" if rows else ""))
     for r in rows:
-        typer.echo(f"  #{r['id']} event {r['event_id']} {describe(r)}")
+        typer.echo(f"  #{r['id']} event {r['event_id']} {access.describe(r)}")
 
 
 @dlq_app.command("show")
@@ -124,29 +76,10 @@ def show(
 
     from pulse.errors import TerminalError
 
-    if _is_external(sink_name):
-        _cfg, outbox = _outbox(database_url, slot, sink_name)
-        conn = outbox.connect(name="pulse-dlq")
-        try:
-            outbox.check_schema(conn)
-            rows = outbox.dead_letters(conn, 1, ids=[id_])
-            full = outbox.dead_letter_row(conn, id_) if rows else None
-        finally:
-            conn.close()
-        if rows and full is not None:
-            rows[0]["cloudevent"] = orjson.loads(full.cloudevent())
-    else:
-        _cfg, store = _store(database_url, slot, sink_name)
-        conn = store.connect(name="pulse-dlq")
-        try:
-            rows = store.list(conn, 1, ids=[id_], with_event=True)
-        finally:
-            conn.close()
-        if rows:
-            rows[0]["event"] = orjson.loads(rows[0]["event"])
-    if not rows:
+    row = _access(database_url, slot, sink_name).show(id_)
+    if row is None:
         raise TerminalError(f"no dead letter #{id_} for sink {sink_name}", hint="see `pulse dlq list --sink NAME`")
-    typer.echo(orjson.dumps(rows[0], default=str).decode())
+    typer.echo(orjson.dumps(row, default=str).decode())
 
 
 @dlq_app.command("replay")
@@ -166,41 +99,11 @@ def replay(
     the topic again; bigquery: MERGEd into the rows that hold their markers.
     """
     from pulse.errors import TerminalError
-    from pulse.sinks.external.delivery import HttpClient, replay_dead_letters
 
     if not ids and not all_:
         raise TerminalError("nothing selected to replay", hint="pass --all, or --id N (see `pulse dlq list`)")
-    if not _is_external(sink_name):
-        kind = _kind(sink_name)
-        if kind not in ("kafka", "bigquery"):
-            raise TerminalError(f"dead letters of sink {sink_name} cannot be replayed",
-                                hint="inspect them with `pulse dlq show`; purge them when handled")
-        store_cfg, store = _store(database_url, slot, sink_name)
-        if kind == "kafka":
-            from pulse.sinks.kafka.sink import replay_dead_letters as replay_kafka
-
-            published, failed, error = replay_kafka(store_cfg.kafka, store, ids=ids or None)
-        else:
-            from pulse.sinks.bigquery.sink import replay_dead_letters as replay_bigquery
-
-            published, failed, error = replay_bigquery(store_cfg.bigquery, store, ids=ids or None)
-        typer.echo(f"replayed {published} event(s)" + (f"; {failed} still failing: {error}" if failed else ""))
-        if failed:
-            raise typer.Exit(1)
-        return
-    cfg, outbox = _outbox(database_url, slot, sink_name, url=url)
-    conn = outbox.connect(name="pulse-dlq")
-    try:
-        outbox.check_schema(conn)
-    finally:
-        conn.close()
-    client = HttpClient(cfg.external)
-    try:
-        delivered, failed, error = replay_dead_letters(outbox, client, cfg.external, ids=ids or None,
-                                                       max_attempts=attempts)
-    finally:
-        client.close()
-    typer.echo(f"replayed {delivered} event(s)" + (f"; {failed} still failing: {error}" if failed else ""))
+    done, failed, error = _access(database_url, slot, sink_name, url=url).replay(ids or None, attempts=attempts)
+    typer.echo(f"replayed {done} event(s)" + (f"; {failed} still failing: {error}" if failed else ""))
     if failed:
         raise typer.Exit(1)
 
@@ -220,27 +123,10 @@ def purge(
 
     if not ids and not all_ and not before:
         raise TerminalError("nothing selected to purge", hint="pass --all, --before TIME or --id N")
-    _cfg, outbox = _outbox(database_url, slot, sink_name)
-    if not _is_external(sink_name):
-        _cfg, store = _store(database_url, slot, sink_name)
-        if not yes:
-            typer.confirm(f"Delete the selected dead letters of {store.sink_key} for good?", abort=True)
-        conn = store.connect(name="pulse-dlq")
-        try:
-            n = store.purge(conn, ids=ids or None, before=before)
-        finally:
-            conn.close()
-        typer.echo(f"purged {n} dead letter(s)")
-        return
+    access = _access(database_url, slot, sink_name)
     if not yes:
-        typer.confirm(f"Delete the selected dead letters of {outbox.sink_key} for good?", abort=True)
-    conn = outbox.connect(name="pulse-dlq")
-    try:
-        outbox.check_schema(conn)
-        n = outbox.purge_dead(conn, ids=ids or None, before=before)
-    finally:
-        conn.close()
-    typer.echo(f"purged {n} dead letter(s)")
+        typer.confirm(f"Delete the selected dead letters of {access.key} for good?", abort=True)
+    typer.echo(f"purged {access.purge(ids or None, before)} dead letter(s)")
 
 
 def register(app: typer.Typer) -> None:

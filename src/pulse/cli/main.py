@@ -108,8 +108,9 @@ def _unreachable(exc: BaseException) -> bool:
 
     if isinstance(exc, (psycopg2.OperationalError, ConnectionError, TimeoutError)):
         return True
-    redis = sys.modules.get("redis")
-    return redis is not None and isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+    # A client library's own ConnectionError / TimeoutError classes (redis-py's are not the builtins'),
+    # whichever destination's library raised it.
+    return any(c.__name__ in ("ConnectionError", "TimeoutError") for c in type(exc).__mro__)
 
 
 def _refused(exc: BaseException) -> bool:

@@ -70,13 +70,12 @@ def rebuilt_not_replayed(name: str) -> bool:
     return reg is not None and reg.window
 
 
-def build_sink(name: str, settings: Settings, instance: "SinkInstance | str | None" = None) -> Sink:
-    """The sink of kind `name`, configured from `settings`.
+# The sink whose dead letters `pulse dlq` manages when none is named: the external system's refusals.
+DLQ_DEFAULT = "external"
 
-    `instance` says which one when several run side by side (one per Kafka
-    partition, `SinkInstance(kind, topic, partition)`): each keeps its own
-    position and local state. None: `pulse run`'s one instance.
-    """
+
+def sink_class(name: str) -> type[Sink]:
+    """The class of sink kind `name` (its module imported), with the same errors as `build_sink`."""
     reg = REGISTRY.get(name)
     if reg is None:
         raise ConfigError(f"unknown sink {name!r}", hint=f"choose from: {', '.join(BUILTIN)}")
@@ -89,7 +88,31 @@ def build_sink(name: str, settings: Settings, instance: "SinkInstance | str | No
             f"the {name} sink needs {exc.name}, which is not installed",
             hint=f"pip install 'pulse-cdc[{reg.extra}]'" if reg.extra else "reinstall Pulse (a core dependency is missing)",
         ) from exc
-    return getattr(mod, reg.cls).from_settings(settings, name=instance or name)
+    return getattr(mod, reg.cls)
+
+
+def dead_letters(settings: Settings, sink_name: str, **options: object):
+    """`pulse dlq`'s access to the dead letters of sink instance `sink_name` (`<kind>` or `<kind>@<topic>/<p>`).
+
+    A name the registry does not know (an instance named in a test or by hand) gets Pulse's dead-letter
+    table, which it can list, show and purge but not replay.
+    """
+    kind = SinkInstance.of(sink_name).kind
+    if kind in REGISTRY:
+        return sink_class(kind).dead_letters(settings, sink_name, **options)
+    from pulse.sinks.dead_letter import StoreAccess
+
+    return StoreAccess(settings, sink_name)
+
+
+def build_sink(name: str, settings: Settings, instance: "SinkInstance | str | None" = None) -> Sink:
+    """The sink of kind `name`, configured from `settings`.
+
+    `instance` says which one when several run side by side (one per Kafka
+    partition, `SinkInstance(kind, topic, partition)`): each keeps its own
+    position and local state. None: `pulse run`'s one instance.
+    """
+    return sink_class(name).from_settings(settings, name=instance or name)
 
 
 def configured_destinations(settings: Settings) -> dict[str, str]:
@@ -129,5 +152,5 @@ def pipeline_sinks(settings: Settings, *, required: bool = True) -> list[str]:
     return list(found)
 
 
-__all__ = ["SinkInstance", "BUILTIN", "DEFAULT_BACKFILL_TARGETS", "ENDPOINTS", "REGISTRY", "Registration", "Sink", "build_sink", "configured_destinations", "pipeline_sinks",
+__all__ = ["SinkInstance", "BUILTIN", "DLQ_DEFAULT", "dead_letters", "sink_class", "DEFAULT_BACKFILL_TARGETS", "ENDPOINTS", "REGISTRY", "Registration", "Sink", "build_sink", "configured_destinations", "pipeline_sinks",
            "rebuilt_not_replayed", "relay_sink"]

@@ -24,7 +24,11 @@ from typing import TYPE_CHECKING, NamedTuple
 from pulse.model import ZERO, Batch, Change, Position
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+
     import pyarrow as pa
+
+    from pulse.sinks.dead_letter import DeadLetterAccess, DeadLetters
 
     from pulse.config import DatabaseConfig, Settings
 
@@ -109,6 +113,25 @@ class Sink(ABC):
     def rebuild_window(self, database: "DatabaseConfig") -> dict[str, object]:
         """Rebuild this sink's window from the source (snapshot_mode "window"); returns a summary for the log."""
         raise NotImplementedError(f"sink {self.name} keeps no window")
+
+    #: Can send its dead letters again in full (`replay_dead_letters`, for `pulse dlq replay`).
+    replays_dead_letters: bool = False
+
+    @classmethod
+    def dead_letters(cls, settings: "Settings", name: str, **options: object) -> "DeadLetterAccess":
+        """`pulse dlq`'s view of the dead letters of sink instance `name` (`options`: the verb's, e.g. `url`).
+
+        The default: Pulse's `dead_letter` table, replayed by `replay_dead_letters` when the sink can.
+        """
+        from pulse.sinks.dead_letter import StoreAccess
+
+        return StoreAccess(settings, name, cls.replay_dead_letters if cls.replays_dead_letters else None)
+
+    @classmethod
+    def replay_dead_letters(cls, settings: "Settings", store: "DeadLetters",
+                            ids: "Sequence[int] | None") -> tuple[int, int, str | None]:
+        """Send the selected dead letters of `store` again in full; (done, still failing, last error)."""
+        raise NotImplementedError(f"sink {cls.__name__} does not replay dead letters")
 
     def publish_content(self, change: "Change") -> None:
         """For a relaying sink: forward a `content` row change, so the other side's content cache follows."""

@@ -20,6 +20,7 @@ The external sink's own delivery failures stay in `external_dead_letter`
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,3 +180,77 @@ class DeadLetters:
         with conn, conn.cursor() as cur:
             cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(self.table, where), params)
             return cur.rowcount
+
+
+class DeadLetterAccess(ABC):
+    """What `pulse dlq` does with the dead letters of one sink instance; `Sink.dead_letters` returns one."""
+
+    key: str  # the store's key (`<slot>/<sink name>`), shown to the user
+
+    @abstractmethod
+    def list(self, limit: int) -> tuple[int, list[dict]]:
+        """(how many there are, the oldest `limit` rows)."""
+
+    @abstractmethod
+    def describe(self, row: dict) -> str:
+        """One line of `pulse dlq list` for a row (after `#id event N`)."""
+
+    @abstractmethod
+    def show(self, dead_id: int) -> dict | None:
+        """One row with the whole event it keeps, as JSON-ready values; None when there is no such row."""
+
+    @abstractmethod
+    def replay(self, ids: Sequence[int] | None, *, attempts: int) -> tuple[int, int, str | None]:
+        """Send again in full, oldest first; (done, still failing, last error). TerminalError when it cannot."""
+
+    @abstractmethod
+    def purge(self, ids: Sequence[int] | None, before: str | None) -> int:
+        """Delete for good; how many."""
+
+
+class StoreAccess(DeadLetterAccess):
+    """Dead letters in Pulse's `dead_letter` table: the full form of events a sink delivered with a marker.
+
+    `replayer(settings, store, ids)` sends them again (None: this sink cannot, they are only inspected and purged).
+    """
+
+    def __init__(self, settings, sink_name: str, replayer=None) -> None:
+        db = settings.database
+        self.settings, self.sink_name, self.replayer = settings, sink_name, replayer
+        self.store = DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{sink_name}")
+        self.key = self.store.sink_key
+        conn = self.store.connect(name="pulse-dlq")
+        try:
+            self.store.check_schema(conn)
+        finally:
+            conn.close()
+
+    def _with(self, fn):
+        conn = self.store.connect(name="pulse-dlq")
+        try:
+            return fn(conn)
+        finally:
+            conn.close()
+
+    def list(self, limit: int) -> tuple[int, list[dict]]:
+        return self._with(lambda conn: (self.store.count_rows(conn), self.store.list(conn, limit)))
+
+    def describe(self, r: dict) -> str:
+        return (f"reason={r['reason']} bytes={r['bytes']} dead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z} "
+                f"replays={r['replays']} detail={r['detail']}" + (f" error={r['last_error']}" if r['last_error'] else ""))
+
+    def show(self, dead_id: int) -> dict | None:
+        rows = self._with(lambda conn: self.store.list(conn, 1, ids=[dead_id], with_event=True))
+        if not rows:
+            return None
+        rows[0]["event"] = orjson.loads(rows[0]["event"])
+        return rows[0]
+
+    def replay(self, ids: Sequence[int] | None, *, attempts: int) -> tuple[int, int, str | None]:
+        if self.replayer is None:
+            raise TerminalError(f"dead letters of sink {self.sink_name} cannot be replayed",
+                                hint="inspect them with `pulse dlq show`; purge them when handled")
+        return self.replayer(self.settings, self.store, ids)
+
+    def purge(self, ids: Sequence[int] | None, before: str | None) -> int:
+        return self._with(lambda conn: self.store.purge(conn, ids=ids, before=before))

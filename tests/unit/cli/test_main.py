@@ -117,3 +117,17 @@ def test_the_documented_table_matches_the_code() -> None:
     text = (ROOT / "docs" / "operations.md").read_text()
     rows = re.findall(r"^\| (\d+) \| ([^|]+?) \|", text, flags=re.MULTILINE)
     assert [(int(code), name) for code, name in rows] == [(code, name) for code, name, _ in cli.EXIT_CODES]
+
+
+def test_a_client_librarys_own_connection_errors_mean_unreachable() -> None:
+    """redis-py's ConnectionError and TimeoutError are not the builtins; any library's are recognised by name."""
+    import redis
+
+    assert cli.exit_code_for(redis.ConnectionError("refused")) == cli.UNREACHABLE
+    assert cli.exit_code_for(redis.TimeoutError("slow")) == cli.UNREACHABLE
+
+    class TimeoutError(Exception):  # noqa: A001  (another library's class of that name)
+        pass
+
+    assert cli.exit_code_for(TimeoutError("x")) == cli.UNREACHABLE
+    assert cli.exit_code_for(ValueError("a bug")) == cli.INTERNAL

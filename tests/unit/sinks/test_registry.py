@@ -61,3 +61,15 @@ def test_build_sink_hands_the_instance_to_the_sink():
 
     sink = build_sink("memory", Settings(), instance=SinkInstance("memory", "t", 2))
     assert sink.instance == SinkInstance("memory", "t", 2) and sink.name == "memory@t/2"
+
+
+def test_a_sink_that_says_it_replays_dead_letters_has_a_replay():
+    from pulse.sinks import sink_class
+    from pulse.sinks.base import Sink as Base
+
+    replaying = {name for name in REGISTRY if sink_class(name).replays_dead_letters}
+    assert replaying == {"bigquery", "kafka"}
+    for name in replaying:
+        assert sink_class(name).replay_dead_letters.__func__ is not Base.replay_dead_letters.__func__
+    # The external sink keeps its refusals with its outbox: its own access, not the shared table's.
+    assert sink_class("external").dead_letters.__func__ is not Base.dead_letters.__func__

@@ -50,6 +50,11 @@ class BigQuerySink(Sink):
     name = "bigquery"
     accepts_columns = True  # backfill chunks arrive enriched column-wise, already in the row shape
     takes_replays = True  # a full payload replayed over Kafka is MERGEd into the row holding its marker
+    replays_dead_letters = True  # full payloads put into the rows holding their markers (a load job and a MERGE)
+
+    @classmethod
+    def replay_dead_letters(cls, settings: Settings, store, ids) -> tuple[int, int, str | None]:
+        return replay_dead_letters(settings.bigquery, store, ids=ids)
 
     def __init__(self, cfg: BigQueryConfig, *, name: "str | SinkInstance" = "bigquery", client=None,
                  write_client=None, slot: str | None = None, group: str | None = None,

@@ -98,6 +98,13 @@ class ExternalSink(Sink):
 
     name = "external"
 
+    @classmethod
+    def dead_letters(cls, settings: Settings, name: str, url: str | None = None, **_options: object):
+        """The endpoint's refusals, kept with the outbox in Pulse's schema (`external/dead_letters.py`)."""
+        from pulse.sinks.external.dead_letters import OutboxAccess
+
+        return OutboxAccess(settings, name, url)
+
     takes_broadcast_copies = False  # each event once, in order per content id
     takes_replays = True  # a dead letter replayed over Kafka goes out again in full, under its id
     # Live runs and backfill chunks arrive as enriched tables and are encoded column-wise

@@ -94,6 +94,11 @@ def ensure_topics(cfg: KafkaConfig, timeout: float = 30.0) -> None:
 class KafkaSink(Sink):
     name = "kafka"
     relays = True
+    replays_dead_letters = True  # published again in full once the limits were raised
+
+    @classmethod
+    def replay_dead_letters(cls, settings: Settings, store, ids) -> tuple[int, int, str | None]:
+        return replay_dead_letters(settings.kafka, store, ids=ids)
 
     def __init__(self, cfg: KafkaConfig, db: DatabaseConfig | None = None, flush_timeout_s: float = 30.0,
                  name: "str | SinkInstance" = "kafka") -> None:
