@@ -46,6 +46,7 @@ from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
+from pulse.runtime.driver import SinkDriver
 from pulse.sinks.base import Sink, SinkInstance
 from pulse.sinks.kafka.sink import client_config, ensure_topics
 
@@ -58,11 +59,12 @@ STATS_INTERVAL_MS = 2_000
 
 
 class _Partition:
-    __slots__ = ("sink", "position", "pending", "durable_offset", "durable_position", "held", "held_since",
+    __slots__ = ("sink", "driver", "position", "pending", "durable_offset", "durable_position", "held", "held_since",
                  "held_offset")
 
-    def __init__(self, sink: Sink, position: Position) -> None:
+    def __init__(self, sink: Sink, position: Position, driver: SinkDriver) -> None:
         self.sink = sink
+        self.driver = driver  # the sink's writes: retries, batches, metrics (as `pulse run`'s workers)
         self.position = position  # highest position written to the sink
         # (position, next offset) of messages written but maybe not durable yet.
         self.pending: deque[tuple[Position, int]] = deque()
@@ -112,7 +114,9 @@ class SinkConsumer:
             position = self._retrying()(sink.open)
             if not sink.holds_position:
                 position = max(position, self._retrying()(self._committed_position, consumer, tp.partition))
-            self.parts[tp.partition] = _Partition(sink, position)
+            driver = SinkDriver(sink, batch_max=self.cfg.batch_max_messages, stopping=self.stop_event.is_set,
+                                metric=self.sink_name, retry_event="consume.retry")
+            self.parts[tp.partition] = _Partition(sink, position, driver)
             self._start_window_rebuilder(sink)
             log.info("consume.assigned", sink=instance.name, position=str(position))
         self.ready.set()
@@ -371,7 +375,7 @@ class SinkConsumer:
                 part.position = pos
             next_offset = items[-1].offset() + 1
             if replays:
-                self._retrying()(part.sink.replay, Batch(tuple(replays)))
+                part.driver.replay(Batch(tuple(replays)))
                 log.info("consume.replayed", sink=part.sink.name, events=len(replays))
             if events:
                 if part.held and part.held[0].backfill != events[0].backfill:
@@ -391,20 +395,10 @@ class SinkConsumer:
         if not part.held:
             return
         events, part.held = part.held, []
-        durable = self._retrying()(part.sink.write, Batch(tuple(events), backfill=events[0].backfill))
+        durable = part.driver.write_events(events)
         self.written += len(events)
-        self._observe(events)
         part.pending.append((part.position, part.held_offset))  # the last held event's
         self._advance(part, durable)
-
-    def _observe(self, events: list) -> None:
-        """The same per-sink series as `pulse run`: events out and commit-to-sink latency."""
-        metrics.EVENTS_OUT.labels(self.sink_name).inc(len(events))
-        hist = metrics.E2E.labels(self.sink_name)
-        now = time.time()
-        for ev in events:
-            if ev.commit_ts is not None and not ev.backfill:
-                hist.observe(now - ev.commit_ts.timestamp())
 
     @staticmethod
     def _advance(part: _Partition, durable: Position | None) -> None:
@@ -415,7 +409,7 @@ class SinkConsumer:
 
     def _flush(self, part: _Partition, idle: bool = False) -> None:
         if part.pending or idle:
-            self._advance(part, self._retrying()(part.sink.flush))
+            self._advance(part, part.driver.flush())
 
     def _commit(self, parts: dict[int, _Partition]) -> None:
         from confluent_kafka import KafkaException, TopicPartition

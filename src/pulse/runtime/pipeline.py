@@ -31,14 +31,15 @@ from datetime import datetime, timezone
 import orjson
 import psycopg2
 from psycopg2 import sql
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
+from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
 from pulse import health, metrics
 from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
-from pulse.model import Batch, Change, EnrichedEvent, Position
+from pulse.model import Change, EnrichedEvent, Position
 from pulse.runtime.backfill import BackfillManager
+from pulse.runtime.driver import SinkDriver
 from pulse.runtime.queues import ByteQueue
 from pulse.runtime.tracker import AckTracker
 from pulse.schema import connect, require_database
@@ -70,7 +71,7 @@ def utcnow() -> datetime:
 
 
 class SinkWorker(threading.Thread):
-    """Feeds one sink from its queue, retrying transient failures with backoff."""
+    """Feeds one sink from its queue through its `SinkDriver` (retries, batches, metrics)."""
 
     def __init__(self, sink: Sink, start: Position, tracker: AckTracker, settings: Settings,
                  on_terminal: Callable[[str, BaseException], None]) -> None:
@@ -85,29 +86,12 @@ class SinkWorker(threading.Thread):
         self.on_terminal = on_terminal
         self.draining = threading.Event()  # finish the queue, then stop
         self.abort = threading.Event()  # stop now (another part failed)
-        self.written = 0
-        self.retries = 0
-        self.last_error: str | None = None
+        self.driver = SinkDriver(sink, batch_max=self.batch_max, stopping=self.abort.is_set)
 
-    def _stop_retrying(self, state: RetryCallState) -> bool:
-        return self.abort.is_set()
-
-    def _before_sleep(self, state: RetryCallState) -> None:
-        self.retries += 1
-        exc = state.outcome.exception() if state.outcome else None
-        self.last_error = str(exc)
-        metrics.ERRORS.labels(self.sink.name, "transient").inc()
-        log.warning("sink.retry", sink=self.sink.name, attempt=state.attempt_number, error=str(exc),
-                    sleep_s=round(state.next_action.sleep if state.next_action else 0, 2))
-
-    def _retrying(self) -> Retrying:
-        return Retrying(
-            retry=retry_if_exception_type(TransientError),
-            wait=wait_random_exponential(multiplier=0.2, max=30),
-            stop=self._stop_retrying,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
+    # The driver's counters, for status and tests.
+    written = property(lambda self: self.driver.written)
+    retries = property(lambda self: self.driver.retries)
+    last_error = property(lambda self: self.driver.last_error)
 
     def _advance(self, pos: Position | None) -> None:
         if pos is not None and pos > self.durable:
@@ -115,30 +99,10 @@ class SinkWorker(threading.Thread):
             self.tracker.durable(self.sink.name, pos)
 
     def _write(self, part: "list[EnrichedEvent] | EventChunk") -> None:
-        now = time.time()
-        hist = metrics.E2E.labels(self.sink.name)
         if type(part) is EventChunk:
-            chunk: EventChunk = part  # type: ignore[assignment]
-            if self.sink.accepts_columns and not chunk.row_only:
-                self._advance(self._retrying()(self.sink.write_columns, chunk.table(), chunk.first, chunk.position))
-            else:
-                events = chunk.events()
-                for i in range(0, len(events), self.batch_max):
-                    self._advance(self._retrying()(self.sink.write, Batch(tuple(events[i:i + self.batch_max]),
-                                                                          backfill=chunk.backfill,
-                                                                          targets=chunk.targets)))
-            for problem, count in chunk.take_problems().items():
-                metrics.PROBLEMS.labels(problem).inc(count)
-            if not chunk.backfill and chunk.commit_ts is not None:
-                metrics.observe_many(hist, now - chunk.commit_ts.timestamp(), len(chunk))
+            self._advance(self.driver.write_chunk(part))  # type: ignore[arg-type]
         else:
-            events = part  # type: ignore[assignment]
-            self._advance(self._retrying()(self.sink.write, Batch(tuple(events), backfill=events[0].backfill)))
-            for ev in events:
-                if ev.commit_ts is not None:
-                    hist.observe(now - ev.commit_ts.timestamp())
-        self.written += len(part)
-        metrics.EVENTS_OUT.labels(self.sink.name).inc(len(part))
+            self._advance(self.driver.write_events(part))  # type: ignore[arg-type]
 
     def _linger(self, events: list) -> None:
         """Add to `events` what arrives within the sink's `linger_s`, up to `batch_max` events.
@@ -165,7 +129,7 @@ class SinkWorker(threading.Thread):
                 metrics.QUEUE_BYTES.labels(name).set(self.queue.bytes)
                 metrics.QUEUE_EVENTS.labels(name).set(len(self.queue))
                 if not events:
-                    self._advance(self._retrying()(self.sink.flush))
+                    self._advance(self.driver.flush())
                     if self.draining.is_set() and len(self.queue) == 0:
                         return
                     continue
