@@ -24,7 +24,7 @@ from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.model import ZERO, Batch, Position
 from pulse.runtime.pipeline import SinkWorker
-from pulse.runtime.tracker import AckTracker
+from pulse.runtime.progress import AckTracker
 from pulse.sinks.memory import FaultySink
 from tests.contract.conftest import ALL, DURABLE
 from tests.factories import make_batch

@@ -35,7 +35,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
@@ -47,6 +46,7 @@ from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
 from pulse.runtime.driver import SinkDriver
+from pulse.runtime.progress import PartitionProgress
 from pulse.sinks.base import Sink, SinkInstance
 from pulse.sinks.kafka.sink import client_config, ensure_topics
 
@@ -59,17 +59,14 @@ STATS_INTERVAL_MS = 2_000
 
 
 class _Partition:
-    __slots__ = ("sink", "driver", "position", "pending", "durable_offset", "durable_position", "held", "held_since",
-                 "held_offset")
+    __slots__ = ("sink", "driver", "position", "progress", "held", "held_since", "held_offset")
 
     def __init__(self, sink: Sink, position: Position, driver: SinkDriver) -> None:
         self.sink = sink
         self.driver = driver  # the sink's writes: retries, batches, metrics (as `pulse run`'s workers)
         self.position = position  # highest position written to the sink
         # (position, next offset) of messages written but maybe not durable yet.
-        self.pending: deque[tuple[Position, int]] = deque()
-        self.durable_offset: int | None = None  # next offset to commit
-        self.durable_position: Position | None = None  # the position durable up to it (its metadata)
+        self.progress = PartitionProgress()  # the offset committable, and the position durable up to it
         # Events held for the sink's linger_s (not written yet), since when, and the offset after them.
         self.held: list = []
         self.held_since = 0.0
@@ -263,7 +260,7 @@ class SinkConsumer:
                         last_idle_flush = time.monotonic()
                     self._commit(self.parts)
                     last_flush = time.monotonic()
-                    if not any(part.pending or part.held or part.durable_offset is not None
+                    if not any(part.progress.waiting or part.held
                                for part in self.parts.values()):
                         self.progress_at = last_flush  # everything written is durable and committed
                 if time.monotonic() - last_export > 2.0:
@@ -386,9 +383,8 @@ class SinkConsumer:
                 part.held_offset = next_offset
                 if part.due(time.monotonic(), self.cfg.batch_max_messages):
                     self._write_held(part)
-            elif not part.pending and not part.held:
-                part.durable_offset = next_offset  # everything here was already in the sink
-                part.durable_position = part.position
+            elif not part.held:
+                part.progress.already_held(part.position, next_offset)  # everything here was in the sink
 
     def _write_held(self, part: _Partition) -> None:
         """Write the events held for `part`'s sink; their offsets wait in `pending` until durable."""
@@ -397,25 +393,18 @@ class SinkConsumer:
         events, part.held = part.held, []
         durable = part.driver.write_events(events)
         self.written += len(events)
-        part.pending.append((part.position, part.held_offset))  # the last held event's
-        self._advance(part, durable)
-
-    @staticmethod
-    def _advance(part: _Partition, durable: Position | None) -> None:
-        if durable is None:
-            return
-        while part.pending and part.pending[0][0] <= durable:
-            part.durable_position, part.durable_offset = part.pending.popleft()
+        part.progress.written(part.position, part.held_offset)  # the last held event's
+        part.progress.durable(durable)
 
     def _flush(self, part: _Partition, idle: bool = False) -> None:
-        if part.pending or idle:
-            self._advance(part, part.driver.flush())
+        if part.progress.pending or idle:
+            part.progress.durable(part.driver.flush())
 
     def _commit(self, parts: dict[int, _Partition]) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        offsets = [TopicPartition(self.cfg.topic, p, part.durable_offset, metadata=str(part.durable_position or ZERO))
-                   for p, part in parts.items() if part.durable_offset is not None]
+        offsets = [TopicPartition(self.cfg.topic, p, c[0], metadata=str(c[1] or ZERO))
+                   for p, part in parts.items() if (c := part.progress.to_commit()) is not None]
         if not offsets or self.consumer is None:
             return
         try:
@@ -425,7 +414,7 @@ class SinkConsumer:
             # Not fatal: the positions in the destination keep the sink exact.
             log.warning("consume.commit_failed", error=str(exc))
         for part in parts.values():
-            part.durable_offset = part.durable_position = None
+            part.progress.committed()
 
 
 def _forget_lag(sink: str, partition: int) -> None:

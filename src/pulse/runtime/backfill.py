@@ -608,8 +608,7 @@ class BackfillJob(threading.Thread):
 
     def _durable(self, position: Position) -> bool:
         tracker = self.manager.pipeline.tracker
-        positions = tracker.positions() if tracker else {}
-        return all(positions.get(s, position) >= position for s in self.sinks)
+        return tracker is not None and tracker.durable_in(position, self.sinks)
 
     def _wait(self, predicate) -> bool:
         pipeline = self.manager.pipeline

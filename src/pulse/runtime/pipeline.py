@@ -41,7 +41,7 @@ from pulse.model import Change, EnrichedEvent, Position
 from pulse.runtime.backfill import BackfillManager
 from pulse.runtime.driver import SinkDriver
 from pulse.runtime.queues import ByteQueue
-from pulse.runtime.tracker import AckTracker
+from pulse.runtime.progress import AckTracker
 from pulse.schema import connect, require_database
 from pulse.sinks.base import Sink
 from pulse.source import native
@@ -245,7 +245,7 @@ class Pipeline:
         db = self.settings.database
         in_q: queue.Queue[object] = queue.Queue(maxsize=queue_items(db))
         self.reader = reader = ReplicationReader(
-            db, in_q, durable_idle=tracker.idle, server_settings=self.server_settings
+            db, in_q, confirmable=tracker.confirmable, server_settings=self.server_settings
         )
         reader.start()
         windowed = {s.name: s for s in self.sinks if s.snapshot_mode == "window"}

@@ -90,14 +90,16 @@ class ReplicationReader(threading.Thread):
         cfg: DatabaseConfig,
         out: "queue.Queue[object]",
         *,
-        durable_idle: Callable[[], bool] = lambda: False,
+        confirmable: Callable[[int, int, bool], int] = lambda acked, _wal_end, _quiet: acked,
         extra_options: dict[str, str] | None = None,
         server_settings: dict[str, str] | None = None,
     ) -> None:
         super().__init__(name="pulse-replication", daemon=True)
         self.cfg = cfg
         self.out = out
-        self.durable_idle = durable_idle
+        # (acknowledged LSN, server's WAL end, reader quiet) -> the LSN that may be confirmed:
+        # the runtime's rule (`runtime.progress.AckTracker.confirmable`); by default never past what was acked.
+        self.confirmable = confirmable
         self.extra_options = extra_options or {}
         self.server_settings = server_settings or {}
         self.stop_event = threading.Event()
@@ -348,18 +350,14 @@ class ReplicationReader(threading.Thread):
             # psycopg2 sends its periodic status update from read_message,
             # which the native loop never calls: send it from here.
             force = True
-        if (
-            not self._in_txn
-            and not self._open_streams
-            and self.out.empty()
-            and ack >= self._last_commit_end
-            and self.durable_idle()
-        ):
-            # Nothing in flight and everything received is durable: the
-            # server's WAL end can be confirmed (idle slots advance).
+        quiet = not self._in_txn and not self._open_streams and self.out.empty() and ack >= self._last_commit_end
+        if quiet:
+            # Nothing of ours in flight: the runtime's progress decides whether the server's WAL end
+            # can be confirmed (every sink holds everything dispatched: idle slots advance).
             wal_end = self.server_wal_end if self._native_session else (cur.wal_end or 0)
-            if wal_end > ack:
-                ack = wal_end
+            confirmed = self.confirmable(ack, wal_end, quiet)
+            if confirmed > ack:
+                ack = confirmed
                 self.acknowledge(ack)
         if ack > self.sent_ack or force:
             cur.send_feedback(write_lsn=ack, flush_lsn=ack, apply_lsn=ack, force=force)

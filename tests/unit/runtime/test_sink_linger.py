@@ -8,7 +8,7 @@ import time
 from pulse.config import Settings
 from pulse.model import ZERO, Position
 from pulse.runtime.pipeline import SinkWorker
-from pulse.runtime.tracker import AckTracker
+from pulse.runtime.progress import AckTracker
 from pulse.sinks.memory import MemorySink
 from tests.factories import make_event
 

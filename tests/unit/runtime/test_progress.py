@@ -1,4 +1,4 @@
-"""Unit tests for pulse.runtime.tracker.AckTracker: the acknowledgement rule.
+"""Unit tests for pulse.runtime.progress: the acknowledgement rule, the idle rule, and partition offsets.
 
 The dispatcher calls `dispatched(pos)` for every event in position order and
 `close_txn(end_lsn, ...)` after each transaction; sink workers call
@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from pulse.model import ZERO, Position
-from pulse.runtime.tracker import AckTracker
+from pulse.runtime.progress import AckTracker
 
 T0 = 1_722_500_000.0
 
@@ -264,3 +264,43 @@ def test_sink_lag_seconds_is_the_age_of_the_oldest_commit_a_sink_lacks() -> None
     assert tracker.sink_lag_seconds("slow", T0 + 30) == 20.0  # lacks the second only
     tracker.durable("slow", second)
     assert tracker.sink_lag_seconds("slow", T0 + 30) == 0.0
+
+
+def test_durable_in_needs_every_named_sink_and_never_counts_an_unknown_one() -> None:
+    tracker = AckTracker({"a": ZERO, "b": ZERO})
+    tracker.durable("a", Position(200, 3))
+    assert tracker.durable_in(Position(200, 3), ["a"])
+    assert not tracker.durable_in(Position(200, 3), ["a", "b"])
+    assert not tracker.durable_in(ZERO, ["not-a-sink"])  # was counted as durable before the progress module
+
+
+def test_the_wal_end_is_confirmed_only_when_the_reader_is_quiet_and_every_sink_holds_what_it_got() -> None:
+    tracker = AckTracker({"a": ZERO})
+    assert tracker.confirmable(100, 500, reader_quiet=True) == 500  # nothing dispatched: idle
+    assert tracker.confirmable(100, 500, reader_quiet=False) == 100
+    assert tracker.confirmable(600, 500, reader_quiet=True) == 600  # never backwards
+    tracker.dispatched(Position(300, 1))
+    tracker.close_txn(350, T0)
+    assert tracker.confirmable(100, 500, reader_quiet=True) == 100  # an event not durable yet
+    tracker.durable("a", Position(300, 1))
+    assert tracker.confirmable(tracker.ackable(), 500, reader_quiet=True) == 500
+
+
+def test_a_partitions_offset_is_committable_once_what_precedes_it_is_durable() -> None:
+    from pulse.runtime.progress import PartitionProgress
+
+    p = PartitionProgress()
+    assert not p.waiting and p.to_commit() is None
+    p.written(Position(10, 1), 5)
+    p.written(Position(20, 1), 9)
+    p.already_held(Position(20, 1), 12)  # writes wait: not committable past them
+    assert p.to_commit() is None and p.waiting
+    p.durable(Position(15, 0))
+    assert p.to_commit() == (5, Position(10, 1))
+    p.durable(None)  # nothing reported: unchanged
+    p.durable(Position(20, 1))
+    assert p.to_commit() == (9, Position(20, 1)) and not p.pending
+    p.committed()
+    assert not p.waiting
+    p.already_held(Position(20, 1), 12)
+    assert p.to_commit() == (12, Position(20, 1))
