@@ -63,7 +63,7 @@ def _prebuilt_chunks(db_url: str, count: int, chunk_rows: int) -> list[bytes]:
     from pulse.generator.events import EventFactory
     from pulse.generator.runner import Streams, _ms
     from pulse.generator.writer import TimestampText, encode_copy
-    from pulse.schema import connect
+    from pulse.source.db import connect
 
     streams = Streams.from_seed(SEED)
     since = datetime.fromisoformat(SINCE).replace(tzinfo=timezone.utc)

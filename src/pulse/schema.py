@@ -23,6 +23,7 @@ from psycopg2 import sql
 from pulse.config import DatabaseConfig
 from pulse.errors import TerminalError
 from pulse.log import get_logger
+from pulse.source.db import connect
 
 log = get_logger(__name__)
 
@@ -32,11 +33,6 @@ WATERMARK_TABLE = "backfill_watermarks"
 
 def _sql_text(*parts: str) -> str:
     return resources.files("pulse").joinpath("sql", *parts).read_text()
-
-
-def connect(cfg: DatabaseConfig, **kw):
-    """A plain (non-replication) connection to the source database."""
-    return psycopg2.connect(cfg.dsn(), application_name="pulse", **kw)
 
 
 def source_tables_exist(cur, schema: str) -> dict[str, bool]:

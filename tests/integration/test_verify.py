@@ -164,7 +164,7 @@ ODD = [
 def test_odd_rows_hash_the_same_in_both_engines(scratch_db, services, bq, tmp_path):
     import uuid
 
-    from pulse.schema import connect
+    from pulse.source.db import connect
     from pulse.verify import checksum as C
     from pulse.verify.bigquery import BigQuerySide, Scope, SourceSide
     from pulse.sinks.bigquery import schema as S

@@ -119,7 +119,7 @@ def _run_pipeline(pipeline) -> None:
 
 
 def _slot_active(cfg) -> bool:
-    from pulse.schema import connect
+    from pulse.source.db import connect
     from pulse.source.slot import slot_info
 
     conn = connect(cfg.database)
@@ -159,7 +159,7 @@ def _follow(cfg, run_id: str, pipeline, report: dict | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pulse.runtime.backfill import get_run
-    from pulse.schema import connect
+    from pulse.source.db import connect
 
     conn = connect(cfg.database)
     conn.autocommit = True

@@ -25,7 +25,8 @@ def init(
     """Apply the schema idempotently; never alters the two source tables' columns."""
     from psycopg2 import sql
 
-    from pulse.schema import connect, init_database
+    from pulse.source.db import connect
+    from pulse.schema import init_database
 
     cfg = common.settings(database={"url": database_url, "publication": publication})
     result = init_database(cfg.database)

@@ -27,7 +27,7 @@ def read_status(db, stale_after: float = 30.0) -> dict:
 
     from pulse.runtime.backfill import list_runs
     from pulse.runtime.snapshot import snapshot_status
-    from pulse.schema import connect
+    from pulse.source.db import connect
     from pulse.source.slot import slot_info
 
     conn = connect(db)

@@ -162,7 +162,7 @@ def run(cfg: DatabaseConfig, spec: GenerateSpec, *, stop: threading.Event | None
     """Seed content if empty, then write events as `spec` says; returns the summary."""
     import psycopg2
 
-    from pulse.schema import connect
+    from pulse.source.db import connect
 
     spec.validate()
     seed = spec.seed if spec.seed is not None else random.SystemRandom().randrange(2**32)

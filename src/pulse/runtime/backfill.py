@@ -54,7 +54,7 @@ from pulse.config import DatabaseConfig
 from pulse.errors import ConfigError
 from pulse.log import get_logger
 from pulse.model import Change, Position
-from pulse.schema import connect
+from pulse.source.db import connect
 from pulse.sinks import DEFAULT_BACKFILL_TARGETS
 from pulse.source.chunks import ChunkExtras, chunk_query, read_chunk, read_extra
 from pulse.transform.columnar import EventChunk

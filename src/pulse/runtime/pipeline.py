@@ -42,7 +42,8 @@ from pulse.runtime.backfill import BackfillManager
 from pulse.runtime.driver import SinkDriver
 from pulse.runtime.queues import ByteQueue
 from pulse.runtime.progress import AckTracker
-from pulse.schema import connect, require_database
+from pulse.source.db import connect
+from pulse.schema import require_database
 from pulse.sinks.base import Sink
 from pulse.source import native
 from pulse.source.changes import ChangeAssembler, Truncated, TxnEnd

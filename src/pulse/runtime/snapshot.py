@@ -51,7 +51,7 @@ from psycopg2 import sql
 from pulse import metrics
 from pulse.config import DatabaseConfig, Settings
 from pulse.log import get_logger
-from pulse.schema import connect
+from pulse.source.db import connect
 from pulse.source.slot import SlotInfo, check_slot, ensure_slot
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -37,7 +37,7 @@ from pulse import metrics
 from pulse.config import DatabaseConfig
 from pulse.errors import PulseError, SlotLostError, TerminalError
 from pulse.log import get_logger
-from pulse.schema import connect
+from pulse.source.db import connect
 from pulse.source import native
 from pulse.source.pgoutput import lsn_to_str
 

@@ -17,7 +17,7 @@ from psycopg2 import sql
 from pulse.config import DatabaseConfig
 from pulse.errors import SlotLostError, TerminalError
 from pulse.log import get_logger
-from pulse.schema import connect
+from pulse.source.db import connect
 
 log = get_logger(__name__)
 

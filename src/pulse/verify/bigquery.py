@@ -331,7 +331,7 @@ def verify_bigquery(settings: Settings, *, since: datetime | None, until: dateti
                     bucket_s: int = 86_400, fanout: int = 16, leaf_rows: int = 256, settle_s: float = 30.0,
                     client=None) -> Result:
     """Run the bisection, settle what it found, and return the result."""
-    from pulse.schema import connect
+    from pulse.source.db import connect
     from pulse.sinks.bigquery import schema as S
     from pulse.sinks.bigquery.client import make_client
 

@@ -200,7 +200,7 @@ def accounting(settings: Settings, conn, kind: str, src: np.ndarray, name: str =
 
 def verify_external(settings: Settings, *, since: datetime | None, until: datetime | None, settle_s: float = 30.0,
                     name: str = "external") -> Result:
-    from pulse.schema import connect
+    from pulse.source.db import connect
     from pulse.verify.bigquery import settle
 
     started = time.monotonic()

@@ -64,7 +64,7 @@ def _read(settings: Settings):
     """(now in epoch seconds, boards from Redis, inner, outer) at one instant."""
     import redis as redis_lib
 
-    from pulse.schema import connect
+    from pulse.source.db import connect
     from pulse.sinks.redis.board import NULL_MEMBER, Keys, bucket_of, lowest_bucket
 
     cfg = settings.redis
@@ -114,7 +114,7 @@ def compare(boards: dict, inner: dict, outer: dict) -> list[Finding]:
 
 
 def verify_redis(settings: Settings, settle_s: float = 30.0) -> Result:
-    from pulse.schema import connect
+    from pulse.source.db import connect
     from pulse.verify.bigquery import settle
 
     started = time.monotonic()

@@ -44,7 +44,7 @@ log = get_logger(__name__)
 def repair_bigquery(settings: Settings, result: Result, timeout_s: float = 600.0, client=None) -> dict[str, Any]:
     from psycopg2 import sql
 
-    from pulse.schema import connect
+    from pulse.source.db import connect
     from pulse.sinks.bigquery import schema as S
     from pulse.sinks.bigquery.client import make_client, query_config, retries
 
@@ -149,7 +149,7 @@ def execute_runs(settings: Settings, run_ids: list[str], targets: list[str], tim
 
 def _wait(settings: Settings, run_ids: list[str], timeout_s: float, failure: list | None = None) -> None:
     from pulse.runtime.backfill import get_run
-    from pulse.schema import connect
+    from pulse.source.db import connect
 
     conn = connect(settings.database)
     conn.autocommit = True
