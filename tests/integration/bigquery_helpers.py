@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 from pulse.config import Settings
 from pulse.model import EnrichedEvent, Position
+from tests.factories import make_event
 
 
 def ensure_emulator_running() -> None:
@@ -64,6 +65,7 @@ def bq_converged(client, dataset, cur):
 
 
 def bq_event(i: int, pos: Position, payload: str | None, op: str = "insert") -> EnrichedEvent:
-    now = datetime.now(timezone.utc)
-    return EnrichedEvent(i, None, None, "play", now, 1000, "web", payload, None, None, None, None, 1.0, None, op,
-                         pos, now, now, problems=("null_content_id",))
+    return make_event(i, pos, at=datetime.now(timezone.utc), op=op, content_id=None, duration_ms=1000,
+                      user_id=None, event_type="play", device="web", raw_payload=payload, content_slug=None,
+                      content_title=None, content_type=None, length_seconds=None, engagement_seconds=1.0,
+                      engagement_pct=None, problems=("null_content_id",))

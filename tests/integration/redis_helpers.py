@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pulse.config import RedisConfig
 from pulse.model import EnrichedEvent, Position
 from pulse.sinks.redis.board import NULL_MEMBER, Keys
+from tests.factories import make_event
 
 WINDOW, BUCKET, SKEW = 600, 10, 60  # the board's window, bucket and future skew in these tests
 
@@ -90,5 +91,6 @@ def assert_board_equals_sql(client, prefix: str, cur, now: datetime) -> dict[str
 
 
 def board_event(i: int, ts: datetime, cid: str = "c1", ms: int = 1000) -> EnrichedEvent:
-    return EnrichedEvent(i, cid, None, "play", ts, ms, "ios", None, "s", "T", "video", 100, ms / 1000, None,
-                         "insert", Position(1 << 33, i), ts, ts, False, (), None)
+    return make_event(i, Position(1 << 33, i), at=ts, content_id=cid, duration_ms=ms, user_id=None,
+                      event_type="play", device="ios", raw_payload=None, content_slug="s", content_title="T",
+                      content_type="video", length_seconds=100, engagement_seconds=ms / 1000, engagement_pct=None)

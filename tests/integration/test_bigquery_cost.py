@@ -27,6 +27,7 @@ from pulse.model import Batch, EnrichedEvent, Position
 from pulse.runtime.pipeline import Pipeline
 from pulse.sinks.bigquery.sink import BigQuerySink
 from pulse.sinks.bigquery.cost import DAY_S, pacing
+from tests.factories import make_event
 
 from .pipeline_helpers import Running, insert_content, wait_for
 from .bigquery_helpers import bq_settings
@@ -66,8 +67,9 @@ def _cfg(services, dataset, spool, **kw) -> BigQueryConfig:
 
 
 def _event(i: int, pos: Position, ts: datetime) -> EnrichedEvent:
-    return EnrichedEvent(i, None, None, "play", ts, 1000, "web", '{"i": %d}' % i, None, None, None, None, 1.0,
-                         None, "insert", pos, ts, ts)
+    return make_event(i, pos, at=ts, content_id=None, duration_ms=1000, user_id=None, event_type="play",
+                      device="web", raw_payload='{"i": %d}' % i, content_slug=None, content_title=None,
+                      content_type=None, length_seconds=None, engagement_seconds=1.0, engagement_pct=None)
 
 
 def _ids(client, dataset) -> list[int]:

@@ -19,6 +19,7 @@ from pulse.model import Batch, EnrichedEvent, Position
 from pulse.sinks.kafka.sink import KafkaSink
 from pulse.sinks.memory import MemorySink
 from tests.conftest import unique
+from tests.factories import make_event
 
 from .pipeline_helpers import wait_for
 from .kafka_helpers import drop_topics
@@ -26,8 +27,9 @@ from .kafka_helpers import drop_topics
 
 def _event(i: int) -> EnrichedEvent:
     ts = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    return EnrichedEvent(i, "c-1", "u", "play", ts, 1000, "ios", "{}", "s", "T", "podcast", 100, 1.0, 0.01,
-                         "insert", Position(9000 + i, 0), ts, ts)
+    return make_event(i, Position(9000 + i, 0), at=ts, content_id="c-1", duration_ms=1000, user_id="u",
+                      event_type="play", device="ios", raw_payload="{}", content_slug="s", content_title="T",
+                      content_type="podcast", length_seconds=100, engagement_seconds=1.0, engagement_pct=0.01)
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int:

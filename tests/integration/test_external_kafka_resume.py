@@ -18,6 +18,7 @@ from pulse.receiver import Receiver
 from pulse.sinks.external.sink import ExternalSink
 from pulse.sinks.kafka.sink import KafkaSink
 from tests.conftest import unique
+from tests.factories import make_event
 
 from .pipeline_helpers import wait_for
 from .external_helpers import FAST, SECRET
@@ -26,8 +27,10 @@ from .kafka_helpers import drop_topics
 
 def _events(ids: range, processed: datetime) -> list[EnrichedEvent]:
     ts = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    return [EnrichedEvent(i, f"c-{i % 3}", "u", "play", ts, 1000, "ios", "{}", "s", "T", "podcast", 100, 1.0,
-                          0.01, "insert", Position(5000 + i, 0), ts, processed) for i in ids]
+    return [make_event(i, Position(5000 + i, 0), at=ts, processed_ts=processed, content_id=f"c-{i % 3}",
+                       duration_ms=1000, user_id="u", event_type="play", device="ios", raw_payload="{}",
+                       content_slug="s", content_title="T", content_type="podcast", length_seconds=100,
+                       engagement_seconds=1.0, engagement_pct=0.01) for i in ids]
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> tuple[int, str | None]:

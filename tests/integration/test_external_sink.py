@@ -22,6 +22,7 @@ from pulse.sinks.external.sink import ExternalSink, outbox_folder
 from pulse.sinks.external.local import read_state
 from pulse.sinks.external.stream import pending_after
 from pulse.source.slot import ensure_slot
+from tests.factories import make_event
 
 from .pipeline_helpers import Running, insert_content, insert_events, insert_events_bulk, kill_at_random, wait_for
 from .external_helpers import SECRET, outbox_for, outbox_rows, received_by_event, settings, source_ids
@@ -437,11 +438,13 @@ def test_kafka_mode_reports_only_acknowledged_positions_so_offsets_wait_for_the_
     commits offsets only up to it (bus/consumer.py), so a crash re-reads what the endpoint has not acknowledged."""
     from datetime import datetime, timezone
 
-    from pulse.model import Batch, EnrichedEvent
+    from pulse.model import Batch
 
     now = datetime.now(timezone.utc)
-    events = [EnrichedEvent(i, f"c-{i % 5}", "u", "play", now, 1000, "ios", "{}", "s", "T", "podcast", 100, 1.0, 0.01,
-                            "insert", Position(1000 + i, 0), now, now) for i in range(1, 41)]
+    events = [make_event(i, Position(1000 + i, 0), at=now, content_id=f"c-{i % 5}", duration_ms=1000, user_id="u",
+                         event_type="play", device="ios", raw_payload="{}", content_slug="s", content_title="T",
+                         content_type="podcast", length_seconds=100, engagement_seconds=1.0, engagement_pct=0.01)
+              for i in range(1, 41)]
     receiver.set_faults(error_500=1.0)
     cfg = settings(scratch_db, receiver)
     sink = ExternalSink(cfg.external, scratch_db.config(), name="external@topic/0")

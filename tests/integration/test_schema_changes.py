@@ -22,6 +22,7 @@ from pulse.sinks.external.sink import ExternalSink
 from pulse.sinks.kafka.sink import KafkaSink
 
 from ..conftest import unique
+from ..factories import make_event
 from .pipeline_helpers import Running, insert_content, wait_for
 from .kafka_helpers import drop_topics
 from .schema_helpers import kafka_values, schema_insert, schema_settings
@@ -265,14 +266,16 @@ def _bq_payload(client, dataset: str, event_id: int):
 def test_string_and_json_extra_columns_take_the_direct_path(services, bq, tmp_path):  # noqa: F811
     """Fresh ids whose extra columns need no cast are loaded straight into the table, columns included."""
     from pulse.config import BigQueryConfig
-    from pulse.model import Batch, EnrichedEvent, Position
+    from pulse.model import Batch, Position
 
     client, dataset = bq
     now = datetime.now(timezone.utc)
 
     def ev(i, pos, extra=None, types=None):
-        return EnrichedEvent(i, None, None, "play", now, 1000, "web", '{"a": 1}', None, None, None, None, 1.0, None,
-                             "insert", pos, now, now, extra=extra, extra_types=types)
+        return make_event(i, pos, at=now, content_id=None, duration_ms=1000, user_id=None, event_type="play",
+                          device="web", raw_payload='{"a": 1}', content_slug=None, content_title=None,
+                          content_type=None, length_seconds=None, engagement_seconds=1.0, engagement_pct=None,
+                          extra=extra, extra_types=types)
 
     cfg = BigQueryConfig(project=services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), dataset=dataset,
                          endpoint=services["PULSE_BIGQUERY_ENDPOINT"], spool_dir=tmp_path, upload_in_process=False)

@@ -10,6 +10,7 @@ import pytest
 
 from pulse.model import ZERO, Batch, Change, EnrichedEvent, Position
 from pulse.source.pgoutput import lsn_to_str
+from tests.factories import make_event
 
 TS = datetime(2024, 8, 1, 12, 0, 0, tzinfo=timezone.utc)
 COMMIT = datetime(2024, 8, 1, 12, 0, 1, tzinfo=timezone.utc)
@@ -25,13 +26,12 @@ CONTRACT_FIELDS = [
 
 def event(**changes) -> EnrichedEvent:
     base = dict(
-        event_id=42, content_id="c1", user_id="u1", event_type="play", event_ts=TS, duration_ms=1140,
-        device="ios", raw_payload='{"k": 1}', content_slug="ep-1", content_title="Episode 1",
-        content_type="podcast", length_seconds=2, engagement_seconds=1.14, engagement_pct=0.57, op="insert",
-        position=Position(0x16_B374_D848, 3), commit_ts=COMMIT, processed_ts=NOW,
+        event_id=42, position=Position(0x16_B374_D848, 3), at=TS, commit_ts=COMMIT, processed_ts=NOW,
+        content_id="c1", duration_ms=1140, user_id="u1", event_type="play", device="ios", raw_payload='{"k": 1}',
+        content_slug="ep-1", content_title="Episode 1", content_type="podcast", length_seconds=2,
+        engagement_seconds=1.14, engagement_pct=0.57, op="insert",
     )
-    base.update(changes)
-    return EnrichedEvent(**base)
+    return make_event(**{**base, **changes})
 
 
 # --- Position --------------------------------------------------------------------------

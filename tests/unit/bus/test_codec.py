@@ -4,18 +4,17 @@ from datetime import datetime, timezone
 
 from pulse.bus.codec import NULL_KEY, decode, encode, header_position
 from pulse.model import EnrichedEvent, Position
+from tests.factories import make_event
 
 NOW = datetime(2024, 8, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 
 
 def event(**kw) -> EnrichedEvent:
-    base = dict(event_id=7, content_id="c-1", user_id="u-1", event_type="pause", event_ts=NOW, duration_ms=1500,
-                device="web-safari 🧪", raw_payload='{"country": "DE"}', content_slug="s", content_title="T",
-                content_type="video", length_seconds=10, engagement_seconds=1.5, engagement_pct=0.15,
-                op="insert", position=Position(0x1_0000_0010, 3), commit_ts=NOW, processed_ts=NOW,
-                backfill=False, problems=(), before=None)
-    base.update(kw)
-    return EnrichedEvent(**base)
+    base = dict(event_id=7, position=Position(0x1_0000_0010, 3), at=NOW, content_id="c-1", duration_ms=1500,
+                user_id="u-1", event_type="pause", device="web-safari 🧪", raw_payload='{"country": "DE"}',
+                content_slug="s", content_title="T", content_type="video", length_seconds=10,
+                engagement_seconds=1.5, engagement_pct=0.15, op="insert", backfill=False, problems=(), before=None)
+    return make_event(**{**base, **kw})
 
 
 def test_round_trip_with_before_and_problems() -> None:

@@ -11,13 +11,16 @@ from google.cloud import bigquery
 from pulse.errors import ConfigError, TerminalError
 from pulse.model import EnrichedEvent, Position
 from pulse.sinks.bigquery import schema as S
+from tests.factories import make_event
 
 NOW = datetime(2024, 8, 1, 12, 0, tzinfo=timezone.utc)
 
 
 def _ev(i=1, seconds=1.005, pct=0.57, op="insert", payload='{"a": 1}') -> EnrichedEvent:
-    return EnrichedEvent(i, "c", "u", "play", NOW, 1005, "ios", payload, "s", "t", "video", 100, seconds, pct, op,
-                         Position(7, i), NOW, NOW, False, ("x", "y"))
+    return make_event(i, Position(7, i), at=NOW, op=op, content_id="c", duration_ms=1005, user_id="u",
+                      event_type="play", device="ios", raw_payload=payload, content_slug="s", content_title="t",
+                      content_type="video", length_seconds=100, engagement_seconds=seconds, engagement_pct=pct,
+                      problems=("x", "y"))
 
 
 def test_arrow_rows_follow_the_column_list_and_keep_decimals_exact():

@@ -12,19 +12,21 @@ from google.api_core import exceptions as g
 
 from pulse.config import BigQueryConfig
 from pulse.errors import TerminalError, TransientError
-from pulse.model import Batch, EnrichedEvent, Position
+from pulse.model import Batch, Position
 from pulse.sinks.bigquery import client as C
 from pulse.sinks.bigquery import load as L
 from pulse.sinks.bigquery.sink import BigQuerySink
 from pulse.sinks.bigquery.cost import IdMark
 from pulse.sinks.bigquery.spool import Spool
+from tests.factories import make_event
 
 NOW = datetime(2024, 8, 1, tzinfo=timezone.utc)
 
 
 def _ev(i, pos):
-    return EnrichedEvent(i, None, None, "play", NOW, 1, None, None, None, None, None, None, 0.001, None, "insert",
-                         pos, NOW, NOW)
+    return make_event(i, pos, at=NOW, content_id=None, duration_ms=1, user_id=None, event_type="play", device=None,
+                      raw_payload=None, content_slug=None, content_title=None, content_type=None,
+                      length_seconds=None, engagement_seconds=0.001, engagement_pct=None)
 
 
 def test_classify_sorts_errors():

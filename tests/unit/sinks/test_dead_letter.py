@@ -13,17 +13,17 @@ from pulse.model import EnrichedEvent, Position
 from pulse.sinks import dead_letter as dl
 from pulse.sinks.external.delivery import truncated_row
 from pulse.sinks.external.outbox import encode as outbox_encode
+from tests.factories import make_event
 
 NOW = datetime(2024, 8, 1, 12, 0, tzinfo=timezone.utc)
 
 
 def event(raw: str | None, *, op: str = "insert", before: EnrichedEvent | None = None, seq: int = 1,
           problems: tuple[str, ...] = ()) -> EnrichedEvent:
-    return EnrichedEvent(
-        event_id=7, content_id="c-1", user_id="u-1", event_type="play", event_ts=NOW, duration_ms=5000,
-        device="ios", raw_payload=raw, content_slug="s", content_title="t", content_type="podcast",
-        length_seconds=100, engagement_seconds=5.0, engagement_pct=0.05, op=op, position=Position(1 << 32, seq),
-        commit_ts=NOW, processed_ts=NOW, problems=problems, before=before)
+    return make_event(
+        7, Position(1 << 32, seq), at=NOW, op=op, content_id="c-1", duration_ms=5000, user_id="u-1",
+        event_type="play", device="ios", raw_payload=raw, content_slug="s", content_title="t", content_type="podcast",
+        length_seconds=100, engagement_seconds=5.0, engagement_pct=0.05, problems=problems, before=before)
 
 
 class FakeStore:

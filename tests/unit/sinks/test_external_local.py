@@ -19,14 +19,16 @@ from pulse.sinks.external.local import (Ledger, LocalLog, OutboxState, build_fra
                                         parse_frame, read_state, scan_segment, write_state)
 from pulse.sinks.external.outbox import encode
 from pulse.sinks.external.stream import Slices, StreamLane, body_of, outbox_row
+from tests.factories import make_event
 
 TS = datetime(2024, 8, 1, 10, 0, 0, 123000, tzinfo=timezone.utc)
 
 
 def event(i: int, content: str | None = None, payload: str = '{"a": 1}') -> EnrichedEvent:
-    return EnrichedEvent(i, content if content is not None else f"c-{i % 7}", "u", "play", TS, 1000 + i, "ios",
-                         payload, "s", 'T "q" é', "podcast", 100, 1.0, 0.01, "insert", Position(1000 + i, i % 3),
-                         TS, TS)
+    return make_event(i, Position(1000 + i, i % 3), at=TS, content_id=content if content is not None else f"c-{i % 7}",
+                      duration_ms=1000 + i, user_id="u", event_type="play", device="ios", raw_payload=payload,
+                      content_slug="s", content_title='T "q" é', content_type="podcast", length_seconds=100,
+                      engagement_seconds=1.0, engagement_pct=0.01)
 
 
 def encoded(n: int, start: int = 0):

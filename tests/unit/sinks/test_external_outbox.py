@@ -8,17 +8,16 @@ import orjson
 
 from pulse.model import EnrichedEvent, Position
 from pulse.sinks.external.outbox import cloudevent_id, encode, lane_key
+from tests.factories import make_event
 
 TS = datetime(2024, 8, 1, 10, 0, 0, 123000, tzinfo=timezone.utc)
 
 
 def event(**kw) -> EnrichedEvent:
-    base = dict(event_id=42, content_id="c-1", user_id="u-1", event_type="play", event_ts=TS, duration_ms=5000,
-                device="ios", raw_payload='{"b": 2, "a": 1}', content_slug="s", content_title="T",
-                content_type="podcast", length_seconds=100, engagement_seconds=5.0, engagement_pct=0.05,
-                op="insert", position=Position(1000, 3), commit_ts=TS, processed_ts=TS)
-    base.update(kw)
-    return EnrichedEvent(**base)
+    base = dict(event_id=42, position=Position(1000, 3), at=TS, content_id="c-1", duration_ms=5000, user_id="u-1",
+                event_type="play", device="ios", raw_payload='{"b": 2, "a": 1}', content_slug="s", content_title="T",
+                content_type="podcast", length_seconds=100, engagement_seconds=5.0, engagement_pct=0.05, op="insert")
+    return make_event(**{**base, **kw})
 
 
 def test_insert_id_is_the_same_for_a_replay_and_a_backfill_of_the_same_row_state():

@@ -20,6 +20,7 @@ from pulse.sinks.redis.board import (
     lowest_bucket,
     window_label,
 )
+from tests.factories import make_event
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 NOW = T0.timestamp()
@@ -29,8 +30,10 @@ def ev(i: int, cid: str | None = "c1", ms: int | None = 1000, ts: datetime = T0,
        before: EnrichedEvent | None = None, ctype: str | None = "podcast", device: str | None = "ios",
        etype: str | None = "play") -> EnrichedEvent:
     seconds = None if ms is None or ms < 0 else ms / 1000
-    return EnrichedEvent(i, cid, None, etype, ts, ms, device, None, "slug", "Title", ctype, 100, seconds, None,
-                         op, Position(10, i), T0, T0, False, (), before)  # type: ignore[arg-type]
+    return make_event(i, Position(10, i), at=T0, event_ts=ts, op=op, content_id=cid, duration_ms=ms, user_id=None,
+                      event_type=etype, device=device, raw_payload=None, content_slug="slug", content_title="Title",
+                      content_type=ctype, length_seconds=100, engagement_seconds=seconds, engagement_pct=None,
+                      before=before)
 
 
 def agg(*events: EnrichedEvent, now: float = NOW, skew: int = 60) -> Aggregate:
