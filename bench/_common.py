@@ -9,9 +9,9 @@ import psycopg2
 from psycopg2 import sql
 
 from pulse.config import DatabaseConfig
-from pulse.dev.scratch import drop_scratch
-from pulse.dev.scratch import with_database as with_db
-from pulse.dev.services import _alive
+from pulse_dev.scratch import drop_scratch
+from pulse_dev.scratch import with_database as with_db
+from pulse_dev.services import _alive
 from pulse.schema import init_database
 
 

@@ -98,7 +98,7 @@ def raw_load(cur, settings: Settings, dataset: str) -> tuple[float, float]:
 @contextlib.contextmanager
 def ephemeral_emulator():
     """A private in-memory bqemulator on free ports; yields its REST endpoint."""
-    from pulse.dev import services as dev
+    from pulse_dev import services as dev
 
     ports = []
     for _ in range(2):

@@ -154,7 +154,7 @@ def scratch_database(pg: PrivatePostgres) -> tuple[str, str, str]:
     with admin.cursor() as cur:
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     admin.close()
-    from pulse.dev.scratch import with_database
+    from pulse_dev.scratch import with_database
 
     url = with_database(pg.url, name)
     init_database(DatabaseConfig(url=url, publication=pub))

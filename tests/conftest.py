@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from pulse.dev.scratch import drop_database, drop_slots, with_database
+from pulse_dev.scratch import drop_database, drop_slots, with_database
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -45,7 +45,7 @@ def need(condition: bool, why: str) -> None:
 @pytest.fixture(scope="session")
 def services() -> dict[str, str]:
     """The PULSE_ endpoints of the running local services (started if needed)."""
-    from pulse.dev import services as dev
+    from pulse_dev import services as dev
 
     try:
         rows = {r["name"]: r for r in dev.status()}
@@ -132,7 +132,7 @@ def sink_db(services) -> str:
 @pytest.fixture
 def superuser_url(services) -> str:
     """The local cluster's bootstrap superuser (for tests that change server settings)."""
-    from pulse.dev import services as dev
+    from pulse_dev import services as dev
 
     parts = urlsplit(services["PULSE_DATABASE_URL"])
     password = (dev.state_dir() / "pg-password").read_text().strip()

@@ -3,7 +3,7 @@
 The BigQuery emulator (bqemulator) loads DuckDB's `spatial` extension; DuckDB would download it on
 first use. The image must work offline, so the extension is installed at build time into
 $HOME/.duckdb/extensions/<duckdb version>/<platform>/, the same thing `pulse dev up` does
-(src/pulse/dev/services.py, `_bq_home`). The platform comes from DuckDB itself (linux_amd64,
+(src/pulse_dev/services.py, `_bq_home`). The platform comes from DuckDB itself (linux_amd64,
 linux_arm64, ...), so the image builds on either architecture.
 """
 

@@ -10,7 +10,7 @@ from tests.factories import make_event
 
 
 def ensure_emulator_running() -> None:
-    from pulse.dev import services as dev
+    from pulse_dev import services as dev
 
     rows = {r["name"]: r for r in dev.status()}
     if not rows.get("bigquery", {}).get("running"):

@@ -3,7 +3,7 @@
 The shared services (`make services`) serve every test and every session on
 the machine at once: a test that restarts PostgreSQL or stops Kafka must
 never touch them. These helpers start an instance of its own, with the same
-code as `pulse dev up` (`pulse.dev.services.start_*`), under a fresh folder
+code as `pulse dev up` (`pulse_dev.services.start_*`), under a fresh folder
 and on free ports, and remove it afterwards. The PostgreSQL folder lives
 under /var/tmp: pytest's tmp folders are closed to the PostgreSQL OS user
 that `pulse dev up` runs the server as when we are root.
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pulse.dev import services as dev
+from pulse_dev import services as dev
 
 
 def free_port() -> int:
@@ -249,7 +249,7 @@ def private_scratch_db(private_pg) -> ScratchDb:
     import psycopg2
     from psycopg2 import sql
 
-    from pulse.dev.scratch import with_database
+    from pulse_dev.scratch import with_database
 
     name = unique("pulse_t")
     admin = psycopg2.connect(private_pg.url)

@@ -203,7 +203,7 @@ def test_a_crash_between_a_direct_load_and_its_state_row_leaves_each_row_once(se
 
 
 def test_emulator_stopped_and_restarted_mid_run(scratch_db, services, bq, tmp_path):
-    from pulse.dev import services as dev
+    from pulse_dev import services as dev
 
     client, dataset = bq
     settings = bq_settings(scratch_db, services, dataset, tmp_path / "spool")

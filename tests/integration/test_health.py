@@ -49,7 +49,7 @@ class PrivatePostgres:
     """A throwaway cluster with wal_level=logical on its own port (run as services.py's OS user when root)."""
 
     def __init__(self) -> None:
-        from pulse.dev import services as dev
+        from pulse_dev import services as dev
 
         self.bindir = dev._pg_bindir()
         need(self.bindir is not None, "PostgreSQL server binaries (initdb): apt-get install postgresql")

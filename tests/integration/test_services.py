@@ -271,7 +271,7 @@ def test_bigquery_parquet_load_and_query(services):
 
 
 def test_dev_status_shows_every_service_running(services):
-    from pulse.dev.services import ALL, project_root
+    from pulse_dev.services import ALL, project_root
 
     root = project_root()
     result = subprocess.run(
@@ -294,7 +294,7 @@ def test_dev_status_shows_every_service_running(services):
 def test_dev_status_json_lists_every_service(services):
     import json
 
-    from pulse.dev.services import ALL, project_root
+    from pulse_dev.services import ALL, project_root
 
     root = project_root()
     result = subprocess.run(
@@ -308,7 +308,7 @@ def test_dev_status_json_lists_every_service(services):
 
 
 def test_services_env_holds_every_endpoint(services):
-    from pulse.dev.services import state_dir
+    from pulse_dev.services import state_dir
 
     path = state_dir() / "services.env"
     assert path.exists()

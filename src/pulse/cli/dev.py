@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pulse.dev import services
+from pulse_dev import services
 
 app = typer.Typer(help="Local development services (PostgreSQL, Redis, Kafka, BigQuery emulator).", no_args_is_help=True)
 console = Console(width=None if __import__("sys").stdout.isatty() else 160)
@@ -72,6 +72,6 @@ def demo(
     seconds: float = typer.Option(15.0, "--seconds", help="How long to write live traffic."),
 ) -> None:
     """The whole pipeline on the local services, then stop what it started (`make demo`)."""
-    from pulse.dev import demo as demo_mod
+    from pulse_dev import demo as demo_mod
 
     demo_mod.run(rate, seconds)

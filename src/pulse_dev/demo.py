@@ -25,7 +25,7 @@ import psycopg2
 from rich.console import Console
 from rich.table import Table
 
-from pulse.dev import services
+from pulse_dev import services
 from pulse.receiver import Receiver
 
 console = Console()
