@@ -10,10 +10,12 @@ not answer. Sinks that need a service get it from the real local services
 from __future__ import annotations
 
 import socket
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import orjson
 import pytest
 
 from pulse.sinks.base import Sink
@@ -100,7 +102,48 @@ def _memory() -> Harness:
                    durable=False)
 
 
-ALL = ("jsonl", "pgtable", "redis", "memory")
+def _kafka(bootstrap: str) -> Harness:
+    """The producer's sink. It keeps no position of its own (`open` is ZERO: the consumers skip by
+    position), so it is not durable in the contract's sense; what a consumer sees is the topic's events
+    by position, which a batch sent again must not change."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from pulse.bus.codec import POSITION_HEADER
+    from pulse.config import KafkaConfig
+    from pulse.sinks.kafka.sink import KafkaSink
+
+    cfg = KafkaConfig(bootstrap=bootstrap, topic=unique("contract_t"), content_topic=unique("contract_c"),
+                      partitions=2)
+
+    def read():
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("contract_g"),
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        try:
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(cfg.topic, p), timeout=10)[1]
+                    for p in range(cfg.partitions)}
+            consumer.assign([TopicPartition(cfg.topic, p, 0) for p in range(cfg.partitions)])
+            seen: dict[str, int] = {}
+            done = {p for p, end in ends.items() if end == 0}
+            deadline = time.monotonic() + 30
+            while len(done) < len(ends) and time.monotonic() < deadline:
+                for m in consumer.consume(500, timeout=0.5):
+                    if m.error():
+                        continue
+                    headers = dict(m.headers() or [])
+                    seen[headers[POSITION_HEADER].decode()] = orjson.loads(m.value())["event_id"]
+                    if m.offset() + 1 >= ends[m.partition()]:
+                        done.add(m.partition())
+            assert len(done) == len(ends), "the topic was not read to its end"
+            return seen  # what a consumer sees: one event per position
+        finally:
+            consumer.close()
+
+    return Harness("kafka", lambda: KafkaSink(cfg, None), read,
+                   lambda: KafkaSink(cfg.model_copy(update={"bootstrap": f"127.0.0.1:{_closed_port()}"}), None),
+                   durable=False)
+
+
+ALL = ("jsonl", "pgtable", "redis", "memory", "kafka")
 DURABLE = ("jsonl", "pgtable", "redis")
 
 
@@ -113,6 +156,16 @@ def harness(request, tmp_path) -> Harness:
         yield _memory()
     elif kind == "pgtable":
         yield _pgtable(request.getfixturevalue("sink_db"))
+    elif kind == "kafka":
+        services = request.getfixturevalue("services")
+        h = _kafka(services["PULSE_KAFKA_BOOTSTRAP"])
+        try:
+            yield h
+        finally:
+            from tests.integration.kafka_helpers import drop_topics
+
+            cfg = h.build().cfg
+            drop_topics(services["PULSE_KAFKA_BOOTSTRAP"], [cfg.topic, cfg.content_topic])
     elif kind == "redis":
         import redis
 

@@ -114,6 +114,7 @@ class KafkaSink(Sink):
         # Times the broker refused an event's message as too large (by position), since the last good batch.
         self._refused: dict[Position, int] = {}
         self._limit_stale = False  # a refusal: read the topic's limit again before the retry
+        self.durable = ZERO  # the highest position acknowledged: what write reports never moves back
         self.dead_letters = (dl.DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{self.name}")
                              if db is not None else None)
         self.truncated = 0
@@ -262,7 +263,10 @@ class KafkaSink(Sink):
             raise TransientError(
                 f"Kafka did not acknowledge the batch ({remaining} undelivered, errors: {errors[:3]})"
             )
-        return batch.last
+        # A batch sent again (an older one) is published again, and consumers skip it by position; the
+        # position reported stays the highest acknowledged (the contract: never backwards).
+        self.durable = max(self.durable, batch.last)
+        return self.durable
 
     def status(self) -> dict[str, object]:
         return {"truncated": self.truncated, "max_value_bytes": self.max_value_bytes}
