@@ -28,9 +28,6 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
-import orjson
-import psycopg2
-from psycopg2 import sql
 from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
 from pulse import health, metrics
@@ -49,7 +46,7 @@ from pulse.source import native
 from pulse.source.changes import ChangeAssembler, Truncated, TxnEnd
 from pulse.source.pgoutput import PgOutputDecoder, lsn_to_str
 from pulse.source.replication import ReaderFailed, Reconnected, ReplicationReader, queue_items
-from pulse.source.slot import slot_info
+from pulse.runtime.status import StatusWriter
 from pulse.runtime.snapshot import WindowRebuilder, plan_targets, prepare_slot
 from pulse.transform.columnar import EventChunk
 from pulse.source.content import load_content
@@ -182,7 +179,7 @@ class Pipeline:
         self._content_hooks = [s.publish_content for s in self.sinks if s.relays]
         self._pending: list[EnrichedEvent] = []
         self._pending_bytes = 0
-        self._status_conn = None
+        self._status = StatusWriter(settings.database)  # the status document's row (`pulse status`)
         self._last_status = 0.0
         self._ack_moved_at = time.monotonic()
         self._last_acked = 0
@@ -506,25 +503,7 @@ class Pipeline:
         }
 
     def _write_status(self) -> None:
-        db = self.settings.database
-        try:
-            if self._status_conn is None or self._status_conn.closed:
-                self._status_conn = connect(db)
-                self._status_conn.autocommit = True
-            with self._status_conn.cursor() as cur:
-                cur.execute(
-                    sql.SQL(
-                        "INSERT INTO {}.runtime_status (slot_name, updated_at, doc) VALUES (%s, now(), %s) "
-                        "ON CONFLICT (slot_name) DO UPDATE SET updated_at = now(), doc = EXCLUDED.doc"
-                    ).format(sql.Identifier(db.state_schema)),
-                    (db.slot, orjson.dumps(self.status()).decode()),
-                )
-                info = slot_info(cur, db.slot)
-                if info is not None:
-                    metrics.slot_gauges(info.wal_status, info.safe_wal_size, info.retained_bytes)
-        except psycopg2.Error as exc:
-            log.debug("status.write_failed", error=str(exc).strip())
-            self._status_conn = None
+        self._status.write(self.status())
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -561,10 +540,9 @@ class Pipeline:
             except Exception as exc:  # closing must not hide the real outcome
                 log.warning("sink.close_failed", sink=sink.name, error=str(exc))
         assembler.reset()
-        if self._status_conn is not None:
+        if self._status.connected:  # the last word, where a status was written before
             self._write_status()
-        if self._status_conn is not None:  # a failed write drops the connection
-            self._status_conn.close()
+        self._status.close()
         log.info("pipeline.stopped", events_in=self.events_in,
                  acked=lsn_to_str(reader.acked) if reader else None, graceful=graceful)
 
