@@ -1,0 +1,85 @@
+"""The pipeline's dispatcher (runtime/pipeline.py) without a database: what each change does.
+
+The workers are built but not started, so their queues show exactly what was
+handed to each sink; the tracker shows what the slot may be acknowledged to.
+"""
+
+from datetime import datetime, timezone
+
+from pulse.config import Settings
+from pulse.model import ZERO, Change, Position
+from pulse.runtime.pipeline import Pipeline, SinkWorker
+from pulse.runtime.progress import AckTracker
+from pulse.sinks.memory import MemorySink
+from pulse.source.changes import TxnEnd
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+CID = "11111111-1111-1111-1111-111111111111"
+
+
+def _pipeline(start: dict[str, Position]) -> Pipeline:
+    sinks = [MemorySink(name) for name in start]
+    pipeline = Pipeline(Settings(), sinks, clock=lambda: NOW)
+    pipeline.tracker = AckTracker(dict(start))
+    for sink in sinks:
+        pipeline.workers[sink.name] = SinkWorker(sink, start[sink.name], pipeline.tracker, pipeline.settings,
+                                                 on_terminal=lambda *_: None)
+    return pipeline
+
+
+def _insert(event_id: int, pos: Position, content_id: str = CID) -> Change:
+    row = {"id": event_id, "content_id": content_id, "user_id": "u", "event_type": "play", "event_ts": NOW,
+           "duration_ms": 60_000, "device": "ios", "raw_payload": None}
+    return Change("engagement_events", "insert", row, None, pos, NOW)
+
+
+def _queued(pipeline: Pipeline, name: str) -> list[int]:
+    worker = pipeline.workers[name]
+    return [e.event_id for e in worker.queue.get_many(1000, timeout=0)]
+
+
+def test_a_content_change_updates_the_cache_before_the_events_after_it_are_enriched():
+    pipeline = _pipeline({"a": ZERO})
+    pipeline._handle(Change("content", "insert", {"id": CID, "slug": "s", "title": "T", "content_type": "video",
+                                                  "length_seconds": 120}, None, Position(10, 0), NOW))
+    pipeline._handle(_insert(1, Position(10, 1)))
+    pipeline._handle(TxnEnd(10, 11, NOW))
+    (event,) = pipeline.workers["a"].queue.get_many(10, timeout=0)
+    assert (event.content_slug, event.content_type, event.engagement_pct) == ("s", "video", 0.5)
+
+
+def test_events_reach_every_sink_minus_what_each_already_holds_and_the_slot_waits_for_all():
+    # "b" restarted with the first transaction durable (its stored position): it gets only the second.
+    pipeline = _pipeline({"a": ZERO, "b": Position(20, 2)})
+    for lsn, ids in ((20, (1, 2)), (30, (3, 4))):
+        for seq, i in enumerate(ids, start=1):
+            pipeline._handle(_insert(i, Position(lsn, seq)))
+        pipeline._handle(TxnEnd(lsn, lsn + 5, NOW))
+    assert _queued(pipeline, "a") == [1, 2, 3, 4]
+    assert _queued(pipeline, "b") == [3, 4]
+    tracker = pipeline.tracker
+    assert tracker.ackable() == 0  # nothing durable in "a" yet
+    tracker.durable("a", Position(20, 2))
+    assert tracker.ackable() == 25  # the first transaction: durable in both
+    tracker.durable("a", Position(30, 2))
+    assert tracker.ackable() == 25 and tracker.laggards() == ["b"]
+    tracker.durable("b", Position(30, 2))
+    assert tracker.ackable() == 35
+
+
+def test_a_content_change_reaches_relaying_sinks_only():
+    class Relay(MemorySink):
+        relays = True
+
+        def __init__(self, name):
+            super().__init__(name)
+            self.content = []
+
+        def publish_content(self, change):
+            self.content.append(change.new["id"])
+
+    relay, plain = Relay("kafka-like"), MemorySink("plain")
+    pipeline = Pipeline(Settings(), [relay, plain], clock=lambda: NOW)
+    pipeline._handle(Change("content", "insert", {"id": CID, "slug": "s", "title": "T", "content_type": "video",
+                                                  "length_seconds": 60}, None, Position(5, 0), NOW))
+    assert relay.content == [CID]
