@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timezone
-from types import SimpleNamespace
 
+from pulse.config import Settings
 from pulse.model import Change, Position
-from pulse.runtime.backfill import BackfillManager, BackfillSpec, Invisible, _Window
 from pulse.model_arrow import RAW_SCHEMA
-from pulse.transform.content_cache import ContentCache
+from pulse.runtime.backfill import BackfillManager, BackfillSpec, Invisible, _Window
+from pulse.runtime.pipeline import Pipeline
+from pulse.sinks.memory import MemorySink
 
 TS = datetime(2024, 8, 1, tzinfo=timezone.utc)
 
 
 def manager() -> BackfillManager:
-    pipeline = SimpleNamespace(
-        settings=SimpleNamespace(database=SimpleNamespace(slot="s", state_schema="pulse")),
-        clock=lambda: TS, cache=ContentCache(), stop_event=threading.Event(), tracker=None, workers={},
-    )
-    return BackfillManager(pipeline)  # type: ignore[arg-type]
+    """The manager of a real pipeline that was not started (no database, no thread): its dispatcher half."""
+    pipeline = Pipeline(Settings(database={"slot": "s", "state_schema": "pulse"}), [MemorySink()], clock=lambda: TS)
+    return BackfillManager(pipeline)
 
 
 def row(i: int, duration: int = 1000) -> dict:
