@@ -29,6 +29,13 @@ class Harness:
     read: Callable[[], Any]
     unreachable: Callable[[], Sink]
     durable: bool = True  # keeps its data and position across a restart of the process
+    # Writes land in a local outbox whatever the endpoint does (the external sink): an unreachable
+    # endpoint delays delivery, it does not fail a write.
+    outbox: bool = False
+    # What a process's death does to an instance that the test cannot kill (its process is the test's):
+    # by default nothing (the instance is simply dropped).
+    crash: Callable[[Sink], None] = lambda sink: None
+    cleanup: Callable[[], None] = lambda: None  # after the test: what the harness started
 
 
 def _closed_port() -> int:
@@ -143,8 +150,48 @@ def _kafka(bootstrap: str) -> Harness:
                    durable=False)
 
 
-ALL = ("jsonl", "pgtable", "redis", "memory", "kafka")
-DURABLE = ("jsonl", "pgtable", "redis")
+def _external(tmp_path, receiver) -> Harness:
+    """The external sink with its local outbox, delivering to a real receiver on loopback. What the
+    destination holds: the (event id, CloudEvent id) pairs received, once every instance delivered its
+    outbox (ids are stable, so an event sent twice is still one pair)."""
+    from pulse.config import DatabaseConfig, ExternalConfig
+    from pulse.sinks.external.sink import ExternalSink
+
+    fast = {"retry_initial_s": 0.02, "retry_max_s": 0.25, "retry_after_max_s": 0.5, "connect_timeout_s": 1.0,
+            "read_timeout_s": 1.0, "breaker_open_s": 0.3, "breaker_open_max_s": 1.0, "batch_max_age_s": 0.02}
+    db = DatabaseConfig(slot=unique("contract"))
+    built: list[ExternalSink] = []
+
+    def build(url: str = receiver.url) -> ExternalSink:
+        cfg = ExternalConfig(url=url, outbox="local", outbox_dir=tmp_path / "outbox", **fast)
+        sink = ExternalSink(cfg, db)
+        built.append(sink)
+        return sink
+
+    def read():
+        deadline = time.monotonic() + 30
+        while any(s.flow is not None and s.status().get("pending") for s in built):
+            assert time.monotonic() < deadline, "the outbox did not drain"
+            time.sleep(0.02)
+        return frozenset((e["event"]["data"]["event_id"], e["id"]) for e in receiver.events())
+
+    def crash(sink: ExternalSink) -> None:
+        # A dead process's outbox lock is released by the kernel and its delivery threads are gone; in
+        # this process, close() does both (it writes nothing beyond what write/flush made durable).
+        sink.close()
+        built.remove(sink)
+
+    def cleanup() -> None:
+        for sink in built:
+            if sink.flow is not None:
+                sink.close()
+
+    return Harness("external", build, read, lambda: build(f"http://127.0.0.1:{_closed_port()}/"), outbox=True,
+                   crash=crash, cleanup=cleanup)
+
+
+ALL = ("jsonl", "pgtable", "redis", "memory", "kafka", "external")
+DURABLE = ("jsonl", "pgtable", "redis", "external")
 
 
 @pytest.fixture
@@ -156,6 +203,15 @@ def harness(request, tmp_path) -> Harness:
         yield _memory()
     elif kind == "pgtable":
         yield _pgtable(request.getfixturevalue("sink_db"))
+    elif kind == "external":
+        from pulse.receiver import Receiver
+
+        with Receiver(seed=3) as receiver:
+            h = _external(tmp_path, receiver)
+            try:
+                yield h
+            finally:
+                h.cleanup()
     elif kind == "kafka":
         services = request.getfixturevalue("services")
         h = _kafka(services["PULSE_KAFKA_BOOTSTRAP"])
