@@ -190,8 +190,47 @@ def _external(tmp_path, receiver) -> Harness:
                    crash=crash, cleanup=cleanup)
 
 
-ALL = ("jsonl", "pgtable", "redis", "memory", "kafka", "external")
-DURABLE = ("jsonl", "pgtable", "redis", "external")
+def _bigquery(tmp_path, services, client, dataset: str) -> Harness:
+    """The batch sink (spool + in-process loader) on the emulator. What the destination holds: the
+    table's rows, once every instance's spool was loaded."""
+    from pulse.config import BigQueryConfig
+    from pulse.sinks.bigquery.sink import BigQuerySink
+
+    built: list[BigQuerySink] = []
+
+    def config(endpoint: str) -> BigQueryConfig:
+        return BigQueryConfig(project=services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"), dataset=dataset,
+                              endpoint=endpoint, spool_dir=tmp_path / "spool", load_interval_s=0.2,
+                              write_linger_s=0, request_timeout_s=10)
+
+    def build(endpoint: str = services["PULSE_BIGQUERY_ENDPOINT"]) -> BigQuerySink:
+        sink = BigQuerySink(config(endpoint), slot="contract")
+        built.append(sink)
+        return sink
+
+    def read():
+        deadline = time.monotonic() + 60
+        while any(s.spool is not None and s.spool.files() for s in built):
+            assert time.monotonic() < deadline, "the spool was not loaded"
+            time.sleep(0.1)
+        rows = client.query(f"SELECT event_id, source_lsn, source_seq, op FROM `{dataset}.engagement_events`").result()
+        return Counter(tuple(r.values()) for r in rows)
+
+    def crash(sink: BigQuerySink) -> None:
+        # A dead process's spool lock and loader thread are gone; close() stops both (the spool is durable).
+        sink.close()
+        built.remove(sink)
+
+    def cleanup() -> None:
+        for sink in built:
+            sink.close()
+
+    return Harness("bigquery", build, read, lambda: build(f"http://127.0.0.1:{_closed_port()}"), crash=crash,
+                   cleanup=cleanup)
+
+
+ALL = ("jsonl", "pgtable", "redis", "memory", "kafka", "external", "bigquery")
+DURABLE = ("jsonl", "pgtable", "redis", "external", "bigquery")
 
 
 @pytest.fixture
@@ -203,6 +242,21 @@ def harness(request, tmp_path) -> Harness:
         yield _memory()
     elif kind == "pgtable":
         yield _pgtable(request.getfixturevalue("sink_db"))
+    elif kind == "bigquery":
+        from pulse.config import BigQueryConfig
+        from pulse.sinks.bigquery.client import make_client
+
+        services = request.getfixturevalue("services")
+        dataset = unique("contract_bq")
+        bq_client = make_client(BigQueryConfig(project=services.get("PULSE_BIGQUERY_PROJECT", "pulse-local"),
+                                               dataset=dataset, endpoint=services["PULSE_BIGQUERY_ENDPOINT"]))
+        h = _bigquery(tmp_path, services, bq_client, dataset)
+        try:
+            yield h
+        finally:
+            h.cleanup()
+            bq_client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+            bq_client.close()
     elif kind == "external":
         from pulse.receiver import Receiver
 

@@ -152,3 +152,9 @@ def test_the_driver_stops_on_a_terminal_error_with_the_hint(harness) -> None:
     assert not worker.is_alive()
     assert isinstance(failures[0], TerminalError) and failures[0].hint
     assert worker.durable == ZERO
+
+
+def test_every_registered_sink_has_a_harness() -> None:
+    from pulse.sinks import REGISTRY
+
+    assert set(ALL) == set(REGISTRY)

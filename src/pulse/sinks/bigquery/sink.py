@@ -75,6 +75,7 @@ class BigQuerySink(Sink):
         self._write_client = write_client
         self.tables: Tables | None = None
         self.spool: Spool | None = None
+        self.position = ZERO  # the highest position written (spooled, or appended in stream mode)
         self.loader: Loader | None = None
         self.loader_thread: LoaderThread | None = None
         self.writer = None
@@ -100,9 +101,8 @@ class BigQuerySink(Sink):
         client = self._client or make_client(cfg)
         self._client = client
         self.tables = Tables(client, cfg, slot=self.slot)
-        if cfg.mode == "stream":
-            return self._open_stream()
-        return self._open_batch()
+        self.position = self._open_stream() if cfg.mode == "stream" else self._open_batch()
+        return self.position
 
     @property
     def partitioned(self) -> bool:
@@ -198,6 +198,9 @@ class BigQuerySink(Sink):
         if table.num_rows == 0:
             return ZERO
         self._check_background()
+        if last <= self.position:
+            # Sent again (a retry, a replay from an older slot position): already spooled or loaded.
+            return self.position
         if self.cfg.mode == "stream":
             assert self.writer is not None
             self.writer.append(table, last)
@@ -206,6 +209,7 @@ class BigQuerySink(Sink):
             self.spool.append(table, first, last)
             if self.loader is not None and table.column("backfill")[0].as_py():
                 self.loader.hurry()  # a backfill: load it now, not at the next load_interval_s
+        self.position = last
         return last
 
     def replay(self, batch: Batch) -> None:
