@@ -14,12 +14,14 @@ for nothing.
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from pulse.config import Settings, env_name_for
 from pulse.errors import ConfigError
 from pulse.log import get_logger
 from pulse.sinks.base import Sink, SinkInstance
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pulse.config import Settings  # pulse.config imports the sinks' config sections: not at import time
 
 log = get_logger(__name__)
 
@@ -117,6 +119,8 @@ def build_sink(name: str, settings: Settings, instance: "SinkInstance | str | No
 
 def configured_destinations(settings: Settings) -> dict[str, str]:
     """Destination -> why it is configured (the variable that set its endpoint), in ENDPOINTS order."""
+    from pulse.config import env_name_for
+
     out = {}
     for name, (section, key) in ENDPOINTS.items():
         if settings.configured(section, key) and getattr(getattr(settings, section), key) is not None:
@@ -134,6 +138,8 @@ def pipeline_sinks(settings: Settings, *, required: bool = True) -> list[str]:
         names = list(dict.fromkeys(settings.runtime.sinks))
         log.info("sinks.chosen", sinks=",".join(names), why="named (--sink / runtime.sinks)")
         return names
+    from pulse.config import env_name_for
+
     found = configured_destinations(settings)
     if not found:
         if not required:
