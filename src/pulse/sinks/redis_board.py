@@ -362,14 +362,14 @@ def _trunc_ms(t: np.ndarray) -> np.ndarray:
 
 def _groups(table, keys: list[str], aggregations: list[tuple[str, str]]) -> list[tuple]:
     """Rows of a group-by as tuples (keys..., aggregates...), ordered by each group's first row (`row`)."""
+    import pyarrow as pa
+
     if table.num_rows == 0:
         return []
     out = table.group_by(keys, use_threads=False).aggregate([*aggregations, ("row", "min")])
-    first = out.column("row_min").to_numpy()
-    order = np.argsort(first, kind="stable")
+    order = pa.array(np.argsort(out.column("row_min").to_numpy(), kind="stable"))
     names = [*keys, *(f"{c}_{f}" for c, f in aggregations)]
-    columns = [out.column(name).to_pylist() for name in names]
-    return [tuple(c[i] for c in columns) for i in order.tolist()]
+    return list(zip(*(out.column(name).take(order).to_pylist() for name in names)))
 
 
 @dataclass
