@@ -47,7 +47,7 @@ from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks.base import Sink
 from pulse.sinks.external_delivery import CircuitBreaker, HttpClient, Lane, LaneStats, RetryPolicy
-from pulse.sinks.external_columns import encode_table, table_events
+from pulse.sinks.external_columns import encode_table
 from pulse.sinks.external_local import Encoded, FrameLog, LocalLog, MemoryLog, build_frame, build_frame_columns
 from pulse.sinks.external_outbox import Outbox, encode
 
@@ -218,11 +218,7 @@ class ExternalSink(Sink):
         the return is the durable position. A chunk goes out in frames of at
         most FRAME_EVENTS events, each durable on its own (a retry skips those).
         """
-        if self.kind == "postgres":  # not declared (accepts_columns), but correct if called
-            if table.num_rows == 0:
-                return ZERO
-            return self._write_postgres(Batch(tuple(table_events(table))))
-        flow = self._flow()
+        flow = self._flow()  # never the PostgreSQL outbox: it declares accepts_columns False
         if last <= self._appended:
             return self._durable()
         appended = self._appended
