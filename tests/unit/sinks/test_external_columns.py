@@ -19,6 +19,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from pulse.model import Batch
 from pulse.generator.anomalies import ODD_DEVICES, AnomalyInjector, huge_debug_dump
 from pulse.generator.content import ContentItem
 from pulse.generator.events import EventFactory
@@ -277,6 +278,39 @@ def test_write_columns_appends_what_write_appends_in_frames_of_at_most_frame_eve
     assert [held for _, held in by_cols.flow.appended] == [300, 300, 200]
     assert by_cols.flow.appended[-1][0] == chunk.position
     assert by_cols.frames.events(3) == by_rows.frames.events(3)
+
+
+def test_frames_are_bounded_by_a_quarter_of_the_outbox_and_hold_every_row_once():
+    """A frame larger than the outbox's bound could never be appended in pause mode (it waits for room)."""
+    chunk = _a_chunk(13)
+    by_rows = _sink()
+    by_rows.write(Batch(tuple(chunk.events()), backfill=True))
+    sink = _sink()
+    sink.cfg = sink.cfg.model_copy(update={"outbox_max_bytes": 200_000})
+    sink.frames.bytes = lambda: 0  # delivered as soon as appended: the outbox never fills
+    sink.write_columns(chunk.table(), chunk.first, chunk.position)
+    sizes = [len(f) for f, _ in sink.frames.frames]
+    held = [h for _, h in sink.flow.appended]
+    assert len(sizes) > 3 and sum(held) == chunk.table().num_rows
+    assert all(size <= 50_000 * 1.3 or h == 1 for size, h in zip(sizes, held))  # texts <= 50,000 + the frame's ids
+    assert sink.flow.appended[-1][0] == chunk.position
+    assert sink.frames.events(3) == by_rows.frames.events(3)
+
+
+def test_frame_ends():
+    from pulse.sinks.external import frame_ends
+
+    class Cols:
+        def __init__(self, sizes):
+            self.part_sep = pa.array(["x" * k for k in sizes], pa.large_string())
+
+        def __len__(self):
+            return len(self.part_sep)
+
+    assert frame_ends(Cols([]), 5, 100) == [0]
+    assert frame_ends(Cols([10] * 12), 5, 1000) == [5, 10, 12]
+    assert frame_ends(Cols([10] * 12), 5, 25) == [2, 4, 6, 8, 10, 12]
+    assert frame_ends(Cols([10, 500, 10, 10]), 5, 25) == [1, 2, 4]  # a row above the bound goes alone
 
 
 def test_write_columns_skips_what_is_already_appended():
