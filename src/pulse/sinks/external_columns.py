@@ -109,7 +109,21 @@ def _arr(col: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def _join(*pieces: object) -> pa.Array:
-    """Element-wise concatenation; str pieces are literals, arrays must hold no nulls."""
+    """Element-wise concatenation; str pieces are literals, arrays must hold no nulls.
+
+    In the C extension (`_wire.join_rows`: each row's bytes copied once, the
+    GIL released), else, or when an array holds nulls, Arrow's
+    `binary_join_element_wise` (a third of the encoder's time in a profile).
+    """
+    wire = native.module()
+    arrays = [p for p in pieces if not isinstance(p, str)]
+    if (wire is not None and hasattr(wire, "join_rows") and arrays
+            and all(isinstance(a, pa.Array) and a.null_count == 0 for a in arrays)):
+        n = len(arrays[0])
+        parts = [p.encode() if isinstance(p, str) else string_bytes(p if p.type == _L else p.cast(_L))
+                 for p in pieces]
+        data, offsets = wire.join_rows(parts, n)
+        return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
     args = [pa.scalar(p, _L) if isinstance(p, str) else p for p in pieces]
     return pc.binary_join_element_wise(*args, pa.scalar("", _L))
 

@@ -350,3 +350,23 @@ def test_the_digests_in_c_and_in_hashlib_agree(monkeypatch):
     monkeypatch.setattr(native, "module", lambda: None)
     assert X._sha256_rows(states) == expected
     assert X._digests(states).to_pylist() == [hashlib.sha256(t.encode()).hexdigest()[:20] for t in texts]
+
+
+def test_the_joins_in_c_and_in_arrow_agree(monkeypatch):
+    """`_wire.join_rows` (the common path) against Arrow's binary_join_element_wise, on whole chunks and slices."""
+    from pulse.sinks import external_columns as X
+    from pulse.source import native
+
+    assert native.module() is not None and hasattr(native.module(), "join_rows"), "_wire was not rebuilt"
+    a = pa.array(["x", "", "é🎧", "yz", "w"], pa.large_string()).slice(1)
+    b = pa.array(["1", "22", "", "4444"], pa.string())
+    assert X._join("<", a, ",", b, ">").to_pylist() == ["<,1>", "<é🎧,22>", "<yz,>", "<w,4444>"]
+    assert X._join("[", a.slice(4), "]").to_pylist() == []
+    nulls = pa.array(["p", None, "q", "r"], pa.large_string())
+    assert X._join("<", nulls, ">").to_pylist() == ["<p>", None, "<q>", "<r>"]  # Arrow's path: null in, null out
+    chunk = _a_chunk(14)
+    with_c = encode_table(chunk.table(), SOURCE)
+    monkeypatch.setattr(native, "module", lambda: None)
+    with_arrow = encode_table(chunk.table(), SOURCE)
+    assert with_c.parts() == with_arrow.parts() and with_c.ce_id.to_pylist() == with_arrow.ce_id.to_pylist()
+    assert with_c.attrs_len.tolist() == with_arrow.attrs_len.tolist()
