@@ -14,7 +14,7 @@ maintained incrementally from fixed-width buckets of `event_ts`:
   A run of inserts that arrives as columns (`enrich_table`'s table: a live
   run of the native reader) is folded in by `add_table`, a group-by per
   kind of cell instead of a Python object per event, to the same cells,
-  counters and key order as `add_events` (tests/unit/sinks/test_redis_board.py
+  counters and key order as `add_events` (tests/unit/sinks/test_redis_columns.py
   compares both on the same rows).
   The Lua script (`redis_lua`) applies it in one atomic step, however many
   events the batch held: the cost in Redis is per distinct key, not per event.
