@@ -94,6 +94,12 @@ def wait_unique(url: str, n: int, timeout: float, proc: subprocess.Popen | None 
     return time.monotonic()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raw_http(url: str, n: int, batch: int, concurrency: int) -> float:
     """events/s of POSTing the sink's bodies for n events of the benchmark's shape, from `concurrency` threads."""
     from pulse.model import EnrichedEvent, Position
@@ -217,11 +223,14 @@ def main() -> None:
                 t0 = time.monotonic()
                 pulse = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                          stderr=open(work / f"pulse_{outbox}.log", "w"))
+                receiver_cpu = cpu_seconds(proc.pid)
                 t_done = wait_unique(url, args.events, args.timeout, pulse) - t0
+                pulse_cpu = cpu_seconds(pulse.pid)  # py-spy's own with --profile
+                receiver_cpu = cpu_seconds(proc.pid) - receiver_cpu
                 results[outbox] = t_done
                 print(f"pulse run ({args.sinks}; external.outbox = {outbox}) until the receiver holds every event: "
                       f"{t_done:.1f} s ({args.events / t_done:,.0f} events/s), ratio to pg_recvlogical "
-                      f"{raw_s / t_done:.2f}", flush=True)
+                      f"{raw_s / t_done:.2f}; CPU: pulse {pulse_cpu:.1f} s, receiver {receiver_cpu:.1f} s", flush=True)
                 pulse.send_signal(signal.SIGINT if args.profile else signal.SIGTERM)
                 pulse.wait(120)
                 pulse = None

@@ -22,4 +22,15 @@ def unique_ints(values) -> np.ndarray:
     return a[keep]
 
 
-__all__ = ["unique_ints"]
+def string_bytes(arr) -> tuple[np.ndarray, np.ndarray]:
+    """(the UTF-8 bytes of an Arrow large_string / large_binary array's values, end to end, as uint8;
+    the n + 1 offsets into them, from 0), without a copy (a sliced array's window of its buffers).
+    """
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], np.int64, len(arr) + 1, arr.offset * 8)
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(bufs[2], np.uint8)[start:end] if bufs[2] is not None else np.zeros(0, np.uint8)
+    return data, offsets - start
+
+
+__all__ = ["string_bytes", "unique_ints"]

@@ -64,7 +64,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pulse.arrays import unique_ints
+from pulse.arrays import string_bytes, unique_ints
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
@@ -147,10 +147,10 @@ def build_frame_columns(cols, last: Position, enqueued_at: float, lanes: int) ->
     ends = np.r_[starts[1:], n].astype(np.int64)
     large = pa.large_string()
     take = pa.array(order)
-    parts = _values(pc.take(cols.part_sep, take))  # each text followed by ","
-    ces = _values(pc.take(pc.binary_join_element_wise(cols.ce_id, pa.scalar("\n", large), pa.scalar("", large)),
-                          take))
-    cids = _values(pc.take(pc.fill_null(cols.content_id, ""), take))
+    parts = string_bytes(pc.take(cols.part_sep, take))  # each text followed by ","
+    ces = string_bytes(pc.take(pc.binary_join_element_wise(cols.ce_id, pa.scalar("\n", large),
+                                                           pa.scalar("", large)), take))
+    cids = string_bytes(pc.take(pc.fill_null(cols.content_id, ""), take))
     meta = np.zeros(n, META)
     meta["lsn"], meta["seq"], meta["event_id"] = cols.lsn[order], cols.seq[order], cols.event_id[order]
     meta["lane_key"], meta["attrs_len"] = cols.lane_key[order], cols.attrs_len[order]
@@ -170,14 +170,6 @@ def build_frame_columns(cols, last: Position, enqueued_at: float, lanes: int) ->
             size += len(x)
         pieces += block
     return b"".join([MAGIC, struct.pack("<II", size, crc), *pieces])
-
-
-def _values(arr) -> tuple[memoryview, np.ndarray]:
-    """(the bytes of a large_string array's values, end to end; offsets into them from 0), without a copy."""
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], np.int64, len(arr) + 1, arr.offset * 8)
-    data = memoryview(bufs[2]) if bufs[2] is not None else memoryview(b"")
-    return data[int(offsets[0]):int(offsets[-1])], offsets - offsets[0]
 
 
 class Chunk:

@@ -36,10 +36,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pulse.arrays import string_bytes
 from pulse.config import DatabaseConfig, ExternalConfig, Settings
 from pulse import metrics
 from pulse.errors import ConfigError, TerminalError, TransientError
@@ -47,13 +49,16 @@ from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks.base import Sink, SinkInstance
 from pulse.sinks.external.delivery import CircuitBreaker, HttpClient, Lane, LaneStats, RetryPolicy
-from pulse.sinks.external.columns import encode_table, table_events
+from pulse.sinks.external.columns import encode_table
 from pulse.sinks.external.local import Encoded, FrameLog, LocalLog, MemoryLog, build_frame, build_frame_columns
 from pulse.sinks.external.outbox import Outbox, encode
 
 #: Most events in one frame of a chunk written as columns (a backfill chunk holds up to 50,000; the row
 #: path's frames hold up to runtime.batch_max_events, 5,000 by default).
 FRAME_EVENTS = 5_000
+#: Most CloudEvent bytes in one such frame, and at most a quarter of the outbox's bound (outbox_max_bytes,
+#: or inflight_max_bytes over Kafka), so that a frame always fits once delivery has made room.
+FRAME_BYTES = 8 << 20
 
 #: Root of the default local outbox folders, relative to the working directory.
 DEFAULT_OUTBOX_ROOT = Path("external_outbox")
@@ -84,6 +89,22 @@ def outbox_kind(cfg: ExternalConfig, instance: "SinkInstance | str") -> str:
     if cfg.outbox != "auto":
         return cfg.outbox
     return "kafka" if SinkInstance.of(instance).partitioned else "local"
+
+
+def frame_ends(cols, max_events: int, max_bytes: int) -> list[int]:
+    """Where the frames of encoded rows end: at most `max_events` rows and `max_bytes` of texts each
+    (but at least one row); `[0]` for no rows (one empty frame still moves the position)."""
+    n = len(cols)
+    if n == 0:
+        return [0]
+    _data, offsets = string_bytes(cols.part_sep)
+    ends: list[int] = []
+    start = 0
+    while start < n:
+        fits = int(np.searchsorted(offsets, offsets[start] + max_bytes, side="right")) - 1
+        start = max(start + 1, min(start + max_events, n, fits))
+        ends.append(start)
+    return ends
 
 
 def encode_event(e, source: str, id_of=None) -> Encoded:
@@ -223,13 +244,10 @@ class ExternalSink(Sink):
         The same texts as `write` makes of the same events (`external.columns`),
         the same contract: rows at or below the appended position are skipped,
         the return is the durable position. A chunk goes out in frames of at
-        most FRAME_EVENTS events, each durable on its own (a retry skips those).
+        most FRAME_EVENTS events and FRAME_BYTES of texts (and a quarter of
+        the outbox's bound), each durable on its own (a retry skips those).
         """
-        if self.kind == "postgres":  # not declared (accepts_columns), but correct if called
-            if table.num_rows == 0:
-                return ZERO
-            return self._write_postgres(Batch(tuple(table_events(table))))
-        flow = self._flow()
+        flow = self._flow()  # never the PostgreSQL outbox: it declares accepts_columns False
         if last <= self._appended:
             return self._durable()
         appended = self._appended
@@ -238,10 +256,13 @@ class ExternalSink(Sink):
             table = table.filter((lsn > appended.lsn) | ((lsn == appended.lsn) & (seq > appended.seq)))
         cols = encode_table(table, self.cfg.source)
         n = len(cols)
-        for i in range(0, max(n, 1), FRAME_EVENTS):
-            part = cols.slice(i, i + FRAME_EVENTS)
-            end = last if i + FRAME_EVENTS >= n else part.position(len(part) - 1)
+        bound = self.cfg.inflight_max_bytes if self.kind == "kafka" else self.cfg.outbox_max_bytes
+        start = 0
+        for stop in frame_ends(cols, FRAME_EVENTS, min(FRAME_BYTES, bound // 4)):
+            part = cols.slice(start, stop)
+            end = last if stop >= n else part.position(len(part) - 1)
             self._append(build_frame_columns(part, end, time.time(), flow.lane_count), len(part), end, part.events)
+            start = stop
         return self._durable()
 
     def _flow(self):

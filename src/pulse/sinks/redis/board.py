@@ -11,6 +11,11 @@ maintained incrementally from fixed-width buckets of `event_ts`:
 - a batch of events becomes one `Aggregate`: per (bucket, content type,
   content id) the sum of engagement milliseconds and the number of events,
   per (bucket, device) and per (bucket, event type) the number of events.
+  A run of inserts that arrives as columns (`enrich_table`'s table: a live
+  run of the native reader) is folded in by `add_table`, a group-by per
+  kind of cell instead of a Python object per event, to the same cells,
+  counters and key order as `add_events` (tests/unit/sinks/test_redis_columns.py
+  compares both on the same rows).
   The Lua script (`redis.lua`) applies it in one atomic step, however many
   events the batch held: the cost in Redis is per distinct key, not per event.
 
@@ -30,9 +35,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
 
 from pulse.model import EnrichedEvent, Position
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Member used for a NULL device / event type in the count boards.
 NULL_MEMBER = "(null)"
@@ -190,6 +200,82 @@ class Aggregate:
                     self.newest_commit_ms = c
             self.last = ev.position
 
+    def add_table(self, table: "pa.Table", now_s: float) -> None:
+        """`add_events` of the rows of an enriched table of inserts (`enrich_table`, position order).
+
+        The same arithmetic as the per-event path: each time in seconds is the
+        float `us / 10**6` (what `datetime.timestamp()` returns), its bucket
+        `floor(t / bucket_s)`, its milliseconds `int(t * 1000)`. Cells are
+        summed per group and merged in the order of their first row, so the
+        dicts (hence the script's arguments) come out as `add_events` makes them.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n = table.num_rows
+        if n == 0:
+            return
+        col = {name: _combined(table.column(name)) for name in (
+            "event_ts", "commit_ts", "content_id", "content_type", "device", "event_type", "duration_ms",
+            "engagement_seconds", "source_lsn", "source_seq")}
+        self.events += n
+        commit_ok = _valid(col["commit_ts"])
+        if commit_ok.any():
+            c = int(_trunc_ms(_seconds(_micros(col["commit_ts"])[commit_ok])).max())
+            if c > self.newest_commit_ms:
+                self.newest_commit_ms = c
+        lsn, seq = col["source_lsn"], col["source_seq"]
+        self.last = Position(lsn[n - 1].as_py(), seq[n - 1].as_py())
+
+        ts_ok = _valid(col["event_ts"])
+        if not ts_ok.any():
+            return
+        t = _seconds(_micros(col["event_ts"]))
+        bucket = np.floor(t / self.bucket_s).astype(np.int64)
+        fresh = ts_ok & (t <= now_s + self.future_skew_s)  # freshness: a future-dated event says nothing of it
+        if fresh.any():
+            ms = int(_trunc_ms(t[fresh]).max())
+            if ms > self.newest_event_ms:
+                self.newest_event_ms = ms
+        cid = col["content_id"]
+        cid_ok = _valid(cid)
+        self.null_content += int((ts_ok & ~cid_ok).sum())
+        rows = pa.array(np.arange(n, dtype=np.int64))
+        null = pa.scalar(NULL_MEMBER, pa.string())
+        engaged = _valid(col["engagement_seconds"])
+        ms_of = np.where(engaged, pc.fill_null(col["duration_ms"], 0).to_numpy(zero_copy_only=False), 0)
+        base = pa.table({"b": pa.array(bucket), "row": rows})
+        timed = pa.array(ts_ok)
+
+        # Milliseconds summed as two halves (high bits, low 31 bits) that cannot overflow int64 for any
+        # duration_ms, joined in Python's integers as `add_events` sums them.
+        ms_of = ms_of.astype(np.int64)
+        counted = base.append_column("c", cid).append_column("t", pc.fill_null(col["content_type"], "")) \
+            .append_column("hi", pa.array(ms_of >> 31)).append_column("lo", pa.array(ms_of & 0x7FFFFFFF)) \
+            .filter(pa.array(ts_ok & cid_ok))
+        content = self.content
+        for b, ctype, c, hi, lo, k in _groups(counted, ["b", "t", "c"], [("hi", "sum"), ("lo", "sum"),
+                                                                         ("row", "count")]):
+            total = (hi << 31) + lo
+            cell = content.get((b, ctype, c))
+            if cell is None:
+                content[(b, ctype, c)] = [total, k]
+            else:
+                cell[0] += total
+                cell[1] += k
+        for name, target in (("device", self.devices), ("event_type", self.event_types)):
+            part = base.append_column("m", pc.fill_null(col[name].cast(pa.string()), null)).filter(timed)
+            for b, member, k in _groups(part, ["b", "m"], [("row", "count")]):
+                target[(b, member)] = target.get((b, member), 0) + k
+        # Display metadata: each content id's last row (`add_events` overwrites), in the order of its first.
+        last = _groups(pa.table({"c": cid, "row": rows}).filter(pa.array(ts_ok & cid_ok)), ["c"], [("row", "max")])
+        if last:
+            at = pa.array([r for _c, r in last])
+            values = zip(*(pc.take(table.column(name), at).to_pylist()
+                           for name in ("content_title", "content_slug", "content_type", "length_seconds")))
+            for (c, _r), value in zip(last, values):
+                self.metadata[c] = value
+
     def _add(self, ev: EnrichedEvent, sign: int, now_s: float) -> None:
         ts: datetime | None = ev.event_ts
         if ts is None:
@@ -234,6 +320,56 @@ class Aggregate:
         for (b, et), n in etypes:
             out += (b, et, n)
         return out
+
+
+def _combined(col):
+    return col.combine_chunks() if hasattr(col, "combine_chunks") else col
+
+
+def _valid(col) -> np.ndarray:
+    return col.is_valid().to_numpy(zero_copy_only=False)
+
+
+def _micros(col) -> np.ndarray:
+    """A timestamp[us] column as int64 microseconds since the epoch (0 where null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.fill_null(col.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+
+
+_EXACT = 2**53  # integers a float64 holds exactly
+
+
+def _seconds(us: np.ndarray) -> np.ndarray:
+    """`us / 10**6` as Python computes it (what `datetime.timestamp()` returns), element by element.
+
+    Below 2**53 microseconds (until about year 2255) both operands are exact
+    floats and numpy's division is Python's; beyond, Python's correctly rounded
+    integer division, row by row.
+    """
+    t = us.astype(np.float64) / 1e6
+    big = np.flatnonzero(np.abs(us) >= _EXACT)
+    if len(big):
+        t[big] = [int(u) / 10**6 for u in us[big].tolist()]
+    return t
+
+
+def _trunc_ms(t: np.ndarray) -> np.ndarray:
+    """`int(t * 1000)` of each float."""
+    return np.trunc(t * 1000).astype(np.int64)
+
+
+def _groups(table, keys: list[str], aggregations: list[tuple[str, str]]) -> list[tuple]:
+    """Rows of a group-by as tuples (keys..., aggregates...), ordered by each group's first row (`row`)."""
+    import pyarrow as pa
+
+    if table.num_rows == 0:
+        return []
+    out = table.group_by(keys, use_threads=False).aggregate([*aggregations, ("row", "min")])
+    order = pa.array(np.argsort(out.column("row_min").to_numpy(), kind="stable"))
+    names = [*keys, *(f"{c}_{f}" for c, f in aggregations)]
+    return list(zip(*(out.column(name).take(order).to_pylist() for name in names)))
 
 
 @dataclass

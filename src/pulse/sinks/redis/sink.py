@@ -8,8 +8,9 @@ own meta (position, epoch, freshness) and stats (late, future, ...).
 
 How (see `redis.board` and `redis.lua`):
 
-- each batch is pre-aggregated in Python into per-bucket cells (10 s buckets
-  of `event_ts`); buffered batches are flushed after `flush_interval_ms`
+- each batch is pre-aggregated into per-bucket cells (10 s buckets of
+  `event_ts`): events one by one, a live run of inserts that arrives as
+  columns (`write_columns`) by a group-by on its columns; buffered batches are flushed after `flush_interval_ms`
   (<= 200 ms) or `max_pending_events`, and whenever the worker is idle;
 - one EVALSHA per flush applies the cells, expires buckets that left the
   window and stores the sink's position, atomically: a replay after a crash
@@ -33,8 +34,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
+import pyarrow.compute as pc
 from prometheus_client import Counter
 
 from pulse.config import DatabaseConfig, RedisConfig, Settings
@@ -45,7 +47,13 @@ from pulse.sinks.base import Sink, SinkInstance
 from pulse.sinks.redis.board import Aggregate, Keys, PauseState, decode_position, encode_position
 from pulse.sinks.redis.lua import APPLY, OPEN, PAUSE, RESET
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 log = get_logger(__name__)
+
+#: What the pending aggregate was made of, in order: events, or tables of inserts (`write_columns`).
+Part = Union["tuple[EnrichedEvent, ...]", "pa.Table"]
 
 Clock = Callable[[], datetime]
 
@@ -81,6 +89,8 @@ class RedisSink(Sink):
 
     #: The board keeps a window: an initial snapshot rebuilds it, never replays history into it.
     snapshot_mode = "window"
+    #: Live runs of inserts arrive as `enrich_table`'s columns and are aggregated from them (`Aggregate.add_table`).
+    accepts_columns = True
 
     def __init__(self, config: RedisConfig, *, clock: Clock = _utcnow, client: Any = None,
                  name: "str | SinkInstance" = "redis") -> None:
@@ -99,10 +109,10 @@ class RedisSink(Sink):
         self.epoch = ""
         self.position = ZERO  # stored in Redis, as far as this process knows
         self._pending: Aggregate = self._new_aggregate()
-        # The events behind the pending aggregate, kept until it is flushed so
-        # it can be re-aggregated past a rebuild's position (bounded by
-        # max_pending_events).
-        self._pending_events: list[EnrichedEvent] = []
+        # The events (or tables) behind the pending aggregate, kept until it is
+        # flushed so it can be re-aggregated past a rebuild's position (bounded
+        # by max_pending_events).
+        self._pending_parts: list[Part] = []
         self._pending_since = 0.0
         # A rebuild's pause, as this sink saw it (PAUSED answers).
         self._pause = PauseState(max(0.1, config.flush_interval_ms / 1000))
@@ -326,7 +336,30 @@ class RedisSink(Sink):
             if not pending.events:
                 self._pending_since = time.monotonic()
             pending.add_events(events, self.clock().timestamp())
-            self._pending_events.extend(events)
+            self._pending_parts.append(tuple(events))
+        return self._flush_if_due()
+
+    def write_columns(self, table: "pa.Table", first: Position, last: Position) -> Position:
+        """A run of inserts as `enrich_table`'s columns: `write`'s contract, aggregated from the columns."""
+        pending = self._pending
+        if table.num_rows:
+            backfill = pc.fill_null(table.column("backfill"), False)
+            if pc.any(backfill).as_py():  # never folded in, as in `write`
+                table = table.filter(pc.invert(backfill))
+                if not table.num_rows:
+                    return last
+        upto = max(self.position, pending.last or ZERO)
+        if table.num_rows and last > upto:
+            if first <= upto:
+                table = _after(table, upto)
+            if not pending.events:
+                self._pending_since = time.monotonic()
+            pending.add_table(table, self.clock().timestamp())
+            self._pending_parts.append(table)
+        return self._flush_if_due()
+
+    def _flush_if_due(self) -> Position:
+        pending = self._pending
         due = (time.monotonic() - self._pending_since) * 1000 >= self.config.flush_interval_ms
         full = pending.events >= self.config.max_pending_events
         if pending.events and (due or full):
@@ -362,7 +395,7 @@ class RedisSink(Sink):
             self.epoch, now_ms, cfg.window_s * 1000, cfg.bucket_s * 1000, cfg.state_ttl_s * 1000,
             cfg.meta_ttl_s * 1000, agg.newest_event_ms, agg.newest_commit_ms, agg.events, cfg.future_skew_s * 1000,
             agg.uncorrectable, agg.corrections, agg.null_content, *agg.script_args(),
-            encode_position(self._pending_events[0].position) if self._pending_events else "", "",
+            encode_position(_first_position(self._pending_parts[0])) if self._pending_parts else "", "",
             self.position_field,
         ]
         meta = self._metadata_commands(agg)
@@ -415,14 +448,21 @@ class RedisSink(Sink):
                 hint=REBUILD_HINT)
         if state == b"SPLIT":
             stored = decode_position(result[1])
-            keep = [e for e in self._pending_events if e.position > stored]
-            log.info("redis.board.split", stored=str(stored), kept=len(keep), dropped=len(self._pending_events) - len(keep))
+            keep = [p for p in (_part_after(part, stored) for part in self._pending_parts) if len(p)]
+            kept = sum(len(p) for p in keep)
+            log.info("redis.board.split", stored=str(stored), kept=kept,
+                     dropped=sum(len(p) for p in self._pending_parts) - kept)
             self.position = max(self.position, stored)
             self._pending = self._new_aggregate()
-            self._pending_events = []
+            self._pending_parts = []
             if keep:
-                self._pending.add_events(keep, self.clock().timestamp())
-                self._pending_events = keep
+                now_s = self.clock().timestamp()
+                for part in keep:
+                    if isinstance(part, tuple):
+                        self._pending.add_events(part, now_s)
+                    else:
+                        self._pending.add_table(part, now_s)
+                self._pending_parts = keep
                 self._flush(force=True)
             return
         if state == b"DUP":
@@ -447,7 +487,7 @@ class RedisSink(Sink):
         if agg.last is not None:
             self.position = max(self.position, agg.last)
         self._pending = self._new_aggregate()
-        self._pending_events = []
+        self._pending_parts = []
 
     def _metadata_commands(self, agg: Aggregate) -> list[tuple[str, str, dict, tuple]]:
         """HSETs for content whose display metadata Redis does not have yet (or had long ago)."""
@@ -467,3 +507,21 @@ class RedisSink(Sink):
     def _new_aggregate(self) -> Aggregate:
         return Aggregate(self.config.bucket_s, self.config.future_skew_s)
 
+
+
+def _after(table: "pa.Table", pos: Position) -> "pa.Table":
+    """The rows of a table of events after `pos` (by source_lsn, source_seq)."""
+    lsn, seq = pc.field("source_lsn"), pc.field("source_seq")
+    return table.filter((lsn > pos.lsn) | ((lsn == pos.lsn) & (seq > pos.seq)))
+
+
+def _part_after(part: Part, pos: Position) -> Part:
+    if isinstance(part, tuple):
+        return tuple(e for e in part if e.position > pos)
+    return _after(part, pos)
+
+
+def _first_position(part: Part) -> Position:
+    if isinstance(part, tuple):
+        return part[0].position
+    return Position(part.column("source_lsn")[0].as_py(), part.column("source_seq")[0].as_py())
