@@ -91,8 +91,10 @@ def test_kafka_mode_publishes_2mb_and_20mb_events_with_a_marker_and_replays_them
         big2, raw2 = insert_sized(cur, content[0], 2 * MB)
         big20, raw20 = insert_sized(cur, content[1], 20 * MB)
         normal, _ = insert_sized(cur, content[0], 10)
-        wait_for(lambda: normal in received_by_event(rec) or any(p.poll() is not None for p in procs), 90,
-                 "the normal row after the big ones")
+        # big20 is another content's (order is per content, across partitions and lanes): wait for all three.
+        wait_for(lambda: {big2, big20, normal} <= set(received_by_event(rec)) or any(p.poll() is not None
+                                                                                     for p in procs), 90,
+                 "the normal row after the big ones, and the 20 MB one of the other content")
         assert all(p.poll() is None for p in procs), [p.stderr.read()[-3000:] for p in procs if p.poll() is not None]
         got = {e["event"]["data"]["event_id"]: e["event"]["data"] for e in rec.events()}
         assert set(got) == {big2, big20, normal}
