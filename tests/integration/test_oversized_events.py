@@ -183,7 +183,9 @@ def test_in_process_run_delivers_2mb_and_20mb_events_past_a_413_and_to_bigquery_
             big2, raw2 = insert_sized(cur, content[0], 2 * MB)
             big20, raw20 = insert_sized(cur, content[1], 20 * MB)
             normal, _ = insert_sized(cur, content[0], 10)
-            wait_for(lambda: normal in received_by_event(rec), 60, "the normal row after the big ones")
+            # big20 is another content's: its order is its own (another lane), so wait for all three.
+            wait_for(lambda: {big2, big20, normal} <= set(received_by_event(rec)), 60,
+                     "the normal row after the big ones, and the 20 MB one of the other content")
             wait_for(lambda: outbox.dead_count(oconn) == 2, 30, "the two big events in the dead-letter store")
             got = {e["event"]["data"]["event_id"]: e["event"]["data"] for e in rec.events()}
             assert set(got) == {big2, big20, normal}
