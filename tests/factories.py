@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-from pulse.model import Batch, EnrichedEvent, Position
+from pulse.model import Batch, Change, EnrichedEvent, Position
+from pulse.transform.content_cache import ContentCache, ContentInfo
+from pulse.transform.rows import RowChunk
 
 CONTENT = ("11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222",
            "33333333-3333-3333-3333-333333333333")
@@ -36,3 +39,22 @@ def make_batch(first_id: int, n: int, lsn: int, *, at: datetime | None = None, *
     at = at or datetime.now(timezone.utc)
     return Batch(tuple(make_event(first_id + k, Position(lsn, k + 1), at=at - timedelta(milliseconds=k), **fields)
                        for k in range(n)))
+
+
+def chunk_of(events: Sequence[EnrichedEvent]) -> RowChunk:
+    """`events` as the dispatcher hands them to a sink worker: one RowChunk of their inserts.
+
+    Its cache holds each event's content as the event shows it, so the chunk's events carry the same
+    ids, positions, content fields and raw values (the enrichment computes the metrics itself).
+    """
+    cache = ContentCache()
+    changes = []
+    for ev in events:
+        if ev.content_id is not None and ev.content_slug is not None:
+            cache.put_row({"id": ev.content_id, "slug": ev.content_slug, "title": ev.content_title,
+                           "content_type": ev.content_type, "length_seconds": ev.length_seconds})
+        row = {"id": ev.event_id, "content_id": ev.content_id, "user_id": ev.user_id, "event_type": ev.event_type,
+               "event_ts": ev.event_ts, "duration_ms": ev.duration_ms, "device": ev.device,
+               "raw_payload": ev.raw_payload}
+        changes.append(Change("engagement_events", ev.op, row, None, ev.position, ev.commit_ts))
+    return RowChunk(changes, cache, events[0].processed_ts)

@@ -29,7 +29,7 @@ from pulse.runtime.pipeline import SinkWorker
 from pulse.runtime.progress import AckTracker
 from pulse.sinks.memory import FaultySink
 from tests.contract.conftest import ALL, DURABLE
-from tests.factories import make_batch
+from tests.factories import chunk_of, make_batch
 
 
 def _durable_after(sink, batch: Batch) -> Position:
@@ -119,7 +119,8 @@ def _driver(sink) -> tuple[SinkWorker, list[BaseException]]:
 
 
 def _put(worker: SinkWorker, batch: Batch) -> None:
-    assert worker.queue.put_many(list(batch.events), sum(e.size_hint() for e in batch.events), timeout=5)
+    chunk = chunk_of(batch.events)
+    assert worker.queue.put_many([chunk], chunk.size_hint(), timeout=5)
 
 
 def _wait(predicate, timeout: float = 20.0) -> None:

@@ -5,12 +5,22 @@ the Kafka consumer (bus/consumer.py: an instance per partition) both hand
 their batches to a `SinkDriver`, which owns what must not differ between
 them: the retry policy (a `TransientError` is retried with jittered
 exponential backoff, up to 30 s between attempts, until the caller stops;
-anything else propagates), batches of at most `batch_max` events, a chunk
-written as columns to a sink that takes them (as events otherwise), and the
-per-sink metrics (events out, commit-to-sink latency measured once the
-write returned, transient errors, problems counted on chunks). Each write returns what the sink reported
+anything else propagates), the form each chunk is written in, batches of at
+most `batch_max` events, and the per-sink metrics (events out,
+commit-to-sink latency measured once the write returned, transient errors,
+problems counted on chunks). Each write returns what the sink reported
 durable; the caller moves its own position with it (the slot's tracker, or
 the partition's offsets).
+
+`write(chunks)` takes a queue read of `pulse run` (`EventChunk`s and
+`RowChunk`s, in order) and groups consecutive chunks that go the same way:
+
+- to a sink that takes columns, chunks with a columnar form become one
+  Arrow table of at most `COLUMNS_MERGE_ROWS` rows: one write, so one
+  encode, frame, spool file and fsync instead of one per native run;
+- the others become the events of one `write` call per `batch_max`.
+
+A group never mixes backfill and live rows, nor two backfills' targets.
 """
 
 from __future__ import annotations
@@ -27,8 +37,15 @@ from pulse.log import get_logger
 from pulse.model import Batch, EnrichedEvent, Position
 from pulse.sinks.base import Sink
 from pulse.transform.columnar import EventChunk
+from pulse.transform.rows import RowChunk
 
 log = get_logger(__name__)
+
+# A queue item of `pulse run` (runtime/pipeline.py).
+Chunk = EventChunk | RowChunk
+# Rows of consecutive columnar chunks merged into one table at most (a native
+# read's runs hold up to ~2,000 rows each).
+COLUMNS_MERGE_ROWS = 20_000
 
 
 def newer(a: Position | None, b: Position | None) -> Position | None:
@@ -87,36 +104,60 @@ class SinkDriver:
         self._out(len(events))
         return durable
 
-    def write_chunk(self, chunk: EventChunk) -> Position | None:
-        """A chunk as columns to a sink that takes them (and the chunk allows it), else as its events."""
-        if self.sink.accepts_columns and not chunk.row_only:
-            durable = self.call(self.sink.write_columns, chunk.table(), chunk.first, chunk.position)
-        else:
-            durable = self._batches(chunk.events(), chunk.backfill, chunk.targets)
-        for problem, count in chunk.take_problems().items():
-            metrics.PROBLEMS.labels(problem).inc(count)
-        if not chunk.backfill and chunk.commit_ts is not None:  # one commit for the chunk: one observation
-            metrics.observe_many(metrics.E2E.labels(self.metric), time.time() - chunk.commit_ts.timestamp(),
-                                 len(chunk))
-        self._out(len(chunk))
+    def write(self, chunks: Sequence[Chunk]) -> Position | None:
+        """A queue read, in order, as few writes as its groups allow (`plan`); the newest durable position."""
+        durable = None
+        for columnar, group in self.plan(chunks):
+            head = group[0]
+            if columnar:
+                table = head.table() if len(group) == 1 else pa.concat_tables([c.table() for c in group])
+                written = self.call(self.sink.write_columns, table, head.first, group[-1].position)
+            else:
+                events = head.events() if len(group) == 1 else [e for c in group for e in c.events()]
+                written = self._batches(events, head.backfill, head.targets)
+            durable = newer(durable, written)
+            self._done(group)
         return durable
 
-    def write_chunks(self, chunks: Sequence[EventChunk]) -> Position | None:
-        """Consecutive chunks that all take the columnar path, as one table: one write (one spool file,
-        one frame and fsync) instead of one per native run (`pipeline._merge_columns` groups them)."""
-        table = pa.concat_tables([c.table() for c in chunks])
-        durable = self.call(self.sink.write_columns, table, chunks[0].first, chunks[-1].position)
+    def plan(self, chunks: Sequence[Chunk]) -> list[tuple[bool, list[Chunk]]]:
+        """`chunks` as (columnar?, consecutive chunks written together), in order."""
+        takes_columns = self.sink.accepts_columns
+        out: list[tuple[bool, list[Chunk]]] = []
+        rows = 0
+        for chunk in chunks:
+            columnar = takes_columns and not chunk.row_only
+            if out:
+                kind, group = out[-1]
+                head = group[0]
+                if (kind == columnar and head.backfill == chunk.backfill and head.targets == chunk.targets
+                        and (not columnar or rows + len(chunk) <= COLUMNS_MERGE_ROWS)):
+                    group.append(chunk)
+                    rows += len(chunk)
+                    continue
+            out.append((columnar, [chunk]))
+            rows = len(chunk)
+        return out
+
+    def _done(self, chunks: Sequence[Chunk]) -> None:
+        """The metrics of chunks written: problems, commit-to-sink latency (live rows only), events out."""
         now = time.time()
         hist = metrics.E2E.labels(self.metric)
+        n = 0
         for chunk in chunks:
             for problem, count in chunk.take_problems().items():
                 metrics.PROBLEMS.labels(problem).inc(count)
-            if not chunk.backfill and chunk.commit_ts is not None:
-                metrics.observe_many(hist, now - chunk.commit_ts.timestamp(), len(chunk))
-        self._out(sum(len(c) for c in chunks))
-        return durable
+            if not chunk.backfill:  # a backfill's commit is long past
+                if chunk.commit_ts is not None:  # one commit for the chunk: one observation
+                    metrics.observe_many(hist, now - chunk.commit_ts.timestamp(), len(chunk))
+                else:
+                    for ev in chunk.events():
+                        if ev.commit_ts is not None:
+                            hist.observe(now - ev.commit_ts.timestamp())
+            n += len(chunk)
+        self._out(n)
 
-    def _batches(self, events: Sequence[EnrichedEvent], backfill: bool, targets: tuple[str, ...]) -> Position | None:
+    def _batches(self, events: Sequence[EnrichedEvent], backfill: bool,
+                 targets: tuple[str, ...] | None) -> Position | None:
         durable = None
         for i in range(0, len(events), self.batch_max):
             part = tuple(events[i:i + self.batch_max])

@@ -3,7 +3,15 @@
 Threads and queues:
 
     ReplicationReader --(bounded queue of payload chunks)--> dispatcher
-    dispatcher: decode, assemble, enrich, fan out --(one ByteQueue per sink)--> SinkWorker
+    dispatcher: decode, assemble, route by table, gather --(one ByteQueue of chunks per sink)--> SinkWorker
+    SinkWorker: the chunk's form the sink takes (columns, or enriched events) --> SinkDriver --> Sink
+
+- One queue item: the chunk. A native run of inserts is an `EventChunk`
+  (columns), what the row path decodes a `RowChunk` (`Change`s); either is
+  enriched on the first sink thread that needs it, and shared by the others
+  (`transform/columnar.py`, `transform/rows.py`). The dispatcher only
+  decodes, routes each change by its table (`runtime/routing.py`) and
+  gathers.
 
 - Each sink has its own byte-bounded queue and its own durable position,
   read from the destination at start (`Sink.open`); the dispatcher hands a
@@ -25,6 +33,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
@@ -34,11 +43,12 @@ from pulse import health, metrics
 from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
-from pulse.model import Change, EnrichedEvent, Position
+from pulse.model import Change, Position
 from pulse.runtime.backfill import BackfillManager
-from pulse.runtime.driver import SinkDriver
+from pulse.runtime.driver import Chunk, SinkDriver
 from pulse.runtime.queues import ByteQueue
 from pulse.runtime.progress import AckTracker
+from pulse.runtime.routing import TableRouter
 from pulse.source.db import connect
 from pulse.schema import require_database
 from pulse.sinks.base import Sink
@@ -51,21 +61,17 @@ from pulse.runtime.snapshot import WindowRebuilder, plan_targets, prepare_slot
 from pulse.transform.columnar import EventChunk
 from pulse.source.content import load_content
 from pulse.transform.content_cache import ContentCache
-from pulse.transform.enrich import enrich_change
+from pulse.transform.rows import RowChunk, change_size
 
 log = get_logger(__name__)
 
 Clock = Callable[[], datetime]
 
-# Events handed to the sink queues at once (fewer lock round trips, same order).
+# Row changes gathered into one RowChunk at most (a transaction's end hands them on sooner).
 DISPATCH_CHUNK = 1000
 # A native run this long or longer goes on as one EventChunk (columns); a
 # shorter one is decoded row by row, where per-chunk costs would dominate.
 COLUMNS_MIN_ROWS = 128
-# Consecutive chunks already waiting in a columnar sink's queue go to it as one
-# table of at most this many rows (one write: one encode, frame, spool file and
-# fsync instead of one per run; a native read's runs hold up to ~2,000 rows).
-COLUMNS_MERGE_ROWS = 20_000
 
 
 def utcnow() -> datetime:
@@ -73,14 +79,14 @@ def utcnow() -> datetime:
 
 
 class SinkWorker(threading.Thread):
-    """Feeds one sink from its queue through its `SinkDriver` (retries, batches, metrics)."""
+    """Feeds one sink from its queue of chunks through its `SinkDriver` (forms, batches, retries, metrics)."""
 
     def __init__(self, sink: Sink, start: Position, tracker: AckTracker, settings: Settings,
                  on_terminal: Callable[[str, BaseException], None]) -> None:
         super().__init__(name=f"pulse-sink-{sink.name}", daemon=True)
         rt = settings.runtime
         self.sink = sink
-        self.queue: ByteQueue[EnrichedEvent] = ByteQueue(rt.queue_max_bytes, rt.queue_max_events)
+        self.queue: ByteQueue[Chunk] = ByteQueue(rt.queue_max_bytes, rt.queue_max_events)
         self.enqueued = start  # highest position handed to this sink (dispatcher thread only)
         self.durable = start
         self.tracker = tracker
@@ -100,52 +106,36 @@ class SinkWorker(threading.Thread):
             self.durable = pos
             self.tracker.durable(self.sink.name, pos)
 
-    def _write(self, part: "list[EnrichedEvent] | EventChunk | tuple[EventChunk, ...]") -> None:
-        if type(part) is tuple:  # consecutive chunks for a sink that takes columns (`_merge_columns`)
-            self._advance(self.driver.write_chunks(part))  # type: ignore[arg-type]
-            return
-        if type(part) is EventChunk:
-            self._advance(self.driver.write_chunk(part))  # type: ignore[arg-type]
-        else:
-            self._advance(self.driver.write_events(part))  # type: ignore[arg-type]
-
-    def _linger(self, events: list) -> None:
-        """Add to `events` what arrives within the sink's `linger_s`, up to `batch_max` events.
+    def _linger(self, chunks: list[Chunk]) -> None:
+        """Add to `chunks` what arrives within the sink's `linger_s`, up to `batch_max` events.
 
         Not while draining or aborting: a shutdown writes what it has at once.
         """
         deadline = time.monotonic() + self.sink.linger_s
-        n = _events_in(events)
+        n = _rows(chunks)
         while n < self.batch_max and not self.draining.is_set() and not self.abort.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             more = self.queue.get_many(self.batch_max - n, timeout=min(remaining, 0.2))
-            events.extend(more)
-            n += _events_in(more)
+            chunks.extend(more)
+            n += _rows(more)
 
     def run(self) -> None:
         name = self.sink.name
         try:
             while not self.abort.is_set():
-                events = self.queue.get_many(self.batch_max, timeout=0.2)
-                if events and self.sink.linger_s > 0:
-                    self._linger(events)
+                chunks = self.queue.get_many(self.batch_max, timeout=0.2)
+                if chunks and self.sink.linger_s > 0:
+                    self._linger(chunks)
                 metrics.QUEUE_BYTES.labels(name).set(self.queue.bytes)
                 metrics.QUEUE_EVENTS.labels(name).set(len(self.queue))
-                if not events:
+                if not chunks:
                     self._advance(self.driver.flush())
                     if self.draining.is_set() and len(self.queue) == 0:
                         return
                     continue
-                if any(type(e) is EventChunk for e in events):
-                    parts = _runs(events)
-                    if self.sink.accepts_columns:
-                        parts = _merge_columns(parts, COLUMNS_MERGE_ROWS)
-                    for part in parts:
-                        self._write(part)
-                else:
-                    self._write(events)
+                self._advance(self.driver.write(chunks))
         except BaseException as exc:  # terminal, or a bug in the sink: stop everything
             if not self.abort.is_set():
                 metrics.ERRORS.labels(name, "terminal").inc()
@@ -187,8 +177,12 @@ class Pipeline:
         self.truncates = 0
         # Relaying sinks forward content rows too (the Kafka producer's compacted topic).
         self._content_hooks = [s.publish_content for s in self.sinks if s.relays]
-        self._pending: list[EnrichedEvent] = []
+        # Row changes not handed on yet, and the RowChunks handed on that no sink has enriched yet
+        # (settled before the content cache changes: `_on_content`).
+        self._pending: list[Change] = []
         self._pending_bytes = 0
+        self._unbuilt: deque[RowChunk] = deque()
+        self._router = TableRouter(events=self._on_event, content=self._on_content, watermarks=self._on_watermark)
         self._status = StatusWriter(settings.database)  # the status document's row (`pulse status`)
         self._last_status = 0.0
         self._ack_moved_at = time.monotonic()
@@ -329,29 +323,7 @@ class Pipeline:
     def _handle(self, out: object) -> None:
         t = type(out)
         if t is Change:
-            change: Change = out  # type: ignore[assignment]
-            if change.table == "backfill_watermarks":
-                self._flush_pending()  # live events before the watermark go first
-                events = self.backfill.on_watermark(change) if self.backfill else None
-                if events:
-                    self._dispatch_to(events, self.backfill.targets(change.new["run_id"]))  # type: ignore[union-attr,index]
-                return
-            if change.table == "content":
-                metrics.CHANGES_IN.labels("content", change.op).inc()
-                self.cache.apply(change.op, change.new, change.old, change.types)
-                for hook in self._content_hooks:
-                    hook(change)
-                return
-            if self.backfill is not None and self.backfill.windows:
-                self.backfill.observe(change, self._assembler.xid if self._assembler is not None else None)
-            event = enrich_change(change, self.cache, self.clock())
-            if event.problems:
-                for problem in event.problems:
-                    metrics.PROBLEMS.labels(problem).inc()
-            self._pending.append(event)
-            self._pending_bytes += event.size_hint()
-            if len(self._pending) >= DISPATCH_CHUNK:
-                self._flush_pending()
+            self._router.route(out)  # type: ignore[arg-type]
         elif t is TxnEnd:
             # Events before this boundary are handed on first, so the
             # transaction's last position is known to the tracker.
@@ -363,50 +335,66 @@ class Pipeline:
             log.warning("source.truncate", table=out.table,  # type: ignore[union-attr]
                         note="TRUNCATE is not propagated to sinks; backfill or clean destinations by hand")
 
+    # -- table routes (`runtime/routing.py`) --------------------------------------
+
+    def _on_event(self, change: Change) -> None:
+        """A change of `engagement_events`: gathered, handed on as a RowChunk at the transaction's end."""
+        if self.backfill is not None and self.backfill.windows:
+            self.backfill.observe(change, self._assembler.xid if self._assembler is not None else None)
+        self._pending.append(change)
+        self._pending_bytes += change_size(change)
+        if len(self._pending) >= DISPATCH_CHUNK:
+            self._flush_pending()
+
+    def _on_content(self, change: Change) -> None:
+        """A change of `content`: the cache follows, once the events before it are enriched with the old one."""
+        metrics.CHANGES_IN.labels("content", change.op).inc()
+        self._flush_pending()
+        unbuilt = self._unbuilt
+        while unbuilt:
+            unbuilt.popleft().settle()  # at once if a sink built it already
+        self.cache.apply(change.op, change.new, change.old, change.types)
+        for hook in self._content_hooks:
+            hook(change)
+
+    def _on_watermark(self, change: Change) -> None:
+        """A backfill's watermark: its chunk, to the run's target sinks only."""
+        self._flush_pending()  # live events before the watermark go first
+        chunk = self.backfill.on_watermark(change) if self.backfill else None
+        if chunk:
+            self._dispatch_to(chunk, self.backfill.targets(change.new["run_id"]))  # type: ignore[union-attr,index]
+
     def _flush_pending(self) -> None:
-        """Hand the accumulated events to every sink queue (one lock round trip per sink)."""
-        events = self._pending
-        if not events:
+        """Hand the gathered row changes to every sink queue as one RowChunk (one lock round trip per sink)."""
+        changes = self._pending
+        if not changes:
             return
-        size = self._pending_bytes
+        chunk = RowChunk(changes, self.cache, self.clock(), self._pending_bytes)
         self._pending = []
         self._pending_bytes = 0
-        self.events_in += len(events)
-        metrics.EVENTS_IN.inc(len(events))
-        self._events_by_op(events)
-        if self._enqueue(events, size, self.workers.values()):
-            self.tracker.dispatched(events[-1].position)
+        self.events_in += len(changes)
+        metrics.EVENTS_IN.inc(len(changes))
+        self._changes_by_op(changes)
+        unbuilt = self._unbuilt
+        while unbuilt and unbuilt[0].built:
+            unbuilt.popleft()
+        unbuilt.append(chunk)  # until a sink builds it, or a content change settles it
+        if self._enqueue_chunk(chunk, self.workers.values()):
+            self.tracker.dispatched(chunk.position)
 
     def _dispatch_to(self, chunk: EventChunk, sinks: list[str]) -> None:
         """A backfill chunk: only to the run's target sinks, as one queue item (its position is its last)."""
         if self._enqueue_chunk(chunk, [self.workers[name] for name in sinks]):
             self.tracker.dispatched(chunk.position, sinks)
 
-    def _enqueue_chunk(self, chunk: EventChunk, workers) -> bool:
+    def _enqueue_chunk(self, chunk: Chunk, workers) -> bool:
         """Put `chunk` on each worker's queue, minus the rows it already has; False when stopping."""
         last = chunk.position
         for worker in workers:
             if last <= worker.enqueued:
-                continue
-            part = chunk.after(worker.enqueued) if chunk.first <= worker.enqueued else chunk
-            while not worker.queue.put_many([part], part.size_hint(), timeout=0.5):  # type: ignore[list-item]
-                if self.stop_event.is_set():
-                    return False
-                self._housekeeping()
-            worker.enqueued = last
-        return True
-
-    def _enqueue(self, events: list[EnrichedEvent], size: int, workers) -> bool:
-        """Put `events` on each worker's queue, skipping what it already has; False when stopping."""
-        last = events[-1].position
-        for worker in workers:
-            if last <= worker.enqueued:
                 continue  # this sink already has all of them (restart or reconnect replay)
-            todo, todo_size = events, size
-            if events[0].position <= worker.enqueued:
-                todo = [e for e in events if e.position > worker.enqueued]
-                todo_size = sum(e.size_hint() for e in todo)
-            while not worker.queue.put_many(todo, todo_size, timeout=0.5):
+            part = chunk.after(worker.enqueued) if chunk.first <= worker.enqueued else chunk
+            while not worker.queue.put_many([part], part.size_hint(), timeout=0.5):
                 if self.stop_event.is_set():
                     return False
                 self._housekeeping()  # backpressure: keep acknowledging while waiting
@@ -414,10 +402,10 @@ class Pipeline:
         return True
 
     @staticmethod
-    def _events_by_op(events: list[EnrichedEvent]) -> None:
+    def _changes_by_op(changes: list[Change]) -> None:
         counts: dict[str, int] = {}
-        for e in events:
-            counts[e.op] = counts.get(e.op, 0) + 1
+        for c in changes:
+            counts[c.op] = counts.get(c.op, 0) + 1
         for op, n in counts.items():
             metrics.CHANGES_IN.labels("engagement_events", op).inc(n)
 
@@ -557,61 +545,9 @@ class Pipeline:
                  acked=lsn_to_str(reader.acked) if reader else None, graceful=graceful)
 
 
-def _events_in(items: list) -> int:
-    """Events in a queue read: a chunk counts its rows (an event is a tuple: its len is not a count)."""
-    return sum(len(e) if type(e) is EventChunk else 1 for e in items)
-
-
-def _merge_columns(parts: list, max_rows: int) -> list:
-    """`_runs`' parts with consecutive mergeable chunks as one tuple each (order kept).
-
-    Chunks merge when both take the columnar path (not `row_only`), share
-    `backfill` and `targets`, and their rows stay within `max_rows`; a
-    single chunk stays as it is.
-    """
-    out: list = []
-    group: list[EventChunk] = []
-    rows = 0
-
-    def close() -> None:
-        if len(group) > 1:
-            out.append(tuple(group))
-        elif group:
-            out.append(group[0])
-        group.clear()
-
-    for part in parts:
-        if type(part) is not EventChunk or part.row_only:
-            close()
-            out.append(part)
-            continue
-        head = group[0] if group else None
-        if head is not None and (head.backfill != part.backfill or head.targets != part.targets
-                                 or rows + len(part) > max_rows):
-            close()
-        if not group:
-            rows = 0
-        group.append(part)
-        rows += len(part)
-    close()
-    return out
-
-
-def _runs(items: list) -> list:
-    """Split a queue read into runs of events and single backfill chunks, in order."""
-    out: list = []
-    run: list[EnrichedEvent] = []
-    for item in items:
-        if type(item) is EventChunk:
-            if run:
-                out.append(run)
-                run = []
-            out.append(item)
-        else:
-            run.append(item)
-    if run:
-        out.append(run)
-    return out
+def _rows(chunks: list[Chunk]) -> int:
+    """Events in a queue read (each chunk counts its rows)."""
+    return sum(len(c) for c in chunks)
 
 
 def _safe_status(sink: Sink) -> dict:

@@ -6,12 +6,15 @@ handed to each sink; the tracker shows what the slot may be acknowledged to.
 
 from datetime import datetime, timezone
 
+import pytest
+
 from pulse.config import Settings
 from pulse.model import ZERO, Change, Position
 from pulse.runtime.pipeline import Pipeline, SinkWorker
 from pulse.runtime.progress import AckTracker
 from pulse.sinks.memory import MemorySink
 from pulse.source.changes import TxnEnd
+from pulse.transform.rows import RowChunk
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
 CID = "11111111-1111-1111-1111-111111111111"
@@ -35,7 +38,7 @@ def _insert(event_id: int, pos: Position, content_id: str = CID) -> Change:
 
 def _queued(pipeline: Pipeline, name: str) -> list[int]:
     worker = pipeline.workers[name]
-    return [e.event_id for e in worker.queue.get_many(1000, timeout=0)]
+    return [e.event_id for chunk in worker.queue.get_many(1000, timeout=0) for e in chunk.events()]
 
 
 def test_a_content_change_updates_the_cache_before_the_events_after_it_are_enriched():
@@ -44,8 +47,43 @@ def test_a_content_change_updates_the_cache_before_the_events_after_it_are_enric
                                                   "length_seconds": 120}, None, Position(10, 0), NOW))
     pipeline._handle(_insert(1, Position(10, 1)))
     pipeline._handle(TxnEnd(10, 11, NOW))
-    (event,) = pipeline.workers["a"].queue.get_many(10, timeout=0)
+    (chunk,) = pipeline.workers["a"].queue.get_many(10, timeout=0)
+    (event,) = chunk.events()
     assert (event.content_slug, event.content_type, event.engagement_pct) == ("s", "video", 0.5)
+
+
+def test_events_handed_on_before_a_content_change_keep_the_content_committed_before_them():
+    # The row path enriches on the sink threads (RowChunk), from the live cache: a content change
+    # later in the stream must not reach events already queued and not yet built.
+    pipeline = _pipeline({"a": ZERO})
+    pipeline._handle(Change("content", "insert", {"id": CID, "slug": "old", "title": "T", "content_type": "video",
+                                                  "length_seconds": 120}, None, Position(10, 0), NOW))
+    pipeline._handle(_insert(1, Position(10, 1)))
+    pipeline._handle(TxnEnd(10, 11, NOW))
+    pipeline._handle(Change("content", "update", {"id": CID, "slug": "new", "title": "T2", "content_type": "audio",
+                                                  "length_seconds": 60}, None, Position(20, 1), NOW))
+    pipeline._handle(_insert(2, Position(20, 2)))
+    pipeline._handle(TxnEnd(20, 21, NOW))
+    first, second = pipeline.workers["a"].queue.get_many(10, timeout=0)  # built only now, both
+    assert [(e.event_id, e.content_slug, e.engagement_pct) for e in first.events()] == [(1, "old", 0.5)]
+    assert [(e.event_id, e.content_slug, e.engagement_pct) for e in second.events()] == [(2, "new", 1.0)]
+
+
+def test_every_queue_item_is_a_chunk_and_the_dispatcher_enriches_nothing_itself():
+    pipeline = _pipeline({"a": ZERO, "b": ZERO})
+    for i in range(1, 4):
+        pipeline._handle(_insert(i, Position(10, i)))
+    pipeline._handle(TxnEnd(10, 11, NOW))
+    (a,) = pipeline.workers["a"].queue.get_many(10, timeout=0)
+    (b,) = pipeline.workers["b"].queue.get_many(10, timeout=0)
+    assert a is b and isinstance(a, RowChunk) and not a.built  # one shared chunk, not enriched yet
+    assert a.events() is b.events() and [e.event_id for e in a.events()] == [1, 2, 3]
+
+
+def test_a_change_of_a_table_nobody_routes_is_an_error_not_an_event():
+    pipeline = _pipeline({"a": ZERO})
+    with pytest.raises(ValueError, match="'other'"):
+        pipeline._handle(Change("other", "insert", {"id": 1}, None, Position(10, 1), NOW))
 
 
 def test_events_reach_every_sink_minus_what_each_already_holds_and_the_slot_waits_for_all():

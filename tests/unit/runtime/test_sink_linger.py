@@ -10,7 +10,7 @@ from pulse.model import ZERO, Position
 from pulse.runtime.pipeline import SinkWorker
 from pulse.runtime.progress import AckTracker
 from pulse.sinks.memory import MemorySink
-from tests.factories import make_event
+from tests.factories import chunk_of, make_event
 
 
 def _worker(sink: MemorySink) -> SinkWorker:
@@ -22,8 +22,8 @@ def _trickle(worker: SinkWorker, n: int, gap_s: float) -> threading.Thread:
     """One event every `gap_s` (a producer's pace, as transactions of one event arrive)."""
     def put() -> None:
         for i in range(1, n + 1):
-            event = make_event(i, Position(100 + i, 0))
-            assert worker.queue.put_many([event], event.size_hint(), timeout=5)
+            chunk = chunk_of([make_event(i, Position(100 + i, 0))])
+            assert worker.queue.put_many([chunk], chunk.size_hint(), timeout=5)
             time.sleep(gap_s)
     thread = threading.Thread(target=put, daemon=True)
     thread.start()
