@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 from pulse.model import Batch, Change, EnrichedEvent, Position
-from pulse.transform.content_cache import ContentCache, ContentInfo
+from pulse.transform.content_cache import ContentCache
 from pulse.transform.rows import RowChunk
 
 CONTENT = ("11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222",

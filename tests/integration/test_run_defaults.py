@@ -38,6 +38,8 @@ def test_run_without_a_sink_writes_to_the_only_configured_destination(scratch_db
         insert_events_bulk(cur, content, 0, 300)
         cur.execute("SELECT count(*) FROM engagement_events")
         written = cur.fetchone()[0]
+        cur.execute("SELECT relreplident::text FROM pg_class WHERE oid = 'engagement_events'::regclass")
+        identity = cur.fetchone()[0]
 
         def counted() -> int:
             raw = client.hget(prefix + "stats", "events")
@@ -59,6 +61,10 @@ def test_run_without_a_sink_writes_to_the_only_configured_destination(scratch_db
     assert got == written == 300
     assert "sinks.default" in err and "sink=redis" in err and "PULSE_REDIS_URL" in err
     assert "sinks=redis" in err  # redis alone: bigquery.project and external.url keep their defaults
+    # The board needs old values (Sink.needs_old_values); the scratch table has the default identity.
+    assert identity == "d"
+    assert "source.old_values_unavailable" in err and "REPLICA IDENTITY FULL" in err
+    assert "slot.acknowledged_without_durable_sink" not in err
 
 
 def test_run_with_nothing_configured_exits_with_the_fix(scratch_db):
@@ -95,6 +101,8 @@ def test_a_sink_that_keeps_nothing_runs_only_when_named(scratch_db, services):
     err = proc.stderr.read()
     assert proc.returncode == 0, err[-3000:]
     assert "sinks=memory" in err and "sinks.default" not in err
+    assert "slot.acknowledged_without_durable_sink" in err  # said, since the user asked for it
+    assert "source.old_values_unavailable" not in err  # memory needs no old values
 
 
 def test_run_reads_its_database_url_from_a_file(scratch_db, services, tmp_path):

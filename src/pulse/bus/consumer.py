@@ -37,8 +37,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
-
 from pulse import health, metrics
 from pulse.bus.codec import NULL_PARTITION, decode, header_position, is_broadcast_copy, is_for, is_replay
 from pulse.config import Settings
@@ -108,11 +106,11 @@ class SinkConsumer:
         for tp in partitions:
             instance = SinkInstance(self.sink_name, tp.topic, tp.partition)
             sink = self.factory(instance)
-            position = self._retrying()(sink.open)
-            if not sink.holds_position:
-                position = max(position, self._retrying()(self._committed_position, consumer, tp.partition))
             driver = SinkDriver(sink, batch_max=self.cfg.batch_max_messages, stopping=self.stop_event.is_set,
                                 metric=self.sink_name, retry_event="consume.retry")
+            position = driver.call(sink.open)  # the driver's retry policy, as for every write
+            if not sink.holds_position:
+                position = max(position, driver.call(self._committed_position, consumer, tp.partition))
             self.parts[tp.partition] = _Partition(sink, position, driver)
             self._start_window_rebuilder(sink)
             log.info("consume.assigned", sink=instance.name, position=str(position))
@@ -157,20 +155,6 @@ class SinkConsumer:
                 part.sink.close()
 
     # -- main loop -------------------------------------------------------------------
-
-    def _retrying(self) -> Retrying:
-        return Retrying(
-            retry=retry_if_exception_type(TransientError),
-            wait=wait_random_exponential(multiplier=0.2, max=30),
-            stop=lambda _s: self.stop_event.is_set(),
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
-
-    def _before_sleep(self, state) -> None:
-        metrics.ERRORS.labels(self.sink_name, "transient").inc()
-        log.warning("consume.retry", sink=self.sink_name,
-                    error=str(state.outcome.exception()) if state.outcome else "")
 
     def _on_stats(self, text: str) -> None:
         """librdkafka's statistics (every `STATS_INTERVAL_MS`, from within consume): the lag per partition.

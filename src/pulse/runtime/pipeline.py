@@ -37,19 +37,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
-from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
-
 from pulse import health, metrics
 from pulse.config import Settings
-from pulse.errors import TerminalError, TransientError
+from pulse.errors import TerminalError
 from pulse.log import get_logger
 from pulse.model import Change, Position
 from pulse.runtime.backfill import BackfillManager
 from pulse.runtime.driver import Chunk, SinkDriver
 from pulse.runtime.queues import ByteQueue
 from pulse.runtime.progress import AckTracker
-from pulse.runtime.routing import TableRouter
-from pulse.source.db import connect
+from pulse.runtime.routing import EVENTS, TableRouter
+from pulse.source.db import connect, replica_identity
 from pulse.schema import require_database
 from pulse.sinks.base import Sink
 from pulse.source import native
@@ -213,22 +211,20 @@ class Pipeline:
         try:
             with conn.cursor() as cur:
                 self.cache = load_content(cur, db.source_schema)
+                identity = replica_identity(cur, db.source_schema, EVENTS)
         finally:
             conn.close()
         log.info("content.loaded", rows=len(self.cache))
+        warning = old_values_warning(identity, self.sinks, f"{db.source_schema}.{EVENTS}")
+        if warning:
+            log.warning("source.old_values_unavailable", note=warning)
 
     def _open_sinks(self) -> dict[str, Position]:
+        """Each sink's stored position, its `open` retried under the driver's policy until it works or we stop."""
         positions = {}
         for sink in self.sinks:
-            retrying = Retrying(
-                retry=retry_if_exception_type(TransientError),
-                wait=wait_random_exponential(multiplier=0.2, max=10),
-                stop=lambda s: self.stop_event.is_set(),
-                before_sleep=lambda s, n=sink.name: log.warning(
-                    "sink.open.retry", sink=n, error=str(s.outcome.exception()) if s.outcome else ""),
-                reraise=True,
-            )
-            positions[sink.name] = retrying(sink.open)
+            opener = SinkDriver(sink, batch_max=1, stopping=self.stop_event.is_set, retry_event="sink.open.retry")
+            positions[sink.name] = opener.call(sink.open)
             log.info("sink.opened", sink=sink.name, position=str(positions[sink.name]))
         return positions
 
@@ -237,7 +233,12 @@ class Pipeline:
     def run(self) -> None:
         self._prepare()
         positions = self._open_sinks()
-        self.tracker = tracker = AckTracker(positions)
+        volatile = [s.name for s in self.sinks if not s.durable]
+        self.tracker = tracker = AckTracker(positions, volatile=volatile)
+        if volatile and len(volatile) == len(self.sinks):
+            log.warning("slot.acknowledged_without_durable_sink", sinks=",".join(volatile),
+                        note="every sink named keeps events in memory only: the slot moves past what they "
+                             "read, and a restart does not replay it")
         for sink in self.sinks:
             metrics.declare_sink(sink.name)
             worker = SinkWorker(sink, positions[sink.name], tracker, self.settings, self._fail)
@@ -543,6 +544,18 @@ class Pipeline:
         self._status.close()
         log.info("pipeline.stopped", events_in=self.events_in,
                  acked=lsn_to_str(reader.acked) if reader else None, graceful=graceful)
+
+
+def old_values_warning(identity: str | None, sinks: Sequence[Sink], table: str) -> str | None:
+    """What `pulse run` says at start when a sink that needs old values runs on a table that does not send
+    them (`Sink.needs_old_values`; only REPLICA IDENTITY FULL does); None when all is well."""
+    needing = [s.name for s in sinks if s.needs_old_values]
+    if not needing or identity in (None, "full"):
+        return None
+    return (f"{table} has REPLICA IDENTITY {identity.upper()}: its updates and deletes carry no old values, "
+            f"so {', '.join(needing)} cannot correct what those rows contributed (each is counted, e.g. the "
+            f"board's `uncorrectable`); fix: ALTER TABLE {table} REPLICA IDENTITY FULL (the whole old row is "
+            f"then logged on every update and delete)")
 
 
 def _rows(chunks: list[Chunk]) -> int:

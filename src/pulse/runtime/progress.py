@@ -9,7 +9,8 @@ reports is decided here:
   transaction's events durably. It keeps the closed, not yet acknowledged
   transactions in order, each with the position of the last event dispatched
   up to and including it; a transaction is complete when every sink's
-  durable position has reached that position. Transactions without events
+  durable position has reached that position (a sink that declares itself
+  not durable counts only when no durable sink runs). Transactions without events
   for the sinks (content changes, heartbeats) complete as soon as everything
   before them has. Thread-safe: the dispatcher closes transactions, sink
   workers report durability, the reader asks for the acknowledgeable LSN.
@@ -42,9 +43,20 @@ class _Txn:
 
 
 class AckTracker:
-    def __init__(self, sinks: dict[str, Position]) -> None:
+    """The slot's acknowledgement: up to the last transaction every counted sink holds durably.
+
+    `volatile` names sinks that hold nothing durably (`Sink.durable` False: the
+    `memory` double): beside a durable sink they neither move nor hold back
+    the slot. Only when every sink is volatile (the user named such a sink
+    alone: `pulse run` never picks one by default) do their positions count,
+    as the user asked.
+    """
+
+    def __init__(self, sinks: dict[str, Position], volatile: Iterable[str] = ()) -> None:
         self._lock = threading.Lock()
         self._durable: dict[str, Position] = dict(sinks)
+        volatile = set(volatile)
+        self._counted = frozenset(sinks) - volatile or frozenset(sinks)
         self._pending: deque[_Txn] = deque()
         # Per sink, because a backfill may feed only some of them.
         self._dispatched: dict[str, Position] = {name: ZERO for name in sinks}
@@ -83,8 +95,8 @@ class AckTracker:
             return dict(self._durable)
 
     def _complete(self, txn: _Txn) -> bool:
-        durable = self._durable
-        return all(durable[name] >= pos for name, pos in txn.last.items())
+        durable, counted = self._durable, self._counted
+        return all(durable[name] >= pos for name, pos in txn.last.items() if name in counted)
 
     def ackable(self) -> int:
         """Advance over complete transactions; return the LSN safe to acknowledge."""
@@ -98,7 +110,7 @@ class AckTracker:
         """Nothing dispatched is waiting on a sink."""
         with self._lock:
             return not self._pending and all(
-                self._durable[name] >= pos for name, pos in self._dispatched.items()
+                self._durable[name] >= pos for name, pos in self._dispatched.items() if name in self._counted
             )
 
     def pending(self) -> int:
@@ -126,7 +138,7 @@ class AckTracker:
             if not self._pending:
                 return []
             need = self._pending[0].last
-            return sorted(name for name, pos in need.items() if self._durable[name] < pos)
+            return sorted(name for name, pos in need.items() if name in self._counted and self._durable[name] < pos)
 
 
 class PartitionProgress:

@@ -81,6 +81,16 @@ class Sink(ABC):
     #: content, takes only the copy in the null-content partition (False).
     takes_broadcast_copies: bool = True
 
+    #: What `write` and `flush` report survives a crash of this process (it is in the
+    #: destination). False for a sink that keeps events in memory only (`memory`): beside
+    #: a durable sink it neither moves nor holds back the slot (`runtime/progress.py`).
+    durable: bool = True
+
+    #: Corrects what it holds with the old values of an UPDATE or DELETE
+    #: (`EnrichedEvent.before`), which the server sends only under REPLICA
+    #: IDENTITY FULL: `pulse run` warns at start when the source table lacks it.
+    needs_old_values: bool = False
+
     #: Forwards events to workers of other sinks (Kafka): a backfill for sinks
     #: this pipeline lacks goes through it, its batches naming the targets.
     relays: bool = False

@@ -22,6 +22,9 @@ from pulse.sinks.base import Sink, SinkInstance
 class MemorySink(Sink):
     """Keeps events (or, with `columns=True`, the enriched Arrow tables a columnar sink gets)."""
 
+    #: In this process's memory only: beside a durable sink it does not count for the slot.
+    durable = False
+
     @classmethod
     def from_settings(cls, settings, name: "str | SinkInstance" = "memory") -> "MemorySink":
         """`--sink memory`: keeps nothing (a throughput probe), so it is never a default (`pipeline_sinks`)."""
@@ -86,6 +89,7 @@ class FaultySink(Sink):
         self.inner = inner
         self.name = inner.name
         self.snapshot_mode = inner.snapshot_mode
+        self.durable = inner.durable
         self.fail_rate = fail_rate
         self.fail_first = fail_first
         self.terminal_after = terminal_after

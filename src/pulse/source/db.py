@@ -12,4 +12,15 @@ def connect(cfg: DatabaseConfig, **kw):
     return psycopg2.connect(cfg.dsn(), application_name="pulse", **kw)
 
 
-__all__ = ["connect"]
+_IDENTITIES = {"d": "default", "f": "full", "n": "nothing", "i": "index"}
+
+
+def replica_identity(cur, schema: str, table: str) -> str | None:
+    """The table's REPLICA IDENTITY (default, full, nothing, index); None when the table is not there."""
+    cur.execute("SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s", (schema, table))
+    row = cur.fetchone()
+    return _IDENTITIES.get(row[0], row[0]) if row else None
+
+
+__all__ = ["connect", "replica_identity"]

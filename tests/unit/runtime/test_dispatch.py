@@ -10,7 +10,7 @@ import pytest
 
 from pulse.config import Settings
 from pulse.model import ZERO, Change, Position
-from pulse.runtime.pipeline import Pipeline, SinkWorker
+from pulse.runtime.pipeline import Pipeline, SinkWorker, old_values_warning
 from pulse.runtime.progress import AckTracker
 from pulse.sinks.memory import MemorySink
 from pulse.source.changes import TxnEnd
@@ -121,3 +121,40 @@ def test_a_content_change_reaches_relaying_sinks_only():
     pipeline._handle(Change("content", "insert", {"id": CID, "slug": "s", "title": "T", "content_type": "video",
                                                   "length_seconds": 60}, None, Position(5, 0), NOW))
     assert relay.content == [CID]
+
+
+def test_a_sink_that_needs_old_values_is_warned_about_a_table_that_does_not_send_them():
+    class Board(MemorySink):
+        needs_old_values = True
+
+    board, plain = Board("board"), MemorySink("plain")
+    warning = old_values_warning("default", [board, plain], "public.engagement_events")
+    assert warning is not None and "board" in warning and "plain" not in warning
+    assert "ALTER TABLE public.engagement_events REPLICA IDENTITY FULL" in warning
+    assert old_values_warning("full", [board], "t") is None  # the old values come
+    assert old_values_warning("default", [plain], "t") is None  # nobody needs them
+    assert old_values_warning(None, [board], "t") is None  # no table (the start fails elsewhere, clearly)
+
+
+def test_a_sink_that_holds_nothing_durably_does_not_count_for_the_slot_beside_a_durable_one():
+    class Durable(MemorySink):
+        durable = True
+
+    memory, durable = MemorySink("memory"), Durable("durable")
+    assert not memory.durable
+    tracker = AckTracker({"memory": ZERO, "durable": ZERO}, volatile=["memory"])
+    tracker.dispatched(Position(10, 1))
+    tracker.close_txn(15, 0.0)
+    tracker.durable("durable", Position(10, 1))
+    assert tracker.ackable() == 15 and tracker.laggards() == []  # memory wrote nothing: not waited for
+    tracker.dispatched(Position(20, 1))
+    tracker.close_txn(25, 0.0)
+    tracker.durable("memory", Position(20, 1))
+    assert tracker.ackable() == 15 and tracker.laggards() == ["durable"]  # nor does it move the slot
+    # Named alone (never a default), volatile sinks count: the user asked for them.
+    alone = AckTracker({"memory": ZERO}, volatile=["memory"])
+    alone.dispatched(Position(10, 1))
+    alone.close_txn(15, 0.0)
+    assert alone.ackable() == 0
+    alone.durable("memory", Position(10, 1))
+    assert alone.ackable() == 15

@@ -91,6 +91,8 @@ class RedisSink(Sink):
     snapshot_mode = "window"
     #: Live runs of inserts arrive as `enrich_table`'s columns and are aggregated from them (`Aggregate.add_table`).
     accepts_columns = True
+    #: An UPDATE or DELETE corrects the board only with its old values (`board.py`).
+    needs_old_values = True
 
     def __init__(self, config: RedisConfig, *, clock: Clock = _utcnow, client: Any = None,
                  name: "str | SinkInstance" = "redis") -> None:
