@@ -34,12 +34,13 @@ import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
 from pulse import health, metrics
 from pulse.config import Settings
-from pulse.errors import TerminalError
+from pulse.errors import TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import Change, Position
 from pulse.runtime.backfill import BackfillManager
@@ -220,19 +221,41 @@ class Pipeline:
             log.warning("source.old_values_unavailable", note=warning)
 
     def _open_sinks(self) -> dict[str, Position]:
-        """Each sink's stored position, its `open` retried under the driver's policy until it works or we stop."""
-        positions = {}
-        for sink in self.sinks:
-            opener = SinkDriver(sink, batch_max=1, stopping=self.stop_event.is_set, retry_event="sink.open.retry")
-            positions[sink.name] = opener.call(sink.open)
-            log.info("sink.opened", sink=sink.name, position=str(positions[sink.name]))
-        return positions
+        """Each sink's stored position. The sinks open side by side (each waits on its own destination:
+        a table to ensure, a script to load, a spool or outbox to scan), each `open` retried under the
+        driver's policy until it works, we stop, or another sink's open failed for good."""
+        failed = threading.Event()
+
+        def open_one(sink: Sink) -> Position:
+            opener = SinkDriver(sink, batch_max=1, retry_event="sink.open.retry",
+                                stopping=lambda: self.stop_event.is_set() or failed.is_set())
+            try:
+                position = opener.call(sink.open)
+            except BaseException:
+                failed.set()
+                raise
+            log.info("sink.opened", sink=sink.name, position=str(position))
+            return position
+
+        if len(self.sinks) == 1:
+            return {self.sinks[0].name: open_one(self.sinks[0])}
+        with ThreadPoolExecutor(max_workers=len(self.sinks), thread_name_prefix="pulse-open") as pool:
+            futures = [(sink.name, pool.submit(open_one, sink)) for sink in self.sinks]
+        errors = [f.exception() for _, f in futures if f.exception() is not None]
+        if errors:  # the first that failed for good, not one that stopped retrying because of it
+            final = [e for e in errors if not isinstance(e, TransientError)]
+            raise (final or errors)[0]
+        return {name: f.result() for name, f in futures}
 
     # -- main loop -----------------------------------------------------------------
 
     def run(self) -> None:
         self._prepare()
-        positions = self._open_sinks()
+        try:
+            positions = self._open_sinks()
+        except BaseException:
+            self._close_sinks()  # those that opened: their threads and connections
+            raise
         volatile = [s.name for s in self.sinks if not s.durable]
         self.tracker = tracker = AckTracker(positions, volatile=volatile)
         if volatile and len(volatile) == len(self.sinks):
@@ -501,6 +524,13 @@ class Pipeline:
             },
         }
 
+    def _close_sinks(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # closing must not hide the real outcome
+                log.warning("sink.close_failed", sink=sink.name, error=str(exc))
+
     def _write_status(self) -> None:
         self._status.write(self.status())
 
@@ -533,11 +563,7 @@ class Pipeline:
                 reader.acknowledge(self.tracker.ackable())
             reader.stop()
             reader.join(10)
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as exc:  # closing must not hide the real outcome
-                log.warning("sink.close_failed", sink=sink.name, error=str(exc))
+        self._close_sinks()
         assembler.reset()
         if self._status.connected:  # the last word, where a status was written before
             self._write_status()

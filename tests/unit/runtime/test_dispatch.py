@@ -4,6 +4,7 @@ The workers are built but not started, so their queues show exactly what was
 handed to each sink; the tracker shows what the slot may be acknowledged to.
 """
 
+import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -158,3 +159,33 @@ def test_a_sink_that_holds_nothing_durably_does_not_count_for_the_slot_beside_a_
     assert alone.ackable() == 0
     alone.durable("memory", Position(10, 1))
     assert alone.ackable() == 15
+
+
+def test_sinks_open_side_by_side_and_one_that_fails_for_good_stops_the_others_retrying():
+    from pulse.errors import TerminalError, TransientError
+
+    started = threading.Barrier(2, timeout=10)  # both opens run at once, or this times out
+
+    class Slow(MemorySink):
+        def open(self):
+            started.wait()
+            return Position(7, 1)
+
+    pipeline = Pipeline(Settings(), [Slow("a"), Slow("b")], clock=lambda: NOW)
+    assert pipeline._open_sinks() == {"a": Position(7, 1), "b": Position(7, 1)}
+
+    class Down(MemorySink):
+        opens = 0
+
+        def open(self):
+            Down.opens += 1
+            raise TransientError("destination down")
+
+    class Refused(MemorySink):
+        def open(self):
+            raise TerminalError("bad credentials", hint="fix them")
+
+    pipeline = Pipeline(Settings(), [Down("down"), Refused("refused")], clock=lambda: NOW)
+    with pytest.raises(TerminalError, match="bad credentials"):
+        pipeline._open_sinks()  # returns: "down" stopped retrying once "refused" failed
+    assert Down.opens >= 1
