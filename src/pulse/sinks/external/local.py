@@ -66,6 +66,7 @@ import numpy as np
 
 from pulse.arrays import string_bytes, unique_ints
 from pulse.errors import TerminalError, TransientError
+from pulse.fsutil import fsync_dir
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
 
@@ -94,14 +95,6 @@ class Encoded(NamedTuple):
     ce_id: str
     part: bytes  # the structured CloudEvent JSON: attrs[:-1] + ',"data":' + data + '}'
     attrs_len: int  # len(attrs JSON): data starts at attrs_len - 1 + len(',"data":')
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def build_frame(events: Sequence[Encoded], last: Position, enqueued_at: float, lanes: int) -> bytes:
@@ -340,7 +333,7 @@ def write_state(directory: Path, state: OutboxState) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, Path(directory) / "state")
-    _fsync_dir(Path(directory))
+    fsync_dir(Path(directory))
 
 
 class Segment:
@@ -531,7 +524,7 @@ class LocalLog(FrameLog):
             self._fh.flush()
             os.fsync(self._fh.fileno())
             if created:
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
         except OSError as exc:
             # What was written past seg.size is not a whole frame as far as we know: cut it.
             try:
@@ -608,7 +601,7 @@ class LocalLog(FrameLog):
                 self._read_fh, self._read_path, self._read_off = None, None, 0
         for seg in done:
             seg.path.unlink(missing_ok=True)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def bytes(self) -> int:
         with self._mutex:

@@ -29,6 +29,7 @@ import orjson
 
 from pulse.bus.codec import to_dict
 from pulse.errors import TransientError
+from pulse.fsutil import fsync_dir
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks.base import Sink, SinkInstance
 
@@ -105,11 +106,7 @@ class JsonLinesSink(Sink):
                     fh.truncate(size)  # no half batch before the retry's copy
                     raise
             if new:  # the new file's name must survive a crash too
-                fd = os.open(self.dir, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_dir(self.dir)
         except OSError as exc:
             raise TransientError(f"jsonl write to {self.current} failed: {exc}") from exc
         self.position = events[-1].position
