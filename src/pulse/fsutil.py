@@ -9,6 +9,8 @@ their writes durable with these, before they report a position.
 from __future__ import annotations
 
 import os
+import uuid
+from pathlib import Path
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -20,4 +22,20 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-__all__ = ["fsync_dir"]
+def replace_durably(path: Path, data: bytes) -> None:
+    """Put `data` in file `path`, whole or not at all across a crash; durable when it returns.
+
+    Written to a temporary file in the same folder (`.tmp-<name>-<random>`:
+    the folder's owner removes such leftovers of a crash), fsync'd, renamed
+    over `path`, then the folder fsync'd.
+    """
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+__all__ = ["fsync_dir", "replace_durably"]

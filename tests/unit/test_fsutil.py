@@ -33,3 +33,28 @@ def test_fsync_dir_syncs_the_folder_itself_and_leaves_no_descriptor_open(tmp_pat
 def test_fsync_dir_of_a_missing_folder_raises_oserror(tmp_path) -> None:
     with pytest.raises(OSError):
         fsutil.fsync_dir(tmp_path / "gone")
+
+
+def test_replace_durably_syncs_the_new_file_before_its_folder_and_leaves_no_temporary(tmp_path, monkeypatch) -> None:
+    target = tmp_path / "state"
+    target.write_bytes(b"old")
+    seen = _record_fsyncs(monkeypatch)
+    fsutil.replace_durably(target, b"new\n")
+    assert target.read_bytes() == b"new\n" and os.listdir(tmp_path) == ["state"]
+    # the file's bytes (under its temporary name, same inode), then the folder that now names it
+    assert [s.st_ino for s in seen] == [target.stat().st_ino, tmp_path.stat().st_ino]
+
+
+def test_replace_durably_that_fails_leaves_the_old_file_whole(tmp_path, monkeypatch) -> None:
+    target = tmp_path / "position"
+    target.write_bytes(b"5/1\n")
+
+    def no_rename(src, dst) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fsutil.os, "replace", no_rename)
+    with pytest.raises(OSError):
+        fsutil.replace_durably(target, b"9/0\n")
+    assert target.read_bytes() == b"5/1\n"
+    # the temporary file stays behind, named for the folder's owner to remove at its next start
+    assert [p.name.startswith(".tmp-position-") for p in tmp_path.iterdir() if p != target] == [True]

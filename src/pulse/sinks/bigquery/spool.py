@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pulse.errors import ConfigError, TerminalError, TransientError
-from pulse.fsutil import fsync_dir
+from pulse.fsutil import fsync_dir, replace_durably
 from pulse.model import ZERO, Position
 from pulse.sinks.base import SinkInstance
 
@@ -390,13 +390,7 @@ class Spool:
     def write_position(self, pos: Position) -> None:
         if pos <= self.read_position():
             return
-        tmp = self.dir / f".tmp-position-{uuid.uuid4().hex}"
-        with open(tmp, "w") as fh:
-            fh.write(str(pos) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / "position")
-        fsync_dir(self.dir)
+        replace_durably(self.dir / "position", f"{pos}\n".encode())
 
     def remove(self, files: list[SpoolFile]) -> None:
         for f in files:

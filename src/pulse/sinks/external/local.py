@@ -55,7 +55,6 @@ import re
 import struct
 import threading
 import time
-import uuid
 import zlib
 from collections import deque
 from collections.abc import Sequence
@@ -66,7 +65,7 @@ import numpy as np
 
 from pulse.arrays import string_bytes, unique_ints
 from pulse.errors import TerminalError, TransientError
-from pulse.fsutil import fsync_dir
+from pulse.fsutil import fsync_dir, replace_durably
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
 
@@ -327,13 +326,7 @@ def write_state(directory: Path, state: OutboxState) -> None:
     ranges = state.ledger.ranges
     data = STATE_HEAD.pack(STATE_MAGIC, state.delivered.lsn, state.delivered.seq, state.appended.lsn,
                            state.appended.seq, len(ranges)) + np.ascontiguousarray(ranges, np.int64).tobytes()
-    tmp = Path(directory) / f".tmp-state-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, Path(directory) / "state")
-    fsync_dir(Path(directory))
+    replace_durably(Path(directory) / "state", data)
 
 
 class Segment:
