@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -38,4 +39,11 @@ def replace_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-__all__ = ["fsync_dir", "replace_durably"]
+def truncate_durably(fh: BinaryIO, size: int) -> None:
+    """Cut the open file `fh` to `size` bytes (a tail torn by a crash) and make the cut durable."""
+    fh.truncate(size)
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+__all__ = ["fsync_dir", "replace_durably", "truncate_durably"]

@@ -58,3 +58,14 @@ def test_replace_durably_that_fails_leaves_the_old_file_whole(tmp_path, monkeypa
     assert target.read_bytes() == b"5/1\n"
     # the temporary file stays behind, named for the folder's owner to remove at its next start
     assert [p.name.startswith(".tmp-position-") for p in tmp_path.iterdir() if p != target] == [True]
+
+
+def test_truncate_durably_cuts_the_open_file_and_syncs_it(tmp_path, monkeypatch) -> None:
+    segment = tmp_path / "events.jsonl"
+    segment.write_bytes(b'{"a": 1}\n{"a": 2')
+    seen = _record_fsyncs(monkeypatch)
+    with open(segment, "r+b") as fh:
+        fh.seek(0, os.SEEK_END)
+        fsutil.truncate_durably(fh, 9)
+    assert segment.read_bytes() == b'{"a": 1}\n'
+    assert [s.st_ino for s in seen] == [segment.stat().st_ino] and seen[0].st_size == 9

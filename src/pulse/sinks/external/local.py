@@ -65,7 +65,7 @@ import numpy as np
 
 from pulse.arrays import string_bytes, unique_ints
 from pulse.errors import TerminalError, TransientError
-from pulse.fsutil import fsync_dir, replace_durably
+from pulse.fsutil import fsync_dir, replace_durably, truncate_durably
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
 
@@ -364,9 +364,7 @@ def scan_segment(path: Path, first: Position, *, repair: bool) -> Segment:
             log.warning("external.outbox_torn_tail", segment=str(path), at=off, bytes=len(data) - off,
                         note="a write interrupted by a crash; its batch was never acknowledged, so it is read again")
             with open(path, "r+b") as fh:
-                fh.truncate(off)
-                fh.flush()
-                os.fsync(fh.fileno())
+                truncate_durably(fh, off)
             break
         lsn, seq = struct.unpack_from("<QI", data, off + 12)
         seg.last = Position(lsn, seq)
