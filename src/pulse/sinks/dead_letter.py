@@ -33,6 +33,7 @@ from pulse import metrics
 from pulse.errors import TerminalError, TransientError
 from pulse.model import EnrichedEvent
 from pulse.sinks.base import SinkInstance
+from pulse.sinks.state_store import StateStore
 
 PAYLOAD_TOO_LARGE = "payload_too_large"
 MARKER_KEY = "_pulse_truncated"
@@ -67,13 +68,15 @@ def count(sink: str, reason: str, n: int = 1) -> None:
         metrics.PROBLEMS.labels(PAYLOAD_TOO_LARGE).inc(n)
 
 
-class DeadLetters:
+class DeadLetters(StateStore):
     """SQL of the `dead_letter` table for one sink key (`<slot>/<sink name>`)."""
 
+    required_table = "dead_letter"
+    what = "the dead-letter table"
+    migration = "011_dead_letter.sql"
+
     def __init__(self, dsn: str, schema: str, sink_key: str) -> None:
-        self.dsn = dsn
-        self.schema = schema
-        self.sink_key = sink_key
+        super().__init__(dsn, schema, sink_key)
         self.table = sql.SQL("{}.dead_letter").format(sql.Identifier(schema))
 
     def connect(self, name: str = "pulse-dead-letter"):
@@ -81,15 +84,6 @@ class DeadLetters:
             return psycopg2.connect(self.dsn, application_name=name)
         except psycopg2.OperationalError as exc:
             raise TransientError(f"dead-letter store: database unreachable: {str(exc).strip()}") from exc
-
-    def check_schema(self, conn) -> None:
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.dead_letter",))
-            ok = cur.fetchone()[0]
-        conn.rollback()
-        if not ok:
-            raise TerminalError(f"the dead-letter table is missing in schema {self.schema}",
-                                hint="run `pulse db init` (it applies migration 011_dead_letter.sql)")
 
     def add(self, items: Sequence[tuple[EnrichedEvent, bytes]], reason: str, detail: str) -> int:
         """Store (event, its full JSON) pairs; idempotent per position (a retried batch adds nothing twice).

@@ -36,8 +36,9 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from pulse.arrays import unique_ints
-from pulse.errors import TerminalError, TransientError
+from pulse.errors import TransientError
 from pulse.model import ZERO, EnrichedEvent, Position
+from pulse.sinks.state_store import StateStore
 
 TYPE_PREFIX = "com.pulse.engagement."
 #: The ledger keeps one row per block of 2**LEDGER_BLOCK_BITS event ids (migration 012).
@@ -150,18 +151,20 @@ def _db_error(what: str, exc: psycopg2.Error) -> TransientError:
     return TransientError(f"external sink outbox: {what} failed: {str(exc).strip()}")
 
 
-class Outbox:
+class Outbox(StateStore):
     """SQL of the outbox, the position and the dead-letter store for one sink key (`<slot>/<name>`)."""
 
+    required_table = "external_outbox"
+    what = "the external sink's outbox table"
+    migration = "010_outbox.sql"
+
     def __init__(self, dsn: str, schema: str, sink_key: str) -> None:
-        self.dsn = dsn
-        self.sink_key = sink_key
+        super().__init__(dsn, schema, sink_key)
         s = sql.Identifier(schema)
         self.t_outbox = sql.SQL("{}.external_outbox").format(s)
         self.t_position = sql.SQL("{}.external_position").format(s)
         self.t_dead = sql.SQL("{}.external_dead_letter").format(s)
         self.t_delivered = sql.SQL("{}.external_delivered").format(s)
-        self.schema = schema
 
     def connect(self, *, autocommit: bool = False, name: str = "pulse-external"):
         try:
@@ -170,15 +173,6 @@ class Outbox:
             raise TransientError(f"external sink outbox: database unreachable: {str(exc).strip()}") from exc
         conn.autocommit = autocommit
         return conn
-
-    def check_schema(self, conn) -> None:
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.external_outbox",))
-            ok = cur.fetchone()[0]
-        conn.rollback()
-        if not ok:
-            raise TerminalError(f"the external sink's outbox table is missing in schema {self.schema}",
-                                hint="run `pulse db init` (it applies migration 010_outbox.sql)")
 
     # -- the sink's side ----------------------------------------------------------
 

@@ -1,0 +1,52 @@
+"""The stores in Pulse's state schema check their migration the same way, each with its own table and fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from pulse.errors import TerminalError
+from pulse.sinks.dead_letter import DeadLetters
+from pulse.sinks.external.outbox import Outbox
+
+
+class FakeConn:
+    """Answers `to_regclass(...) IS NOT NULL` with `present`; records what it was asked and whether it ended."""
+
+    def __init__(self, present: bool) -> None:
+        self.present, self.asked, self.rolled_back = present, [], False
+
+    def cursor(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def execute(self, query: str, params: tuple) -> None:
+        self.asked.append(params)
+
+    def fetchone(self) -> tuple[bool]:
+        return (self.present,)
+
+    def rollback(self) -> None:
+        self.rolled_back = True
+
+
+@pytest.mark.parametrize(("store", "table", "message", "migration"), [
+    (DeadLetters("postgresql://x/db", "pulse_state", "slot/kafka"), "dead_letter",
+     "the dead-letter table is missing in schema pulse_state", "011_dead_letter.sql"),
+    (Outbox("postgresql://x/db", "pulse_state", "slot/external"), "external_outbox",
+     "the external sink's outbox table is missing in schema pulse_state", "010_outbox.sql"),
+])
+def test_a_missing_table_is_terminal_with_the_migration_that_creates_it(store, table, message, migration) -> None:
+    conn = FakeConn(present=False)
+    with pytest.raises(TerminalError) as err:
+        store.check_schema(conn)
+    assert conn.asked == [(f"pulse_state.{table}",)] and conn.rolled_back
+    assert str(err.value).startswith(message)
+    assert err.value.hint == f"run `pulse db init` (it applies migration {migration})"
+    present = FakeConn(present=True)
+    store.check_schema(present)  # no error, and no transaction left open
+    assert present.rolled_back
