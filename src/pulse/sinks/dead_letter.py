@@ -74,16 +74,12 @@ class DeadLetters(StateStore):
     required_table = "dead_letter"
     what = "the dead-letter table"
     migration = "011_dead_letter.sql"
+    label = "dead-letter store"
+    application_name = "pulse-dead-letter"
 
     def __init__(self, dsn: str, schema: str, sink_key: str) -> None:
         super().__init__(dsn, schema, sink_key)
         self.table = sql.SQL("{}.dead_letter").format(sql.Identifier(schema))
-
-    def connect(self, name: str = "pulse-dead-letter"):
-        try:
-            return psycopg2.connect(self.dsn, application_name=name)
-        except psycopg2.OperationalError as exc:
-            raise TransientError(f"dead-letter store: database unreachable: {str(exc).strip()}") from exc
 
     def add(self, items: Sequence[tuple[EnrichedEvent, bytes]], reason: str, detail: str) -> int:
         """Store (event, its full JSON) pairs; idempotent per position (a retried batch adds nothing twice).

@@ -2,29 +2,43 @@
 
 Two today: the general dead-letter table (`dead_letter.DeadLetters`) and
 the external sink's outbox with its dead letters (`external/outbox.Outbox`).
-A store is usable once the migration that creates its tables is applied
-(`pulse db init`); `check_schema` says so, with that fix, before anything
-reads or writes it.
+Each connection is its own (`connect`: an unreachable database is a
+TransientError, retried). A store is usable once the migration that creates
+its tables is applied (`pulse db init`); `check_schema` says so, with that
+fix, before anything reads or writes it.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from pulse.errors import TerminalError
+import psycopg2
+
+from pulse.errors import TerminalError, TransientError
 
 
 class StateStore:
-    """What a store of Pulse's state schema shares: where it is and the check that its tables exist."""
+    """What a store of Pulse's state schema shares: where it is, its connections, the check that its tables exist."""
 
     required_table: ClassVar[str]  # the table whose presence says its migration is applied
     what: ClassVar[str]  # that table, as the error names it
     migration: ClassVar[str]  # the migration that creates it
+    label: ClassVar[str]  # the store, as its errors name it
+    application_name: ClassVar[str]  # its connections' name in pg_stat_activity, unless the caller gives one
 
     def __init__(self, dsn: str, schema: str, sink_key: str) -> None:
         self.dsn = dsn
         self.schema = schema
         self.sink_key = sink_key
+
+    def connect(self, name: str | None = None, *, autocommit: bool = False):
+        """A new connection to the store's database; TransientError when the database does not answer."""
+        try:
+            conn = psycopg2.connect(self.dsn, application_name=name or self.application_name)
+        except psycopg2.OperationalError as exc:
+            raise TransientError(f"{self.label}: database unreachable: {str(exc).strip()}") from exc
+        conn.autocommit = autocommit
+        return conn
 
     def check_schema(self, conn) -> None:
         """TerminalError, with the `pulse db init` fix, when the store's table is missing; reads only."""

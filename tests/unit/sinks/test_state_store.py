@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pulse.errors import TerminalError
+from pulse.errors import TerminalError, TransientError
 from pulse.sinks.dead_letter import DeadLetters
 from pulse.sinks.external.outbox import Outbox
 
@@ -50,3 +50,11 @@ def test_a_missing_table_is_terminal_with_the_migration_that_creates_it(store, t
     present = FakeConn(present=True)
     store.check_schema(present)  # no error, and no transaction left open
     assert present.rolled_back
+
+
+@pytest.mark.parametrize(("cls", "label"), [(DeadLetters, "dead-letter store"), (Outbox, "external sink outbox")])
+def test_an_unreachable_database_is_transient_and_names_the_store(cls, label) -> None:
+    store = cls("postgresql://pulse@127.0.0.1:1/db?connect_timeout=2", "pulse_state", "slot/x")
+    with pytest.raises(TransientError) as err:
+        store.connect()
+    assert str(err.value).startswith(f"{label}: database unreachable: ")

@@ -157,6 +157,8 @@ class Outbox(StateStore):
     required_table = "external_outbox"
     what = "the external sink's outbox table"
     migration = "010_outbox.sql"
+    label = "external sink outbox"
+    application_name = "pulse-external"
 
     def __init__(self, dsn: str, schema: str, sink_key: str) -> None:
         super().__init__(dsn, schema, sink_key)
@@ -165,14 +167,6 @@ class Outbox(StateStore):
         self.t_position = sql.SQL("{}.external_position").format(s)
         self.t_dead = sql.SQL("{}.external_dead_letter").format(s)
         self.t_delivered = sql.SQL("{}.external_delivered").format(s)
-
-    def connect(self, *, autocommit: bool = False, name: str = "pulse-external"):
-        try:
-            conn = psycopg2.connect(self.dsn, application_name=name)
-        except psycopg2.OperationalError as exc:
-            raise TransientError(f"external sink outbox: database unreachable: {str(exc).strip()}") from exc
-        conn.autocommit = autocommit
-        return conn
 
     # -- the sink's side ----------------------------------------------------------
 
