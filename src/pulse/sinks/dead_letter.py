@@ -176,6 +176,16 @@ class DeadLetterAccess(ABC):
     """What `pulse dlq` does with the dead letters of one sink instance; `Sink.dead_letters` returns one."""
 
     key: str  # the store's key (`<slot>/<sink name>`), shown to the user
+    store: StateStore  # where the dead letters are
+
+    def _with(self, fn):
+        """`fn(conn)` on a connection of its own to the store, its schema checked first; closed after."""
+        conn = self.store.connect(name="pulse-dlq")
+        try:
+            self.store.check_schema(conn)
+            return fn(conn)
+        finally:
+            conn.close()
 
     @abstractmethod
     def list(self, limit: int) -> tuple[int, list[dict]]:
@@ -209,18 +219,7 @@ class StoreAccess(DeadLetterAccess):
         self.settings, self.sink_name, self.replayer = settings, sink_name, replayer
         self.store = DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{sink_name}")
         self.key = self.store.sink_key
-        conn = self.store.connect(name="pulse-dlq")
-        try:
-            self.store.check_schema(conn)
-        finally:
-            conn.close()
-
-    def _with(self, fn):
-        conn = self.store.connect(name="pulse-dlq")
-        try:
-            return fn(conn)
-        finally:
-            conn.close()
+        self._with(lambda conn: None)  # a missing table fails here, with its fix
 
     def list(self, limit: int) -> tuple[int, list[dict]]:
         return self._with(lambda conn: (self.store.count_rows(conn), self.store.list(conn, limit)))

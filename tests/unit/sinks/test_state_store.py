@@ -1,19 +1,23 @@
-"""The stores in Pulse's state schema check their migration the same way, each with its own table and fix."""
+"""The stores in Pulse's state schema connect and check their migration the same way, each with its own table
+and fix; `pulse dlq` reaches either through one connection helper (`DeadLetterAccess._with`)."""
 
 from __future__ import annotations
 
 import pytest
 
+from pulse.config import Settings
 from pulse.errors import TerminalError, TransientError
-from pulse.sinks.dead_letter import DeadLetters
+from pulse.sinks.dead_letter import DeadLetters, StoreAccess
+from pulse.sinks.external.dead_letters import OutboxAccess
 from pulse.sinks.external.outbox import Outbox
+from pulse.sinks.state_store import StateStore
 
 
 class FakeConn:
     """Answers `to_regclass(...) IS NOT NULL` with `present`; records what it was asked and whether it ended."""
 
     def __init__(self, present: bool) -> None:
-        self.present, self.asked, self.rolled_back = present, [], False
+        self.present, self.asked, self.rolled_back, self.closed = present, [], False, False
 
     def cursor(self):
         return self
@@ -32,6 +36,9 @@ class FakeConn:
 
     def rollback(self) -> None:
         self.rolled_back = True
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @pytest.mark.parametrize(("store", "table", "message", "migration"), [
@@ -58,3 +65,27 @@ def test_an_unreachable_database_is_transient_and_names_the_store(cls, label) ->
     with pytest.raises(TransientError) as err:
         store.connect()
     assert str(err.value).startswith(f"{label}: database unreachable: ")
+
+
+@pytest.mark.parametrize("access_cls", [StoreAccess, OutboxAccess])
+def test_dlq_access_checks_the_schema_on_each_connection_and_always_closes_it(access_cls, monkeypatch) -> None:
+    present = True
+    conns: list[FakeConn] = []
+    names: list[str | None] = []
+
+    def connect(self, name=None, *, autocommit=False) -> FakeConn:
+        names.append(name)
+        conns.append(FakeConn(present=present))
+        return conns[-1]
+
+    monkeypatch.setattr(StateStore, "connect", connect)
+    access = access_cls(Settings(), "sink")
+    assert access._with(lambda conn: "read") == "read"
+    with pytest.raises(ZeroDivisionError):
+        access._with(lambda conn: 1 / 0)
+    present = False
+    with pytest.raises(TerminalError):
+        access._with(lambda conn: pytest.fail("ran on a store without its table"))
+    assert set(names) == {"pulse-dlq"}
+    table = f"{access.store.schema}.{access.store.required_table}"
+    assert all(c.asked == [(table,)] and c.closed for c in conns)
