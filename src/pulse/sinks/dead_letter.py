@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
 
 import orjson
 import psycopg2
@@ -104,17 +103,6 @@ class DeadLetters(StateStore):
             conn.close()
 
     # -- `pulse dlq` ---------------------------------------------------------------
-
-    def _where(self, ids: Sequence[int] | None, before: str | None = None) -> tuple[sql.Composable, list[Any]]:
-        where = [sql.SQL("sink = %s")]
-        params: list[Any] = [self.sink_key]
-        if ids:
-            where.append(sql.SQL("id = ANY(%s)"))
-            params.append(list(ids))
-        if before:
-            where.append(sql.SQL("dead_at < %s::timestamptz"))
-            params.append(before)
-        return sql.SQL(" AND ").join(where), params
 
     def list(self, conn, limit: int = 100, ids: Sequence[int] | None = None, *, with_event: bool = False) -> list[dict]:
         where, params = self._where(ids)

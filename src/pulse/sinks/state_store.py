@@ -10,9 +10,11 @@ fix, before anything reads or writes it.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import psycopg2
+from psycopg2 import sql
 
 from pulse.errors import TerminalError, TransientError
 
@@ -49,6 +51,19 @@ class StateStore:
         if not ok:
             raise TerminalError(f"{self.what} is missing in schema {self.schema}",
                                 hint=f"run `pulse db init` (it applies migration {self.migration})")
+
+    def _where(self, ids: Sequence[int] | None, before: str | None = None) -> tuple[sql.Composable, list[Any]]:
+        """The condition on a dead-letter table (`sink`, `id`, `dead_at`) for this store's rows, of `ids`
+        when given, dead-lettered before `before` (an ISO time) when given; and its parameters."""
+        where = [sql.SQL("sink = %s")]
+        params: list[Any] = [self.sink_key]
+        if ids:
+            where.append(sql.SQL("id = ANY(%s)"))
+            params.append(list(ids))
+        if before:
+            where.append(sql.SQL("dead_at < %s::timestamptz"))
+            params.append(before)
+        return sql.SQL(" AND ").join(where), params
 
 
 __all__ = ["StateStore"]

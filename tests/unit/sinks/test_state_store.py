@@ -89,3 +89,13 @@ def test_dlq_access_checks_the_schema_on_each_connection_and_always_closes_it(ac
     assert set(names) == {"pulse-dlq"}
     table = f"{access.store.schema}.{access.store.required_table}"
     assert all(c.asked == [(table,)] and c.closed for c in conns)
+
+
+@pytest.mark.parametrize("cls", [DeadLetters, Outbox])
+def test_dead_letters_are_selected_by_the_store_key_then_ids_then_age(cls) -> None:
+    store = cls("postgresql://x/db", "pulse_state", "slot/sink")
+    where, params = store._where(None)
+    assert where.as_string(None) == "sink = %s" and params == ["slot/sink"]
+    where, params = store._where([3, 4], "2026-12-01T00:00:00Z")
+    assert where.as_string(None) == "sink = %s AND id = ANY(%s) AND dead_at < %s::timestamptz"
+    assert params == ["slot/sink", [3, 4], "2026-12-01T00:00:00Z"]

@@ -355,11 +355,7 @@ class Outbox(StateStore):
     # -- dead letters (`pulse dlq`) -------------------------------------------------
 
     def dead_letters(self, conn, limit: int = 100, ids: Sequence[int] | None = None) -> list[dict]:
-        where = sql.SQL("sink = %s")
-        params: list[object] = [self.sink_key]
-        if ids:
-            where = sql.SQL("sink = %s AND id = ANY(%s)")
-            params.append(list(ids))
+        where, params = self._where(ids)
         with conn.cursor() as cur:
             cur.execute(
                 sql.SQL("SELECT id, lsn, seq, event_id, content_id, ce_id, attempts, last_status, last_error, "
@@ -389,11 +385,7 @@ class Outbox(StateStore):
 
     def lock_dead_for_replay(self, cur, limit: int, ids: Sequence[int] | None) -> list[tuple[int, OutboxRow]]:
         """Lock (SKIP LOCKED) the oldest dead letters; the caller's transaction stays open while it sends."""
-        where = sql.SQL("sink = %s")
-        params: list[object] = [self.sink_key]
-        if ids:
-            where = sql.SQL("sink = %s AND id = ANY(%s)")
-            params.append(list(ids))
+        where, params = self._where(ids)
         cur.execute(
             sql.SQL("SELECT id, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, attempts, "
                     "extract(epoch FROM enqueued_at)::float8 FROM {} WHERE {} ORDER BY lsn, seq, id LIMIT %s "
@@ -408,14 +400,7 @@ class Outbox(StateStore):
                             "WHERE id = ANY(%s)").format(self.t_dead), (status, error[:2000], list(ids)))
 
     def purge_dead(self, conn, ids: Sequence[int] | None = None, before: str | None = None) -> int:
-        where = [sql.SQL("sink = %s")]
-        params: list[object] = [self.sink_key]
-        if ids:
-            where.append(sql.SQL("id = ANY(%s)"))
-            params.append(list(ids))
-        if before:
-            where.append(sql.SQL("dead_at < %s::timestamptz"))
-            params.append(before)
+        where, params = self._where(ids, before)
         with conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(self.t_dead, sql.SQL(" AND ").join(where)), params)
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(self.t_dead, where), params)
             return cur.rowcount
