@@ -46,6 +46,7 @@ from pulse.config_base import redact_url, url_has_password  # noqa: F401  (re-ex
 from pulse.errors import ConfigError
 from pulse.sinks.bigquery.config import BigQueryConfig
 from pulse.sinks.external.config import ExternalConfig
+from pulse.sinks.jsonl.config import JsonlConfig
 from pulse.sinks.kafka.config import KafkaConfig
 from pulse.sinks.redis.config import RedisConfig
 
@@ -178,15 +179,6 @@ class SnapshotConfig(_Section):
                                         "rows; docs/benchmarks.md, \"Initial snapshot\".")
     rate_limit: float = Field(default=0.0, ge=0,
                               description="Most rows per second the snapshot reads; 0 = unlimited.")
-
-
-class JsonlConfig(_Section):
-    """The JSON-lines file sink (`--sink jsonl`; docs/writing-a-sink.md)."""
-
-    path: str | None = Field(default=None, description="Folder of the segment files (one JSON line per event); "
-                                                        "setting it enables the sink when no sink is named.")
-    segment_bytes: int = Field(default=256 * 1024 * 1024, ge=1024,
-                               description="A new segment file starts once the current one holds this many bytes.")
 
 
 class TestSinksConfig(_Section):
@@ -574,6 +566,7 @@ __all__ = [
     "url_has_password",
     "DatabaseConfig",
     "ExternalConfig",
+    "JsonlConfig",
     "KafkaConfig",
     "LogConfig",
     "RedisConfig",

@@ -47,7 +47,7 @@ def _closed_port() -> int:
 def _jsonl(tmp_path) -> Harness:
     import orjson
 
-    from pulse.sinks.jsonl import JsonLinesSink
+    from pulse.sinks.jsonl.sink import JsonLinesSink
 
     folder = tmp_path / "jsonl"
 

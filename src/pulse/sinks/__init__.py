@@ -45,7 +45,7 @@ REGISTRY: dict[str, Registration] = {
                              backfill_default=True),
     "external": Registration("pulse.sinks.external.sink", "ExternalSink", "external", ("external", "url"),
                              backfill_default=True),
-    "jsonl": Registration("pulse.sinks.jsonl", "JsonLinesSink", None, ("jsonl", "path")),
+    "jsonl": Registration("pulse.sinks.jsonl.sink", "JsonLinesSink", None, ("jsonl", "path")),
     "kafka": Registration("pulse.sinks.kafka.sink", "KafkaSink", "kafka", relays=True),
     # Test doubles: never a default (memory keeps nothing; pgtable writes into a database of the tests).
     "memory": Registration("pulse.sinks.memory", "MemorySink"),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
 
 import orjson
 import psycopg2
@@ -33,6 +32,7 @@ from pulse import metrics
 from pulse.errors import TerminalError, TransientError
 from pulse.model import EnrichedEvent
 from pulse.sinks.base import SinkInstance
+from pulse.sinks.state_store import StateStore
 
 PAYLOAD_TOO_LARGE = "payload_too_large"
 MARKER_KEY = "_pulse_truncated"
@@ -67,29 +67,18 @@ def count(sink: str, reason: str, n: int = 1) -> None:
         metrics.PROBLEMS.labels(PAYLOAD_TOO_LARGE).inc(n)
 
 
-class DeadLetters:
+class DeadLetters(StateStore):
     """SQL of the `dead_letter` table for one sink key (`<slot>/<sink name>`)."""
 
+    required_table = "dead_letter"
+    what = "the dead-letter table"
+    migration = "011_dead_letter.sql"
+    label = "dead-letter store"
+    application_name = "pulse-dead-letter"
+
     def __init__(self, dsn: str, schema: str, sink_key: str) -> None:
-        self.dsn = dsn
-        self.schema = schema
-        self.sink_key = sink_key
+        super().__init__(dsn, schema, sink_key)
         self.table = sql.SQL("{}.dead_letter").format(sql.Identifier(schema))
-
-    def connect(self, name: str = "pulse-dead-letter"):
-        try:
-            return psycopg2.connect(self.dsn, application_name=name)
-        except psycopg2.OperationalError as exc:
-            raise TransientError(f"dead-letter store: database unreachable: {str(exc).strip()}") from exc
-
-    def check_schema(self, conn) -> None:
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.dead_letter",))
-            ok = cur.fetchone()[0]
-        conn.rollback()
-        if not ok:
-            raise TerminalError(f"the dead-letter table is missing in schema {self.schema}",
-                                hint="run `pulse db init` (it applies migration 011_dead_letter.sql)")
 
     def add(self, items: Sequence[tuple[EnrichedEvent, bytes]], reason: str, detail: str) -> int:
         """Store (event, its full JSON) pairs; idempotent per position (a retried batch adds nothing twice).
@@ -114,17 +103,6 @@ class DeadLetters:
             conn.close()
 
     # -- `pulse dlq` ---------------------------------------------------------------
-
-    def _where(self, ids: Sequence[int] | None, before: str | None = None) -> tuple[sql.Composable, list[Any]]:
-        where = [sql.SQL("sink = %s")]
-        params: list[Any] = [self.sink_key]
-        if ids:
-            where.append(sql.SQL("id = ANY(%s)"))
-            params.append(list(ids))
-        if before:
-            where.append(sql.SQL("dead_at < %s::timestamptz"))
-            params.append(before)
-        return sql.SQL(" AND ").join(where), params
 
     def list(self, conn, limit: int = 100, ids: Sequence[int] | None = None, *, with_event: bool = False) -> list[dict]:
         where, params = self._where(ids)
@@ -186,6 +164,16 @@ class DeadLetterAccess(ABC):
     """What `pulse dlq` does with the dead letters of one sink instance; `Sink.dead_letters` returns one."""
 
     key: str  # the store's key (`<slot>/<sink name>`), shown to the user
+    store: StateStore  # where the dead letters are
+
+    def _with(self, fn):
+        """`fn(conn)` on a connection of its own to the store, its schema checked first; closed after."""
+        conn = self.store.connect(name="pulse-dlq")
+        try:
+            self.store.check_schema(conn)
+            return fn(conn)
+        finally:
+            conn.close()
 
     @abstractmethod
     def list(self, limit: int) -> tuple[int, list[dict]]:
@@ -219,18 +207,7 @@ class StoreAccess(DeadLetterAccess):
         self.settings, self.sink_name, self.replayer = settings, sink_name, replayer
         self.store = DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{sink_name}")
         self.key = self.store.sink_key
-        conn = self.store.connect(name="pulse-dlq")
-        try:
-            self.store.check_schema(conn)
-        finally:
-            conn.close()
-
-    def _with(self, fn):
-        conn = self.store.connect(name="pulse-dlq")
-        try:
-            return fn(conn)
-        finally:
-            conn.close()
+        self._with(lambda conn: None)  # a missing table fails here, with its fix
 
     def list(self, limit: int) -> tuple[int, list[dict]]:
         return self._with(lambda conn: (self.store.count_rows(conn), self.store.list(conn, limit)))

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import re
+from pathlib import Path
+
 import orjson
 
 from pulse.model import ZERO
-from pulse.sinks.jsonl import JsonLinesSink, segment_name
+from pulse.sinks import REGISTRY, Registration
+from pulse.sinks.jsonl.sink import JsonLinesSink, segment_name
 from tests.factories import make_batch
 
 
@@ -51,3 +57,13 @@ def test_segments_rotate_by_size_and_the_position_survives_an_empty_newest_segme
 
 def test_a_new_folder_opens_at_zero(tmp_path) -> None:
     assert JsonLinesSink(tmp_path / "a" / "b").open() == ZERO
+
+
+def test_the_docs_worked_example_is_this_folder_as_registered() -> None:
+    """docs/writing-a-sink.md quotes the registry row and the sink's length: both as they are."""
+    page = (Path(__file__).resolve().parents[3] / "docs" / "writing-a-sink.md").read_text()
+    row = re.search(r'^"jsonl": Registration(\(.*\)),$', page, flags=re.MULTILINE)
+    assert row and Registration(*ast.literal_eval(row.group(1))) == REGISTRY["jsonl"]
+    claimed = re.search(r"`src/pulse/sinks/jsonl/`,\s+its\s+`sink\.py`\s+(\d+)\s+lines", page)
+    length = len(Path(inspect.getsourcefile(JsonLinesSink)).read_text().splitlines())
+    assert claimed and int(claimed.group(1)) == length < 150

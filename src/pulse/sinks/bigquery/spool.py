@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pulse.errors import ConfigError, TerminalError, TransientError
+from pulse.fsutil import fsync_dir, replace_durably
 from pulse.model import ZERO, Position
 from pulse.sinks.base import SinkInstance
 
@@ -169,14 +170,6 @@ def file_name(first: Position, last: Position) -> str:
     return f"{last.lsn:016x}-{last.seq:010d}-{first.lsn:016x}-{first.seq:010d}.parquet"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 #: What a spooled table kept in memory costs beyond its buffers (`nbytes`), per column: the Python and
 #: C++ objects of the table, its columns and schema, and 64-byte aligned buffers. A one-row table of the
 #: 21 event columns took about 17 KB of RSS for 170 bytes of `nbytes`; counting only `nbytes` let a
@@ -274,7 +267,7 @@ class Spool:
             tmp = self.dir / f".tmp-owner-{uuid.uuid4().hex}"
             tmp.write_text(json.dumps(asdict(owner), indent=1) + "\n")
             os.replace(tmp, self.dir / OWNER_FILE)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             return owner
         if recorded.table_id != owner.table_id or (not table_only and recorded != owner):
             raise ConfigError(
@@ -312,7 +305,7 @@ class Spool:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise TransientError(f"spool write to {self.dir} failed: {exc}") from exc
@@ -397,13 +390,7 @@ class Spool:
     def write_position(self, pos: Position) -> None:
         if pos <= self.read_position():
             return
-        tmp = self.dir / f".tmp-position-{uuid.uuid4().hex}"
-        with open(tmp, "w") as fh:
-            fh.write(str(pos) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / "position")
-        _fsync_dir(self.dir)
+        replace_durably(self.dir / "position", f"{pos}\n".encode())
 
     def remove(self, files: list[SpoolFile]) -> None:
         for f in files:
@@ -414,7 +401,7 @@ class Spool:
                     freed = held_bytes(old)
                     self._recent_bytes -= freed
                     self.budget.give(freed)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     @contextmanager
     def locked(self, wait: bool = True) -> Iterator[bool]:

@@ -17,6 +17,8 @@ from pulse.sinks.external.outbox import Outbox
 
 
 class OutboxAccess(DeadLetterAccess):
+    store: Outbox
+
     def __init__(self, settings: Settings, sink_name: str, url: str | None = None) -> None:
         from pulse.sinks.external.sink import sink_key
 
@@ -24,19 +26,11 @@ class OutboxAccess(DeadLetterAccess):
             settings = settings.model_copy(update={"external": settings.external.model_copy(update={"url": url})})
         self.settings = settings
         db = settings.database
-        self.outbox = Outbox(db.dsn(), db.state_schema, sink_key(db, sink_name))
-        self.key = self.outbox.sink_key
-
-    def _with(self, fn):
-        conn = self.outbox.connect(name="pulse-dlq")
-        try:
-            self.outbox.check_schema(conn)
-            return fn(conn)
-        finally:
-            conn.close()
+        self.store = Outbox(db.dsn(), db.state_schema, sink_key(db, sink_name))
+        self.key = self.store.sink_key
 
     def list(self, limit: int) -> tuple[int, list[dict]]:
-        return self._with(lambda conn: (self.outbox.dead_count(conn), self.outbox.dead_letters(conn, limit)))
+        return self._with(lambda conn: (self.store.dead_count(conn), self.store.dead_letters(conn, limit)))
 
     def describe(self, r: dict) -> str:
         return (f"{r['ce_id']} attempts={r['attempts']} status={r['last_status']} "
@@ -44,8 +38,8 @@ class OutboxAccess(DeadLetterAccess):
 
     def show(self, dead_id: int) -> dict | None:
         def read(conn):
-            rows = self.outbox.dead_letters(conn, 1, ids=[dead_id])
-            return rows, (self.outbox.dead_letter_row(conn, dead_id) if rows else None)
+            rows = self.store.dead_letters(conn, 1, ids=[dead_id])
+            return rows, (self.store.dead_letter_row(conn, dead_id) if rows else None)
 
         rows, full = self._with(read)
         if not rows:
@@ -60,12 +54,12 @@ class OutboxAccess(DeadLetterAccess):
         self._with(lambda conn: None)  # the schema is there
         client = HttpClient(self.settings.external)
         try:
-            return replay_dead_letters(self.outbox, client, self.settings.external, ids=ids, max_attempts=attempts)
+            return replay_dead_letters(self.store, client, self.settings.external, ids=ids, max_attempts=attempts)
         finally:
             client.close()
 
     def purge(self, ids: Sequence[int] | None, before: str | None) -> int:
-        return self._with(lambda conn: self.outbox.purge_dead(conn, ids=ids, before=before))
+        return self._with(lambda conn: self.store.purge_dead(conn, ids=ids, before=before))
 
 
 __all__ = ["OutboxAccess"]

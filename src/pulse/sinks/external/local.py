@@ -55,7 +55,6 @@ import re
 import struct
 import threading
 import time
-import uuid
 import zlib
 from collections import deque
 from collections.abc import Sequence
@@ -66,6 +65,7 @@ import numpy as np
 
 from pulse.arrays import string_bytes, unique_ints
 from pulse.errors import TerminalError, TransientError
+from pulse.fsutil import fsync_dir, replace_durably, truncate_durably
 from pulse.log import get_logger
 from pulse.model import ZERO, Position
 
@@ -94,14 +94,6 @@ class Encoded(NamedTuple):
     ce_id: str
     part: bytes  # the structured CloudEvent JSON: attrs[:-1] + ',"data":' + data + '}'
     attrs_len: int  # len(attrs JSON): data starts at attrs_len - 1 + len(',"data":')
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def build_frame(events: Sequence[Encoded], last: Position, enqueued_at: float, lanes: int) -> bytes:
@@ -334,13 +326,7 @@ def write_state(directory: Path, state: OutboxState) -> None:
     ranges = state.ledger.ranges
     data = STATE_HEAD.pack(STATE_MAGIC, state.delivered.lsn, state.delivered.seq, state.appended.lsn,
                            state.appended.seq, len(ranges)) + np.ascontiguousarray(ranges, np.int64).tobytes()
-    tmp = Path(directory) / f".tmp-state-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, Path(directory) / "state")
-    _fsync_dir(Path(directory))
+    replace_durably(Path(directory) / "state", data)
 
 
 class Segment:
@@ -378,9 +364,7 @@ def scan_segment(path: Path, first: Position, *, repair: bool) -> Segment:
             log.warning("external.outbox_torn_tail", segment=str(path), at=off, bytes=len(data) - off,
                         note="a write interrupted by a crash; its batch was never acknowledged, so it is read again")
             with open(path, "r+b") as fh:
-                fh.truncate(off)
-                fh.flush()
-                os.fsync(fh.fileno())
+                truncate_durably(fh, off)
             break
         lsn, seq = struct.unpack_from("<QI", data, off + 12)
         seg.last = Position(lsn, seq)
@@ -531,7 +515,7 @@ class LocalLog(FrameLog):
             self._fh.flush()
             os.fsync(self._fh.fileno())
             if created:
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
         except OSError as exc:
             # What was written past seg.size is not a whole frame as far as we know: cut it.
             try:
@@ -608,7 +592,7 @@ class LocalLog(FrameLog):
                 self._read_fh, self._read_path, self._read_off = None, None, 0
         for seg in done:
             seg.path.unlink(missing_ok=True)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def bytes(self) -> int:
         with self._mutex:

@@ -36,8 +36,9 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from pulse.arrays import unique_ints
-from pulse.errors import TerminalError, TransientError
+from pulse.errors import TransientError
 from pulse.model import ZERO, EnrichedEvent, Position
+from pulse.sinks.state_store import StateStore
 
 TYPE_PREFIX = "com.pulse.engagement."
 #: The ledger keeps one row per block of 2**LEDGER_BLOCK_BITS event ids (migration 012).
@@ -150,35 +151,22 @@ def _db_error(what: str, exc: psycopg2.Error) -> TransientError:
     return TransientError(f"external sink outbox: {what} failed: {str(exc).strip()}")
 
 
-class Outbox:
+class Outbox(StateStore):
     """SQL of the outbox, the position and the dead-letter store for one sink key (`<slot>/<name>`)."""
 
+    required_table = "external_outbox"
+    what = "the external sink's outbox table"
+    migration = "010_outbox.sql"
+    label = "external sink outbox"
+    application_name = "pulse-external"
+
     def __init__(self, dsn: str, schema: str, sink_key: str) -> None:
-        self.dsn = dsn
-        self.sink_key = sink_key
+        super().__init__(dsn, schema, sink_key)
         s = sql.Identifier(schema)
         self.t_outbox = sql.SQL("{}.external_outbox").format(s)
         self.t_position = sql.SQL("{}.external_position").format(s)
         self.t_dead = sql.SQL("{}.external_dead_letter").format(s)
         self.t_delivered = sql.SQL("{}.external_delivered").format(s)
-        self.schema = schema
-
-    def connect(self, *, autocommit: bool = False, name: str = "pulse-external"):
-        try:
-            conn = psycopg2.connect(self.dsn, application_name=name)
-        except psycopg2.OperationalError as exc:
-            raise TransientError(f"external sink outbox: database unreachable: {str(exc).strip()}") from exc
-        conn.autocommit = autocommit
-        return conn
-
-    def check_schema(self, conn) -> None:
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.external_outbox",))
-            ok = cur.fetchone()[0]
-        conn.rollback()
-        if not ok:
-            raise TerminalError(f"the external sink's outbox table is missing in schema {self.schema}",
-                                hint="run `pulse db init` (it applies migration 010_outbox.sql)")
 
     # -- the sink's side ----------------------------------------------------------
 
@@ -367,11 +355,7 @@ class Outbox:
     # -- dead letters (`pulse dlq`) -------------------------------------------------
 
     def dead_letters(self, conn, limit: int = 100, ids: Sequence[int] | None = None) -> list[dict]:
-        where = sql.SQL("sink = %s")
-        params: list[object] = [self.sink_key]
-        if ids:
-            where = sql.SQL("sink = %s AND id = ANY(%s)")
-            params.append(list(ids))
+        where, params = self._where(ids)
         with conn.cursor() as cur:
             cur.execute(
                 sql.SQL("SELECT id, lsn, seq, event_id, content_id, ce_id, attempts, last_status, last_error, "
@@ -401,11 +385,7 @@ class Outbox:
 
     def lock_dead_for_replay(self, cur, limit: int, ids: Sequence[int] | None) -> list[tuple[int, OutboxRow]]:
         """Lock (SKIP LOCKED) the oldest dead letters; the caller's transaction stays open while it sends."""
-        where = sql.SQL("sink = %s")
-        params: list[object] = [self.sink_key]
-        if ids:
-            where = sql.SQL("sink = %s AND id = ANY(%s)")
-            params.append(list(ids))
+        where, params = self._where(ids)
         cur.execute(
             sql.SQL("SELECT id, lsn, seq, lane_key, content_id, event_id, ce_id, attrs, data, attempts, "
                     "extract(epoch FROM enqueued_at)::float8 FROM {} WHERE {} ORDER BY lsn, seq, id LIMIT %s "
@@ -420,14 +400,7 @@ class Outbox:
                             "WHERE id = ANY(%s)").format(self.t_dead), (status, error[:2000], list(ids)))
 
     def purge_dead(self, conn, ids: Sequence[int] | None = None, before: str | None = None) -> int:
-        where = [sql.SQL("sink = %s")]
-        params: list[object] = [self.sink_key]
-        if ids:
-            where.append(sql.SQL("id = ANY(%s)"))
-            params.append(list(ids))
-        if before:
-            where.append(sql.SQL("dead_at < %s::timestamptz"))
-            params.append(before)
+        where, params = self._where(ids, before)
         with conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(self.t_dead, sql.SQL(" AND ").join(where)), params)
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(self.t_dead, where), params)
             return cur.rowcount

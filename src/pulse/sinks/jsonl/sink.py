@@ -29,6 +29,7 @@ import orjson
 
 from pulse.bus.codec import to_dict
 from pulse.errors import TransientError
+from pulse.fsutil import fsync_dir, truncate_durably
 from pulse.model import ZERO, Batch, Position
 from pulse.sinks.base import Sink, SinkInstance
 
@@ -77,9 +78,7 @@ class JsonLinesSink(Sink):
             data = fh.read()
             end = data.rfind(b"\n") + 1
             if end < len(data):
-                fh.truncate(end)
-                fh.flush()
-                os.fsync(fh.fileno())
+                truncate_durably(fh, end)
         if end == 0:
             return None
         last = orjson.loads(data[data.rfind(b"\n", 0, end - 1) + 1:end])
@@ -105,11 +104,7 @@ class JsonLinesSink(Sink):
                     fh.truncate(size)  # no half batch before the retry's copy
                     raise
             if new:  # the new file's name must survive a crash too
-                fd = os.open(self.dir, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_dir(self.dir)
         except OSError as exc:
             raise TransientError(f"jsonl write to {self.current} failed: {exc}") from exc
         self.position = events[-1].position
