@@ -164,7 +164,7 @@ class Sink(ABC):
         """
 
     def write_columns(self, table: "pa.Table", first: Position, last: Position) -> Position:
-        """Write enriched rows in the BigQuery row shape (`bigquery.schema.ARROW_SCHEMA`) at first..last.
+        """Write enriched rows, the columnar form of `EnrichedEvent` (`model_arrow.ENRICHED_SCHEMA`), at first..last.
 
         Only called when `accepts_columns` is True; same durability contract as `write`.
         """

@@ -1,7 +1,7 @@
 """The external sink's columnar encoder: a chunk's CloudEvent texts built from its Arrow columns.
 
 A live run or a backfill chunk reaches the external sink as the enriched
-table of `transform.columnar.enrich_table` (`bigquery.schema.ARROW_SCHEMA`,
+table of `transform.columnar.enrich_table` (`model_arrow.ENRICHED_SCHEMA`,
 inserts only). `encode_table` turns it into what `encode_event` makes of
 each event, byte for byte (the same event may be encoded by either path
 after a restart, and the receiver must see one body under one CloudEvent
