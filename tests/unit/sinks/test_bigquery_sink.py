@@ -378,3 +378,13 @@ def test_spools_sharing_a_budget_hold_no_more_than_it_together_and_a_forgotten_s
     for s in spools:
         s.forget()
     assert budget.used == 0
+
+
+def test_the_mode_is_chosen_once_with_its_row_limit_and_linger():
+    from pulse.sinks.bigquery.sink import BatchMode, StreamMode
+
+    batch = BigQuerySink(BigQueryConfig(mode="batch", write_linger_s=0.7))
+    stream = BigQuerySink(BigQueryConfig(mode="stream", write_linger_s=0.7))
+    assert (batch.mode, batch.linger_s, batch.max_row_bytes) == (BatchMode, 0.7, 99 * 1024 * 1024)
+    assert (stream.mode, stream.linger_s, stream.max_row_bytes) == (StreamMode, 0.0, 9 * 1024 * 1024)
+    assert BigQuerySink(BigQueryConfig(mode="stream", max_row_bytes=1_000_000)).max_row_bytes == 1_000_000

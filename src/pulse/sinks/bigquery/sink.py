@@ -23,11 +23,15 @@ column-wise are not checked (batch mode's 100 MB).
 `open()` returns the highest position held: in batch mode the spool's
 (its file names and its `position` file) or the state table's; in stream
 mode the changelog's. docs/sinks/bigquery.md has the exactness argument.
+
+What differs between the modes is the way in (`BatchMode`, `StreamMode`:
+how to open, how to append a table, the row limit, whether writes linger),
+chosen once from `bigquery.mode` (`MODES`); the sink around it (the row
+limit's dead letters, replays, status, the background threads' failures)
+is one.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from pulse.config import BigQueryConfig, DatabaseConfig, Settings
 from pulse.errors import TerminalError, TransientError
@@ -42,8 +46,99 @@ from pulse.sinks.bigquery.spool import DEFAULT_ROOT, Spool, SpoolOwner, holds_ba
 
 log = get_logger(__name__)
 
-#: Default `max_row_bytes` per mode: under the 10 MB AppendRows request, under a load job's 100 MB row.
-MAX_ROW_BYTES = {"stream": 9 * 1024 * 1024, "batch": 99 * 1024 * 1024}
+
+class BatchMode:
+    """`bigquery.mode = batch`: each write is a Parquet file in the local spool; a loader thread applies
+    due files (a load job into staging, then the MERGE script: `bigquery.load`)."""
+
+    #: Under a load job's 100 MB row.
+    max_row_bytes = 99 * 1024 * 1024
+    #: One spool file (and two fsyncs) per write, and rows reach the table at the next load anyway:
+    #: the runtime gathers a write's events for `bigquery.write_linger_s`.
+    lingers = True
+
+    @staticmethod
+    def open(sink: "BigQuerySink") -> Position:
+        cfg, tables = sink.cfg, sink.tables
+        assert tables is not None
+        if cfg.spool_dir is None and holds_batches(DEFAULT_ROOT):
+            log.warning("bigquery.old_spool", spool=str(DEFAULT_ROOT),
+                        fix=f"an earlier Pulse spooled into {DEFAULT_ROOT}/ itself, which nothing loads now: "
+                            f"pulse upload --once --spool-dir {DEFAULT_ROOT}")
+        # One memory budget for the process: `pulse consume` opens a sink per partition. Each partition
+        # keeps its own spool and position file: positions only increase within a partition.
+        sink.spool = spool = Spool(spool_folder(cfg.spool_dir, sink.owner), owner=sink.owner,
+                                   budget=process_budget(cfg.load_max_bytes))
+        removed = spool.clean_partial()
+        if removed:
+            log.info("bigquery.spool_partial_removed", files=removed)
+        local = spool.highest()
+        remote = ZERO
+        try:
+            tables.ensure()
+            remote = tables.state_position()
+            ready = True
+        except TransientError as exc:
+            if local == ZERO:
+                raise  # nothing local tells us where we are: the runtime retries open()
+            # The spool knows the position; BigQuery is only needed by the loader.
+            log.warning("bigquery.unreachable_at_open", error=str(exc), position=str(local))
+            ready = False
+        sink.loader = Loader(tables, spool, cfg, direct=not sink.partitioned)
+        if cfg.upload_in_process:
+            sink.loader_thread = LoaderThread(sink.loader, ensure=None if ready else tables.ensure)
+            sink.loader_thread.start()
+        # The table's state row is shared by every partition instance: only the
+        # local spool speaks for this partition. Anything re-delivered from
+        # Kafka is absorbed by the MERGE (by event id, guarded by position).
+        pos = local if sink.partitioned else max(local, remote)
+        log.info("bigquery.opened", mode="batch", spool=str(spool.dir), spooled_files=len(spool.files()),
+                 position=str(pos))
+        return pos
+
+    @staticmethod
+    def append(sink: "BigQuerySink", table, first: Position, last: Position) -> None:
+        assert sink.spool is not None
+        sink.spool.append(table, first, last)
+        if sink.loader is not None and table.column("backfill")[0].as_py():
+            sink.loader.hurry()  # a backfill: load it now, not at the next load_interval_s
+
+
+class StreamMode:
+    """`bigquery.mode = stream`: each write a PENDING Storage Write stream into `<table>_changelog`,
+    committed atomically; a merger thread applies the changelog to the table (`bigquery.stream`)."""
+
+    #: Under the 10 MB AppendRows request.
+    max_row_bytes = 9 * 1024 * 1024
+    #: Rows are visible once committed: written at once.
+    lingers = False
+
+    @staticmethod
+    def open(sink: "BigQuerySink") -> Position:
+        from pulse.sinks.bigquery.stream import MergerThread, StreamWriter
+
+        tables = sink.tables
+        assert tables is not None
+        tables.ensure(changelog=True)
+        sink.writer = StreamWriter(tables, sink.cfg, sink._write_client)
+        # Shared by all partition instances: a partition instance starts from
+        # ZERO (its committed Kafka offsets bound the re-read; MERGE absorbs it).
+        pos = ZERO if sink.partitioned else max(tables.changelog_position(), tables.state_position())
+        sink.merger = MergerThread(tables, sink.cfg)
+        sink.merger.start()
+        log.info("bigquery.opened", mode="stream", position=str(pos))
+        return pos
+
+    @staticmethod
+    def append(sink: "BigQuerySink", table, first: Position, last: Position) -> None:
+        assert sink.writer is not None
+        sink.writer.append(table, last)
+
+
+#: The way in of each `bigquery.mode`.
+MODES: dict[str, type[BatchMode] | type[StreamMode]] = {"batch": BatchMode, "stream": StreamMode}
+#: Default `max_row_bytes` per mode.
+MAX_ROW_BYTES = {name: mode.max_row_bytes for name, mode in MODES.items()}
 
 
 class BigQuerySink(Sink):
@@ -64,10 +159,9 @@ class BigQuerySink(Sink):
         self.slot = slot
         # Whose spool this is: the table, and the slot (or Kafka topic, partition, group) it spools.
         self.owner = SpoolOwner.of(cfg.project, cfg.dataset, cfg.table, self.instance, slot=slot, group=group)
-        self.max_row_bytes = cfg.max_row_bytes or MAX_ROW_BYTES[cfg.mode]
-        # Batch mode: one spool file (and two fsyncs) per write; rows reach the table at the next
-        # load (load_interval_s) anyway, so the runtime gathers a write's events this long.
-        self.linger_s = cfg.write_linger_s if cfg.mode == "batch" else 0.0
+        self.mode = MODES[cfg.mode]
+        self.max_row_bytes = cfg.max_row_bytes or self.mode.max_row_bytes
+        self.linger_s = cfg.write_linger_s if self.mode.lingers else 0.0
         self.dead_letters = (dl.DeadLetters(db.dsn(), db.state_schema, f"{db.slot}/{self.name}")
                              if db is not None else None)
         self.truncated = 0
@@ -101,67 +195,13 @@ class BigQuerySink(Sink):
         client = self._client or make_client(cfg)
         self._client = client
         self.tables = Tables(client, cfg, slot=self.slot)
-        self.position = self._open_stream() if cfg.mode == "stream" else self._open_batch()
+        self.position = self.mode.open(self)
         return self.position
 
     @property
     def partitioned(self) -> bool:
         """One instance per Kafka partition (`pulse consume`)."""
         return self.instance.partitioned
-
-    def _spool_dir(self) -> Path:
-        # Each partition keeps its own spool and position file: positions only
-        # increase within a partition, so they cannot share one.
-        return spool_folder(self.cfg.spool_dir, self.owner)
-
-    def _open_batch(self) -> Position:
-        assert self.tables is not None
-        if self.cfg.spool_dir is None and holds_batches(DEFAULT_ROOT):
-            log.warning("bigquery.old_spool", spool=str(DEFAULT_ROOT),
-                        fix=f"an earlier Pulse spooled into {DEFAULT_ROOT}/ itself, which nothing loads now: "
-                            f"pulse upload --once --spool-dir {DEFAULT_ROOT}")
-        # One memory budget for the process: `pulse consume` opens a sink per partition.
-        self.spool = Spool(self._spool_dir(), owner=self.owner, budget=process_budget(self.cfg.load_max_bytes))
-        removed = self.spool.clean_partial()
-        if removed:
-            log.info("bigquery.spool_partial_removed", files=removed)
-        local = self.spool.highest()
-        remote = ZERO
-        try:
-            self.tables.ensure()
-            remote = self.tables.state_position()
-            ready = True
-        except TransientError as exc:
-            if local == ZERO:
-                raise  # nothing local tells us where we are: the runtime retries open()
-            # The spool knows the position; BigQuery is only needed by the loader.
-            log.warning("bigquery.unreachable_at_open", error=str(exc), position=str(local))
-            ready = False
-        self.loader = Loader(self.tables, self.spool, self.cfg, direct=not self.partitioned)
-        if self.cfg.upload_in_process:
-            self.loader_thread = LoaderThread(self.loader, ensure=None if ready else self.tables.ensure)
-            self.loader_thread.start()
-        # The table's state row is shared by every partition instance: only the
-        # local spool speaks for this partition. Anything re-delivered from
-        # Kafka is absorbed by the MERGE (by event id, guarded by position).
-        pos = local if self.partitioned else max(local, remote)
-        log.info("bigquery.opened", mode="batch", spool=str(self.spool.dir), spooled_files=len(self.spool.files()),
-                 position=str(pos))
-        return pos
-
-    def _open_stream(self) -> Position:
-        from pulse.sinks.bigquery.stream import MergerThread, StreamWriter
-
-        assert self.tables is not None
-        self.tables.ensure(changelog=True)
-        self.writer = StreamWriter(self.tables, self.cfg, self._write_client)
-        # Shared by all partition instances: a partition instance starts from
-        # ZERO (its committed Kafka offsets bound the re-read; MERGE absorbs it).
-        pos = ZERO if self.partitioned else max(self.tables.changelog_position(), self.tables.state_position())
-        self.merger = MergerThread(self.tables, self.cfg)
-        self.merger.start()
-        log.info("bigquery.opened", mode="stream", position=str(pos))
-        return pos
 
     def write(self, batch: Batch) -> Position:
         if not batch.events:
@@ -201,14 +241,7 @@ class BigQuerySink(Sink):
         if last <= self.position:
             # Sent again (a retry, a replay from an older slot position): already spooled or loaded.
             return self.position
-        if self.cfg.mode == "stream":
-            assert self.writer is not None
-            self.writer.append(table, last)
-        else:
-            assert self.spool is not None
-            self.spool.append(table, first, last)
-            if self.loader is not None and table.column("backfill")[0].as_py():
-                self.loader.hurry()  # a backfill: load it now, not at the next load_interval_s
+        self.mode.append(self, table, first, last)
         self.position = last
         return last
 
