@@ -418,7 +418,7 @@ class Pipeline:
             if last <= worker.enqueued:
                 continue  # this sink already has all of them (restart or reconnect replay)
             part = chunk.after(worker.enqueued) if chunk.first <= worker.enqueued else chunk
-            while not worker.queue.put_many([part], part.size_hint(), timeout=0.5):
+            while not worker.queue.put_many([part], part.size_hint(), timeout=0.5, count=len(part)):
                 if self.stop_event.is_set():
                     return False
                 self._housekeeping()  # backpressure: keep acknowledging while waiting

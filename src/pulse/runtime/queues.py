@@ -3,6 +3,11 @@
 `put` blocks while the queue holds `max_bytes` or `max_items`; an item
 larger than `max_bytes` is still admitted when the queue is empty, so one
 huge row cannot deadlock the pipeline.
+
+An item may weigh more than one (`put_many(..., count=)`): a sink's queue
+holds chunks and counts their events, so `max_items` and `len()` are events
+(`runtime.queue_max_events`, `pulse status`'s queued), while `get_many`
+takes up to so many *items*.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ class ByteQueue(Generic[T]):
     def __init__(self, max_bytes: int, max_items: int) -> None:
         self.max_bytes = max_bytes
         self.max_items = max_items
-        self._items: deque[tuple[T, int]] = deque()
+        self._items: deque[tuple[T, int, int]] = deque()  # (item, bytes, count)
         self._bytes = 0
+        self._count = 0
         self._cond = threading.Condition()
         self.closed = False
 
@@ -28,29 +34,34 @@ class ByteQueue(Generic[T]):
         """Add `item`; False when `timeout` passed without room."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._items and (self._bytes + size > self.max_bytes or len(self._items) >= self.max_items):
+            while self._items and (self._bytes + size > self.max_bytes or self._count >= self.max_items):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._cond.wait(remaining)
-            self._items.append((item, size))
+            self._items.append((item, size, 1))
             self._bytes += size
+            self._count += 1
             self._cond.notify_all()
             return True
 
-    def put_many(self, items: list[T], size: int, timeout: float | None = None) -> bool:
-        """Add `items` (together `size` bytes) at once: one lock round trip for a whole chunk."""
+    def put_many(self, items: list[T], size: int, timeout: float | None = None, count: int | None = None) -> bool:
+        """Add `items` (together `size` bytes, and `count` toward `max_items`: default one each) at once:
+        one lock round trip for a whole chunk."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        count = len(items) if count is None else count
         with self._cond:
-            while self._items and (self._bytes + size > self.max_bytes
-                                   or len(self._items) + len(items) > self.max_items):
+            while self._items and (self._bytes + size > self.max_bytes or self._count + count > self.max_items):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._cond.wait(remaining)
-            each = size // len(items) if items else 0
-            self._items.extend((item, each) for item in items)
-            self._bytes += each * len(items)
+            n = len(items)
+            each = size // n if n else 0
+            base, extra = divmod(count, n) if n else (0, 0)
+            self._items.extend((item, each, base + (k < extra)) for k, item in enumerate(items))
+            self._bytes += each * n
+            self._count += count if n else 0
             self._cond.notify_all()
             return True
 
@@ -65,8 +76,9 @@ class ByteQueue(Generic[T]):
                 self._cond.wait(remaining)
             out = []
             while self._items and len(out) < max_items:
-                item, size = self._items.popleft()
+                item, size, count = self._items.popleft()
                 self._bytes -= size
+                self._count -= count
                 out.append(item)
             self._cond.notify_all()
             return out
@@ -81,4 +93,5 @@ class ByteQueue(Generic[T]):
         return self._bytes
 
     def __len__(self) -> int:
-        return len(self._items)
+        """What the queue holds, counted as `put_many` counted it (events, for a sink's queue)."""
+        return self._count

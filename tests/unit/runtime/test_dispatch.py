@@ -75,6 +75,7 @@ def test_every_queue_item_is_a_chunk_and_the_dispatcher_enriches_nothing_itself(
     for i in range(1, 4):
         pipeline._handle(_insert(i, Position(10, i)))
     pipeline._handle(TxnEnd(10, 11, NOW))
+    assert len(pipeline.workers["a"].queue) == 3  # one chunk, counted as its events (queue_max_events, status)
     (a,) = pipeline.workers["a"].queue.get_many(10, timeout=0)
     (b,) = pipeline.workers["b"].queue.get_many(10, timeout=0)
     assert a is b and isinstance(a, RowChunk) and not a.built  # one shared chunk, not enriched yet

@@ -270,3 +270,20 @@ def test_put_many_respects_max_items_on_a_non_empty_queue() -> None:
     q.put(0, 1)
     q.put_many([1, 2, 3, 4, 5, 6, 7, 8], 8, timeout=0)
     assert len(q) <= 4
+
+
+def test_items_that_weigh_more_than_one_count_toward_the_bound_and_the_length() -> None:
+    # A sink's queue holds chunks and counts their events (runtime.queue_max_events, pulse status).
+    q: ByteQueue[str] = ByteQueue(max_bytes=10_000, max_items=100)
+    assert q.put_many(["chunk of 60"], 10, count=60)
+    assert len(q) == 60
+    assert not q.put_many(["chunk of 50"], 10, timeout=0, count=50)  # 110 events would pass the bound
+    assert q.put_many(["chunk of 40"], 10, timeout=0, count=40)
+    assert len(q) == 100
+    assert q.get_many(1, timeout=0) == ["chunk of 60"] and len(q) == 40  # get_many counts items
+    q2: ByteQueue[str] = ByteQueue(max_bytes=10_000, max_items=5)
+    assert q2.put_many(["huge"], 10, count=50)  # more than the bound, admitted into an empty queue
+    assert len(q2) == 50 and q2.get_many(1, timeout=0) == ["huge"] and len(q2) == 0
+    assert q2.put_many(["a", "b", "c"], 30, count=7) and len(q2) == 7  # spread over the items, none lost
+    assert q2.get_many(2, timeout=0) == ["a", "b"] and len(q2) == 2  # (3 + 2 taken, 2 left)
+    assert q2.get_many(5, timeout=0) == ["c"] and len(q2) == 0
