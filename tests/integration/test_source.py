@@ -15,6 +15,7 @@ from pulse.source.slot import slot_info
 
 from .pipeline_helpers import Running, insert_content, settings_for, wait_for
 from .pipeline_helpers import pulse_cmd, pulse_env, slot_streaming
+from .private_services import private_pg, private_scratch_db  # noqa: F401  (fixtures)
 
 
 def _lsn(cur, expr: str = "pg_current_wal_lsn()") -> int:
@@ -120,8 +121,13 @@ def test_dropped_slot_is_a_terminal_error_never_recreated(scratch_db):
     assert not _has_slot(cur, scratch_db.slot), "the lost slot must not be recreated"
 
 
-def test_invalidated_slot_is_a_terminal_error(scratch_db, superuser_url):
-    """max_slot_wal_keep_size exceeded: PostgreSQL marks the slot lost; Pulse refuses to go on."""
+def test_invalidated_slot_is_a_terminal_error(private_pg, private_scratch_db):
+    """max_slot_wal_keep_size exceeded: PostgreSQL marks the slot lost; Pulse refuses to go on.
+
+    On a private cluster: the setting is the server's, and on the shared one it would invalidate every
+    other slot there (another test's, a benchmark's, `make demo`'s).
+    """
+    scratch_db, superuser_url = private_scratch_db, private_pg.superuser_url
     conn = scratch_db.connect()
     cur = conn.cursor()
     with Running(Pipeline(settings_for(scratch_db), [MemorySink()])):
