@@ -54,4 +54,15 @@ ENRICHED_SCHEMA = pa.schema([
     ("problems", pa.list_(pa.string())),
 ])
 
-__all__ = ["ENRICHED_SCHEMA", "EXTRA_PREFIX", "NUMERIC", "RAW_SCHEMA", "TIMESTAMP"]
+
+
+def rows_after(table: pa.Table, position) -> pa.Table:
+    """The rows of an enriched table after `position` (a `model.Position`), by (source_lsn, source_seq):
+    what a sink that already holds `position` still has to take of a batch sent again."""
+    import pyarrow.compute as pc
+
+    lsn, seq = pc.field("source_lsn"), pc.field("source_seq")
+    return table.filter((lsn > position.lsn) | ((lsn == position.lsn) & (seq > position.seq)))
+
+
+__all__ = ["ENRICHED_SCHEMA", "EXTRA_PREFIX", "NUMERIC", "RAW_SCHEMA", "TIMESTAMP", "rows_after"]

@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import psycopg2
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pulse.arrays import string_bytes
 from pulse.config import DatabaseConfig, ExternalConfig, Settings
@@ -47,6 +46,7 @@ from pulse import metrics
 from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, Position
+from pulse.model_arrow import rows_after
 from pulse.sinks.base import Sink, SinkInstance
 from pulse.sinks.external.delivery import CircuitBreaker, HttpClient, Lane, LaneStats, RetryPolicy
 from pulse.sinks.external.columns import encode_table
@@ -252,8 +252,7 @@ class ExternalSink(Sink):
             return self._durable()
         appended = self._appended
         if first <= appended:
-            lsn, seq = pc.field("source_lsn"), pc.field("source_seq")
-            table = table.filter((lsn > appended.lsn) | ((lsn == appended.lsn) & (seq > appended.seq)))
+            table = rows_after(table, appended)
         cols = encode_table(table, self.cfg.source)
         n = len(cols)
         bound = self.cfg.inflight_max_bytes if self.kind == "kafka" else self.cfg.outbox_max_bytes

@@ -43,6 +43,7 @@ from pulse.config import DatabaseConfig, RedisConfig, Settings
 from pulse.errors import ConfigError, TerminalError, TransientError
 from pulse.log import get_logger
 from pulse.model import ZERO, Batch, EnrichedEvent, Position
+from pulse.model_arrow import rows_after
 from pulse.sinks.base import Sink, SinkInstance
 from pulse.sinks.redis.board import Aggregate, Keys, PauseState, decode_position, encode_position
 from pulse.sinks.redis.lua import APPLY, OPEN, PAUSE, RESET
@@ -353,7 +354,7 @@ class RedisSink(Sink):
         upto = max(self.position, pending.last or ZERO)
         if table.num_rows and last > upto:
             if first <= upto:
-                table = _after(table, upto)
+                table = rows_after(table, upto)
             if not pending.events:
                 self._pending_since = time.monotonic()
             pending.add_table(table, self.clock().timestamp())
@@ -511,16 +512,10 @@ class RedisSink(Sink):
 
 
 
-def _after(table: "pa.Table", pos: Position) -> "pa.Table":
-    """The rows of a table of events after `pos` (by source_lsn, source_seq)."""
-    lsn, seq = pc.field("source_lsn"), pc.field("source_seq")
-    return table.filter((lsn > pos.lsn) | ((lsn == pos.lsn) & (seq > pos.seq)))
-
-
 def _part_after(part: Part, pos: Position) -> Part:
     if isinstance(part, tuple):
         return tuple(e for e in part if e.position > pos)
-    return _after(part, pos)
+    return rows_after(part, pos)
 
 
 def _first_position(part: Part) -> Position:
