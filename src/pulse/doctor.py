@@ -30,6 +30,7 @@ from psycopg2 import sql
 from pulse.config import DatabaseConfig
 from pulse.log import get_logger
 from pulse.schema import SOURCE_TABLES
+from pulse.source.db import REPLICA_IDENTITIES
 
 log = get_logger(__name__)
 
@@ -130,7 +131,7 @@ def _table_facts(cur, schema: str, table: str) -> dict[str, Any]:
         "owner": row[1],
         "is_owner": row[2],
         "can_select": row[3],
-        "replica_identity": {"d": "default", "n": "nothing", "f": "full", "i": "index"}[row[4]],
+        "replica_identity": REPLICA_IDENTITIES[row[4]],
         "has_primary_key": row[5],
         "replica_identity_index": row[6],
         "columns": list(row[7]),

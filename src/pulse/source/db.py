@@ -12,7 +12,8 @@ def connect(cfg: DatabaseConfig, **kw):
     return psycopg2.connect(cfg.dsn(), application_name="pulse", **kw)
 
 
-_IDENTITIES = {"d": "default", "f": "full", "n": "nothing", "i": "index"}
+#: `pg_class.relreplident` by name.
+REPLICA_IDENTITIES = {"d": "default", "f": "full", "n": "nothing", "i": "index"}
 
 
 def replica_identity(cur, schema: str, table: str) -> str | None:
@@ -20,7 +21,7 @@ def replica_identity(cur, schema: str, table: str) -> str | None:
     cur.execute("SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = %s AND c.relname = %s", (schema, table))
     row = cur.fetchone()
-    return _IDENTITIES.get(row[0], row[0]) if row else None
+    return REPLICA_IDENTITIES.get(row[0], row[0]) if row else None
 
 
-__all__ = ["connect", "replica_identity"]
+__all__ = ["REPLICA_IDENTITIES", "connect", "replica_identity"]
