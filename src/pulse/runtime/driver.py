@@ -96,13 +96,16 @@ class SinkDriver:
         if not events:
             return None
         durable = self._batches(events, events[0].backfill if backfill is None else backfill, targets)
-        hist = metrics.E2E.labels(self.metric)
-        now = time.time()
-        for ev in events:
-            if ev.commit_ts is not None and not ev.backfill:  # live only: a backfill's commit is long past
-                hist.observe(now - ev.commit_ts.timestamp())
+        self._observe(events, time.time())
         self._out(len(events))
         return durable
+
+    def _observe(self, events: Sequence[EnrichedEvent], now: float) -> None:
+        """Commit-to-sink latency, once per live event written (a backfill's commit is long past)."""
+        hist = metrics.E2E.labels(self.metric)
+        for ev in events:
+            if ev.commit_ts is not None and not ev.backfill:
+                hist.observe(now - ev.commit_ts.timestamp())
 
     def write(self, chunks: Sequence[Chunk]) -> Position | None:
         """A queue read, in order, as few writes as its groups allow (`plan`); the newest durable position."""
@@ -144,16 +147,15 @@ class SinkDriver:
         hist = metrics.E2E.labels(self.metric)
         n = 0
         for chunk in chunks:
+            n += len(chunk)
             for problem, count in chunk.take_problems().items():
                 metrics.PROBLEMS.labels(problem).inc(count)
-            if not chunk.backfill:  # a backfill's commit is long past
-                if chunk.commit_ts is not None:  # one commit for the chunk: one observation
-                    metrics.observe_many(hist, now - chunk.commit_ts.timestamp(), len(chunk))
-                else:
-                    for ev in chunk.events():
-                        if ev.commit_ts is not None:
-                            hist.observe(now - ev.commit_ts.timestamp())
-            n += len(chunk)
+            if chunk.backfill:  # a backfill's commit is long past
+                continue
+            if chunk.commit_ts is not None:  # one commit for the chunk: one observation
+                metrics.observe_many(hist, now - chunk.commit_ts.timestamp(), len(chunk))
+            else:  # rows of several transactions: each its own
+                self._observe(chunk.events(), now)
         self._out(n)
 
     def _batches(self, events: Sequence[EnrichedEvent], backfill: bool,
