@@ -37,6 +37,11 @@ def _insert(event_id: int, pos: Position, content_id: str = CID) -> Change:
     return Change("engagement_events", "insert", row, None, pos, NOW)
 
 
+def _content(op: str, slug: str, content_type: str, length_seconds: int, pos: Position, title: str = "T") -> Change:
+    row = {"id": CID, "slug": slug, "title": title, "content_type": content_type, "length_seconds": length_seconds}
+    return Change("content", op, row, None, pos, NOW)
+
+
 def _queued(pipeline: Pipeline, name: str) -> list[int]:
     worker = pipeline.workers[name]
     return [e.event_id for chunk in worker.queue.get_many(1000, timeout=0) for e in chunk.events()]
@@ -44,8 +49,7 @@ def _queued(pipeline: Pipeline, name: str) -> list[int]:
 
 def test_a_content_change_updates_the_cache_before_the_events_after_it_are_enriched():
     pipeline = _pipeline({"a": ZERO})
-    pipeline._handle(Change("content", "insert", {"id": CID, "slug": "s", "title": "T", "content_type": "video",
-                                                  "length_seconds": 120}, None, Position(10, 0), NOW))
+    pipeline._handle(_content("insert", "s", "video", 120, Position(10, 0)))
     pipeline._handle(_insert(1, Position(10, 1)))
     pipeline._handle(TxnEnd(10, 11, NOW))
     (chunk,) = pipeline.workers["a"].queue.get_many(10, timeout=0)
@@ -57,12 +61,10 @@ def test_events_handed_on_before_a_content_change_keep_the_content_committed_bef
     # The row path enriches on the sink threads (RowChunk), from the live cache: a content change
     # later in the stream must not reach events already queued and not yet built.
     pipeline = _pipeline({"a": ZERO})
-    pipeline._handle(Change("content", "insert", {"id": CID, "slug": "old", "title": "T", "content_type": "video",
-                                                  "length_seconds": 120}, None, Position(10, 0), NOW))
+    pipeline._handle(_content("insert", "old", "video", 120, Position(10, 0)))
     pipeline._handle(_insert(1, Position(10, 1)))
     pipeline._handle(TxnEnd(10, 11, NOW))
-    pipeline._handle(Change("content", "update", {"id": CID, "slug": "new", "title": "T2", "content_type": "audio",
-                                                  "length_seconds": 60}, None, Position(20, 1), NOW))
+    pipeline._handle(_content("update", "new", "audio", 60, Position(20, 1), title="T2"))
     pipeline._handle(_insert(2, Position(20, 2)))
     pipeline._handle(TxnEnd(20, 21, NOW))
     first, second = pipeline.workers["a"].queue.get_many(10, timeout=0)  # built only now, both
@@ -120,8 +122,7 @@ def test_a_content_change_reaches_relaying_sinks_only():
 
     relay, plain = Relay("kafka-like"), MemorySink("plain")
     pipeline = Pipeline(Settings(), [relay, plain], clock=lambda: NOW)
-    pipeline._handle(Change("content", "insert", {"id": CID, "slug": "s", "title": "T", "content_type": "video",
-                                                  "length_seconds": 60}, None, Position(5, 0), NOW))
+    pipeline._handle(_content("insert", "s", "video", 60, Position(5, 0)))
     assert relay.content == [CID]
 
 
@@ -142,9 +143,10 @@ def test_a_sink_that_holds_nothing_durably_does_not_count_for_the_slot_beside_a_
     class Durable(MemorySink):
         durable = True
 
-    memory, durable = MemorySink("memory"), Durable("durable")
-    assert not memory.durable
-    tracker = AckTracker({"memory": ZERO, "durable": ZERO}, volatile=["memory"])
+    sinks = MemorySink("memory"), Durable("durable")
+    volatile = [s.name for s in sinks if not s.durable]  # as Pipeline.run derives it
+    assert volatile == ["memory"]
+    tracker = AckTracker({"memory": ZERO, "durable": ZERO}, volatile=volatile)
     tracker.dispatched(Position(10, 1))
     tracker.close_txn(15, 0.0)
     tracker.durable("durable", Position(10, 1))
