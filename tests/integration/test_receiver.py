@@ -182,3 +182,16 @@ def test_a_bad_content_length_is_answered_400():
         s.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: lots\r\n\r\n[]")
         assert s.recv(4096).startswith(b"HTTP/1.1 400")
         assert rec.stats()["received"] == 0
+
+
+def test_stats_without_latency_gives_the_counts_and_no_percentiles(receiver):
+    events = [_ce(i) for i in range(3)]
+    body = orjson.dumps(events)
+    r = httpx.post(receiver.url, content=body, headers={"content-type": "application/cloudevents-batch+json"})
+    assert r.status_code == 200, r.text
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    full = httpx.get(receiver.url + "stats", headers=auth).json()
+    brief = httpx.get(receiver.url + "stats?latency=false", headers=auth).json()
+    assert full["unique"] == brief["unique"] == 3
+    assert "latency_p99_s" in full and not any(k.startswith("latency_") for k in brief)
+    assert {k: v for k, v in full.items() if not k.startswith("latency_")} == brief
