@@ -180,6 +180,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1_000, help="live events/s during the snapshot")
     ap.add_argument("--txn", type=int, default=20, help="events per live transaction")
     ap.add_argument("--history-days", type=float, default=30, help="event_ts of the history spread over this")
+    ap.add_argument("--load-interval", type=float, default=None,
+                    help="bigquery.backfill_load_interval_s (default: the config's)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--emulator", choices=("shared", "ephemeral"), default="shared")
     args = ap.parse_args()
@@ -217,7 +219,8 @@ def run(args, db: ScratchDatabase, endpoint: str) -> None:
         database=db.config("bench_snap"),
         redis=RedisConfig(url=redis_url, prefix=prefix),
         bigquery={"project": os.environ["PULSE_BIGQUERY_PROJECT"], "dataset": dataset, "endpoint": endpoint,
-                  "spool_dir": str(Path(".pulse") / "bench" / dataset)},
+                  "spool_dir": str(Path(".pulse") / "bench" / dataset),
+                  **({"backfill_load_interval_s": args.load_interval} if args.load_interval else {})},
         snapshot={"chunk_size": args.chunk_size} if args.chunk_size else {},
     )
     client = make_client(settings.bigquery)
