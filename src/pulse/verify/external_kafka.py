@@ -137,7 +137,6 @@ class KafkaAccounting:
         c.assign([TopicPartition(self.topic, p, self.next[p]) for p in ends])
         left = set(ends)
         idle_since = time.monotonic()
-        src = self.src
         found: list[np.ndarray] = [self._pend]  # joined once at the end, not per fetch
         try:
             while left:

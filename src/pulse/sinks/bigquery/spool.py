@@ -264,10 +264,9 @@ class Spool:
                     hint=f"load it into the table it was written for with `pulse upload --once --spool-dir "
                          f"{self.dir}` and that pipeline's configuration, then remove the folder; or set "
                          f"bigquery.spool_dir (PULSE_BIGQUERY__SPOOL_DIR) to another folder")
-            tmp = self.dir / f".tmp-owner-{uuid.uuid4().hex}"
-            tmp.write_text(json.dumps(asdict(owner), indent=1) + "\n")
-            os.replace(tmp, self.dir / OWNER_FILE)
-            fsync_dir(self.dir)
+            # The file's bytes fsync'd before the rename: a crash must not leave an empty owner.json,
+            # which the next start would refuse as "not a spool owner record".
+            replace_durably(self.dir / OWNER_FILE, (json.dumps(asdict(owner), indent=1) + "\n").encode())
             return owner
         if recorded.table_id != owner.table_id or (not table_only and recorded != owner):
             raise ConfigError(
