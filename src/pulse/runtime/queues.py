@@ -32,18 +32,7 @@ class ByteQueue(Generic[T]):
 
     def put(self, item: T, size: int, timeout: float | None = None) -> bool:
         """Add `item`; False when `timeout` passed without room."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._items and (self._bytes + size > self.max_bytes or self._count >= self.max_items):
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            self._items.append((item, size, 1))
-            self._bytes += size
-            self._count += 1
-            self._cond.notify_all()
-            return True
+        return self.put_many([item], size, timeout, 1)
 
     def put_many(self, items: list[T], size: int, timeout: float | None = None, count: int | None = None) -> bool:
         """Add `items` (together `size` bytes, and `count` toward `max_items`: default one each) at once:

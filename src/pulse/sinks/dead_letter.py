@@ -117,11 +117,7 @@ class DeadLetters(StateStore):
         return out
 
     def count_rows(self, conn) -> int:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE sink = %s").format(self.table), (self.sink_key,))
-            n = cur.fetchone()[0]
-        conn.rollback()
-        return int(n)
+        return self._count(conn, self.table)
 
     def lock_for_replay(self, cur, limit: int, ids: Sequence[int] | None, max_bytes: int = 256 * 1024 * 1024,
                         ) -> list[dict]:

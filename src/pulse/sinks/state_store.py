@@ -52,6 +52,14 @@ class StateStore:
             raise TerminalError(f"{self.what} is missing in schema {self.schema}",
                                 hint=f"run `pulse db init` (it applies migration {self.migration})")
 
+    def _count(self, conn, table: sql.Composable) -> int:
+        """How many rows of `table` (a dead-letter table) are this store's; reads only."""
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE sink = %s").format(table), (self.sink_key,))
+            n = cur.fetchone()[0]
+        conn.rollback()
+        return int(n)
+
     def _where(self, ids: Sequence[int] | None, before: str | None = None) -> tuple[sql.Composable, list[Any]]:
         """The condition on a dead-letter table (`sink`, `id`, `dead_at`) for this store's rows, of `ids`
         when given, dead-lettered before `before` (an ISO time) when given; and its parameters."""

@@ -377,11 +377,7 @@ class Outbox(StateStore):
         return OutboxRow(*row) if row else None
 
     def dead_count(self, conn) -> int:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE sink = %s").format(self.t_dead), (self.sink_key,))
-            n = cur.fetchone()[0]
-        conn.rollback()
-        return int(n)
+        return self._count(conn, self.t_dead)
 
     def lock_dead_for_replay(self, cur, limit: int, ids: Sequence[int] | None) -> list[tuple[int, OutboxRow]]:
         """Lock (SKIP LOCKED) the oldest dead letters; the caller's transaction stays open while it sends."""
