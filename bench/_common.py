@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import psycopg2
 from psycopg2 import sql
@@ -103,3 +104,9 @@ def insert_events_sql(cur, content_ids: list[str], total: int, per_txn: int) -> 
         )
         cur.execute("COMMIT")
         done += n
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -42,8 +42,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ScratchDatabase, insert_events_sql, seed_content  # noqa: E402
-from bench_pipeline import cpu_seconds  # noqa: E402
+from _common import ScratchDatabase, cpu_seconds, insert_events_sql, seed_content  # noqa: E402
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 CONTROL_TOKEN = os.urandom(24).hex()  # the receiver's /stats and /_reset want it (passed in the environment)
@@ -79,6 +78,12 @@ def stats(url: str, latency: bool = True) -> dict:
 
 def reset(url: str) -> None:
     _CONTROL.post(url + "_reset").raise_for_status()
+
+
+def assert_clean(url: str) -> None:
+    """No conflicting duplicate, no order violation, no bad signature at the receiver."""
+    s = stats(url)
+    assert s["conflicts"] == 0 and s["order_violations"] == 0 and s["signature_failures"] == 0, s
 
 
 def wait_unique(url: str, n: int, timeout: float) -> float:
@@ -215,8 +220,7 @@ def run_one(db, url: str, outbox: str, folder: Path, args, receiver_pid: int) ->
     t_drained = wait_unique(url, args.events, 600) - t0
     drain = {"start_s": t_ready, "total_s": t_drained, "events_s": args.events / t_drained,
              "after_start_events_s": args.events / (t_drained - t_ready)}
-    s = stats(url)
-    assert s["conflicts"] == 0 and s["order_violations"] == 0 and s["signature_failures"] == 0, s
+    assert_clean(url)
     reset(url)
 
     # 2b. throughput while a writer commits
@@ -227,8 +231,7 @@ def run_one(db, url: str, outbox: str, folder: Path, args, receiver_pid: int) ->
     t_done = wait_unique(url, args.events, 600) - t0
     cpu = {"receiver": cpu_seconds(receiver_pid) - cpu0["receiver"], "self": cpu_seconds(os.getpid()) - cpu0["self"]}
     eps = args.events / t_done
-    s = stats(url)
-    assert s["conflicts"] == 0 and s["order_violations"] == 0 and s["signature_failures"] == 0, s
+    assert_clean(url)
 
     # 3. latency at --rate
     reset(url)

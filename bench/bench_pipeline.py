@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ScratchDatabase, current_lsn, insert_events_sql, seed_content  # noqa: E402
+from _common import ScratchDatabase, cpu_seconds, current_lsn, insert_events_sql, seed_content  # noqa: E402
 from bench_core import pg_recvlogical  # noqa: E402
 
 RECEIVER = r"""
@@ -98,12 +98,6 @@ def wait_unique(url: str, n: int, timeout: float, proc: subprocess.Popen | None 
             raise SystemExit(f"pulse run exited ({proc.returncode}) with {got} of {n} at the receiver")
         time.sleep(0.05)
     return time.monotonic()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process (all its threads) has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raw_http(url: str, n: int, batch: int, concurrency: int) -> float:
