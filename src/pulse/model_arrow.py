@@ -16,6 +16,7 @@ Extra source columns (beyond `model.EVENT_COLUMNS`) ride in a raw table as
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 NUMERIC = pa.decimal128(38, 9)  # exact decimals (BigQuery NUMERIC: precision 38, scale 9)
@@ -55,12 +56,9 @@ ENRICHED_SCHEMA = pa.schema([
 ])
 
 
-
 def rows_after(table: pa.Table, position) -> pa.Table:
     """The rows of an enriched table after `position` (a `model.Position`), by (source_lsn, source_seq):
     what a sink that already holds `position` still has to take of a batch sent again."""
-    import pyarrow.compute as pc
-
     lsn, seq = pc.field("source_lsn"), pc.field("source_seq")
     return table.filter((lsn > position.lsn) | ((lsn == position.lsn) & (seq > position.seq)))
 

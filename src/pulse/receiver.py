@@ -8,8 +8,8 @@ It does what a careful receiver does, and can be told to misbehave:
   arriving before an older one it has not seen (`order_violations`);
 - serves what it received (`GET /events`) and its counts (`GET /stats`; with
   `?latency=false` without the commit-to-arrival percentiles, which sort
-  every latency recorded) as JSON; `POST /_control` changes its faults at run time, `POST /_reset`
-  forgets everything;
+  every latency recorded) as JSON; `POST /_control` changes its faults at
+  run time, `POST /_reset` forgets everything;
 - misbehaves at configurable rates: added latency, 500, 429 with
   Retry-After, 503, a timeout (holds the request, never answers), or
   accept-then-reset (reads and records the request, then resets the TCP
