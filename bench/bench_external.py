@@ -65,7 +65,7 @@ def start_receiver() -> tuple[subprocess.Popen, str]:
 
 
 # One client for every control call: `httpx.get` builds a client (and its SSL context) per call, about
-# 30 ms of CPU (1 ms through a kept client), and `wait_unique` polls 20 times a second in the pipeline's
+# 30 ms of CPU (1 ms through a kept client; bench_http_poll.py), and `wait_unique` polls 20 times a second in the pipeline's
 # own process and GIL.
 _CONTROL = httpx.Client(headers=AUTH, timeout=30)
 

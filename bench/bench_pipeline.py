@@ -79,9 +79,10 @@ def start_receiver() -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}/"
 
 
-# One client for every poll: `httpx.get` builds a client and its SSL context per call, 31-32 ms of CPU
-# each on this host against 0.8-1.1 ms through a kept client; polled 20 times a second, that took about a
-# third of a core from `pulse run` and the receiver (and nothing from pg_recvlogical's run, never polled).
+# One client for every poll: `httpx.get` builds a client and its SSL context per call, 25-32 ms of CPU
+# each on this host against 0.6-1.1 ms through a kept client (bench_http_poll.py); polled 20 times a
+# second, that took about a third of a core from `pulse run` and the receiver (and nothing from
+# pg_recvlogical's run, never polled).
 _POLL = httpx.Client(timeout=30)
 
 
