@@ -33,10 +33,14 @@ def test_run_status_and_metrics(scratch_db):
         insert_events(cur, [c1, None], 40)
 
         def scraped() -> str | None:
+            # Read in by the dispatcher and written by the sink thread are counted at different moments:
+            # wait until both have seen the 40 events, then check every figure.
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            return body if _metric(body, "pulse_events_in_total") >= 40 else None
+            done = (_metric(body, "pulse_events_in_total") >= 40
+                    and _metric(body, 'pulse_events_out_total{sink="memory"}') >= 40)
+            return body if done else None
 
-        body = wait_for(scraped, 30, "metrics to count 40 events")
+        body = wait_for(scraped, 30, "metrics to count 40 events in and out")
         assert _metric(body, 'pulse_events_out_total{sink="memory"}') >= 40
         assert _metric(body, 'pulse_end_to_end_seconds_count{sink="memory"}') >= 40
         assert _metric(body, 'pulse_problems_total{problem="null_content_id"}') == 20
